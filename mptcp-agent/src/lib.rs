@@ -1,0 +1,6 @@
+//! The MPTCP dataplane agent: loads, attaches and pins the eBPF programs, and reads and drives
+//! the maps they share with it.
+
+pub mod cli;
+pub mod loader;
+pub mod stats;

@@ -1,0 +1,408 @@
+//! Loading, attaching and pinning the programs, and finding them again.
+//!
+//! Everything attached to an interface lives under `/sys/fs/bpf/mptcp/IFACE/`: `maps/NAME` for
+//! every map and `links/xdp_ingress`, `links/tc_egress` for the two attachments. Pinned links
+//! keep the programs attached after the agent exits; removing them detaches.
+
+use std::{
+    ffi::CString,
+    fs, io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfError,
+    maps::{Map, MapData, MapError},
+    pin::PinError,
+    programs::{
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::FdLink, tc::TcAttachOptions,
+    },
+};
+use mptcp_common::maps::MAP_NAMES;
+
+/// The programs, built by build.rs for bpfel-unknown-none with BTF.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcp-ebpf"));
+
+/// Where the BPF filesystem must be mounted.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// Directory of this project's pins on the BPF filesystem.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/mptcp";
+
+const XDP_PROGRAM: &str = "mptcp_xdp_ingress";
+const TC_PROGRAM: &str = "mptcp_tc_egress";
+const XDP_LINK: &str = "xdp_ingress";
+const TC_LINK: &str = "tc_egress";
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpAttachMode {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    Auto,
+    /// Generic XDP, run by the kernel stack; works on every interface.
+    Skb,
+    /// Native XDP in the driver; fails where the driver lacks support.
+    Native,
+}
+
+impl XdpAttachMode {
+    fn aya(self) -> XdpMode {
+        match self {
+            Self::Auto => XdpMode::Default,
+            Self::Skb => XdpMode::Skb,
+            Self::Native => XdpMode::Driver,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("no BPF filesystem mounted at {BPFFS}: mount one with `mount -t bpf bpf {BPFFS}`")]
+    NoBpffs,
+    #[error(
+        "missing privileges: this needs {missing}; run as root or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN"
+    )]
+    MissingPrivileges { missing: String },
+    #[error("invalid interface name {0:?}")]
+    InvalidInterfaceName(String),
+    #[error("interface {0} does not exist")]
+    NoSuchInterface(String),
+    #[error(
+        "the dataplane is already attached to {iface} (pinned under {dir}); detach it first with `mptcp-agent detach --iface {iface}`"
+    )]
+    AlreadyAttached { iface: String, dir: PathBuf },
+    #[error("the dataplane is not attached to {iface}: nothing is pinned under {dir}")]
+    NotAttached { iface: String, dir: PathBuf },
+    #[error("loading the eBPF object failed")]
+    Load(#[source] EbpfError),
+    #[error("{what} failed")]
+    Program {
+        what: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("pinning {path} failed")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: PinError,
+    },
+    #[error("map {path}")]
+    Map {
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The pins of one interface.
+#[derive(Debug, Clone)]
+pub struct PinLayout {
+    pub iface: String,
+    pub dir: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(iface: &str) -> Result<Self, LoaderError> {
+        // The name becomes a path component: accept only what the kernel accepts (IFNAMSIZ).
+        if iface.is_empty()
+            || iface.len() > 15
+            || iface == "."
+            || iface == ".."
+            || iface.contains(['/', '\0'])
+            || iface.chars().any(char::is_whitespace)
+        {
+            return Err(LoaderError::InvalidInterfaceName(iface.to_owned()));
+        }
+        Ok(Self { iface: iface.to_owned(), dir: Path::new(PIN_ROOT).join(iface) })
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.dir.join("maps")
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.dir.join("links")
+    }
+
+    /// Pin path of the map `name`.
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.dir.exists()
+    }
+
+    /// Opens the pinned map `name`; `NotAttached` when the interface has no pins.
+    pub fn open_map(&self, name: &str) -> Result<Map, LoaderError> {
+        if !self.is_attached() {
+            return Err(LoaderError::NotAttached { iface: self.iface.clone(), dir: self.dir.clone() });
+        }
+        let path = self.map(name);
+        MapData::from_pin(&path)
+            .and_then(Map::from_map_data)
+            .map_err(|source| LoaderError::Map { path, source })
+    }
+}
+
+/// Linux capability numbers (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// What an operation needs from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privilege {
+    /// Reading pinned maps: CAP_BPF.
+    ReadMaps,
+    /// Loading and attaching programs: CAP_BPF, CAP_PERFMON (the verifier's variable-offset
+    /// stack reads in the option walk) and CAP_NET_ADMIN.
+    Attach,
+}
+
+/// Checks the effective capabilities up front, so a missing one is named instead of surfacing as
+/// an EPERM from deep inside a load.
+pub fn check_privileges(needed: Privilege) -> Result<(), LoaderError> {
+    let status = fs::read_to_string("/proc/self/status").map_err(|source| LoaderError::Io {
+        what: "reading",
+        path: "/proc/self/status".into(),
+        source,
+    })?;
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let sys_admin = has(CAP_SYS_ADMIN);
+    let mut missing = Vec::new();
+    if !(has(CAP_BPF) || sys_admin) {
+        missing.push("CAP_BPF");
+    }
+    if needed == Privilege::Attach {
+        if !(has(CAP_PERFMON) || sys_admin) {
+            missing.push("CAP_PERFMON");
+        }
+        if !has(CAP_NET_ADMIN) {
+            missing.push("CAP_NET_ADMIN");
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(LoaderError::MissingPrivileges { missing: missing.join(", ") })
+    }
+}
+
+/// Fails unless a BPF filesystem is mounted at [`BPFFS`].
+pub fn check_bpffs() -> Result<(), LoaderError> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let path = CString::new(BPFFS).map_err(|_| LoaderError::NoBpffs)?;
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: path is NUL-terminated and stat is a properly sized out-parameter.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
+    if rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC { Ok(()) } else { Err(LoaderError::NoBpffs) }
+}
+
+fn ifindex(iface: &str) -> Result<u32, LoaderError> {
+    let name = CString::new(iface).map_err(|_| LoaderError::InvalidInterfaceName(iface.to_owned()))?;
+    // SAFETY: name is NUL-terminated.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(LoaderError::NoSuchInterface(iface.to_owned())),
+        index => Ok(index),
+    }
+}
+
+/// Removes a half-made pin directory unless the attach completed.
+struct Rollback {
+    dir: PathBuf,
+    armed: bool,
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(error) = detach_dir(&self.dir) {
+                log::warn!("rolling back {}: {error}", self.dir.display());
+            }
+        }
+    }
+}
+
+fn create_dir(path: &Path) -> Result<(), LoaderError> {
+    fs::create_dir_all(path).map_err(|source| LoaderError::Io {
+        what: "creating",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Loads the programs, attaches XDP on ingress and TC (tcx) on egress of `iface`, and pins the
+/// maps and links. On any error nothing stays attached or pinned.
+pub fn attach(iface: &str, mode: XdpAttachMode) -> Result<PinLayout, LoaderError> {
+    let layout = PinLayout::new(iface)?;
+    check_privileges(Privilege::Attach)?;
+    check_bpffs()?;
+    ifindex(iface)?;
+    if layout.is_attached() {
+        return Err(LoaderError::AlreadyAttached { iface: iface.to_owned(), dir: layout.dir.clone() });
+    }
+    create_dir(Path::new(PIN_ROOT))?;
+    // Claim the directory atomically: a concurrent attach to the same interface fails here.
+    fs::create_dir(&layout.dir).map_err(|source| match source.kind() {
+        io::ErrorKind::AlreadyExists => {
+            LoaderError::AlreadyAttached { iface: iface.to_owned(), dir: layout.dir.clone() }
+        }
+        _ => LoaderError::Io { what: "creating", path: layout.dir.clone(), source },
+    })?;
+    // Declared before the Ebpf object so it runs after the object's descriptors are closed.
+    let mut rollback = Rollback { dir: layout.dir.clone(), armed: true };
+    create_dir(&layout.maps_dir())?;
+    create_dir(&layout.links_dir())?;
+
+    let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(LoaderError::Load)?;
+    for name in MAP_NAMES {
+        let path = layout.map(name);
+        let map = ebpf.map(name).ok_or_else(|| LoaderError::Map {
+            path: path.clone(),
+            source: MapError::InvalidName { name: name.to_owned() },
+        })?;
+        map.pin(&path).map_err(|source| LoaderError::Pin { path, source })?;
+    }
+
+    let program_error = |what: &str| {
+        let what = format!("{what} on {iface}");
+        move |source| LoaderError::Program { what, source }
+    };
+    let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
+    xdp.load().map_err(program_error("loading the XDP program"))?;
+    let link_id = xdp.attach(iface, mode.aya()).map_err(program_error("attaching XDP"))?;
+    let link = xdp.take_link(link_id).map_err(program_error("taking the XDP link"))?;
+    let link = FdLink::try_from(link).map_err(|e| LoaderError::Program {
+        what: format!("XDP on {iface} is attached through netlink, which cannot be pinned ({e})"),
+        source: ProgramError::UnexpectedProgramType,
+    })?;
+    pin_link(link, &layout.links_dir().join(XDP_LINK))?;
+
+    let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
+    tc.load().map_err(program_error("loading the TC program"))?;
+    let link_id = tc
+        .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .map_err(program_error("attaching tcx egress"))?;
+    let link = tc.take_link(link_id).map_err(program_error("taking the tcx link"))?;
+    let link = FdLink::try_from(link).map_err(|e| LoaderError::Program {
+        what: format!("tcx link on {iface} cannot be pinned ({e})"),
+        source: ProgramError::UnexpectedProgramType,
+    })?;
+    pin_link(link, &layout.links_dir().join(TC_LINK))?;
+
+    rollback.armed = false;
+    Ok(layout)
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoaderError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program = ebpf.program_mut(name).ok_or_else(|| LoaderError::Program {
+        what: format!("finding program {name} in the embedded object"),
+        source: ProgramError::UnexpectedProgramType,
+    })?;
+    program.try_into().map_err(|source| LoaderError::Program {
+        what: format!("program {name} has an unexpected type"),
+        source,
+    })
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<(), LoaderError> {
+    link.pin(path).map(drop).map_err(|source| LoaderError::Pin { path: path.to_owned(), source })
+}
+
+/// Detaches the programs from `iface` and removes every pin.
+pub fn detach(iface: &str) -> Result<(), LoaderError> {
+    let layout = PinLayout::new(iface)?;
+    check_privileges(Privilege::Attach)?;
+    check_bpffs()?;
+    if !layout.is_attached() {
+        return Err(LoaderError::NotAttached { iface: iface.to_owned(), dir: layout.dir });
+    }
+    detach_dir(&layout.dir)?;
+    // Leave no empty project directory behind; another interface's pins keep it.
+    let _ = fs::remove_dir(PIN_ROOT);
+    Ok(())
+}
+
+/// Detaches every link pinned in `dir/links` at once (even if a running agent still holds it),
+/// then removes the whole directory.
+fn detach_dir(dir: &Path) -> Result<(), LoaderError> {
+    let links = dir.join("links");
+    if let Ok(entries) = fs::read_dir(&links) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            bpf_sys::link_detach(&path)
+                .map_err(|source| LoaderError::Io { what: "detaching link", path, source })?;
+        }
+    }
+    fs::remove_dir_all(dir).map_err(|source| LoaderError::Io {
+        what: "removing",
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// The two bpf(2) commands aya does not wrap: open a pinned object and detach a link.
+mod bpf_sys {
+    use super::*;
+
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct ObjGetAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+
+    #[repr(C)]
+    #[derive(Default)]
+    struct LinkDetachAttr {
+        link_fd: u32,
+        _pad: [u32; 5],
+    }
+
+    fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+        // SAFETY: attr is a #[repr(C)] bpf_attr prefix of the size passed.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32)
+        };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    }
+
+    /// Detaches the link pinned at `path` (BPF_LINK_DETACH) and removes the pin.
+    pub(super) fn link_detach(path: &Path) -> io::Result<()> {
+        use std::os::unix::ffi::OsStrExt as _;
+        let c_path = CString::new(path.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let mut get = ObjGetAttr { pathname: c_path.as_ptr() as u64, ..Default::default() };
+        let fd = bpf(BPF_OBJ_GET, &mut get)?;
+        // SAFETY: BPF_OBJ_GET returned a new descriptor that we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut detach = LinkDetachAttr { link_fd: fd.as_raw_fd() as u32, ..Default::default() };
+        bpf(BPF_LINK_DETACH, &mut detach)?;
+        fs::remove_file(path)
+    }
+}

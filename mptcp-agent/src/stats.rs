@@ -1,0 +1,70 @@
+//! Reading the per-direction packet and option counters from the pinned maps.
+
+use aya::maps::PerCpuArray;
+use mptcp_common::maps::{COUNTERS_MAP, Direction, PACKET_COUNTER_NAMES, PacketCounters};
+
+use crate::loader::{LoaderError, PinLayout, Privilege, check_privileges};
+
+/// The counters of one interface, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InterfaceCounters {
+    pub ingress: PacketCounters,
+    pub egress: PacketCounters,
+}
+
+impl InterfaceCounters {
+    pub fn direction(&self, direction: Direction) -> &PacketCounters {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// Reads and sums the per-CPU counters pinned for `layout`'s interface.
+pub fn read_counters(layout: &PinLayout) -> Result<InterfaceCounters, LoaderError> {
+    check_privileges(Privilege::ReadMaps)?;
+    let path = layout.map(COUNTERS_MAP);
+    let map_error = |source| LoaderError::Map { path: path.clone(), source };
+    let map = layout.open_map(COUNTERS_MAP)?;
+    let array: PerCpuArray<_, PacketCounters> = PerCpuArray::try_from(map).map_err(map_error)?;
+    let mut counters = InterfaceCounters::default();
+    for direction in Direction::ALL {
+        let per_cpu = array.get(&direction.index(), 0).map_err(map_error)?;
+        let total = match direction {
+            Direction::Ingress => &mut counters.ingress,
+            Direction::Egress => &mut counters.egress,
+        };
+        per_cpu.iter().for_each(|cpu| total.accumulate(cpu));
+    }
+    Ok(counters)
+}
+
+/// `{"interface":..,"ingress":{"tcp_packets":..,..},"egress":{..}}`
+pub fn to_json(iface: &str, counters: &InterfaceCounters) -> serde_json::Value {
+    let direction = |c: &PacketCounters| {
+        PACKET_COUNTER_NAMES
+            .iter()
+            .zip(c.values())
+            .map(|(name, value)| ((*name).to_owned(), serde_json::Value::from(value)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    serde_json::json!({
+        "interface": iface,
+        "ingress": direction(&counters.ingress),
+        "egress": direction(&counters.egress),
+    })
+}
+
+/// A two-column table, one row per counter.
+pub fn to_table(iface: &str, counters: &InterfaceCounters) -> String {
+    let mut out = format!("{:<20} {:>14} {:>14}\n", format!("[{iface}]"), "ingress", "egress");
+    for ((name, ingress), egress) in PACKET_COUNTER_NAMES
+        .iter()
+        .zip(counters.ingress.values())
+        .zip(counters.egress.values())
+    {
+        out.push_str(&format!("{name:<20} {ingress:>14} {egress:>14}\n"));
+    }
+    out
+}
