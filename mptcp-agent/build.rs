@@ -4,24 +4,17 @@
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
-    let metadata = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let metadata = cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let ebpf = metadata
         .packages
         .iter()
         .find(|package| package.name.as_str() == "mptcp-ebpf")
         .ok_or_else(|| anyhow!("mptcp-ebpf package not found in the workspace"))?;
-    let root_dir = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
+    let root_dir =
+        ebpf.manifest_path.parent().ok_or_else(|| anyhow!("no parent for {}", ebpf.manifest_path))?;
     // mptcp-common is compiled into the programs: rebuild them when it changes.
-    let common = root_dir
-        .parent()
-        .ok_or_else(|| anyhow!("no workspace root above {root_dir}"))?
-        .join("mptcp-common");
+    let common =
+        root_dir.parent().ok_or_else(|| anyhow!("no workspace root above {root_dir}"))?.join("mptcp-common");
     println!("cargo:rerun-if-changed={common}");
     // aya-build forwards the inner cargo's stderr as build warnings; keep only real diagnostics.
     // SAFETY: build scripts are single-threaded.

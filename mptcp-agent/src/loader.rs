@@ -16,8 +16,8 @@ use aya::{
     maps::{Map, MapData, MapError},
     pin::PinError,
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::FdLink, tc::TcAttachOptions,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
+        tc::TcAttachOptions,
     },
 };
 use mptcp_common::maps::MAP_NAMES;
@@ -235,6 +235,7 @@ impl Drop for Rollback {
             if let Err(error) = detach_dir(&self.dir) {
                 log::warn!("rolling back {}: {error}", self.dir.display());
             }
+            remove_empty_pin_root();
         }
     }
 }
@@ -337,9 +338,13 @@ pub fn detach(iface: &str) -> Result<(), LoaderError> {
         return Err(LoaderError::NotAttached { iface: iface.to_owned(), dir: layout.dir });
     }
     detach_dir(&layout.dir)?;
-    // Leave no empty project directory behind; another interface's pins keep it.
-    let _ = fs::remove_dir(PIN_ROOT);
+    remove_empty_pin_root();
     Ok(())
+}
+
+/// Leaves no empty project directory behind; another interface's pins keep it.
+fn remove_empty_pin_root() {
+    let _ = fs::remove_dir(PIN_ROOT);
 }
 
 /// Detaches every link pinned in `dir/links` at once (even if a running agent still holds it),
@@ -349,8 +354,11 @@ fn detach_dir(dir: &Path) -> Result<(), LoaderError> {
     if let Ok(entries) = fs::read_dir(&links) {
         for entry in entries.flatten() {
             let path = entry.path();
-            bpf_sys::link_detach(&path)
-                .map_err(|source| LoaderError::Io { what: "detaching link", path, source })?;
+            bpf_sys::link_detach(&path).map_err(|source| LoaderError::Io {
+                what: "detaching link",
+                path,
+                source,
+            })?;
         }
     }
     fs::remove_dir_all(dir).map_err(|source| LoaderError::Io {
@@ -386,9 +394,8 @@ mod bpf_sys {
 
     fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
         // SAFETY: attr is a #[repr(C)] bpf_attr prefix of the size passed.
-        let rc = unsafe {
-            libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32)
-        };
+        let rc =
+            unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32) };
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
     }
 

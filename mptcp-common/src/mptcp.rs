@@ -165,17 +165,32 @@ pub enum MptcpOption<'a> {
     Dss(Dss),
     AddAddr(AddAddr),
     /// The address IDs removed (at least one).
-    RemoveAddr { ids: &'a [u8] },
+    RemoveAddr {
+        ids: &'a [u8],
+    },
     /// MP_PRIO; version 0 may name the address ID it applies to.
-    Prio { backup: bool, addr_id: Option<u8> },
+    Prio {
+        backup: bool,
+        addr_id: Option<u8>,
+    },
     /// MP_FAIL with the data sequence number where the checksum failed.
-    Fail { dsn: u64 },
+    Fail {
+        dsn: u64,
+    },
     /// MP_FASTCLOSE with the option receiver's key.
-    FastClose { receiver_key: u64 },
+    FastClose {
+        receiver_key: u64,
+    },
     /// MP_TCPRST; `flags` are the four bits of [`tcprst_flags`].
-    TcpRst { flags: u8, reason: u8 },
+    TcpRst {
+        flags: u8,
+        reason: u8,
+    },
     /// MP_EXPERIMENTAL: the low nibble of the subtype byte and the bytes after it.
-    Experimental { nibble: u8, payload: &'a [u8] },
+    Experimental {
+        nibble: u8,
+        payload: &'a [u8],
+    },
 }
 
 /// The subtype nibble of a whole MPTCP option, if it is long enough to have one.
@@ -231,16 +246,11 @@ impl<'a> MptcpOption<'a> {
                 4 => r.u8().map(|id| Self::Prio { backup: low & 1 != 0, addr_id: Some(id) }),
                 _ => None,
             },
-            subtype::MP_FAIL if len == 12 => {
-                r.u8().and(r.be64()).map(|dsn| Self::Fail { dsn })
+            subtype::MP_FAIL if len == 12 => r.u8().and(r.be64()).map(|dsn| Self::Fail { dsn }),
+            subtype::MP_FASTCLOSE if len == 12 => {
+                r.u8().and(r.be64()).map(|receiver_key| Self::FastClose { receiver_key })
             }
-            subtype::MP_FASTCLOSE if len == 12 => r
-                .u8()
-                .and(r.be64())
-                .map(|receiver_key| Self::FastClose { receiver_key }),
-            subtype::MP_TCPRST if len == 4 => {
-                r.u8().map(|reason| Self::TcpRst { flags: low, reason })
-            }
+            subtype::MP_TCPRST if len == 4 => r.u8().map(|reason| Self::TcpRst { flags: low, reason }),
             subtype::MP_FAIL | subtype::MP_FASTCLOSE | subtype::MP_TCPRST => None,
             subtype::MP_EXPERIMENTAL => Some(Self::Experimental { nibble: low, payload: r.rest() }),
             _ => return Err(MptcpError::UnknownSubtype { subtype }),
@@ -300,10 +310,7 @@ impl<'a> MptcpOption<'a> {
             }
         }
         let len = w.len();
-        w.patch(
-            1,
-            u8::try_from(len).map_err(|_| EncodeError::Invalid("option longer than 255 bytes"))?,
-        )?;
+        w.patch(1, u8::try_from(len).map_err(|_| EncodeError::Invalid("option longer than 255 bytes"))?)?;
         Ok(len)
     }
 }
@@ -311,14 +318,8 @@ impl<'a> MptcpOption<'a> {
 #[inline(always)]
 fn parse_capable<'a>(r: &mut Reader<'_>, version: u8, len: u8) -> Option<MptcpOption<'a>> {
     let flags = r.u8()?;
-    let mut c = MpCapable {
-        version,
-        flags,
-        sender_key: None,
-        receiver_key: None,
-        data_len: None,
-        checksum: None,
-    };
+    let mut c =
+        MpCapable { version, flags, sender_key: None, receiver_key: None, data_len: None, checksum: None };
     match len {
         4 => {}
         12 => c.sender_key = Some(r.be64()?),
@@ -375,12 +376,7 @@ fn parse_join<'a>(r: &mut Reader<'_>, low: u8, len: u8) -> Option<MptcpOption<'a
     let backup = low & 1 != 0;
     let join = match len {
         12 => MpJoin::Syn { backup, addr_id: r.u8()?, token: r.be32()?, nonce: r.be32()? },
-        16 => MpJoin::SynAck {
-            backup,
-            addr_id: r.u8()?,
-            truncated_hmac: r.be64()?,
-            nonce: r.be32()?,
-        },
+        16 => MpJoin::SynAck { backup, addr_id: r.u8()?, truncated_hmac: r.be64()?, nonce: r.be32()? },
         24 => {
             r.u8()?;
             MpJoin::Ack { hmac: r.array()? }

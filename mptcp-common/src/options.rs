@@ -47,10 +47,9 @@ impl core::fmt::Display for OptionError {
             Self::LengthTooSmall { offset, kind, len } => {
                 write!(f, "option kind {kind} at offset {offset} has length {len} < 2")
             }
-            Self::Overrun { offset, kind, len } => write!(
-                f,
-                "option kind {kind} at offset {offset} with length {len} overruns the option area"
-            ),
+            Self::Overrun { offset, kind, len } => {
+                write!(f, "option kind {kind} at offset {offset} with length {len} overruns the option area")
+            }
             Self::WrongLength { offset, kind, len } => {
                 write!(f, "option kind {kind} at offset {offset} cannot have length {len}")
             }
@@ -168,10 +167,9 @@ impl<'a> RawOption<'a> {
             (kind::WINDOW_SCALE, 3) => body.u8().map(TcpOption::WindowScale),
             (kind::SACK_PERMITTED, 2) => Some(TcpOption::SackPermitted),
             (kind::SACK, 10 | 18 | 26 | 34) => Some(TcpOption::Sack(body.rest())),
-            (kind::TIMESTAMPS, 10) => body
-                .be32()
-                .zip(body.be32())
-                .map(|(value, echo)| TcpOption::Timestamps { value, echo }),
+            (kind::TIMESTAMPS, 10) => {
+                body.be32().zip(body.be32()).map(|(value, echo)| TcpOption::Timestamps { value, echo })
+            }
             (kind::MSS | kind::WINDOW_SCALE | kind::SACK_PERMITTED | kind::SACK, _)
             | (kind::TIMESTAMPS, _) => None,
             (kind::MPTCP, _) => Some(TcpOption::Mptcp(self.bytes)),
@@ -220,9 +218,7 @@ impl<'a> OptionWalker<'a> {
                 let framing_error = match rest.get(1) {
                     None => OptionError::MissingLength { offset, kind },
                     Some(&len) if len < 2 => OptionError::LengthTooSmall { offset, kind, len },
-                    Some(&len) if usize::from(len) > rest.len() => {
-                        OptionError::Overrun { offset, kind, len }
-                    }
+                    Some(&len) if usize::from(len) > rest.len() => OptionError::Overrun { offset, kind, len },
                     Some(&len) => return self.advance(kind, offset, rest, usize::from(len)),
                 };
                 self.offset = self.area.len();
@@ -277,9 +273,7 @@ mod tests {
     #[test]
     fn syn_options_of_a_linux_mptcp_client() {
         // MSS 1460, SACK-permitted, timestamps, NOP, window scale 7, MP_CAPABLE v1 SYN.
-        let area = [
-            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7, 30, 4, 0x01, 0x81,
-        ];
+        let area = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7, 30, 4, 0x01, 0x81];
         assert_eq!(
             walk(&area),
             [
@@ -318,13 +312,22 @@ mod tests {
 
     #[test]
     fn malformed_areas_are_typed_errors_and_end_the_walk() {
-        assert_eq!(walk(&[1, 2]), [Ok(TcpOption::Nop), Err(OptionError::MissingLength { offset: 1, kind: 2 })]);
+        assert_eq!(
+            walk(&[1, 2]),
+            [Ok(TcpOption::Nop), Err(OptionError::MissingLength { offset: 1, kind: 2 })]
+        );
         assert_eq!(walk(&[30, 0, 1, 1]), [Err(OptionError::LengthTooSmall { offset: 0, kind: 30, len: 0 })]);
         assert_eq!(walk(&[30, 1, 1, 1]), [Err(OptionError::LengthTooSmall { offset: 0, kind: 30, len: 1 })]);
         assert_eq!(walk(&[8, 10, 0, 0]), [Err(OptionError::Overrun { offset: 0, kind: 8, len: 10 })]);
         assert_eq!(walk(&[2, 3, 5]), [Err(OptionError::WrongLength { offset: 0, kind: 2, len: 3 })]);
-        assert_eq!(walk(&[5, 9, 0, 0, 0, 0, 0, 0, 0]), [Err(OptionError::WrongLength { offset: 0, kind: 5, len: 9 })]);
-        assert_eq!(walk(&[8, 8, 0, 0, 0, 0, 0, 0]), [Err(OptionError::WrongLength { offset: 0, kind: 8, len: 8 })]);
+        assert_eq!(
+            walk(&[5, 9, 0, 0, 0, 0, 0, 0, 0]),
+            [Err(OptionError::WrongLength { offset: 0, kind: 5, len: 9 })]
+        );
+        assert_eq!(
+            walk(&[8, 8, 0, 0, 0, 0, 0, 0]),
+            [Err(OptionError::WrongLength { offset: 0, kind: 8, len: 8 })]
+        );
     }
 
     fn arb_option() -> impl Strategy<Value = (u8, Vec<u8>)> {
@@ -333,7 +336,8 @@ mod tests {
             any::<u16>().prop_map(|v| (kind::MSS, v.to_be_bytes().to_vec())),
             any::<u8>().prop_map(|v| (kind::WINDOW_SCALE, std::vec![v])),
             Just((kind::SACK_PERMITTED, Vec::new())),
-            (1usize..=4).prop_flat_map(|n| proptest::collection::vec(any::<u8>(), 8 * n))
+            (1usize..=4)
+                .prop_flat_map(|n| proptest::collection::vec(any::<u8>(), 8 * n))
                 .prop_map(|b| (kind::SACK, b)),
             proptest::collection::vec(any::<u8>(), 8).prop_map(|b| (kind::TIMESTAMPS, b)),
             ((9u8..=29), proptest::collection::vec(any::<u8>(), 0..10)),

@@ -89,14 +89,8 @@ impl<'a> Writer<'a> {
     }
 
     pub(crate) fn put(&mut self, bytes: &[u8]) -> Result<(), EncodeError> {
-        let end = self
-            .len
-            .checked_add(bytes.len())
-            .ok_or(EncodeError::BufferTooSmall)?;
-        self.buf
-            .get_mut(self.len..end)
-            .ok_or(EncodeError::BufferTooSmall)?
-            .copy_from_slice(bytes);
+        let end = self.len.checked_add(bytes.len()).ok_or(EncodeError::BufferTooSmall)?;
+        self.buf.get_mut(self.len..end).ok_or(EncodeError::BufferTooSmall)?.copy_from_slice(bytes);
         self.len = end;
         Ok(())
     }

@@ -4,8 +4,8 @@
 #![no_main]
 
 mod maps;
-mod packet;
 mod observe;
+mod packet;
 mod tc_egress;
 mod xdp_ingress;
 

@@ -81,10 +81,10 @@ pub fn observe(packet: &impl Packet, direction: Direction) {
         let Some(option) = area.get(start..start + usize::from(length)) else {
             break;
         };
-        if let Err(error) = MptcpOption::parse(option) {
-            if !matches!(error, MptcpError::UnknownSubtype { .. }) {
-                counters.malformed += 1;
-            }
+        if let Err(error) = MptcpOption::parse(option)
+            && !matches!(error, MptcpError::UnknownSubtype { .. })
+        {
+            counters.malformed += 1;
         }
     }
 }

@@ -26,12 +26,8 @@ impl Packet for XdpContext {
     fn load_bytes(&self, offset: usize, dst: *mut u8, len: usize) -> bool {
         // SAFETY: the caller provides `len` writable bytes at dst.
         unsafe {
-            aya_ebpf::helpers::generated::bpf_xdp_load_bytes(
-                self.ctx,
-                offset as u32,
-                dst.cast(),
-                len as u32,
-            ) == 0
+            aya_ebpf::helpers::generated::bpf_xdp_load_bytes(self.ctx, offset as u32, dst.cast(), len as u32)
+                == 0
         }
     }
 }

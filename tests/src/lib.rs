@@ -1,1 +1,31 @@
+//! Network-namespace labs for the MPTCP dataplane: used by the integration tests in `tests/` and
+//! by `cargo xtask demo`. Everything created is removed on drop, panics included, and one lab
+//! runs at a time ([`lock::LabLock`]).
 
+pub mod agent;
+pub mod capture;
+pub mod lab;
+pub mod lock;
+pub mod netns;
+pub mod traffic;
+
+/// A scratch directory under the system temp dir, removed on drop.
+pub struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let path = std::env::temp_dir().join(netns::unique_name(tag));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,1 +1,44 @@
-fn main() {}
+//! `cargo xtask`: everything from a fresh clone to a tested, running dataplane.
+
+mod demo;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and demonstrate the MPTCP dataplane")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the project needs (Debian packages, nightly rust-src, bpf-linker), mount the
+    /// BPF filesystem and check the kernel. Idempotent and quick once done.
+    Setup,
+    /// Set up, then build the agent with its embedded eBPF programs.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, then run every check: format, clippy, unit tests, eBPF build, integration tests.
+    Test,
+    /// Set up, build, and run real MPTCP traffic through a namespace lab with the dataplane on.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => {
+            setup::setup()?;
+            util::build_agent(release).map(drop)
+        }
+        Task::Test => test::test(),
+        Task::Demo => demo::demo(),
+    }
+}

@@ -88,7 +88,10 @@ fn mp_join_three_shapes() {
     let bytes = round_trip(MptcpOption::Join(MpJoin::Ack { hmac }));
     assert_eq!(bytes.len(), 24);
     assert_eq!(bytes[4], 0);
-    assert_eq!(parse(&[30, 13, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), Err(MptcpError::BadLength { subtype: 1, len: 13 }));
+    assert_eq!(
+        parse(&[30, 13, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        Err(MptcpError::BadLength { subtype: 1, len: 13 })
+    );
 }
 
 #[test]
@@ -104,10 +107,7 @@ fn dss_every_field_combination() {
         })
     );
     // Linux data packet: 8-byte ack, 8-byte DSN, subflow seq, length (then two NOPs).
-    let data = [
-        30, 26, 0x20, 0x0f, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 0, 0x05,
-        0xa8,
-    ];
+    let data = [30, 26, 0x20, 0x0f, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 0, 0x05, 0xa8];
     assert_eq!(
         parse(&data).unwrap(),
         MptcpOption::Dss(Dss {
@@ -138,9 +138,13 @@ fn dss_every_field_combination() {
     assert!(infinite.is_infinite());
     // Mapping flag set but the option too short for it; ack flag with a mapping's length.
     assert_eq!(parse(&[30, 8, 0x20, 0x04, 0, 0, 0, 0]), Err(MptcpError::BadLength { subtype: 2, len: 8 }));
-    assert_eq!(parse(&[30, 10, 0x20, 0x01, 0, 0, 0, 0, 0, 0]), Err(MptcpError::BadLength { subtype: 2, len: 10 }));
+    assert_eq!(
+        parse(&[30, 10, 0x20, 0x01, 0, 0, 0, 0, 0, 0]),
+        Err(MptcpError::BadLength { subtype: 2, len: 10 })
+    );
     // A narrow field cannot carry a 64-bit value.
-    let too_big = Dss { data_fin: false, data_ack: Some(DataAck { value: 1 << 32, wide: false }), mapping: None };
+    let too_big =
+        Dss { data_fin: false, data_ack: Some(DataAck { value: 1 << 32, wide: false }), mapping: None };
     assert!(MptcpOption::Dss(too_big).encode(&mut [0; 64]).is_err());
 }
 
@@ -178,9 +182,15 @@ fn remove_prio_fail_fastclose_tcprst_experimental() {
         [30, 12, 0x60, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34]
     );
     round_trip(MptcpOption::FastClose { receiver_key: KEY_B });
-    assert_eq!(round_trip(MptcpOption::TcpRst { flags: tcprst_flags::TRANSIENT, reason: 6 }), [30, 4, 0x81, 6]);
+    assert_eq!(
+        round_trip(MptcpOption::TcpRst { flags: tcprst_flags::TRANSIENT, reason: 6 }),
+        [30, 4, 0x81, 6]
+    );
     round_trip(MptcpOption::Experimental { nibble: 3, payload: &[1, 2, 3] });
-    assert_eq!(parse(&[30, 11, 0x60, 0, 0, 0, 0, 0, 0, 0, 0]), Err(MptcpError::BadLength { subtype: 6, len: 11 }));
+    assert_eq!(
+        parse(&[30, 11, 0x60, 0, 0, 0, 0, 0, 0, 0, 0]),
+        Err(MptcpError::BadLength { subtype: 6, len: 11 })
+    );
     assert_eq!(parse(&[30, 5, 0x80, 0, 0]), Err(MptcpError::BadLength { subtype: 8, len: 5 }));
 }
 
@@ -213,7 +223,12 @@ fn arb_option() -> impl Strategy<Value = MptcpOption<'static>> {
         (any::<bool>(), any::<u8>(), any::<u32>(), any::<u32>())
             .prop_map(|(backup, addr_id, token, nonce)| MpJoin::Syn { backup, addr_id, token, nonce }),
         (any::<bool>(), any::<u8>(), any::<u64>(), any::<u32>()).prop_map(
-            |(backup, addr_id, truncated_hmac, nonce)| MpJoin::SynAck { backup, addr_id, truncated_hmac, nonce }
+            |(backup, addr_id, truncated_hmac, nonce)| MpJoin::SynAck {
+                backup,
+                addr_id,
+                truncated_hmac,
+                nonce
+            }
         ),
         any::<[u8; 20]>().prop_map(|hmac| MpJoin::Ack { hmac }),
     ]
@@ -223,22 +238,19 @@ fn arb_option() -> impl Strategy<Value = MptcpOption<'static>> {
         any::<u64>().prop_map(|v| DataAck { value: v, wide: true }),
     ]);
     let mapping = proptest::option::of(
-        (any::<bool>(), any::<u64>(), any::<u32>(), any::<u16>(), proptest::option::of(any::<u16>())).prop_map(
-            |(dsn_wide, dsn, subflow_seq, data_len, checksum)| DssMapping {
+        (any::<bool>(), any::<u64>(), any::<u32>(), any::<u16>(), proptest::option::of(any::<u16>()))
+            .prop_map(|(dsn_wide, dsn, subflow_seq, data_len, checksum)| DssMapping {
                 dsn: if dsn_wide { dsn } else { dsn & 0xffff_ffff },
                 dsn_wide,
                 subflow_seq,
                 data_len,
                 checksum,
-            },
-        ),
+            }),
     );
     let dss = (any::<bool>(), data_ack, mapping)
         .prop_map(|(data_fin, data_ack, mapping)| MptcpOption::Dss(Dss { data_fin, data_ack, mapping }));
-    let addr = prop_oneof![
-        any::<[u8; 4]>().prop_map(|a| IpAddr::from(a)),
-        any::<[u8; 16]>().prop_map(|a| IpAddr::from(a)),
-    ];
+    let addr =
+        prop_oneof![any::<[u8; 4]>().prop_map(IpAddr::from), any::<[u8; 16]>().prop_map(IpAddr::from),];
     let add_addr = (0usize..3, any::<u8>(), addr, proptest::option::of(any::<u16>()), any::<u64>()).prop_map(
         |(shape, addr_id, addr, port, hmac)| {
             MptcpOption::AddAddr(AddAddr {

@@ -1,0 +1,157 @@
+//! Real kernel MPTCP (IPPROTO_MPTCP) and plain TCP traffic between namespaces, bounded in time.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::netns::Netns;
+
+const IPPROTO_MPTCP: i32 = 262;
+const SOL_MPTCP: i32 = 284;
+const MPTCP_INFO: i32 = 1;
+/// Every blocking socket call gives up after this long.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Mptcp,
+    Tcp,
+}
+
+fn socket(ns: &Netns, addr: SocketAddr, proto: Proto) -> Result<Socket> {
+    let protocol = match proto {
+        Proto::Mptcp => Protocol::from(IPPROTO_MPTCP),
+        Proto::Tcp => Protocol::TCP,
+    };
+    let socket = ns
+        .within(move || Socket::new(Domain::for_address(addr), Type::STREAM, Some(protocol)))?
+        .with_context(|| format!("creating a {proto:?} socket (is net.mptcp.enabled set?)"))?;
+    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    socket.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(socket)
+}
+
+/// A server that reads every connection to EOF and answers with the byte count (8 bytes, BE).
+pub struct Server {
+    pub addr: SocketAddr,
+    handle: thread::JoinHandle<Result<Vec<u64>>>,
+}
+
+impl Server {
+    /// Listens on `addr` inside `ns` and serves `connections` connections, each on its own thread.
+    pub fn start(ns: &Netns, addr: SocketAddr, proto: Proto, connections: usize) -> Result<Self> {
+        let socket = socket(ns, addr, proto)?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+        socket.listen(128)?;
+        let listener: TcpListener = socket.into();
+        let handle = thread::spawn(move || -> Result<Vec<u64>> {
+            let workers: Vec<_> = (0..connections)
+                .map(|_| {
+                    let (stream, _) = listener.accept().context("accept timed out")?;
+                    Ok(thread::spawn(move || serve(stream)))
+                })
+                .collect::<Result<_>>()?;
+            workers
+                .into_iter()
+                .map(|w| w.join().map_err(|_| anyhow::anyhow!("server thread panicked"))?)
+                .collect()
+        });
+        Ok(Self { addr, handle })
+    }
+
+    /// Waits for every connection to finish; returns the bytes received on each.
+    pub fn join(self) -> Result<Vec<u64>> {
+        self.handle.join().map_err(|_| anyhow::anyhow!("server panicked"))?
+    }
+}
+
+fn serve(mut stream: TcpStream) -> Result<u64> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match stream.read(&mut buf)? {
+            0 => break,
+            n => total += n as u64,
+        }
+    }
+    stream.write_all(&total.to_be_bytes())?;
+    Ok(total)
+}
+
+/// How a client connection behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientOptions {
+    pub proto: Proto,
+    /// Bytes sent after the connection is set up.
+    pub bytes: u64,
+    /// Wait until the kernel reports this many additional subflows before sending (MPTCP only).
+    pub wait_subflows: u8,
+}
+
+/// What one client connection achieved.
+#[derive(Debug, Clone, Copy)]
+pub struct Transfer {
+    pub bytes: u64,
+    /// Additional subflows the kernel reported (MPTCP_INFO) when sending started.
+    pub subflows: u8,
+}
+
+/// Additional (non-initial) subflows of an MPTCP socket, from MPTCP_INFO.
+pub fn mptcp_subflows(stream: &TcpStream) -> Result<u8> {
+    let mut info = [0u8; 256];
+    let mut len = info.len() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into info.
+    let rc = unsafe {
+        libc::getsockopt(stream.as_raw_fd(), SOL_MPTCP, MPTCP_INFO, info.as_mut_ptr().cast(), &mut len)
+    };
+    ensure!(rc == 0, "MPTCP_INFO: {}", std::io::Error::last_os_error());
+    // struct mptcp_info starts with __u8 mptcpi_subflows.
+    Ok(info[0])
+}
+
+/// Connects from `ns` to `server`, sends `options.bytes` and checks the server's count.
+pub fn transfer(ns: &Netns, server: SocketAddr, options: ClientOptions) -> Result<Transfer> {
+    let socket = socket(ns, server, options.proto)?;
+    socket.connect_timeout(&server.into(), IO_TIMEOUT).with_context(|| format!("connecting to {server}"))?;
+    let mut stream: TcpStream = socket.into();
+    let chunk = vec![0x5au8; 64 * 1024];
+    // The client's in-kernel path manager opens subflows only once the connection is fully
+    // established, which takes the server's first DSS: send a little data first.
+    let first = options.bytes.min(1024) as usize;
+    stream.write_all(&chunk[..first])?;
+    let mut left = options.bytes - first as u64;
+    let mut subflows = 0;
+    if options.proto == Proto::Mptcp {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            subflows = mptcp_subflows(&stream)?;
+            if subflows >= options.wait_subflows {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("only {subflows} of {} additional subflows after 5 s", options.wait_subflows);
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        stream.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    stream.shutdown(Shutdown::Write)?;
+    let mut reply = [0u8; 8];
+    stream.read_exact(&mut reply).context("reading the server's byte count")?;
+    let received = u64::from_be_bytes(reply);
+    ensure!(received == options.bytes, "server received {received} of {} bytes", options.bytes);
+    Ok(Transfer { bytes: received, subflows })
+}

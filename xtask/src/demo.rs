@@ -1,0 +1,81 @@
+//! `cargo xtask demo`: the dataplane on a namespace lab, watching real kernel MPTCP traffic.
+
+use std::{process::Command, time::Duration};
+
+use anyhow::Result;
+use mptcp_tests::{
+    agent::{Attached, pin_dir},
+    lab::{DualHomedLab, LabOptions},
+    lock::LabLock,
+    traffic::{ClientOptions, Proto, Server, transfer},
+};
+
+use crate::{
+    setup::setup,
+    util::{build_agent, output},
+};
+
+const CONNECTIONS: usize = 3;
+const BYTES: u64 = 4 << 20;
+
+pub fn demo() -> Result<()> {
+    setup()?;
+    let agent = build_agent(false)?;
+    // SAFETY: single-threaded at this point; the lab helpers read it to find the agent.
+    unsafe { std::env::set_var("MPTCP_AGENT_BIN", &agent) };
+
+    let _lock = LabLock::acquire()?;
+    let lab = DualHomedLab::new(LabOptions { server_signal_endpoint: true, ..LabOptions::default() })?;
+    println!("\n== lab: client {} <=> server {}", lab.client.name(), lab.server.name());
+    for (index, path) in lab.paths.iter().enumerate() {
+        println!(
+            "   path {index}: {} {} <-> {} {}",
+            path.client_if, path.client_addr, path.server_if, path.server_addr
+        );
+    }
+    println!("   client endpoints:\n{}", indent(&lab.client.ip(&["mptcp", "endpoint", "show"])?));
+    println!("   server endpoints:\n{}", indent(&lab.server.ip(&["mptcp", "endpoint", "show"])?));
+
+    let attached: Vec<Attached<'_>> =
+        lab.paths.iter().map(|path| Attached::new(&lab.server, &path.server_if)).collect::<Result<_>>()?;
+    println!("\n== dataplane attached to the server's interfaces (XDP ingress, tcx egress)");
+
+    let server = Server::start(&lab.server, lab.server_addr(0, 5201), Proto::Mptcp, CONNECTIONS)?;
+    for n in 1..=CONNECTIONS {
+        let done = transfer(
+            &lab.client,
+            server.addr,
+            ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows: 1 },
+        )?;
+        println!("   MPTCP connection {n}: {} bytes, {} additional subflow(s)", done.bytes, done.subflows);
+    }
+    server.join()?;
+    let plain = Server::start(&lab.server, lab.server_addr(0, 5202), Proto::Tcp, 1)?;
+    let done = transfer(
+        &lab.client,
+        plain.addr,
+        ClientOptions { proto: Proto::Tcp, bytes: BYTES, wait_subflows: 0 },
+    )?;
+    plain.join()?;
+    println!("   plain TCP connection: {} bytes", done.bytes);
+    std::thread::sleep(Duration::from_millis(300));
+
+    for one in &attached {
+        println!("\n== mptcp-agent stats --iface {}", one.iface());
+        let out = output(lab.server.nsenter_cmd(agent.to_str().unwrap_or("mptcp-agent")).args([
+            "stats",
+            "--iface",
+            one.iface(),
+        ]))?;
+        print!("{}", indent(&out));
+    }
+    let map = pin_dir(attached[0].iface()).join("maps/COUNTERS");
+    println!("\n== bpftool map dump pinned {}", map.display());
+    print!("{}", output(Command::new("bpftool").args(["map", "dump", "pinned"]).arg(&map))?);
+    println!("\n== tearing the lab down");
+    Ok(())
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("   {line}\n")).collect()
+}
