@@ -58,11 +58,11 @@ pub fn to_json(iface: &str, counters: &InterfaceCounters) -> serde_json::Value {
 
 /// A two-column table, one row per counter.
 pub fn to_table(iface: &str, counters: &InterfaceCounters) -> String {
-    let mut out = format!("{:<20} {:>14} {:>14}\n", format!("[{iface}]"), "ingress", "egress");
+    let mut out = format!("{:<28} {:>14} {:>14}\n", format!("[{iface}]"), "ingress", "egress");
     for ((name, ingress), egress) in
         PACKET_COUNTER_NAMES.iter().zip(counters.ingress.values()).zip(counters.egress.values())
     {
-        out.push_str(&format!("{name:<20} {ingress:>14} {egress:>14}\n"));
+        out.push_str(&format!("{name:<28} {ingress:>14} {egress:>14}\n"));
     }
     out
 }

@@ -49,13 +49,32 @@ fn tshark_counts(pcap: &Path, local: &[IpAddr]) -> Result<(Counts, Counts)> {
     Ok((ingress, egress))
 }
 
-/// The agent's counters of one direction, as name -> value, zeros dropped like tshark's.
+/// Counters a capture can be compared with; the others count table and admission work.
+const OPTION_COUNTERS: &[&str] = &[
+    "tcp_packets",
+    "tcp_without_mptcp",
+    "mp_capable",
+    "mp_join",
+    "dss",
+    "add_addr",
+    "remove_addr",
+    "mp_prio",
+    "mp_fail",
+    "mp_fastclose",
+    "mp_tcprst",
+    "mp_experimental",
+    "mp_unknown",
+    "malformed",
+];
+
+/// The agent's option counters of one direction, as name -> value, zeros dropped like tshark's.
 fn agent_counts(stats: &serde_json::Value, direction: &str) -> Counts {
     stats[direction]
         .as_object()
         .map(|counters| {
             counters
                 .iter()
+                .filter(|(name, _)| OPTION_COUNTERS.contains(&name.as_str()))
                 .filter_map(|(name, value)| Some((name.clone(), value.as_u64()?)))
                 .filter(|(_, value)| *value > 0)
                 .collect()
