@@ -1,7 +1,11 @@
-//! The MPTCP dataplane agent: loads, attaches and pins the eBPF programs, and reads and drives
-//! the maps they share with it.
+//! The MPTCP dataplane agent: loads, attaches and pins the eBPF programs, reads and drives the
+//! maps they share with it, and completes what needs cryptography.
 
 pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod events;
 pub mod handshake;
 pub mod loader;
 pub mod stats;
+pub mod tables;

@@ -3,7 +3,7 @@
 //! Every struct here is `#[repr(C)]` with its size checked at compile time; the programs declare
 //! BTF maps of these types, so `bpftool map dump` prints their field names.
 
-use crate::mptcp::subtype;
+use crate::{dataspace::DataSpace, mptcp::subtype};
 
 /// Per-CPU array of [`PacketCounters`], indexed by [`Direction`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
@@ -19,10 +19,25 @@ pub const EVENTS_MAP: &str = "EVENTS";
 pub const CONFIG_MAP: &str = "CONFIG";
 /// LRU hash source address ([`AddrKey`]) -> [`RateBucket`] for the join rate limit.
 pub const JOIN_RATE_MAP: &str = "JOIN_RATE";
+/// LRU hash [`FlowKey`] -> [`hmac_verdict`]: the agent's MP_JOIN verdicts. The programs copy a
+/// verdict into the subflow on its next packet; the agent never writes the tables the programs
+/// update, so no update of theirs is lost.
+pub const HMAC_VERDICTS_MAP: &str = "HMAC_VERDICTS";
+/// LRU hash server token -> [`ConnectionChecks`], written by the agent only.
+pub const CONNECTION_CHECKS_MAP: &str = "CONNECTION_CHECKS";
 
-/// Names of every map the programs declare; the agent pins each one under its name.
-pub const MAP_NAMES: [&str; 7] =
-    [COUNTERS_MAP, SUBFLOWS_MAP, CONNECTIONS_MAP, CLIENT_TOKENS_MAP, EVENTS_MAP, CONFIG_MAP, JOIN_RATE_MAP];
+/// Maps one instance shares across all its interfaces (an MPTCP connection spans interfaces);
+/// the agent pins each under its name. [`COUNTERS_MAP`] is per interface.
+pub const SHARED_MAP_NAMES: [&str; 8] = [
+    SUBFLOWS_MAP,
+    CONNECTIONS_MAP,
+    CLIENT_TOKENS_MAP,
+    EVENTS_MAP,
+    CONFIG_MAP,
+    JOIN_RATE_MAP,
+    HMAC_VERDICTS_MAP,
+    CONNECTION_CHECKS_MAP,
+];
 
 /// Capacities of the tables.
 pub const MAX_SUBFLOWS: usize = 65536;
@@ -343,8 +358,6 @@ pub mod connection_flags {
     pub const FASTCLOSE: u32 = 1 << 5;
     pub const TCPRST: u32 = 1 << 6;
     pub const CHECKSUM: u32 = 1 << 7;
-    /// The agent checked the keys' tokens and IDSNs with its own SHA-256.
-    pub const AGENT_CHECKED: u32 = 1 << 8;
 }
 
 /// One MPTCP connection, keyed by the server's token. Direction index 0 is client to server.
@@ -365,15 +378,12 @@ pub struct Connection {
     pub data_bytes: [u64; 2],
     /// Highest data ACK per direction of the data acknowledged (index 0: the client's data).
     pub data_ack: [u64; 2],
-    /// End of the highest data range mapped per direction.
-    pub mapped_end: [u64; 2],
+    /// The data sequence space mapped per direction.
+    pub data: [DataSpace; 2],
     /// New subflow ranges mapping data already mapped: data sent again, on another subflow or
     /// the same one.
     pub reinjections: u64,
     pub reinjected_bytes: u64,
-    /// ADD_ADDR HMAC verdicts of the agent.
-    pub add_addr_verified: u32,
-    pub add_addr_failed: u32,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     pub version: u8,
@@ -382,7 +392,20 @@ pub struct Connection {
     pub _pad: [u8; 6],
 }
 
-const _: () = assert!(size_of::<Connection>() == 144);
+const _: () = assert!(size_of::<Connection>() == 120 + 2 * size_of::<DataSpace>());
+
+/// What the agent checked of a connection, with its own SHA-256 and HMAC code.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionChecks {
+    /// Keys whose token and IDSN the agent recomputed: matching and differing from the programs'.
+    pub keys_matched: u32,
+    pub keys_mismatched: u32,
+    pub add_addr_verified: u32,
+    pub add_addr_failed: u32,
+}
+
+const _: () = assert!(size_of::<ConnectionChecks>() == 16);
 
 /// Kinds of [`Event`]s.
 pub mod event_kind {
@@ -490,6 +513,7 @@ mod pod {
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::Subflow {}
     unsafe impl aya::Pod for super::Connection {}
+    unsafe impl aya::Pod for super::ConnectionChecks {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::DataplaneConfig {}
     unsafe impl aya::Pod for super::RateBucket {}

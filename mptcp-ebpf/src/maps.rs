@@ -5,9 +5,11 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use mptcp_common::maps::{
-    AddrKey, Connection, DataplaneConfig, Direction, EVENTS_BYTES, Event, FlowKey, MAX_CONNECTIONS,
-    MAX_RATE_SOURCES, MAX_SUBFLOWS, PacketCounters, RateBucket, Subflow,
+    AddrKey, Connection, ConnectionChecks, DataplaneConfig, Direction, EVENTS_BYTES, Event, FlowKey,
+    MAX_CONNECTIONS, MAX_RATE_SOURCES, MAX_SUBFLOWS, PacketCounters, RateBucket, Subflow,
 };
+
+use mptcp_common::options::TCP_OPTION_SPACE;
 
 use crate::{packet::OptionBuffer, track::PacketState};
 
@@ -33,11 +35,19 @@ pub static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
 pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
 
 #[btf_map]
+pub static HMAC_VERDICTS: LruHashMap<FlowKey, u8, MAX_SUBFLOWS> = LruHashMap::new();
+
+#[btf_map]
+pub static CONNECTION_CHECKS: LruHashMap<u32, ConnectionChecks, MAX_CONNECTIONS> = LruHashMap::new();
+
+#[btf_map]
 pub static JOIN_RATE: LruHashMap<AddrKey, RateBucket, MAX_RATE_SOURCES> = LruHashMap::new();
 
 /// Per-packet working memory, kept off the 512-byte stack.
 pub struct Scratch {
     pub options: OptionBuffer,
+    /// The MPTCP option being parsed, copied to offset 0 (see `mptcp_track_option`).
+    pub option: [u8; TCP_OPTION_SPACE],
     pub packet: PacketState,
 }
 

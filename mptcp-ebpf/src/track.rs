@@ -14,13 +14,17 @@ use mptcp_common::{
         admission, connection_flags, direction_flags, event_flags, event_kind, fallback_reason, hmac_verdict,
         ipv4_mapped, subflow_kind, subflow_state,
     },
-    mptcp::{AddAddr, Dss, MpCapable, MpJoin, MptcpError, MptcpOption},
+    mptcp::{
+        AddAddr, Dss, DssMapping, MpCapable, MpExperimental, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst,
+        MptcpError, RemoveAddr, subtype, subtype_of,
+    },
     options::TCP_OPTION_SPACE,
 };
 
 use crate::{
     maps::{
-        CLIENT_TOKENS, CONNECTIONS, DIGEST_SCHEDULE, EVENTS, JOIN_RATE, SUBFLOWS, config, counters, scratch,
+        CLIENT_TOKENS, CONNECTIONS, DIGEST_SCHEDULE, EVENTS, HMAC_VERDICTS, JOIN_RATE, SUBFLOWS, config,
+        counters, scratch,
     },
     packet::{TcpSegment, tcp_flags},
 };
@@ -139,14 +143,19 @@ pub extern "C" fn mptcp_track_option(index: u32) -> u32 {
     let Some(scratch) = scratch() else {
         return PASS;
     };
-    let start = usize::from(offset);
+    let (start, length) = (usize::from(offset), usize::from(length));
     // Both bounds, separately: the verifier does not relate them.
-    if start >= TCP_OPTION_SPACE || usize::from(length) > TCP_OPTION_SPACE {
+    if start >= TCP_OPTION_SPACE || length > TCP_OPTION_SPACE {
         return PASS;
     }
-    let Some(option) = scratch.options.0.get(start..start + usize::from(length)) else {
+    // The codec reads the option from a fixed place: with the option at a variable offset, LLVM
+    // mixes the slice's pointer into integer registers, which the verifier rejects.
+    let (Some(source), Some(option)) =
+        (scratch.options.0.get(start..start + length), scratch.option.get_mut(..length))
+    else {
         return PASS;
     };
+    option.copy_from_slice(source);
     tracker.handle(option).code()
 }
 
@@ -247,75 +256,94 @@ impl Tracker {
     /// Parses and handles one MPTCP option.
     #[inline(always)]
     fn handle(&mut self, option: &[u8]) -> Verdict {
-        match MptcpOption::parse(option) {
-            Ok(option) => self.option(&option),
-            Err(MptcpError::UnknownSubtype { .. }) => Verdict::Pass,
-            Err(_) => {
-                self.counters().malformed += 1;
-                Verdict::Pass
+        // Dispatch on the subtype, then parse into that subtype's own type: see MptcpOption.
+        let result = match subtype_of(option) {
+            Some(subtype::MP_CAPABLE) => {
+                MpCapable::parse(option).map(|c| self.capable(&c)).map(|()| Verdict::Pass)
             }
-        }
+            Some(subtype::MP_JOIN) => MpJoin::parse(option).map(|j| self.join(&j)),
+            Some(subtype::DSS) => Dss::parse(option).map(|d| self.dss(&d)).map(|()| Verdict::Pass),
+            Some(subtype::ADD_ADDR) => {
+                AddAddr::parse(option).map(|a| self.add_addr(&a)).map(|()| Verdict::Pass)
+            }
+            Some(subtype::REMOVE_ADDR) => RemoveAddr::parse(option).map(|r| self.remove_addr(&r)),
+            Some(subtype::MP_PRIO) => MpPrio::parse(option).map(|p| self.prio(&p)),
+            Some(subtype::MP_FAIL) => MpFail::parse(option).map(|f| self.fail(&f)),
+            Some(subtype::MP_FASTCLOSE) => MpFastClose::parse(option).map(|f| self.fastclose(&f)),
+            Some(subtype::MP_TCPRST) => MpTcpRst::parse(option).map(|r| self.tcprst(&r)),
+            Some(subtype::MP_EXPERIMENTAL) => MpExperimental::parse(option).map(|_| Verdict::Pass),
+            Some(_) => return Verdict::Pass,
+            None => Err(MptcpError::NotMptcp),
+        };
+        result.unwrap_or_else(|_| {
+            self.counters().malformed += 1;
+            Verdict::Pass
+        })
     }
 
     #[inline(always)]
-    fn option(&mut self, option: &MptcpOption<'_>) -> Verdict {
-        match option {
-            MptcpOption::Capable(capable) => self.capable(capable),
-            MptcpOption::Join(join) => return self.join(join),
-            MptcpOption::Dss(dss) => self.dss(dss),
-            MptcpOption::AddAddr(add) => self.add_addr(add),
-            MptcpOption::RemoveAddr { ids } => {
-                if let Some(event) = self.event(event_kind::REMOVE_ADDR) {
-                    let n = ids.len().min(event.addr.len());
-                    event.count = n as u8;
-                    if let (Some(dst), Some(src)) = (event.addr.get_mut(..n), ids.get(..n)) {
-                        dst.copy_from_slice(src);
-                    }
-                    self.submit(event);
-                }
+    fn remove_addr(&mut self, remove: &RemoveAddr) -> Verdict {
+        if let Some(event) = self.event(event_kind::REMOVE_ADDR) {
+            let ids = remove.ids.as_slice();
+            let n = ids.len().min(event.addr.len());
+            event.count = n as u8;
+            if let (Some(dst), Some(src)) = (event.addr.get_mut(..n), ids.get(..n)) {
+                dst.copy_from_slice(src);
             }
-            MptcpOption::Prio { backup, .. } => {
-                if let Some(subflow) = self.subflow() {
-                    let from_client = self.sent_by_client(subflow);
-                    let flags = &mut subflow.dir[usize::from(!from_client)].flags;
-                    if *backup {
-                        *flags |= direction_flags::BACKUP;
-                    } else {
-                        *flags &= !direction_flags::BACKUP;
-                    }
-                }
-                if let Some(event) = self.event(event_kind::MP_PRIO) {
-                    event.flags = if *backup { event_flags::BACKUP } else { 0 };
-                    self.submit(event);
-                }
+            self.submit(event);
+        }
+        Verdict::Pass
+    }
+
+    #[inline(always)]
+    fn prio(&mut self, prio: &MpPrio) -> Verdict {
+        if let Some(subflow) = self.subflow() {
+            let from_client = self.sent_by_client(subflow);
+            let flags = &mut subflow.dir[usize::from(!from_client)].flags;
+            if prio.backup {
+                *flags |= direction_flags::BACKUP;
+            } else {
+                *flags &= !direction_flags::BACKUP;
             }
-            MptcpOption::Fail { dsn } => {
-                self.fall_back(fallback_reason::MP_FAIL);
-                if let Some(event) = self.event(event_kind::MP_FAIL) {
-                    event.keys[0] = *dsn;
-                    self.submit(event);
-                }
-            }
-            MptcpOption::FastClose { receiver_key } => {
-                if let Some(connection) = self.connection() {
-                    connection.flags |= connection_flags::FASTCLOSE;
-                }
-                if let Some(event) = self.event(event_kind::MP_FASTCLOSE) {
-                    event.keys[0] = *receiver_key;
-                    self.submit(event);
-                }
-            }
-            MptcpOption::TcpRst { flags, reason } => {
-                if let Some(connection) = self.connection() {
-                    connection.flags |= connection_flags::TCPRST;
-                }
-                if let Some(event) = self.event(event_kind::MP_TCPRST) {
-                    event.flags = *flags;
-                    event.reason = *reason;
-                    self.submit(event);
-                }
-            }
-            MptcpOption::Experimental { .. } => {}
+        }
+        if let Some(event) = self.event(event_kind::MP_PRIO) {
+            event.flags = if prio.backup { event_flags::BACKUP } else { 0 };
+            self.submit(event);
+        }
+        Verdict::Pass
+    }
+
+    #[inline(always)]
+    fn fail(&mut self, fail: &MpFail) -> Verdict {
+        self.fall_back(fallback_reason::MP_FAIL);
+        if let Some(event) = self.event(event_kind::MP_FAIL) {
+            event.keys[0] = fail.dsn;
+            self.submit(event);
+        }
+        Verdict::Pass
+    }
+
+    #[inline(always)]
+    fn fastclose(&mut self, fastclose: &MpFastClose) -> Verdict {
+        if let Some(connection) = self.connection() {
+            connection.flags |= connection_flags::FASTCLOSE;
+        }
+        if let Some(event) = self.event(event_kind::MP_FASTCLOSE) {
+            event.keys[0] = fastclose.receiver_key;
+            self.submit(event);
+        }
+        Verdict::Pass
+    }
+
+    #[inline(always)]
+    fn tcprst(&mut self, rst: &MpTcpRst) -> Verdict {
+        if let Some(connection) = self.connection() {
+            connection.flags |= connection_flags::TCPRST;
+        }
+        if let Some(event) = self.event(event_kind::MP_TCPRST) {
+            event.flags = rst.flags;
+            event.reason = rst.reason;
+            self.submit(event);
         }
         Verdict::Pass
     }
@@ -349,6 +377,18 @@ impl Tracker {
         {
             event.keys = [capable.sender_key.unwrap_or(0), capable.receiver_key.unwrap_or(0)];
             self.submit(event);
+        }
+        // The client's first data may ride on MP_CAPABLE: an implicit mapping of its data
+        // sequence space, which starts right after its IDSN, from subflow sequence 1.
+        if let (Some(data_len), Some(idsn)) = (capable.data_len, self.connection().map(|c| c.client_idsn)) {
+            let mapping = DssMapping {
+                dsn: idsn.wrapping_add(1),
+                dsn_wide: true,
+                subflow_seq: 1,
+                data_len,
+                checksum: None,
+            };
+            self.account_mapping(0, &mapping, false);
         }
     }
 
@@ -571,12 +611,27 @@ impl Tracker {
             self.fall_back(fallback_reason::INFINITE_MAPPING);
             return;
         }
-        direction.map_dsn = mapping.dsn;
-        direction.map_ssn = mapping.subflow_seq;
-        direction.map_len = mapping.data_len;
+        self.account_mapping(index, &mapping, dss.data_fin);
+    }
+
+    /// Records a mapping the side `index` sent (DSS, or MP_CAPABLE carrying the first data) and
+    /// counts its new data and reinjections on the connection. Out of line: a BPF subprogram of
+    /// its own keeps LLVM's register use simple enough for the verifier.
+    #[inline(never)]
+    fn account_mapping(&mut self, index: usize, mapping: &DssMapping, data_fin: bool) {
+        let DssMapping { dsn, dsn_wide, subflow_seq: ssn, data_len, .. } = *mapping;
+        let Some(subflow) = self.subflow() else {
+            return;
+        };
+        let Some(direction) = subflow.dir.get_mut(index) else {
+            return;
+        };
+        direction.map_dsn = dsn;
+        direction.map_ssn = ssn;
+        direction.map_len = data_len;
         // Every segment a mapping covers repeats it: only a range beyond what this side already
         // mapped on the subflow is new (serial arithmetic, RFC 1982).
-        let ssn_end = mapping.subflow_seq.wrapping_add(u32::from(mapping.data_len));
+        let ssn_end = ssn.wrapping_add(u32::from(data_len));
         let fresh_ssn = ssn_end.wrapping_sub(direction.ssn_end) as i32;
         if fresh_ssn <= 0 && direction.ssn_end != 0 {
             return;
@@ -585,22 +640,27 @@ impl Tracker {
         let Some(connection) = self.connection() else {
             return;
         };
-        let data = &mut connection.mapped_end[index];
-        let dsn = if mapping.dsn_wide { mapping.dsn } else { (*data & !0xffff_ffff) | mapping.dsn };
-        // The DATA_FIN occupies one data sequence number of the mapping but carries no byte.
-        let len = u64::from(mapping.data_len) - u64::from(dss.data_fin);
-        let dsn_end = dsn + len;
-        if dsn < *data && *data != 0 {
-            atomic_add(&mut connection.reinjections, 1);
-            atomic_add(&mut connection.reinjected_bytes, dsn_end.min(*data) - dsn);
+        let (Some(space), Some(data_bytes)) =
+            (connection.data.get_mut(index), connection.data_bytes.get_mut(index))
+        else {
+            return;
+        };
+        // The first mapping seen starts the space; a 4-byte DSN takes the high bits from it.
+        let dsn = if dsn_wide { dsn } else { (space.end & !0xffff_ffff) | dsn };
+        if space.end == 0 {
+            space.end = dsn;
         }
-        if dsn_end > *data {
-            atomic_add(&mut connection.data_bytes[index], dsn_end - dsn.max(*data));
-            connection.mapped_end[index] = dsn_end;
+        // The DATA_FIN occupies one data sequence number of the mapping but carries no byte.
+        let mapped = space.map(dsn, dsn + u64::from(data_len) - u64::from(data_fin));
+        atomic_add(data_bytes, mapped.fresh);
+        if mapped.again > 0 {
+            atomic_add(&mut connection.reinjections, 1);
+            atomic_add(&mut connection.reinjected_bytes, mapped.again);
         }
     }
 
-    #[inline(always)]
+    /// Out of line for the same reason as `account_mapping`.
+    #[inline(never)]
     fn add_addr(&mut self, add: &AddAddr) {
         if let Some(event) = self.event(event_kind::ADD_ADDR) {
             event.addr_id = add.addr_id;
@@ -667,6 +727,12 @@ impl Tracker {
             subflow.state = subflow_state::CLOSED;
         }
         subflow.last_seen_ns = self.state.now;
+        if subflow.hmac == hmac_verdict::PENDING
+            && let Some(verdict) = HMAC_VERDICTS.get_ptr(&self.state.key)
+        {
+            // SAFETY: map value pointer from a successful lookup.
+            subflow.hmac = unsafe { *verdict };
+        }
 
         let opened_mptcp = subflow.kind != subflow_kind::UNKNOWN;
         if opened_mptcp && subflow.fallback == fallback_reason::NONE {
