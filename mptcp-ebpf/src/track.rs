@@ -411,6 +411,8 @@ impl Tracker {
                     connection.server_key = server_key;
                     connection.server_token = server.token;
                     connection.server_idsn = server.idsn;
+                    // The server's data sequence space starts right after its IDSN.
+                    connection.data[1].end = server.idsn.wrapping_add(1);
                     connection.flags = connection_flags::SERVER_KEY;
                     connection.version = capable.version;
                     connection.subflows = 1;
@@ -434,6 +436,11 @@ impl Tracker {
             connection.client_key = client_key;
             connection.client_token = client.token;
             connection.client_idsn = client.idsn;
+            // Mappings may arrive out of order across subflows: start from the IDSN, not from
+            // whichever mapping shows up first.
+            if connection.data[0].end == 0 {
+                connection.data[0].end = client.idsn.wrapping_add(1);
+            }
             connection.flags |= connection_flags::CLIENT_KEY;
             if CLIENT_TOKENS.insert(client.token, connection.server_token, 0).is_err() {
                 self.counters().table_errors += 1;
@@ -645,7 +652,8 @@ impl Tracker {
         else {
             return;
         };
-        // The first mapping seen starts the space; a 4-byte DSN takes the high bits from it.
+        // A connection seen without its keys starts at the first mapping; a 4-byte DSN takes the
+        // high bits from the space.
         let dsn = if dsn_wide { dsn } else { (space.end & !0xffff_ffff) | dsn };
         if space.end == 0 {
             space.end = dsn;

@@ -75,10 +75,11 @@ impl Drop for Capture {
 }
 
 /// `tshark -r FILE -T fields -e F1 -e F2 ...`: one row per packet, one column per field;
-/// repeated fields come comma-separated.
+/// repeated fields come comma-separated. MPTCP mapping analysis (reinjections) is on.
 pub fn tshark_fields(path: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
     let mut cmd = Command::new("tshark");
     cmd.arg("-r").arg(path).args(["-T", "fields", "-E", "separator=/t", "-E", "occurrence=a"]);
+    cmd.args(["-o", "mptcp.analyze_mappings:TRUE", "-o", "mptcp.intersubflows_retransmission:TRUE"]);
     for field in fields {
         cmd.args(["-e", field]);
     }

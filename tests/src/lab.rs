@@ -45,6 +45,8 @@ pub struct LabOptions {
     pub family: Family,
     /// The client's second address is a `subflow` endpoint: the client joins over path 1.
     pub client_subflow_endpoint: bool,
+    /// That endpoint also has the `backup` flag: its joins ask to be backup subflows.
+    pub client_backup: bool,
     /// The server's second address is a `signal` endpoint: the server sends ADD_ADDR.
     pub server_signal_endpoint: bool,
     /// Turn off GRO/GSO/TSO on the veths so every capture sees the packets the programs see.
@@ -56,6 +58,7 @@ impl Default for LabOptions {
         Self {
             family: Family::V4,
             client_subflow_endpoint: true,
+            client_backup: false,
             server_signal_endpoint: false,
             disable_offloads: true,
         }

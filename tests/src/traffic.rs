@@ -19,8 +19,9 @@ const MPTCP_INFO: i32 = 1;
 /// Every blocking socket call gives up after this long.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Proto {
+    #[default]
     Mptcp,
     Tcp,
 }
@@ -88,13 +89,48 @@ fn serve(mut stream: TcpStream) -> Result<u64> {
 }
 
 /// How a client connection behaves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct ClientOptions {
     pub proto: Proto,
     /// Bytes sent after the connection is set up.
     pub bytes: u64,
     /// Wait until the kernel reports this many additional subflows before sending (MPTCP only).
     pub wait_subflows: u8,
+    /// Once all data is sent, check in at this gate and wait for it to open before closing.
+    pub hold: Option<std::sync::Arc<Gate>>,
+}
+
+/// Holds connections open while a test looks at them; bounded in time on both sides.
+#[derive(Debug, Default)]
+pub struct Gate {
+    arrived: std::sync::atomic::AtomicUsize,
+    open: std::sync::atomic::AtomicBool,
+}
+
+impl Gate {
+    fn pass(&self) {
+        use std::sync::atomic::Ordering;
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while !self.open.load(Ordering::SeqCst) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits until `count` connections have checked in.
+    pub fn wait_for(&self, count: usize) -> Result<()> {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while self.arrived.load(std::sync::atomic::Ordering::SeqCst) < count {
+            ensure!(Instant::now() < deadline, "connections did not come up in time");
+            thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Lets the held connections close.
+    pub fn open(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// What one client connection achieved.
@@ -147,6 +183,9 @@ pub fn transfer(ns: &Netns, server: SocketAddr, options: ClientOptions) -> Resul
         let n = left.min(chunk.len() as u64) as usize;
         stream.write_all(&chunk[..n])?;
         left -= n as u64;
+    }
+    if let Some(gate) = &options.hold {
+        gate.pass();
     }
     stream.shutdown(Shutdown::Write)?;
     let mut reply = [0u8; 8];

@@ -110,7 +110,7 @@ fn mptcp_counters_match_tshark(family: Family) -> Result<()> {
         let done = transfer(
             &lab.client,
             server.addr,
-            ClientOptions { proto: Proto::Mptcp, bytes: 256 * 1024, wait_subflows: 1 },
+            ClientOptions { proto: Proto::Mptcp, bytes: 256 * 1024, wait_subflows: 1, hold: None },
         )?;
         ensure!(done.subflows >= 1, "the kernel opened no second subflow");
     }
@@ -167,7 +167,7 @@ fn plain_tcp_moves_only_the_non_mptcp_counter() -> Result<()> {
     transfer(
         &lab.client,
         server.addr,
-        ClientOptions { proto: Proto::Tcp, bytes: 256 * 1024, wait_subflows: 0 },
+        ClientOptions { proto: Proto::Tcp, bytes: 256 * 1024, wait_subflows: 0, hold: None },
     )?;
     server.join()?;
     thread::sleep(Duration::from_millis(300));

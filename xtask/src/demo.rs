@@ -49,7 +49,7 @@ pub fn demo() -> Result<()> {
         let done = transfer(
             &lab.client,
             server.addr,
-            ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows: 1 },
+            ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows: 1, hold: None },
         )?;
         println!("   MPTCP connection {n}: {} bytes, {} additional subflow(s)", done.bytes, done.subflows);
     }
@@ -58,7 +58,7 @@ pub fn demo() -> Result<()> {
     let done = transfer(
         &lab.client,
         plain.addr,
-        ClientOptions { proto: Proto::Tcp, bytes: BYTES, wait_subflows: 0 },
+        ClientOptions { proto: Proto::Tcp, bytes: BYTES, wait_subflows: 0, hold: None },
     )?;
     plain.join()?;
     println!("   plain TCP connection: {} bytes", done.bytes);

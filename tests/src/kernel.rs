@@ -1,0 +1,151 @@
+//! What the kernel itself reports about MPTCP: `ss -M` sockets and `ip mptcp monitor` events,
+//! the reference the dataplane's tables are compared with.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    process::{Child, Stdio},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result};
+
+use crate::netns::Netns;
+
+/// An MPTCP subflow socket as `ss -tniM` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelSubflow {
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+    /// The local end's token of the connection.
+    pub token: u32,
+    /// ss flags: `M` MP_CAPABLE, `J` MP_JOIN, `b`/`B` local/remote backup, ...
+    pub flags: String,
+}
+
+fn parse_addr(text: &str) -> Option<SocketAddr> {
+    text.parse().ok().or_else(|| {
+        // ss prints IPv6 as [addr]:port, which parses, or addr:port; handle the latter.
+        let (addr, port) = text.rsplit_once(':')?;
+        Some(SocketAddr::new(addr.trim_matches(['[', ']']).parse().ok()?, port.parse().ok()?))
+    })
+}
+
+/// Established TCP subflows of MPTCP connections in `ns` (`ss -tniM state established`).
+pub fn subflows(ns: &Netns) -> Result<Vec<KernelSubflow>> {
+    let out = ns.exec("ss", &["-tniM", "state", "established"])?;
+    let mut subflows = Vec::new();
+    let mut socket: Option<(SocketAddr, SocketAddr)> = None;
+    for line in out.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // Socket lines: Netid Recv-Q Send-Q Local Peer; detail lines are indented.
+        if !line.starts_with(char::is_whitespace) {
+            let mut addrs = fields.iter().filter_map(|f| parse_addr(f));
+            socket = addrs.next().zip(addrs.next());
+            continue;
+        }
+        let Some((local, peer)) = socket else { continue };
+        if !line.contains("tcp-ulp-mptcp") {
+            continue;
+        }
+        let token = fields
+            .iter()
+            .find_map(|f| f.strip_prefix("token:"))
+            .and_then(|t| t.split('/').nth(1))
+            .and_then(|t| t.split('(').next())
+            .and_then(|t| u32::from_str_radix(t, 16).ok())
+            .context("no token in an ss subflow line")?;
+        let flags = fields.iter().find_map(|f| f.strip_prefix("flags:")).unwrap_or("").to_owned();
+        subflows.push(KernelSubflow { local, peer, token, flags });
+    }
+    Ok(subflows)
+}
+
+/// Tokens of the MPTCP sockets established in `ns` (`ss -Mni`), the local end's.
+pub fn connection_tokens(ns: &Netns) -> Result<Vec<u32>> {
+    let out = ns.exec("ss", &["-Mni", "state", "established"])?;
+    Ok(out
+        .split_whitespace()
+        .filter_map(|f| f.strip_prefix("token:"))
+        .filter_map(|t| u32::from_str_radix(t, 16).ok())
+        .collect())
+}
+
+/// A running `ip mptcp monitor`; its events are parsed on demand.
+pub struct Monitor {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+/// One `ip mptcp monitor` event: its kind and `key=value` fields.
+#[derive(Debug, Clone)]
+pub struct MonitorEvent {
+    pub kind: String,
+    pub fields: BTreeMap<String, String>,
+}
+
+impl MonitorEvent {
+    pub fn token(&self) -> Option<u32> {
+        self.fields.get("token").and_then(|t| u32::from_str_radix(t, 16).ok())
+    }
+
+    /// The event's (local, remote) ends, from saddr/daddr and sport/dport.
+    pub fn ends(&self) -> Option<(SocketAddr, SocketAddr)> {
+        let addr = |prefix: &str| {
+            self.fields.get(&format!("{prefix}4")).or_else(|| self.fields.get(&format!("{prefix}6")))?.parse().ok()
+        };
+        let port = |key: &str| self.fields.get(key)?.parse().ok();
+        Some((SocketAddr::new(addr("saddr")?, port("sport")?), SocketAddr::new(addr("daddr")?, port("dport")?)))
+    }
+}
+
+impl Monitor {
+    pub fn start(ns: &Netns) -> Result<Self> {
+        let mut child = ns
+            .exec_cmd("ip")
+            .args(["mptcp", "monitor"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning ip mptcp monitor")?;
+        let stdout = child.stdout.take().context("monitor stdout")?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(mut lines) = sink.lock() {
+                    lines.push(line);
+                }
+            }
+        });
+        // Give it time to subscribe before traffic starts.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        Ok(Self { child, lines })
+    }
+
+    /// The events seen so far.
+    pub fn events(&self) -> Vec<MonitorEvent> {
+        let lines = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
+        lines
+            .iter()
+            .filter_map(|line| {
+                let (kind, rest) = line.trim().strip_prefix('[')?.split_once(']')?;
+                let fields = rest
+                    .split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect();
+                Some(MonitorEvent { kind: kind.trim().to_owned(), fields })
+            })
+            .collect()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
