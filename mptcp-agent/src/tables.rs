@@ -240,8 +240,10 @@ pub struct ConnectionView {
     pub fallback: Option<&'static str>,
     pub data_bytes: DataBytes,
     pub data_ack: DataBytes,
+    /// Mappings that went back in data sequence on their subflow.
     pub reinjections: u64,
-    pub reinjected_bytes: u64,
+    /// Bytes mapped more than once: every subflow's mapped bytes beyond the data's span.
+    pub reinjected_bytes: DataBytes,
     pub data_fin: DataFin,
     pub fastclose: bool,
     pub tcprst: bool,
@@ -282,7 +284,10 @@ impl ConnectionView {
             data_bytes: DataBytes { c2s: connection.data_bytes[0], s2c: connection.data_bytes[1] },
             data_ack: DataBytes { c2s: connection.data_ack[0], s2c: connection.data_ack[1] },
             reinjections: connection.reinjections,
-            reinjected_bytes: connection.reinjected_bytes,
+            reinjected_bytes: DataBytes {
+                c2s: connection.mapped_bytes[0].saturating_sub(connection.data_bytes[0]),
+                s2c: connection.mapped_bytes[1].saturating_sub(connection.data_bytes[1]),
+            },
             data_fin: DataFin {
                 c2s: has(connection_flags::DATA_FIN_C2S),
                 s2c: has(connection_flags::DATA_FIN_S2C),

@@ -3,7 +3,7 @@
 //! Every struct here is `#[repr(C)]` with its size checked at compile time; the programs declare
 //! BTF maps of these types, so `bpftool map dump` prints their field names.
 
-use crate::{dataspace::DataSpace, mptcp::subtype};
+use crate::mptcp::subtype;
 
 /// Per-CPU array of [`PacketCounters`], indexed by [`Direction`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
@@ -308,9 +308,12 @@ pub struct SubflowDirection {
     /// Address ID this side announced in MP_JOIN.
     pub addr_id: u8,
     pub _pad: [u8; 3],
+    /// End of the highest data range this side mapped on the subflow: a scheduler hands each
+    /// subflow increasing data sequence numbers, so a mapping below it sends data again.
+    pub dsn_end: u64,
 }
 
-const _: () = assert!(size_of::<SubflowDirection>() == 48);
+const _: () = assert!(size_of::<SubflowDirection>() == 56);
 
 /// One TCP subflow, keyed by [`FlowKey`]. The "client" of a subflow is the side that sent its
 /// SYN; `dir[0]` is what it sent, `dir[1]` what the other side sent.
@@ -346,7 +349,7 @@ pub struct Subflow {
     pub dir: [SubflowDirection; 2],
 }
 
-const _: () = assert!(size_of::<Subflow>() == 168);
+const _: () = assert!(size_of::<Subflow>() == 184);
 
 /// Connection flags ([`Connection::flags`]).
 pub mod connection_flags {
@@ -374,16 +377,19 @@ pub struct Connection {
     pub flags: u32,
     /// Subflows linked to the connection, the initial one included.
     pub subflows: u32,
-    /// New data mapped by DSS, per direction.
+    /// Data bytes per direction: the span of the data sequence space mapped so far.
     pub data_bytes: [u64; 2],
     /// Highest data ACK per direction of the data acknowledged (index 0: the client's data).
     pub data_ack: [u64; 2],
-    /// The data sequence space mapped per direction.
-    pub data: [DataSpace; 2],
-    /// New subflow ranges mapping data already mapped: data sent again, on another subflow or
-    /// the same one.
+    /// Where each direction's data sequence space starts (after the IDSN) and how far it was
+    /// mapped (a DATA_FIN excluded).
+    pub data_start: [u64; 2],
+    pub mapped_end: [u64; 2],
+    /// Bytes mapped per direction, every subflow's new ranges summed: what exceeds
+    /// `data_bytes` was sent more than once.
+    pub mapped_bytes: [u64; 2],
+    /// Mappings that went back in data sequence on their subflow: data sent again.
     pub reinjections: u64,
-    pub reinjected_bytes: u64,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
     pub version: u8,
@@ -392,7 +398,7 @@ pub struct Connection {
     pub _pad: [u8; 6],
 }
 
-const _: () = assert!(size_of::<Connection>() == 120 + 2 * size_of::<DataSpace>());
+const _: () = assert!(size_of::<Connection>() == 160);
 
 /// What the agent checked of a connection, with its own SHA-256 and HMAC code.
 #[repr(C)]

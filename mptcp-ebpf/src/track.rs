@@ -412,7 +412,8 @@ impl Tracker {
                     connection.server_token = server.token;
                     connection.server_idsn = server.idsn;
                     // The server's data sequence space starts right after its IDSN.
-                    connection.data[1].end = server.idsn.wrapping_add(1);
+                    connection.data_start[1] = server.idsn.wrapping_add(1);
+                    connection.mapped_end[1] = connection.data_start[1];
                     connection.flags = connection_flags::SERVER_KEY;
                     connection.version = capable.version;
                     connection.subflows = 1;
@@ -438,8 +439,9 @@ impl Tracker {
             connection.client_idsn = client.idsn;
             // Mappings may arrive out of order across subflows: start from the IDSN, not from
             // whichever mapping shows up first.
-            if connection.data[0].end == 0 {
-                connection.data[0].end = client.idsn.wrapping_add(1);
+            if connection.data_start[0] == 0 {
+                connection.data_start[0] = client.idsn.wrapping_add(1);
+                connection.mapped_end[0] = connection.data_start[0];
             }
             connection.flags |= connection_flags::CLIENT_KEY;
             if CLIENT_TOKENS.insert(client.token, connection.server_token, 0).is_err() {
@@ -644,26 +646,37 @@ impl Tracker {
             return;
         }
         direction.ssn_end = ssn_end;
+        // A 4-byte DSN takes its high bits from what this side mapped before.
+        let dsn = if dsn_wide { dsn } else { (direction.dsn_end & !0xffff_ffff) | dsn };
+        // The DATA_FIN occupies one data sequence number of the mapping but carries no byte.
+        let end = dsn + u64::from(data_len) - u64::from(data_fin);
+        let went_back = dsn < direction.dsn_end;
+        if end > direction.dsn_end {
+            direction.dsn_end = end;
+        }
         let Some(connection) = self.connection() else {
             return;
         };
-        let (Some(space), Some(data_bytes)) =
-            (connection.data.get_mut(index), connection.data_bytes.get_mut(index))
-        else {
+        let (Some(start), Some(mapped_end), Some(mapped_bytes), Some(data_bytes)) = (
+            connection.data_start.get_mut(index),
+            connection.mapped_end.get_mut(index),
+            connection.mapped_bytes.get_mut(index),
+            connection.data_bytes.get_mut(index),
+        ) else {
             return;
         };
-        // A connection seen without its keys starts at the first mapping; a 4-byte DSN takes the
-        // high bits from the space.
-        let dsn = if dsn_wide { dsn } else { (space.end & !0xffff_ffff) | dsn };
-        if space.end == 0 {
-            space.end = dsn;
+        // A connection seen without its keys starts at its first mapping.
+        if *start == 0 {
+            *start = dsn;
+            *mapped_end = dsn;
         }
-        // The DATA_FIN occupies one data sequence number of the mapping but carries no byte.
-        let mapped = space.map(dsn, dsn + u64::from(data_len) - u64::from(data_fin));
-        atomic_add(data_bytes, mapped.fresh);
-        if mapped.again > 0 {
+        atomic_add(mapped_bytes, end - dsn);
+        if end > *mapped_end {
+            *mapped_end = end;
+            *data_bytes = end - *start;
+        }
+        if went_back {
             atomic_add(&mut connection.reinjections, 1);
-            atomic_add(&mut connection.reinjected_bytes, mapped.again);
         }
     }
 

@@ -93,10 +93,17 @@ impl MonitorEvent {
     /// The event's (local, remote) ends, from saddr/daddr and sport/dport.
     pub fn ends(&self) -> Option<(SocketAddr, SocketAddr)> {
         let addr = |prefix: &str| {
-            self.fields.get(&format!("{prefix}4")).or_else(|| self.fields.get(&format!("{prefix}6")))?.parse().ok()
+            self.fields
+                .get(&format!("{prefix}4"))
+                .or_else(|| self.fields.get(&format!("{prefix}6")))?
+                .parse()
+                .ok()
         };
         let port = |key: &str| self.fields.get(key)?.parse().ok();
-        Some((SocketAddr::new(addr("saddr")?, port("sport")?), SocketAddr::new(addr("daddr")?, port("dport")?)))
+        Some((
+            SocketAddr::new(addr("saddr")?, port("sport")?),
+            SocketAddr::new(addr("daddr")?, port("dport")?),
+        ))
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod craft;
 pub mod kernel;
 pub mod lab;
 pub mod lock;

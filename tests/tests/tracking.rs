@@ -69,7 +69,9 @@ fn tshark_connections(pcap: &std::path::Path) -> Result<BTreeMap<u64, TsharkConn
     let numbers = |cell: &str| -> Vec<u64> {
         cell.split(',')
             .filter(|v| !v.is_empty())
-            .filter_map(|v| v.strip_prefix("0x").map_or_else(|| v.parse().ok(), |h| u64::from_str_radix(h, 16).ok()))
+            .filter_map(|v| {
+                v.strip_prefix("0x").map_or_else(|| v.parse().ok(), |h| u64::from_str_radix(h, 16).ok())
+            })
             .collect()
     };
     for row in rows {
@@ -78,10 +80,9 @@ fn tshark_connections(pcap: &std::path::Path) -> Result<BTreeMap<u64, TsharkConn
         let src: std::net::IpAddr = cell(1).parse().or_else(|_| cell(2).parse())?;
         let dst: std::net::IpAddr = cell(4).parse().or_else(|_| cell(5).parse())?;
         let connection = connections.entry(stream).or_default();
-        connection.subflows.insert(ends(
-            SocketAddr::new(src, cell(3).parse()?),
-            SocketAddr::new(dst, cell(6).parse()?),
-        ));
+        connection
+            .subflows
+            .insert(ends(SocketAddr::new(src, cell(3).parse()?), SocketAddr::new(dst, cell(6).parse()?)));
         connection.tokens.extend(numbers(cell(7)));
         connection.idsns.extend(numbers(cell(8)));
         connection.keys.extend(numbers(cell(9)));
@@ -115,8 +116,12 @@ fn tracking_matches_the_kernel_and_tshark(family: Family) -> Result<()> {
     let (kernel_subflows, kernel_tokens, subflows, conns) = thread::scope(|scope| -> Result<_> {
         let clients: Vec<_> = (0..CONNECTIONS)
             .map(|_| {
-                let options =
-                    ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows: 1, hold: Some(gate.clone()) };
+                let options = ClientOptions {
+                    proto: Proto::Mptcp,
+                    bytes: BYTES,
+                    wait_subflows: 1,
+                    hold: Some(gate.clone()),
+                };
                 scope.spawn(|| transfer(&lab.client, server.addr, options))
             })
             .collect();
@@ -153,15 +158,19 @@ fn tracking_matches_the_kernel_and_tshark(family: Family) -> Result<()> {
         .context("subflows")?
         .iter()
         .filter(|s| s["state"] == "established")
-        .filter_map(|s| Some((ends(addr(&s["client"])?, addr(&s["server"])?), hex(&s["connection_token"])? as u32)))
+        .filter_map(|s| {
+            Some((ends(addr(&s["client"])?, addr(&s["server"])?), hex(&s["connection_token"])? as u32))
+        })
         .collect();
     let theirs: BTreeSet<((SocketAddr, SocketAddr), u32)> =
         kernel_subflows.iter().map(|k| (ends(k.local, k.peer), k.token)).collect();
     assert_eq!(ours, theirs, "established subflows differ from ss -tiM");
     // Backup joins: the kernel marks the subflow 'B' (remote backup) on the server.
     for subflow in subflows.as_array().context("subflows")?.iter().filter(|s| s["state"] == "established") {
-        let end = ends(addr(&subflow["client"]).context("client")?, addr(&subflow["server"]).context("server")?);
-        let kernel = kernel_subflows.iter().find(|k| ends(k.local, k.peer) == end).context("kernel subflow")?;
+        let end =
+            ends(addr(&subflow["client"]).context("client")?, addr(&subflow["server"]).context("server")?);
+        let kernel =
+            kernel_subflows.iter().find(|k| ends(k.local, k.peer) == end).context("kernel subflow")?;
         assert_eq!(subflow["backup"].as_bool(), Some(kernel.flags.contains('B')), "backup of {end:?}");
         if subflow["kind"] == "join" {
             assert_eq!(subflow["hmac"], "verified", "join {end:?}");
@@ -211,9 +220,12 @@ fn tracking_matches_the_kernel_and_tshark(family: Family) -> Result<()> {
             .iter()
             .find(|c| key("client_key", c).is_some_and(|k| tshark.keys.contains(&k)))
             .context("a tshark connection the dataplane does not know")?;
-        let tokens: BTreeSet<u64> = [key("client_token", conn), key("server_token", conn)].into_iter().flatten().collect();
-        let idsns: BTreeSet<u64> = [key("client_idsn", conn), key("server_idsn", conn)].into_iter().flatten().collect();
-        let keys: BTreeSet<u64> = [key("client_key", conn), key("server_key", conn)].into_iter().flatten().collect();
+        let tokens: BTreeSet<u64> =
+            [key("client_token", conn), key("server_token", conn)].into_iter().flatten().collect();
+        let idsns: BTreeSet<u64> =
+            [key("client_idsn", conn), key("server_idsn", conn)].into_iter().flatten().collect();
+        let keys: BTreeSet<u64> =
+            [key("client_key", conn), key("server_key", conn)].into_iter().flatten().collect();
         assert_eq!(tshark.keys, keys);
         assert_eq!(tshark.tokens, tokens);
         assert_eq!(tshark.idsns, idsns);
