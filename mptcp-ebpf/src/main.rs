@@ -8,6 +8,7 @@
 // Map keys and values go by reference: by value they would be copied onto the 512-byte stack.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod baseline;
 mod maps;
 mod observe;
 mod packet;
