@@ -2,5 +2,6 @@
 //! the maps they share with it.
 
 pub mod cli;
+pub mod handshake;
 pub mod loader;
 pub mod stats;
