@@ -1,9 +1,12 @@
 //! Command line: one subcommand per operator task.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::{
+    decode,
     loader::{self, PinLayout, XdpAttachMode},
     stats,
 };
@@ -38,6 +41,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Decode every MPTCP option of a capture file (pcap or pcapng; Ethernet, raw IP, Linux
+    /// cooked v1/v2), group subflows into connections by token and verify the MP_JOIN and
+    /// ADD_ADDR HMACs whose keys the capture holds. Needs no privileges.
+    Decode {
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also list every packet that carries MPTCP options, option by option.
+        #[arg(long)]
+        packets: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -59,6 +74,20 @@ pub fn run(cli: Cli) -> Result<()> {
                 print!("{}", stats::to_table(&iface, &counters));
             }
         }
+        Command::Decode { file, json, packets } => {
+            let report = decode::decode_file(&file, packets)?;
+            let text = if json { decode::to_json(&report)? + "\n" } else { decode::to_text(&report) };
+            write_stdout(&text)?;
+        }
     }
     Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`decode ... | head`) is not an error.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
