@@ -448,12 +448,16 @@ impl Analysis {
         } else {
             SubflowKind::Tcp
         };
+        // Without its SYN, a subflow is oriented by its first packet; a SYN-ACK comes from the
+        // responder.
+        let (initiator, responder) =
+            if segment.syn && segment.ack { (segment.dst, segment.src) } else { (segment.src, segment.dst) };
         let id = self.subflows.len();
         self.subflows.push(Subflow {
             id,
             connection: None,
-            initiator: segment.src,
-            responder: segment.dst,
+            initiator,
+            responder,
             kind,
             first_frame: frame,
             packets: 0,
@@ -587,10 +591,11 @@ impl Analysis {
         }
     }
 
-    /// Groups subflows into connections: one per MP_CAPABLE subflow with a key, joins by token.
+    /// Groups subflows into connections: one per subflow with MP_CAPABLE keys (its SYN may be
+    /// missing from the capture), joins by token.
     fn connections(&mut self) -> Vec<Connection> {
         let mut connections: Vec<Connection> = Vec::new();
-        for subflow in self.subflows.iter_mut().filter(|s| s.kind == SubflowKind::MpCapable) {
+        for subflow in &mut self.subflows {
             let state = &subflow.state;
             if state.initiator_key.is_none() && state.responder_key.is_none() {
                 continue;
@@ -1070,6 +1075,12 @@ mod tests {
         assert_eq!(report.connections.len(), 0);
         assert_eq!(report.summary.hmac_unknown, 2);
         assert!(report.hmac_checks.iter().all(|c| c.reason.is_some()));
+
+        // Captured from the SYN-ACK on, the subflows are still oriented from their initiators.
+        let report = decode(&handshake_packets(good_join_ack())[1..]);
+        assert_eq!(report.summary.hmac_verified, 3);
+        assert_eq!(report.subflows[0].kind, SubflowKind::Unknown);
+        assert_eq!(report.subflows[0].initiator, SocketAddr::from((CLIENT, 40000)));
     }
 
     #[test]
