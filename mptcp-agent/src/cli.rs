@@ -1,14 +1,20 @@
 //! Command line: one subcommand per operator task.
 
-use std::path::PathBuf;
+use std::{
+    io::{BufRead as _, BufReader, Seek as _},
+    path::PathBuf,
+    time::Duration,
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 
 use crate::{
-    decode,
-    loader::{self, PinLayout, XdpAttachMode},
+    config::{Admission, AgentConfig},
+    daemon, decode,
+    loader::{self, Instance, Privilege, XdpAttachMode, check_privileges},
     stats,
+    tables::{Snapshot, SubflowView, Tables},
 };
 
 #[derive(Debug, Parser)]
@@ -18,11 +24,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Which dataplane instance a command is about.
+#[derive(Debug, clap::Args)]
+pub struct InstanceArg {
+    /// The instance: interfaces attached to one instance share its connection tables.
+    #[arg(long, default_value = loader::DEFAULT_INSTANCE)]
+    pub instance: String,
+}
+
+impl InstanceArg {
+    fn get(&self) -> Result<Instance> {
+        Ok(Instance::new(&self.instance)?)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the programs, attach XDP (ingress) and TC (tcx egress) to an interface and pin them
     /// under /sys/fs/bpf/mptcp/IFACE so they stay attached after this command exits.
     Attach {
+        #[command(flatten)]
+        instance: InstanceArg,
         #[arg(long)]
         iface: String,
         #[arg(long, value_enum, default_value_t = XdpAttachMode::Auto)]
@@ -30,14 +52,60 @@ pub enum Command {
     },
     /// Detach the programs from an interface and remove its pins.
     Detach {
+        #[command(flatten)]
+        instance: InstanceArg,
         #[arg(long)]
         iface: String,
     },
-    /// Print the packet and MPTCP option counters of an interface.
+    /// Run the daemon: attach (or resume what is pinned), judge handshakes, log events.
+    Run {
+        #[command(flatten)]
+        instance: InstanceArg,
+        /// Interfaces to attach (repeat the flag); they share the instance's tables.
+        #[arg(long, required = true)]
+        iface: Vec<String>,
+        /// TOML file; flags given here override its keys.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long, value_enum)]
+        admission: Option<Admission>,
+        /// MP_JOIN SYNs per second accepted from one source address (0: no limit).
+        #[arg(long)]
+        join_rate: Option<u32>,
+        #[arg(long)]
+        join_burst: Option<u32>,
+        #[arg(long, value_enum)]
+        xdp_mode: Option<XdpAttachMode>,
+    },
+    /// Print the packet, option and dataplane counters of an interface.
     Stats {
+        #[command(flatten)]
+        instance: InstanceArg,
         #[arg(long)]
         iface: String,
-        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the tracked MPTCP connections.
+    Conns {
+        #[command(flatten)]
+        instance: InstanceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the tracked subflows.
+    Subflows {
+        #[command(flatten)]
+        instance: InstanceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the events the daemon processed; --follow keeps printing new ones.
+    Events {
+        #[command(flatten)]
+        instance: InstanceArg,
+        #[arg(long)]
+        follow: bool,
         #[arg(long)]
         json: bool,
     },
@@ -57,17 +125,28 @@ pub enum Command {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Attach { iface, xdp_mode } => {
-            let layout = loader::attach(&iface, xdp_mode)?;
-            println!("attached to {iface} (XDP mode {xdp_mode:?}); pinned under {}", layout.dir.display());
+        Command::Attach { instance, iface, xdp_mode } => {
+            let dir = loader::attach(&instance.get()?, &iface, xdp_mode)?;
+            println!("attached to {iface} (XDP mode {xdp_mode:?}); pinned under {}", dir.display());
         }
-        Command::Detach { iface } => {
-            loader::detach(&iface)?;
+        Command::Detach { instance, iface } => {
+            loader::detach(&instance.get()?, &iface)?;
             println!("detached from {iface}");
         }
-        Command::Stats { iface, json } => {
-            let layout = PinLayout::new(&iface)?;
-            let counters = stats::read_counters(&layout)?;
+        Command::Run { instance, iface, config, admission, join_rate, join_burst, xdp_mode } => {
+            let mut settings = match &config {
+                Some(path) => AgentConfig::load(path)?,
+                None => AgentConfig::default(),
+            };
+            settings.admission = admission.unwrap_or(settings.admission);
+            settings.join_rate_per_sec = join_rate.unwrap_or(settings.join_rate_per_sec);
+            settings.join_burst = join_burst.or(settings.join_burst);
+            let mode = xdp_mode.or(settings.xdp_mode.map(Into::into)).unwrap_or(XdpAttachMode::Auto);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(daemon::run(&instance.get()?, &iface, settings, mode))?;
+        }
+        Command::Stats { instance, iface, json } => {
+            let counters = stats::read_counters(&instance.get()?, &iface)?;
             if json {
                 println!("{}", stats::to_json(&iface, &counters));
             } else {
@@ -79,6 +158,67 @@ pub fn run(cli: Cli) -> Result<()> {
             let text = if json { decode::to_json(&report)? + "\n" } else { decode::to_text(&report) };
             write_stdout(&text)?;
         }
+        Command::Conns { instance, json } => {
+            let snapshot = Snapshot::read(&open_tables(&instance.get()?)?);
+            let views = snapshot.connection_views();
+            if json {
+                println!("{}", serde_json::to_string(&views)?);
+            } else {
+                println!(
+                    "{:<10} {:<10} {:>3} {:>8} {:>12} {:>12} {:>6} {:<10}",
+                    "token", "client-tok", "sub", "fallback", "data-c2s", "data-s2c", "reinj", "closing"
+                );
+                for view in views {
+                    let closing = [
+                        (view.data_fin.c2s || view.data_fin.s2c, "data-fin"),
+                        (view.fastclose, "fastclose"),
+                        (view.tcprst, "tcprst"),
+                    ];
+                    let closing: Vec<&str> =
+                        closing.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect();
+                    println!(
+                        "{:<10} {:<10} {:>3} {:>8} {:>12} {:>12} {:>6} {:<10}",
+                        view.server_token,
+                        view.client_token.as_deref().unwrap_or("-"),
+                        view.subflows,
+                        view.fallback.unwrap_or("no"),
+                        view.data_bytes.c2s,
+                        view.data_bytes.s2c,
+                        view.reinjections,
+                        closing.join(",")
+                    );
+                }
+            }
+        }
+        Command::Subflows { instance, json } => {
+            let tables = open_tables(&instance.get()?)?;
+            let mut subflows = tables.subflows();
+            subflows.sort_by_key(|(_, subflow)| subflow.first_seen_ns);
+            let views: Vec<SubflowView> = subflows.iter().map(|(key, s)| SubflowView::new(key, s)).collect();
+            if json {
+                println!("{}", serde_json::to_string(&views)?);
+            } else {
+                println!(
+                    "{:<46} {:<46} {:<7} {:<12} {:<10} {:<6} {:<9} {:>9} {:>9}",
+                    "client", "server", "kind", "state", "token", "backup", "hmac", "pkts-c2s", "pkts-s2c"
+                );
+                for view in views {
+                    println!(
+                        "{:<46} {:<46} {:<7} {:<12} {:<10} {:<6} {:<9} {:>9} {:>9}",
+                        view.client.to_string(),
+                        view.server.to_string(),
+                        view.kind,
+                        view.state,
+                        view.connection_token.as_deref().unwrap_or("-"),
+                        view.backup,
+                        view.hmac,
+                        view.c2s.packets,
+                        view.s2c.packets
+                    );
+                }
+            }
+        }
+        Command::Events { instance, follow, json } => print_events(&instance.get()?, follow, json)?,
     }
     Ok(())
 }
@@ -90,4 +230,68 @@ fn write_stdout(text: &str) -> std::io::Result<()> {
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         other => other,
     }
+}
+
+fn open_tables(instance: &Instance) -> Result<Tables> {
+    check_privileges(Privilege::ReadMaps)?;
+    // Fails with a clear error before the tables are opened one by one.
+    instance.open_map(mptcp_common::maps::SUBFLOWS_MAP)?;
+    Ok(Tables::open(|name| instance.open_map(name).ok())?)
+}
+
+fn print_events(instance: &Instance, follow: bool, json: bool) -> Result<()> {
+    let path = daemon::event_log_path(instance);
+    let file = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "no event log at {} (is `mptcp-agent run --instance {}` running?)",
+            path.display(),
+            instance.name
+        )
+    })?;
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            if !follow {
+                return Ok(());
+            }
+            // Rotated away: start over on the new file.
+            if std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) < reader.stream_position()? {
+                reader = BufReader::new(std::fs::File::open(&path)?);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        if json {
+            print!("{line}");
+        } else {
+            let record: serde_json::Value = serde_json::from_str(&line)?;
+            println!("{}", human_event(&record));
+        }
+    }
+}
+
+/// One event line for humans, from its logged JSON.
+fn human_event(record: &serde_json::Value) -> String {
+    let text = |key: &str| record[key].as_str().map(str::to_owned).unwrap_or_else(|| record[key].to_string());
+    let details: Vec<String> = record
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(key, value)| {
+            !["time_ns", "kind", "hook", "src", "dst", "token"].contains(&key.as_str()) && !value.is_null()
+        })
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    format!(
+        "{:>16} {:<12} {:<7} {} -> {} token={} {}",
+        text("time_ns"),
+        text("kind"),
+        text("hook"),
+        text("src"),
+        text("dst"),
+        text("token"),
+        details.join(" ")
+    )
 }

@@ -9,7 +9,10 @@ use std::{
 };
 
 use mptcp_common::{
-    mptcp::{AddAddr, MpCapable, MpJoin, MptcpOption},
+    mptcp::{
+        AddAddr, MpCapable, MpExperimental, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst, MptcpOption,
+        RemoveAddr,
+    },
     options::{OptionWalker, TcpOption},
 };
 use serde::Serialize;
@@ -105,8 +108,8 @@ fn token_and_idsn(version: u8, key: u64) -> (u32, u64) {
     }
 }
 
-impl From<&MptcpOption<'_>> for OptionRecord {
-    fn from(option: &MptcpOption<'_>) -> Self {
+impl From<&MptcpOption> for OptionRecord {
+    fn from(option: &MptcpOption) -> Self {
         match *option {
             MptcpOption::Capable(MpCapable {
                 version,
@@ -154,13 +157,13 @@ impl From<&MptcpOption<'_>> for OptionRecord {
                 hmac: add.hmac,
                 v0: add.is_v0(),
             },
-            MptcpOption::RemoveAddr { ids } => Self::RemoveAddr { ids: ids.to_vec() },
-            MptcpOption::Prio { backup, addr_id } => Self::MpPrio { backup, addr_id },
-            MptcpOption::Fail { dsn } => Self::MpFail { dsn },
-            MptcpOption::FastClose { receiver_key } => Self::MpFastclose { receiver_key },
-            MptcpOption::TcpRst { flags, reason } => Self::MpTcprst { flags, reason },
-            MptcpOption::Experimental { nibble, payload } => {
-                Self::MpExperimental { nibble, payload: hex(payload) }
+            MptcpOption::RemoveAddr(RemoveAddr { ids }) => Self::RemoveAddr { ids: ids.as_slice().to_vec() },
+            MptcpOption::Prio(MpPrio { backup, addr_id }) => Self::MpPrio { backup, addr_id },
+            MptcpOption::Fail(MpFail { dsn }) => Self::MpFail { dsn },
+            MptcpOption::FastClose(MpFastClose { receiver_key }) => Self::MpFastclose { receiver_key },
+            MptcpOption::TcpRst(MpTcpRst { flags, reason }) => Self::MpTcprst { flags, reason },
+            MptcpOption::Experimental(MpExperimental { nibble, payload }) => {
+                Self::MpExperimental { nibble, payload: hex(payload.as_slice()) }
             }
         }
     }
@@ -431,7 +434,7 @@ impl Analysis {
     }
 
     /// The subflow of a packet; a SYN opens a new one unless it retransmits the current SYN.
-    fn subflow_for(&mut self, frame: u64, segment: &TcpSegment<'_>, options: &[MptcpOption<'_>]) -> usize {
+    fn subflow_for(&mut self, frame: u64, segment: &TcpSegment<'_>, options: &[MptcpOption]) -> usize {
         let tuple = (segment.src, segment.dst);
         let is_syn = segment.syn && !segment.ack;
         if let Some(&id) = self.by_tuple.get(&tuple)
@@ -471,7 +474,7 @@ impl Analysis {
         id
     }
 
-    fn track(&mut self, frame: u64, id: usize, segment: &TcpSegment<'_>, options: &[MptcpOption<'_>]) {
+    fn track(&mut self, frame: u64, id: usize, segment: &TcpSegment<'_>, options: &[MptcpOption]) {
         let subflow = &mut self.subflows[id];
         subflow.packets += 1;
         let from_initiator = segment.src == subflow.initiator;
@@ -904,12 +907,7 @@ mod tests {
     }
 
     /// An IPv4 TCP packet carrying `options` (padded with NOPs) and 8 payload bytes.
-    fn packet(
-        src: ([u8; 4], u16),
-        dst: ([u8; 4], u16),
-        flags: Flags,
-        options: &[MptcpOption<'_>],
-    ) -> Vec<u8> {
+    fn packet(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: Flags, options: &[MptcpOption]) -> Vec<u8> {
         let mut area = Vec::new();
         for option in options {
             let mut buf = [0u8; 40];
@@ -936,7 +934,7 @@ mod tests {
         out
     }
 
-    fn capable(sender_key: Option<u64>, receiver_key: Option<u64>) -> MptcpOption<'static> {
+    fn capable(sender_key: Option<u64>, receiver_key: Option<u64>) -> MptcpOption {
         MptcpOption::Capable(MpCapable {
             version: 1,
             flags: 0x01,

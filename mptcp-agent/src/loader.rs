@@ -1,8 +1,11 @@
 //! Loading, attaching and pinning the programs, and finding them again.
 //!
-//! Everything attached to an interface lives under `/sys/fs/bpf/mptcp/IFACE/`: `maps/NAME` for
-//! every map and `links/xdp_ingress`, `links/tc_egress` for the two attachments. Pinned links
-//! keep the programs attached after the agent exits; removing them detaches.
+//! An *instance* is one dataplane on a host: the interfaces it is attached to share its tables,
+//! since an MPTCP connection spans interfaces. It lives under `/sys/fs/bpf/mptcp/INSTANCE/`:
+//! `maps/NAME` for the shared maps, and per interface `ifaces/IFACE/COUNTERS` with the links
+//! `ifaces/IFACE/xdp_ingress` and `ifaces/IFACE/tc_egress`. Pinned links keep the programs
+//! attached after the agent exits; removing them detaches. The last interface to go takes the
+//! shared maps with it.
 
 use std::{
     ffi::CString,
@@ -12,7 +15,7 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfError,
+    Ebpf, EbpfError, EbpfLoader,
     maps::{Map, MapData, MapError},
     pin::PinError,
     programs::{
@@ -20,7 +23,7 @@ use aya::{
         tc::TcAttachOptions,
     },
 };
-use mptcp_common::maps::MAP_NAMES;
+use mptcp_common::maps::{COUNTERS_MAP, SHARED_MAP_NAMES};
 
 /// The programs, built by build.rs for bpfel-unknown-none with BTF.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcp-ebpf"));
@@ -29,6 +32,8 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub const BPFFS: &str = "/sys/fs/bpf";
 /// Directory of this project's pins on the BPF filesystem.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/mptcp";
+/// The instance commands use unless told otherwise.
+pub const DEFAULT_INSTANCE: &str = "default";
 
 const XDP_PROGRAM: &str = "mptcp_xdp_ingress";
 const TC_PROGRAM: &str = "mptcp_tc_egress";
@@ -66,6 +71,8 @@ pub enum LoaderError {
     MissingPrivileges { missing: String },
     #[error("invalid interface name {0:?}")]
     InvalidInterfaceName(String),
+    #[error("invalid instance name {0:?}: use letters, digits, '-', '_' and '.'")]
+    InvalidInstanceName(String),
     #[error("interface {0} does not exist")]
     NoSuchInterface(String),
     #[error(
@@ -74,6 +81,8 @@ pub enum LoaderError {
     AlreadyAttached { iface: String, dir: PathBuf },
     #[error("the dataplane is not attached to {iface}: nothing is pinned under {dir}")]
     NotAttached { iface: String, dir: PathBuf },
+    #[error("instance {instance} is not running: nothing is pinned under {dir}")]
+    NoInstance { instance: String, dir: PathBuf },
     #[error("loading the eBPF object failed")]
     Load(#[source] EbpfError),
     #[error("{what} failed")]
@@ -103,54 +112,95 @@ pub enum LoaderError {
     },
 }
 
-/// The pins of one interface.
+/// The pins of one dataplane instance.
 #[derive(Debug, Clone)]
-pub struct PinLayout {
-    pub iface: String,
+pub struct Instance {
+    pub name: String,
     pub dir: PathBuf,
 }
 
-impl PinLayout {
-    pub fn new(iface: &str) -> Result<Self, LoaderError> {
-        // The name becomes a path component: accept only what the kernel accepts (IFNAMSIZ).
-        if iface.is_empty()
-            || iface.len() > 15
-            || iface == "."
-            || iface == ".."
-            || iface.contains(['/', '\0'])
-            || iface.chars().any(char::is_whitespace)
-        {
-            return Err(LoaderError::InvalidInterfaceName(iface.to_owned()));
+/// Interface names become path components: accept only what the kernel accepts (IFNAMSIZ).
+fn check_iface(iface: &str) -> Result<(), LoaderError> {
+    if iface.is_empty()
+        || iface.len() > 15
+        || iface == "."
+        || iface == ".."
+        || iface.contains(['/', '\0'])
+        || iface.chars().any(char::is_whitespace)
+    {
+        return Err(LoaderError::InvalidInterfaceName(iface.to_owned()));
+    }
+    Ok(())
+}
+
+impl Instance {
+    pub fn new(name: &str) -> Result<Self, LoaderError> {
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && !name.starts_with('.')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !valid {
+            return Err(LoaderError::InvalidInstanceName(name.to_owned()));
         }
-        Ok(Self { iface: iface.to_owned(), dir: Path::new(PIN_ROOT).join(iface) })
+        Ok(Self { name: name.to_owned(), dir: Path::new(PIN_ROOT).join(name) })
     }
 
     pub fn maps_dir(&self) -> PathBuf {
         self.dir.join("maps")
     }
 
-    pub fn links_dir(&self) -> PathBuf {
-        self.dir.join("links")
-    }
-
-    /// Pin path of the map `name`.
-    pub fn map(&self, name: &str) -> PathBuf {
+    /// Pin path of the shared map `name`.
+    pub fn map_path(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
     }
 
-    pub fn is_attached(&self) -> bool {
-        self.dir.exists()
+    fn ifaces_dir(&self) -> PathBuf {
+        self.dir.join("ifaces")
     }
 
-    /// Opens the pinned map `name`; `NotAttached` when the interface has no pins.
-    pub fn open_map(&self, name: &str) -> Result<Map, LoaderError> {
-        if !self.is_attached() {
-            return Err(LoaderError::NotAttached { iface: self.iface.clone(), dir: self.dir.clone() });
-        }
-        let path = self.map(name);
+    /// Directory of one interface's counters and links.
+    pub fn iface_dir(&self, iface: &str) -> Result<PathBuf, LoaderError> {
+        check_iface(iface)?;
+        Ok(self.ifaces_dir().join(iface))
+    }
+
+    /// Interfaces the instance is attached to.
+    pub fn interfaces(&self) -> Vec<String> {
+        let mut ifaces: Vec<String> = fs::read_dir(self.ifaces_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        ifaces.sort();
+        ifaces
+    }
+
+    pub fn exists(&self) -> bool {
+        self.maps_dir().exists()
+    }
+
+    fn open(path: PathBuf) -> Result<Map, LoaderError> {
         MapData::from_pin(&path)
             .and_then(Map::from_map_data)
             .map_err(|source| LoaderError::Map { path, source })
+    }
+
+    /// Opens the shared map `name`; `NoInstance` when nothing is pinned.
+    pub fn open_map(&self, name: &str) -> Result<Map, LoaderError> {
+        if !self.exists() {
+            return Err(LoaderError::NoInstance { instance: self.name.clone(), dir: self.dir.clone() });
+        }
+        Self::open(self.map_path(name))
+    }
+
+    /// Opens the counters of `iface`; `NotAttached` when it has no pins.
+    pub fn open_counters(&self, iface: &str) -> Result<Map, LoaderError> {
+        let dir = self.iface_dir(iface)?;
+        if !dir.exists() {
+            return Err(LoaderError::NotAttached { iface: iface.to_owned(), dir });
+        }
+        Self::open(dir.join(COUNTERS_MAP))
     }
 }
 
@@ -223,19 +273,20 @@ fn ifindex(iface: &str) -> Result<u32, LoaderError> {
     }
 }
 
-/// Removes a half-made pin directory unless the attach completed.
+/// Undoes a half-made attach unless it completed.
 struct Rollback {
-    dir: PathBuf,
+    instance: Instance,
+    iface_dir: PathBuf,
     armed: bool,
 }
 
 impl Drop for Rollback {
     fn drop(&mut self) {
         if self.armed {
-            if let Err(error) = detach_dir(&self.dir) {
-                log::warn!("rolling back {}: {error}", self.dir.display());
+            if let Err(error) = detach_dir(&self.iface_dir) {
+                log::warn!("rolling back {}: {error}", self.iface_dir.display());
             }
-            remove_empty_pin_root();
+            remove_unused(&self.instance);
         }
     }
 }
@@ -249,37 +300,37 @@ fn create_dir(path: &Path) -> Result<(), LoaderError> {
 }
 
 /// Loads the programs, attaches XDP on ingress and TC (tcx) on egress of `iface`, and pins the
-/// maps and links. On any error nothing stays attached or pinned.
-pub fn attach(iface: &str, mode: XdpAttachMode) -> Result<PinLayout, LoaderError> {
-    let layout = PinLayout::new(iface)?;
+/// links and the interface's counters; the tables are those of `instance`, created with its
+/// first interface. On any error nothing stays attached or pinned.
+pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<PathBuf, LoaderError> {
+    let iface_dir = instance.iface_dir(iface)?;
     check_privileges(Privilege::Attach)?;
     check_bpffs()?;
     ifindex(iface)?;
-    if layout.is_attached() {
-        return Err(LoaderError::AlreadyAttached { iface: iface.to_owned(), dir: layout.dir.clone() });
+    if iface_dir.exists() {
+        return Err(LoaderError::AlreadyAttached { iface: iface.to_owned(), dir: iface_dir });
     }
-    create_dir(Path::new(PIN_ROOT))?;
+    create_dir(&instance.maps_dir())?;
+    create_dir(&instance.ifaces_dir())?;
     // Claim the directory atomically: a concurrent attach to the same interface fails here.
-    fs::create_dir(&layout.dir).map_err(|source| match source.kind() {
+    fs::create_dir(&iface_dir).map_err(|source| match source.kind() {
         io::ErrorKind::AlreadyExists => {
-            LoaderError::AlreadyAttached { iface: iface.to_owned(), dir: layout.dir.clone() }
+            LoaderError::AlreadyAttached { iface: iface.to_owned(), dir: iface_dir.clone() }
         }
-        _ => LoaderError::Io { what: "creating", path: layout.dir.clone(), source },
+        _ => LoaderError::Io { what: "creating", path: iface_dir.clone(), source },
     })?;
     // Declared before the Ebpf object so it runs after the object's descriptors are closed.
-    let mut rollback = Rollback { dir: layout.dir.clone(), armed: true };
-    create_dir(&layout.maps_dir())?;
-    create_dir(&layout.links_dir())?;
+    let mut rollback = Rollback { instance: instance.clone(), iface_dir: iface_dir.clone(), armed: true };
 
-    let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(LoaderError::Load)?;
-    for name in MAP_NAMES {
-        let path = layout.map(name);
-        let map = ebpf.map(name).ok_or_else(|| LoaderError::Map {
-            path: path.clone(),
-            source: MapError::InvalidName { name: name.to_owned() },
-        })?;
-        map.pin(&path).map_err(|source| LoaderError::Pin { path, source })?;
+    let mut loader = EbpfLoader::new();
+    let shared: Vec<(&str, PathBuf)> =
+        SHARED_MAP_NAMES.iter().map(|name| (*name, instance.map_path(name))).collect();
+    for (name, path) in &shared {
+        // Reuses the instance's pinned map, or creates and pins it.
+        loader.map_pin_path(name, path.as_path());
     }
+    loader.map_pin_path(COUNTERS_MAP, iface_dir.join(COUNTERS_MAP));
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(LoaderError::Load)?;
 
     let program_error = |what: &str| {
         let what = format!("{what} on {iface}");
@@ -293,7 +344,7 @@ pub fn attach(iface: &str, mode: XdpAttachMode) -> Result<PinLayout, LoaderError
         what: format!("XDP on {iface} is attached through netlink, which cannot be pinned ({e})"),
         source: ProgramError::UnexpectedProgramType,
     })?;
-    pin_link(link, &layout.links_dir().join(XDP_LINK))?;
+    pin_link(link, &iface_dir.join(XDP_LINK))?;
 
     let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
     tc.load().map_err(program_error("loading the TC program"))?;
@@ -305,10 +356,10 @@ pub fn attach(iface: &str, mode: XdpAttachMode) -> Result<PinLayout, LoaderError
         what: format!("tcx link on {iface} cannot be pinned ({e})"),
         source: ProgramError::UnexpectedProgramType,
     })?;
-    pin_link(link, &layout.links_dir().join(TC_LINK))?;
+    pin_link(link, &iface_dir.join(TC_LINK))?;
 
     rollback.armed = false;
-    Ok(layout)
+    Ok(iface_dir)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoaderError>
@@ -329,21 +380,26 @@ fn pin_link(link: FdLink, path: &Path) -> Result<(), LoaderError> {
     link.pin(path).map(drop).map_err(|source| LoaderError::Pin { path: path.to_owned(), source })
 }
 
-/// Detaches the programs from `iface` and removes every pin.
-pub fn detach(iface: &str) -> Result<(), LoaderError> {
-    let layout = PinLayout::new(iface)?;
+/// Detaches the programs from `iface` and removes its pins; the last interface of the instance
+/// takes the shared maps with it.
+pub fn detach(instance: &Instance, iface: &str) -> Result<(), LoaderError> {
+    let iface_dir = instance.iface_dir(iface)?;
     check_privileges(Privilege::Attach)?;
     check_bpffs()?;
-    if !layout.is_attached() {
-        return Err(LoaderError::NotAttached { iface: iface.to_owned(), dir: layout.dir });
+    if !iface_dir.exists() {
+        return Err(LoaderError::NotAttached { iface: iface.to_owned(), dir: iface_dir });
     }
-    detach_dir(&layout.dir)?;
-    remove_empty_pin_root();
+    detach_dir(&iface_dir)?;
+    remove_unused(instance);
     Ok(())
 }
 
-/// Leaves no empty project directory behind; another interface's pins keep it.
-fn remove_empty_pin_root() {
+/// Removes the instance's shared maps once no interface uses them, and the project directory
+/// once no instance is left.
+fn remove_unused(instance: &Instance) {
+    if instance.interfaces().is_empty() {
+        let _ = fs::remove_dir_all(&instance.dir);
+    }
     let _ = fs::remove_dir(PIN_ROOT);
 }
 

@@ -3,7 +3,7 @@
 use aya::maps::PerCpuArray;
 use mptcp_common::maps::{COUNTERS_MAP, Direction, PACKET_COUNTER_NAMES, PacketCounters};
 
-use crate::loader::{LoaderError, PinLayout, Privilege, check_privileges};
+use crate::loader::{Instance, LoaderError, Privilege, check_privileges};
 
 /// The counters of one interface, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -21,12 +21,12 @@ impl InterfaceCounters {
     }
 }
 
-/// Reads and sums the per-CPU counters pinned for `layout`'s interface.
-pub fn read_counters(layout: &PinLayout) -> Result<InterfaceCounters, LoaderError> {
+/// Reads and sums the per-CPU counters pinned for `iface`.
+pub fn read_counters(instance: &Instance, iface: &str) -> Result<InterfaceCounters, LoaderError> {
     check_privileges(Privilege::ReadMaps)?;
-    let path = layout.map(COUNTERS_MAP);
+    let path = instance.iface_dir(iface)?.join(COUNTERS_MAP);
     let map_error = |source| LoaderError::Map { path: path.clone(), source };
-    let map = layout.open_map(COUNTERS_MAP)?;
+    let map = instance.open_counters(iface)?;
     let array: PerCpuArray<_, PacketCounters> = PerCpuArray::try_from(map).map_err(map_error)?;
     let mut counters = InterfaceCounters::default();
     for direction in Direction::ALL {
@@ -58,11 +58,11 @@ pub fn to_json(iface: &str, counters: &InterfaceCounters) -> serde_json::Value {
 
 /// A two-column table, one row per counter.
 pub fn to_table(iface: &str, counters: &InterfaceCounters) -> String {
-    let mut out = format!("{:<20} {:>14} {:>14}\n", format!("[{iface}]"), "ingress", "egress");
+    let mut out = format!("{:<28} {:>14} {:>14}\n", format!("[{iface}]"), "ingress", "egress");
     for ((name, ingress), egress) in
         PACKET_COUNTER_NAMES.iter().zip(counters.ingress.values()).zip(counters.egress.values())
     {
-        out.push_str(&format!("{name:<20} {ingress:>14} {egress:>14}\n"));
+        out.push_str(&format!("{name:<28} {ingress:>14} {egress:>14}\n"));
     }
     out
 }

@@ -18,7 +18,7 @@ const SAMPLES: usize = 11;
 const SAMPLE_TIME: Duration = Duration::from_millis(100);
 
 /// Appends an encoded MPTCP option to an option area.
-fn push_mptcp(area: &mut Vec<u8>, option: MptcpOption<'_>) {
+fn push_mptcp(area: &mut Vec<u8>, option: MptcpOption) {
     let mut buf = [0u8; 40];
     let len = option.encode(&mut buf).expect("benchmark options encode");
     area.extend_from_slice(&buf[..len]);

@@ -2,6 +2,8 @@
 //!
 //! * [`options`]: the bounded TCP option walk.
 //! * [`mptcp`]: the MPTCP option codec (RFC 8684, RFC 6824 where v0 differs), parser and encoder.
+//! * [`dataspace`]: new versus reinjected data of a connection.
+//! * [`keys`]: token and IDSN of a key (SHA-256), for the programs.
 //! * [`maps`]: `#[repr(C)]` layouts of every map shared between kernel and user space.
 //!
 //! The crate is `no_std`, allocates nothing and never panics on any input, so the eBPF programs
@@ -18,6 +20,8 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod dataspace;
+pub mod keys;
 pub mod maps;
 pub mod mptcp;
 pub mod options;

@@ -3,13 +3,47 @@
 //! Every struct here is `#[repr(C)]` with its size checked at compile time; the programs declare
 //! BTF maps of these types, so `bpftool map dump` prints their field names.
 
-use crate::mptcp::subtype;
+use crate::{dataspace::DataSpace, mptcp::subtype};
 
-/// Name of the per-CPU array of [`PacketCounters`], indexed by [`Direction`].
+/// Per-CPU array of [`PacketCounters`], indexed by [`Direction`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
+/// LRU hash [`FlowKey`] -> [`Subflow`].
+pub const SUBFLOWS_MAP: &str = "SUBFLOWS";
+/// LRU hash server token -> [`Connection`].
+pub const CONNECTIONS_MAP: &str = "CONNECTIONS";
+/// Hash client token -> server token, to find a connection from a join the server initiates.
+pub const CLIENT_TOKENS_MAP: &str = "CLIENT_TOKENS";
+/// Ring buffer of [`Event`]s handed up to the agent.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Array of one [`DataplaneConfig`], written by the agent.
+pub const CONFIG_MAP: &str = "CONFIG";
+/// LRU hash source address ([`AddrKey`]) -> [`RateBucket`] for the join rate limit.
+pub const JOIN_RATE_MAP: &str = "JOIN_RATE";
+/// LRU hash [`FlowKey`] -> [`hmac_verdict`]: the agent's MP_JOIN verdicts. The programs copy a
+/// verdict into the subflow on its next packet; the agent never writes the tables the programs
+/// update, so no update of theirs is lost.
+pub const HMAC_VERDICTS_MAP: &str = "HMAC_VERDICTS";
+/// LRU hash server token -> [`ConnectionChecks`], written by the agent only.
+pub const CONNECTION_CHECKS_MAP: &str = "CONNECTION_CHECKS";
 
-/// Names of every map the programs declare; the agent pins each one under its name.
-pub const MAP_NAMES: [&str; 1] = [COUNTERS_MAP];
+/// Maps one instance shares across all its interfaces (an MPTCP connection spans interfaces);
+/// the agent pins each under its name. [`COUNTERS_MAP`] is per interface.
+pub const SHARED_MAP_NAMES: [&str; 8] = [
+    SUBFLOWS_MAP,
+    CONNECTIONS_MAP,
+    CLIENT_TOKENS_MAP,
+    EVENTS_MAP,
+    CONFIG_MAP,
+    JOIN_RATE_MAP,
+    HMAC_VERDICTS_MAP,
+    CONNECTION_CHECKS_MAP,
+];
+
+/// Capacities of the tables.
+pub const MAX_SUBFLOWS: usize = 65536;
+pub const MAX_CONNECTIONS: usize = 16384;
+pub const MAX_RATE_SOURCES: usize = 16384;
+pub const EVENTS_BYTES: usize = 1 << 20;
 
 /// Which hook saw a packet: the index into [`COUNTERS_MAP`].
 #[repr(u32)]
@@ -67,7 +101,7 @@ macro_rules! counters {
 }
 
 counters! {
-    /// Packet and option counters of one direction on one CPU.
+    /// Packet, option and dataplane counters of one direction on one CPU.
     ///
     /// A packet counts once in `tcp_packets`; each MPTCP option it carries counts once under its
     /// subtype, so a packet with DSS and ADD_ADDR moves both counters.
@@ -88,10 +122,31 @@ counters! {
         mp_experimental,
         /// MPTCP options with a subtype RFC 8684 leaves unassigned.
         mp_unknown,
-        /// Packets whose option area or an MPTCP option in it is malformed; they pass untouched.
+        /// Malformed option framing, or an MPTCP option whose length its subtype does not allow.
         malformed,
+        /// Subflow and connection entries created.
+        subflows_created,
+        connections_created,
+        /// Table inserts the kernel refused.
+        table_errors,
+        /// Events lost because the ring buffer was full.
+        events_dropped,
+        /// MP_JOIN SYNs let through by the admission policy.
+        joins_admitted,
+        /// MP_JOIN SYNs dropped: their token matches no tracked connection (`known-token`).
+        joins_dropped_unknown_token,
+        /// MP_JOIN SYNs dropped by the per-source rate limit.
+        joins_dropped_rate_limit,
+        /// Packets dropped because their subflow failed the HMAC check (`verified`).
+        packets_dropped_hmac,
     }
 }
+
+/// Option counters only, in [`PACKET_COUNTER_NAMES`] order: what a capture can be compared with.
+pub const OPTION_COUNTER_NAMES: &[&str] = {
+    let (options, _) = PACKET_COUNTER_NAMES.split_at(14);
+    options
+};
 
 impl PacketCounters {
     /// The counter of MPTCP options of `subtype`.
@@ -113,10 +168,355 @@ impl PacketCounters {
     }
 }
 
+/// Both ends of a TCP connection in canonical order, so the two directions of a subflow find the
+/// same entry. IPv4 addresses are IPv4-mapped IPv6. Aligned so the programs fill the addresses
+/// with two 8-byte stores each.
+#[repr(C, align(8))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub addr_a: [u8; 16],
+    pub addr_b: [u8; 16],
+    pub port_a: u16,
+    pub port_b: u16,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(size_of::<FlowKey>() == 40);
+
+/// A 16-byte address as two native-endian words of its bytes in wire order: how the programs
+/// carry addresses (as bytes, LLVM's BPF backend spreads them over 16 stack slots).
+pub type AddrWords = [u64; 2];
+
+/// The address bytes of [`AddrWords`].
+#[inline(always)]
+pub fn addr_bytes(words: AddrWords) -> [u8; 16] {
+    // SAFETY: two u64 and sixteen u8 have the same size, and every bit pattern is valid for both.
+    unsafe { core::mem::transmute::<AddrWords, [u8; 16]>(words) }
+}
+
+/// The [`AddrWords`] of address bytes.
+#[inline(always)]
+pub fn addr_words(bytes: [u8; 16]) -> AddrWords {
+    // SAFETY: as above.
+    unsafe { core::mem::transmute::<[u8; 16], AddrWords>(bytes) }
+}
+
+/// The IPv4-mapped IPv6 form (`::ffff:a.b.c.d`) of an IPv4 address given as its wire bytes.
+#[inline(always)]
+pub fn ipv4_mapped(v4: [u8; 4]) -> AddrWords {
+    let [a, b, c, d] = v4;
+    [0, u64::from_ne_bytes([0, 0, 0xff, 0xff, a, b, c, d])]
+}
+
+impl FlowKey {
+    /// The key of the subflow a packet from (`src`, `sport`) to (`dst`, `dport`) belongs to, and
+    /// whether the sender is side a. The order only has to be the same for both directions.
+    #[inline(always)]
+    pub fn new(family: u8, src: AddrWords, sport: u16, dst: AddrWords, dport: u16) -> (Self, bool) {
+        let src_first = (src, sport) <= (dst, dport);
+        let (a, port_a, b, port_b) =
+            if src_first { (src, sport, dst, dport) } else { (dst, dport, src, sport) };
+        let key = Self { addr_a: addr_bytes(a), addr_b: addr_bytes(b), port_a, port_b, family, _pad: [0; 3] };
+        (key, src_first)
+    }
+}
+
+/// An address as a map key (IPv4-mapped for IPv4).
+#[repr(C, align(8))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(size_of::<AddrKey>() == 16);
+
+/// Subflow kinds.
+pub mod subflow_kind {
+    /// First seen after its handshake: no MP_CAPABLE or MP_JOIN observed.
+    pub const UNKNOWN: u8 = 0;
+    /// Opened with MP_CAPABLE.
+    pub const INITIAL: u8 = 1;
+    /// Opened with MP_JOIN.
+    pub const JOIN: u8 = 2;
+}
+
+/// Subflow states, in the order they are reached.
+pub mod subflow_state {
+    pub const SYN_SENT: u8 = 1;
+    pub const SYN_RECEIVED: u8 = 2;
+    pub const ESTABLISHED: u8 = 3;
+    /// A FIN was seen.
+    pub const CLOSING: u8 = 4;
+    /// A RST was seen.
+    pub const CLOSED: u8 = 5;
+}
+
+/// Verdicts of the agent's HMAC checks.
+pub mod hmac_verdict {
+    /// No HMAC to check (initial subflow) or not all of its inputs seen yet.
+    pub const UNKNOWN: u8 = 0;
+    /// The join handshake is complete and waits for the agent.
+    pub const PENDING: u8 = 1;
+    pub const VERIFIED: u8 = 2;
+    pub const FAILED: u8 = 3;
+}
+
+/// Why a subflow or connection fell back to plain TCP.
+pub mod fallback_reason {
+    pub const NONE: u8 = 0;
+    /// The SYN carried MP_CAPABLE, the SYN-ACK did not.
+    pub const NO_MP_CAPABLE_REPLY: u8 = 1;
+    /// Data flowed on an MPTCP subflow without a DSS option.
+    pub const OPTIONS_VANISHED: u8 = 2;
+    /// A DSS infinite mapping (data-level length 0).
+    pub const INFINITE_MAPPING: u8 = 3;
+    /// MP_FAIL.
+    pub const MP_FAIL: u8 = 4;
+}
+
+/// Flags of one direction of a subflow ([`SubflowDirection::flags`]).
+pub mod direction_flags {
+    pub const FIN: u16 = 1 << 0;
+    pub const RST: u16 = 1 << 1;
+    pub const DATA_FIN: u16 = 1 << 2;
+    /// This side asked for the subflow to be a backup (MP_JOIN or MP_PRIO B flag).
+    pub const BACKUP: u16 = 1 << 3;
+    /// This side sent MPTCP options on the subflow.
+    pub const MPTCP: u16 = 1 << 4;
+}
+
+/// What one side of a subflow sent.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubflowDirection {
+    pub packets: u64,
+    /// TCP payload bytes.
+    pub bytes: u64,
+    /// Highest DSS data ACK this side sent.
+    pub data_ack: u64,
+    /// The last DSS mapping this side sent.
+    pub map_dsn: u64,
+    pub map_ssn: u32,
+    pub map_len: u16,
+    /// See [`direction_flags`].
+    pub flags: u16,
+    /// End (relative subflow sequence) of the highest range this side mapped; tells new
+    /// mappings from repeats of one mapping on every segment it covers.
+    pub ssn_end: u32,
+    /// Address ID this side announced in MP_JOIN.
+    pub addr_id: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(size_of::<SubflowDirection>() == 48);
+
+/// One TCP subflow, keyed by [`FlowKey`]. The "client" of a subflow is the side that sent its
+/// SYN; `dir[0]` is what it sent, `dir[1]` what the other side sent.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Subflow {
+    /// Server token of the connection, 0 until known: the key into the connection table.
+    pub conn_token: u32,
+    /// The token an MP_JOIN SYN carried.
+    pub join_token: u32,
+    /// See [`subflow_kind`].
+    pub kind: u8,
+    /// See [`subflow_state`].
+    pub state: u8,
+    /// 0: `addr_a`/`port_a` of the key sent the SYN; 1: `addr_b`/`port_b` did.
+    pub client_is_b: u8,
+    /// See [`hmac_verdict`].
+    pub hmac: u8,
+    /// See [`fallback_reason`].
+    pub fallback: u8,
+    /// The subflow's SYN came from the connection's server (a join towards the client).
+    pub server_initiated: u8,
+    pub _pad: [u8; 2],
+    /// MP_JOIN nonces of the SYN sender and of the SYN-ACK sender.
+    pub join_nonce_client: u32,
+    pub join_nonce_server: u32,
+    /// MP_JOIN SYN-ACK truncated HMAC and third-ACK HMAC, for the agent to verify.
+    pub join_synack_hmac: u64,
+    pub join_ack_hmac: [u8; 20],
+    pub _pad2: [u8; 4],
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub dir: [SubflowDirection; 2],
+}
+
+const _: () = assert!(size_of::<Subflow>() == 168);
+
+/// Connection flags ([`Connection::flags`]).
+pub mod connection_flags {
+    pub const CLIENT_KEY: u32 = 1 << 0;
+    pub const SERVER_KEY: u32 = 1 << 1;
+    pub const FALLBACK: u32 = 1 << 2;
+    pub const DATA_FIN_C2S: u32 = 1 << 3;
+    pub const DATA_FIN_S2C: u32 = 1 << 4;
+    pub const FASTCLOSE: u32 = 1 << 5;
+    pub const TCPRST: u32 = 1 << 6;
+    pub const CHECKSUM: u32 = 1 << 7;
+}
+
+/// One MPTCP connection, keyed by the server's token. Direction index 0 is client to server.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Connection {
+    pub client_key: u64,
+    pub server_key: u64,
+    pub client_idsn: u64,
+    pub server_idsn: u64,
+    pub client_token: u32,
+    pub server_token: u32,
+    /// See [`connection_flags`].
+    pub flags: u32,
+    /// Subflows linked to the connection, the initial one included.
+    pub subflows: u32,
+    /// New data mapped by DSS, per direction.
+    pub data_bytes: [u64; 2],
+    /// Highest data ACK per direction of the data acknowledged (index 0: the client's data).
+    pub data_ack: [u64; 2],
+    /// The data sequence space mapped per direction.
+    pub data: [DataSpace; 2],
+    /// New subflow ranges mapping data already mapped: data sent again, on another subflow or
+    /// the same one.
+    pub reinjections: u64,
+    pub reinjected_bytes: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub version: u8,
+    /// Reason of the first fallback (see [`fallback_reason`]).
+    pub fallback: u8,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(size_of::<Connection>() == 120 + 2 * size_of::<DataSpace>());
+
+/// What the agent checked of a connection, with its own SHA-256 and HMAC code.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionChecks {
+    /// Keys whose token and IDSN the agent recomputed: matching and differing from the programs'.
+    pub keys_matched: u32,
+    pub keys_mismatched: u32,
+    pub add_addr_verified: u32,
+    pub add_addr_failed: u32,
+}
+
+const _: () = assert!(size_of::<ConnectionChecks>() == 16);
+
+/// Kinds of [`Event`]s.
+pub mod event_kind {
+    /// MP_CAPABLE with keys: `keys` = [sender's, receiver's] (receiver's 0 on a SYN-ACK).
+    pub const MP_CAPABLE: u8 = 1;
+    /// MP_JOIN SYN: `token`, `nonce`, `addr_id`, `flags` bit 0 backup.
+    pub const JOIN_SYN: u8 = 2;
+    /// MP_JOIN SYN-ACK: `hmac[..8]` truncated HMAC, `nonce`, `addr_id`, backup.
+    pub const JOIN_SYNACK: u8 = 3;
+    /// MP_JOIN third ACK: `hmac`; the subflow is ready for the agent's check.
+    pub const JOIN_ACK: u8 = 4;
+    /// ADD_ADDR: `addr`, `port` (0: none), `addr_id`, `hmac[..8]`, `flags` bit 1 echo.
+    pub const ADD_ADDR: u8 = 5;
+    /// REMOVE_ADDR: `count` IDs in `addr`.
+    pub const REMOVE_ADDR: u8 = 6;
+    /// MP_PRIO: `flags` bit 0 backup.
+    pub const MP_PRIO: u8 = 7;
+    /// MP_FAIL: `keys[0]` the DSN.
+    pub const MP_FAIL: u8 = 8;
+    /// MP_FASTCLOSE: `keys[0]` the receiver's key.
+    pub const MP_FASTCLOSE: u8 = 9;
+    /// MP_TCPRST: `reason`, `flags` the four flag bits.
+    pub const MP_TCPRST: u8 = 10;
+    /// The subflow fell back: `reason` (see [`super::fallback_reason`]).
+    pub const FALLBACK: u8 = 11;
+}
+
+/// Event flag bits.
+pub mod event_flags {
+    pub const BACKUP: u8 = 1 << 0;
+    pub const ECHO: u8 = 1 << 1;
+}
+
+/// A handshake or signalling event, with the packet's 4-tuple as sent.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Event {
+    pub timestamp_ns: u64,
+    /// See [`event_kind`].
+    pub kind: u8,
+    /// [`Direction`] index of the hook that saw the packet.
+    pub hook: u8,
+    /// The packet came from the side that opened the subflow.
+    pub from_client: u8,
+    /// See [`event_flags`].
+    pub flags: u8,
+    pub addr_id: u8,
+    pub reason: u8,
+    /// 4 or 6.
+    pub family: u8,
+    pub count: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub token: u32,
+    pub nonce: u32,
+    pub port: u16,
+    pub _pad: [u8; 2],
+    pub keys: [u64; 2],
+    pub hmac: [u8; 20],
+    pub _pad2: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+const _: () = assert!(size_of::<Event>() == 120);
+
+/// Join admission policies ([`DataplaneConfig::admission`]).
+pub mod admission {
+    /// Observe only.
+    pub const ALLOW: u32 = 0;
+    /// Drop MP_JOIN SYNs whose token matches no tracked connection.
+    pub const KNOWN_TOKEN: u32 = 1;
+    /// As `KNOWN_TOKEN`, and drop every packet of a subflow that failed its HMAC check.
+    pub const VERIFIED: u32 = 2;
+}
+
+/// What the agent tells the programs; one entry in [`CONFIG_MAP`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// See [`admission`].
+    pub admission: u32,
+    /// MP_JOIN SYNs per second allowed from one source address; 0: no limit.
+    pub join_rate_per_sec: u32,
+    /// Burst size of the join rate limit.
+    pub join_burst: u32,
+    pub _pad: u32,
+}
+
+/// A token bucket of the join rate limit.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateBucket {
+    /// Tokens available, in thousandths of a join.
+    pub millitokens: u64,
+    pub last_ns: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] structs of integers, no padding, valid for any bit pattern.
     unsafe impl aya::Pod for super::PacketCounters {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::Subflow {}
+    unsafe impl aya::Pod for super::Connection {}
+    unsafe impl aya::Pod for super::ConnectionChecks {}
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::DataplaneConfig {}
+    unsafe impl aya::Pod for super::RateBucket {}
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub enum MptcpError {
     BadLength { subtype: u8, len: u8 },
     /// A subtype RFC 8684 leaves unassigned.
     UnknownSubtype { subtype: u8 },
+    /// A subtype's own parser got an option of another subtype.
+    WrongSubtype { expected: u8, found: u8 },
 }
 
 impl core::fmt::Display for MptcpError {
@@ -75,6 +77,9 @@ impl core::fmt::Display for MptcpError {
                 write!(f, "MPTCP subtype {subtype:#x} cannot have length {len}")
             }
             Self::UnknownSubtype { subtype } => write!(f, "unassigned MPTCP subtype {subtype:#x}"),
+            Self::WrongSubtype { expected, found } => {
+                write!(f, "expected MPTCP subtype {expected:#x}, found {found:#x}")
+            }
         }
     }
 }
@@ -158,40 +163,104 @@ impl AddAddr {
     }
 }
 
-/// One parsed MPTCP option.
+/// The variable-length content of an option (REMOVE_ADDR IDs, MP_EXPERIMENTAL payload), held
+/// inline. A reference into the packet would share the enum's storage with the integer fields
+/// of the other variants, and the eBPF verifier rejects the pointer/integer mix LLVM makes of
+/// that.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct OptionBytes {
+    len: u8,
+    bytes: [u8; OptionBytes::CAPACITY],
+}
+
+impl OptionBytes {
+    /// An option fills at most the 40-byte option area, three bytes of which are kind, length
+    /// and subtype.
+    pub const CAPACITY: usize = 37;
+
+    /// `None` when `bytes` exceed [`Self::CAPACITY`].
+    #[inline(always)]
+    pub fn new(bytes: &[u8]) -> Option<Self> {
+        let mut inline = [0u8; Self::CAPACITY];
+        inline.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(Self { len: u8::try_from(bytes.len()).ok()?, bytes: inline })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        self.bytes.get(..usize::from(self.len)).unwrap_or(&[])
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl core::fmt::Debug for OptionBytes {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        self.as_slice().fmt(f)
+    }
+}
+
+/// REMOVE_ADDR: the address IDs removed (at least one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MptcpOption<'a> {
+pub struct RemoveAddr {
+    pub ids: OptionBytes,
+}
+
+/// MP_PRIO; version 0 may name the address ID it applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MpPrio {
+    pub backup: bool,
+    pub addr_id: Option<u8>,
+}
+
+/// MP_FAIL with the data sequence number where the checksum failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MpFail {
+    pub dsn: u64,
+}
+
+/// MP_FASTCLOSE with the option receiver's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MpFastClose {
+    pub receiver_key: u64,
+}
+
+/// MP_TCPRST; `flags` are the four bits of [`tcprst_flags`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MpTcpRst {
+    pub flags: u8,
+    pub reason: u8,
+}
+
+/// MP_EXPERIMENTAL: the low nibble of the subtype byte and the bytes after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MpExperimental {
+    pub nibble: u8,
+    pub payload: OptionBytes,
+}
+
+/// One parsed MPTCP option of any subtype.
+///
+/// Each subtype's type also parses on its own (`Dss::parse`, ...): the eBPF programs dispatch on
+/// the subtype first and parse into that one type, because LLVM turns a value of this enum,
+/// whose variants share storage, into code the verifier rejects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MptcpOption {
     Capable(MpCapable),
     Join(MpJoin),
     Dss(Dss),
     AddAddr(AddAddr),
-    /// The address IDs removed (at least one).
-    RemoveAddr {
-        ids: &'a [u8],
-    },
-    /// MP_PRIO; version 0 may name the address ID it applies to.
-    Prio {
-        backup: bool,
-        addr_id: Option<u8>,
-    },
-    /// MP_FAIL with the data sequence number where the checksum failed.
-    Fail {
-        dsn: u64,
-    },
-    /// MP_FASTCLOSE with the option receiver's key.
-    FastClose {
-        receiver_key: u64,
-    },
-    /// MP_TCPRST; `flags` are the four bits of [`tcprst_flags`].
-    TcpRst {
-        flags: u8,
-        reason: u8,
-    },
-    /// MP_EXPERIMENTAL: the low nibble of the subtype byte and the bytes after it.
-    Experimental {
-        nibble: u8,
-        payload: &'a [u8],
-    },
+    RemoveAddr(RemoveAddr),
+    Prio(MpPrio),
+    Fail(MpFail),
+    FastClose(MpFastClose),
+    TcpRst(MpTcpRst),
+    Experimental(MpExperimental),
 }
 
 /// The subtype nibble of a whole MPTCP option, if it is long enough to have one.
@@ -200,7 +269,96 @@ pub fn subtype_of(option: &[u8]) -> Option<u8> {
     option.get(2).map(|b| b >> 4)
 }
 
-impl<'a> MptcpOption<'a> {
+/// Checks the framing every MPTCP option shares and returns a reader positioned after the
+/// subtype byte, the subtype, the low nibble of that byte and the option length.
+#[inline(always)]
+fn open(option: &[u8]) -> Result<(Reader<'_>, u8, u8, u8), MptcpError> {
+    let mut r = Reader::new(option);
+    let (Some(kind_byte), Some(len)) = (r.u8(), r.u8()) else {
+        return Err(MptcpError::NotMptcp);
+    };
+    if kind_byte != kind::MPTCP || usize::from(len) != option.len() {
+        return Err(MptcpError::NotMptcp);
+    }
+    let Some(first) = r.u8() else {
+        return Err(MptcpError::TooShort { len });
+    };
+    Ok((r, first >> 4, first & 0x0f, len))
+}
+
+/// Implements `parse` for the type of one subtype from its body parser.
+macro_rules! subtype_parse {
+    ($($ty:ident => $subtype:expr, $body:expr;)+) => {
+        $(
+            impl $ty {
+                /// Parses one whole option (kind and length bytes included) of this subtype.
+                #[inline(always)]
+                pub fn parse(option: &[u8]) -> Result<Self, MptcpError> {
+                    let (mut r, subtype, low, len) = open(option)?;
+                    if subtype != $subtype {
+                        return Err(MptcpError::WrongSubtype { expected: $subtype, found: subtype });
+                    }
+                    let body: fn(&mut Reader<'_>, u8, u8) -> Option<Self> = $body;
+                    body(&mut r, low, len).ok_or(MptcpError::BadLength { subtype, len })
+                }
+            }
+        )+
+    };
+}
+
+subtype_parse! {
+    MpCapable => subtype::MP_CAPABLE, parse_capable;
+    MpJoin => subtype::MP_JOIN, parse_join;
+    Dss => subtype::DSS, parse_dss;
+    AddAddr => subtype::ADD_ADDR, parse_add_addr;
+    RemoveAddr => subtype::REMOVE_ADDR, parse_remove_addr;
+    MpPrio => subtype::MP_PRIO, parse_prio;
+    MpFail => subtype::MP_FAIL, parse_fail;
+    MpFastClose => subtype::MP_FASTCLOSE, parse_fastclose;
+    MpTcpRst => subtype::MP_TCPRST, parse_tcprst;
+    MpExperimental => subtype::MP_EXPERIMENTAL, parse_experimental;
+}
+
+#[inline(always)]
+fn parse_remove_addr(r: &mut Reader<'_>, _low: u8, _len: u8) -> Option<RemoveAddr> {
+    let ids = r.rest();
+    if ids.is_empty() { None } else { OptionBytes::new(ids).map(|ids| RemoveAddr { ids }) }
+}
+
+#[inline(always)]
+fn parse_prio(r: &mut Reader<'_>, low: u8, len: u8) -> Option<MpPrio> {
+    let backup = low & 1 != 0;
+    match len {
+        3 => Some(MpPrio { backup, addr_id: None }),
+        4 => r.u8().map(|id| MpPrio { backup, addr_id: Some(id) }),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn parse_fail(r: &mut Reader<'_>, _low: u8, len: u8) -> Option<MpFail> {
+    (len == 12).then_some(())?;
+    r.u8().and(r.be64()).map(|dsn| MpFail { dsn })
+}
+
+#[inline(always)]
+fn parse_fastclose(r: &mut Reader<'_>, _low: u8, len: u8) -> Option<MpFastClose> {
+    (len == 12).then_some(())?;
+    r.u8().and(r.be64()).map(|receiver_key| MpFastClose { receiver_key })
+}
+
+#[inline(always)]
+fn parse_tcprst(r: &mut Reader<'_>, low: u8, len: u8) -> Option<MpTcpRst> {
+    (len == 4).then_some(())?;
+    r.u8().map(|reason| MpTcpRst { flags: low, reason })
+}
+
+#[inline(always)]
+fn parse_experimental(r: &mut Reader<'_>, low: u8, _len: u8) -> Option<MpExperimental> {
+    OptionBytes::new(r.rest()).map(|payload| MpExperimental { nibble: low, payload })
+}
+
+impl MptcpOption {
     /// The option's subtype (see [`subtype`]).
     pub fn subtype(&self) -> u8 {
         match self {
@@ -208,55 +366,31 @@ impl<'a> MptcpOption<'a> {
             Self::Join(_) => subtype::MP_JOIN,
             Self::Dss(_) => subtype::DSS,
             Self::AddAddr(_) => subtype::ADD_ADDR,
-            Self::RemoveAddr { .. } => subtype::REMOVE_ADDR,
-            Self::Prio { .. } => subtype::MP_PRIO,
-            Self::Fail { .. } => subtype::MP_FAIL,
-            Self::FastClose { .. } => subtype::MP_FASTCLOSE,
-            Self::TcpRst { .. } => subtype::MP_TCPRST,
-            Self::Experimental { .. } => subtype::MP_EXPERIMENTAL,
+            Self::RemoveAddr(_) => subtype::REMOVE_ADDR,
+            Self::Prio(_) => subtype::MP_PRIO,
+            Self::Fail(_) => subtype::MP_FAIL,
+            Self::FastClose(_) => subtype::MP_FASTCLOSE,
+            Self::TcpRst(_) => subtype::MP_TCPRST,
+            Self::Experimental(_) => subtype::MP_EXPERIMENTAL,
         }
     }
 
     /// Parses one whole MPTCP option (kind and length bytes included).
-    #[inline(always)]
-    pub fn parse(option: &'a [u8]) -> Result<Self, MptcpError> {
-        let mut r = Reader::new(option);
-        let (Some(kind_byte), Some(len)) = (r.u8(), r.u8()) else {
-            return Err(MptcpError::NotMptcp);
-        };
-        if kind_byte != kind::MPTCP || usize::from(len) != option.len() {
-            return Err(MptcpError::NotMptcp);
+    pub fn parse(option: &[u8]) -> Result<Self, MptcpError> {
+        let (_, subtype, _, _) = open(option)?;
+        match subtype {
+            subtype::MP_CAPABLE => MpCapable::parse(option).map(Self::Capable),
+            subtype::MP_JOIN => MpJoin::parse(option).map(Self::Join),
+            subtype::DSS => Dss::parse(option).map(Self::Dss),
+            subtype::ADD_ADDR => AddAddr::parse(option).map(Self::AddAddr),
+            subtype::REMOVE_ADDR => RemoveAddr::parse(option).map(Self::RemoveAddr),
+            subtype::MP_PRIO => MpPrio::parse(option).map(Self::Prio),
+            subtype::MP_FAIL => MpFail::parse(option).map(Self::Fail),
+            subtype::MP_FASTCLOSE => MpFastClose::parse(option).map(Self::FastClose),
+            subtype::MP_TCPRST => MpTcpRst::parse(option).map(Self::TcpRst),
+            subtype::MP_EXPERIMENTAL => MpExperimental::parse(option).map(Self::Experimental),
+            _ => Err(MptcpError::UnknownSubtype { subtype }),
         }
-        let Some(first) = r.u8() else {
-            return Err(MptcpError::TooShort { len });
-        };
-        let subtype = first >> 4;
-        let low = first & 0x0f;
-        let bad_length = MptcpError::BadLength { subtype, len };
-        let parsed = match subtype {
-            subtype::MP_CAPABLE => parse_capable(&mut r, low, len),
-            subtype::MP_JOIN => parse_join(&mut r, low, len),
-            subtype::DSS => parse_dss(&mut r, len),
-            subtype::ADD_ADDR => parse_add_addr(&mut r, low, len),
-            subtype::REMOVE_ADDR => {
-                let ids = r.rest();
-                (!ids.is_empty()).then_some(Self::RemoveAddr { ids })
-            }
-            subtype::MP_PRIO => match len {
-                3 => Some(Self::Prio { backup: low & 1 != 0, addr_id: None }),
-                4 => r.u8().map(|id| Self::Prio { backup: low & 1 != 0, addr_id: Some(id) }),
-                _ => None,
-            },
-            subtype::MP_FAIL if len == 12 => r.u8().and(r.be64()).map(|dsn| Self::Fail { dsn }),
-            subtype::MP_FASTCLOSE if len == 12 => {
-                r.u8().and(r.be64()).map(|receiver_key| Self::FastClose { receiver_key })
-            }
-            subtype::MP_TCPRST if len == 4 => r.u8().map(|reason| Self::TcpRst { flags: low, reason }),
-            subtype::MP_FAIL | subtype::MP_FASTCLOSE | subtype::MP_TCPRST => None,
-            subtype::MP_EXPERIMENTAL => Some(Self::Experimental { nibble: low, payload: r.rest() }),
-            _ => return Err(MptcpError::UnknownSubtype { subtype }),
-        };
-        parsed.ok_or(bad_length)
     }
 
     /// Length of the encoded option, kind and length bytes included.
@@ -275,39 +409,39 @@ impl<'a> MptcpOption<'a> {
             Self::Join(j) => encode_join(&mut w, &j)?,
             Self::Dss(d) => encode_dss(&mut w, &d)?,
             Self::AddAddr(a) => encode_add_addr(&mut w, &a)?,
-            Self::RemoveAddr { ids } => {
+            Self::RemoveAddr(RemoveAddr { ids }) => {
                 if ids.is_empty() {
                     return Err(EncodeError::Invalid("REMOVE_ADDR needs at least one address ID"));
                 }
                 w.u8(sub)?;
-                w.put(ids)?;
+                w.put(ids.as_slice())?;
             }
-            Self::Prio { backup, addr_id } => {
+            Self::Prio(MpPrio { backup, addr_id }) => {
                 w.u8(sub | u8::from(backup))?;
                 if let Some(id) = addr_id {
                     w.u8(id)?;
                 }
             }
-            Self::Fail { dsn } => {
+            Self::Fail(MpFail { dsn }) => {
                 w.put(&[sub, 0])?;
                 w.be64(dsn)?;
             }
-            Self::FastClose { receiver_key } => {
+            Self::FastClose(MpFastClose { receiver_key }) => {
                 w.put(&[sub, 0])?;
                 w.be64(receiver_key)?;
             }
-            Self::TcpRst { flags, reason } => {
+            Self::TcpRst(MpTcpRst { flags, reason }) => {
                 if flags > 0x0f {
                     return Err(EncodeError::Invalid("MP_TCPRST has four flag bits"));
                 }
                 w.put(&[sub | flags, reason])?;
             }
-            Self::Experimental { nibble, payload } => {
+            Self::Experimental(MpExperimental { nibble, payload }) => {
                 if nibble > 0x0f {
                     return Err(EncodeError::Invalid("MP_EXPERIMENTAL nibble is four bits"));
                 }
                 w.u8(sub | nibble)?;
-                w.put(payload)?;
+                w.put(payload.as_slice())?;
             }
         }
         let len = w.len();
@@ -317,7 +451,7 @@ impl<'a> MptcpOption<'a> {
 }
 
 #[inline(always)]
-fn parse_capable<'a>(r: &mut Reader<'_>, version: u8, len: u8) -> Option<MptcpOption<'a>> {
+fn parse_capable(r: &mut Reader<'_>, version: u8, len: u8) -> Option<MpCapable> {
     let flags = r.u8()?;
     let mut c =
         MpCapable { version, flags, sender_key: None, receiver_key: None, data_len: None, checksum: None };
@@ -338,7 +472,7 @@ fn parse_capable<'a>(r: &mut Reader<'_>, version: u8, len: u8) -> Option<MptcpOp
         }
         _ => return None,
     }
-    Some(MptcpOption::Capable(c))
+    Some(c)
 }
 
 fn encode_capable(w: &mut Writer<'_>, c: &MpCapable) -> Result<(), EncodeError> {
@@ -379,7 +513,7 @@ fn encode_capable(w: &mut Writer<'_>, c: &MpCapable) -> Result<(), EncodeError> 
 }
 
 #[inline(always)]
-fn parse_join<'a>(r: &mut Reader<'_>, low: u8, len: u8) -> Option<MptcpOption<'a>> {
+fn parse_join(r: &mut Reader<'_>, low: u8, len: u8) -> Option<MpJoin> {
     let backup = low & 1 != 0;
     let join = match len {
         12 => MpJoin::Syn { backup, addr_id: r.u8()?, token: r.be32()?, nonce: r.be32()? },
@@ -390,7 +524,7 @@ fn parse_join<'a>(r: &mut Reader<'_>, low: u8, len: u8) -> Option<MptcpOption<'a
         }
         _ => return None,
     };
-    Some(MptcpOption::Join(join))
+    Some(join)
 }
 
 fn encode_join(w: &mut Writer<'_>, j: &MpJoin) -> Result<(), EncodeError> {
@@ -414,7 +548,7 @@ fn encode_join(w: &mut Writer<'_>, j: &MpJoin) -> Result<(), EncodeError> {
 }
 
 #[inline(always)]
-fn parse_dss<'a>(r: &mut Reader<'_>, len: u8) -> Option<MptcpOption<'a>> {
+fn parse_dss(r: &mut Reader<'_>, _low: u8, len: u8) -> Option<Dss> {
     let flags = r.u8()?;
     let ack_len: u8 = match (flags & dss_flags::ACK != 0, flags & dss_flags::ACK_WIDE != 0) {
         (false, _) => 0,
@@ -447,7 +581,7 @@ fn parse_dss<'a>(r: &mut Reader<'_>, len: u8) -> Option<MptcpOption<'a>> {
     } else {
         None
     };
-    Some(MptcpOption::Dss(Dss { data_fin: flags & dss_flags::DATA_FIN != 0, data_ack, mapping }))
+    Some(Dss { data_fin: flags & dss_flags::DATA_FIN != 0, data_ack, mapping })
 }
 
 fn narrow(value: u64, wide: bool, what: &'static str) -> Result<Option<u32>, EncodeError> {
@@ -490,7 +624,7 @@ fn encode_dss(w: &mut Writer<'_>, d: &Dss) -> Result<(), EncodeError> {
 }
 
 #[inline(always)]
-fn parse_add_addr<'a>(r: &mut Reader<'_>, low: u8, len: u8) -> Option<MptcpOption<'a>> {
+fn parse_add_addr(r: &mut Reader<'_>, low: u8, len: u8) -> Option<AddAddr> {
     let echo = low & 1 != 0;
     let addr_id = r.u8()?;
     let (v6, has_port, has_hmac) = match len {
@@ -512,7 +646,7 @@ fn parse_add_addr<'a>(r: &mut Reader<'_>, low: u8, len: u8) -> Option<MptcpOptio
     };
     let port = if has_port { Some(r.be16()?) } else { None };
     let hmac = if has_hmac { Some(r.be64()?) } else { None };
-    Some(MptcpOption::AddAddr(AddAddr { echo, addr_id, addr, port, hmac }))
+    Some(AddAddr { echo, addr_id, addr, port, hmac })
 }
 
 fn encode_add_addr(w: &mut Writer<'_>, a: &AddAddr) -> Result<(), EncodeError> {

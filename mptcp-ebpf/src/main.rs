@@ -2,11 +2,17 @@
 //! of the same interface, sharing the maps in [`maps`].
 #![no_std]
 #![no_main]
+// atomic_xadd: see track::atomic_add. The crate is built by the nightly toolchain anyway.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+// Map keys and values go by reference: by value they would be copied onto the 512-byte stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod maps;
 mod observe;
 mod packet;
 mod tc_egress;
+mod track;
 mod xdp_ingress;
 
 #[panic_handler]

@@ -1,11 +1,62 @@
-//! The BTF maps the programs share; their layouts live in mptcp-common.
+//! The BTF maps the programs share with each other and the agent; layouts live in mptcp-common.
 
-use aya_ebpf::{btf_maps::PerCpuArray, macros::btf_map};
-use mptcp_common::maps::{Direction, PacketCounters};
+use aya_ebpf::{
+    btf_maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    macros::btf_map,
+};
+use mptcp_common::maps::{
+    AddrKey, Connection, ConnectionChecks, DataplaneConfig, Direction, EVENTS_BYTES, Event, FlowKey,
+    MAX_CONNECTIONS, MAX_RATE_SOURCES, MAX_SUBFLOWS, PacketCounters, RateBucket, Subflow,
+};
 
-/// Per-direction packet and option counters (see [`mptcp_common::maps::COUNTERS_MAP`]).
+use mptcp_common::options::TCP_OPTION_SPACE;
+
+use crate::{packet::OptionBuffer, track::PacketState};
+
+/// Per-direction counters ([`mptcp_common::maps::COUNTERS_MAP`]).
 #[btf_map]
 pub static COUNTERS: PerCpuArray<PacketCounters, 2> = PerCpuArray::new();
+
+#[btf_map]
+pub static SUBFLOWS: LruHashMap<FlowKey, Subflow, MAX_SUBFLOWS> = LruHashMap::new();
+
+/// Connections by server token.
+#[btf_map]
+pub static CONNECTIONS: LruHashMap<u32, Connection, MAX_CONNECTIONS> = LruHashMap::new();
+
+/// Client token -> server token.
+#[btf_map]
+pub static CLIENT_TOKENS: LruHashMap<u32, u32, MAX_CONNECTIONS> = LruHashMap::new();
+
+#[btf_map]
+pub static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
+
+#[btf_map]
+pub static CONFIG: Array<DataplaneConfig, 1> = Array::new();
+
+#[btf_map]
+pub static HMAC_VERDICTS: LruHashMap<FlowKey, u8, MAX_SUBFLOWS> = LruHashMap::new();
+
+#[btf_map]
+pub static CONNECTION_CHECKS: LruHashMap<u32, ConnectionChecks, MAX_CONNECTIONS> = LruHashMap::new();
+
+#[btf_map]
+pub static JOIN_RATE: LruHashMap<AddrKey, RateBucket, MAX_RATE_SOURCES> = LruHashMap::new();
+
+/// Per-packet working memory, kept off the 512-byte stack.
+pub struct Scratch {
+    pub options: OptionBuffer,
+    /// The MPTCP option being parsed, copied to offset 0 (see `mptcp_track_option`).
+    pub option: [u8; TCP_OPTION_SPACE],
+    pub packet: PacketState,
+}
+
+#[btf_map]
+pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// Scratch space for the SHA-256 message schedule of a key digest.
+#[btf_map]
+pub static DIGEST_SCHEDULE: PerCpuArray<[u32; 16], 1> = PerCpuArray::new();
 
 /// This CPU's counters of `direction`.
 #[inline(always)]
@@ -13,4 +64,17 @@ pub fn counters(direction: Direction) -> Option<&'static mut PacketCounters> {
     // SAFETY: a per-CPU slot is only touched by the program running on this CPU, and programs
     // are not preempted by one another on it, so the reference is exclusive while it lives.
     COUNTERS.get_ptr_mut(direction.index()).map(|ptr| unsafe { &mut *ptr })
+}
+
+/// This CPU's scratch memory.
+#[inline(always)]
+pub fn scratch() -> Option<&'static mut Scratch> {
+    // SAFETY: as for `counters`; one packet at a time uses a CPU's scratch memory.
+    SCRATCH.get_ptr_mut(0).map(|ptr| unsafe { &mut *ptr })
+}
+
+/// The agent's configuration (all zero, i.e. observe only, until it writes one).
+#[inline(always)]
+pub fn config() -> DataplaneConfig {
+    CONFIG.get(0).copied().unwrap_or_default()
 }

@@ -1,44 +1,41 @@
-//! What both attach points do with a TCP packet: walk its options with the shared codec and count.
+//! What both attach points do with a TCP packet: walk its options with the shared codec, count,
+//! and track its subflow and connection.
 
 use mptcp_common::{
     maps::Direction,
-    mptcp::{MptcpError, MptcpOption, subtype_of},
+    mptcp::subtype_of,
     options::{OptionWalker, kind},
 };
 
 use crate::{
-    maps::counters,
-    packet::{OptionBuffer, Packet, parse_tcp},
+    maps::{counters, scratch},
+    packet::{Packet, load_options, parse_tcp},
+    track::{MAX_PARSED_MPTCP_OPTIONS, Verdict, mptcp_track_finish, mptcp_track_option, start},
 };
 
-/// MPTCP options per packet that get fully parsed; Linux sends at most two. Every option still
-/// counts under its subtype.
-const MAX_PARSED_MPTCP_OPTIONS: usize = 4;
-
 #[inline(always)]
-pub fn observe(packet: &impl Packet, direction: Direction) {
-    let Some(segment) = parse_tcp(packet) else {
-        return;
+pub fn observe(packet: &impl Packet, direction: Direction) -> Verdict {
+    let (Some(scratch), Some(counters)) = (scratch(), counters(direction)) else {
+        return Verdict::Pass;
     };
-    let Some(counters) = counters(direction) else {
-        return;
-    };
+    let state = &mut scratch.packet;
+    if parse_tcp(packet, &mut state.segment).is_none() {
+        return Verdict::Pass;
+    }
+    let segment = &state.segment;
     counters.tcp_packets += 1;
     if segment.bad_header {
         counters.malformed += 1;
     }
-    let mut buffer = OptionBuffer::new();
-    let Some(area) = buffer.load(packet, &segment) else {
+    let Some(area) = load_options(packet, segment, &mut scratch.options) else {
         // The header claims options the packet does not hold.
         counters.tcp_without_mptcp += 1;
         counters.malformed += 1;
-        return;
+        return Verdict::Pass;
     };
 
-    // The walk only frames options and notes where the MPTCP ones are; parsing them happens in a
-    // second, shorter loop so the verifier does not explore every parse in every walk step.
-    let mut offsets = [0u8; MAX_PARSED_MPTCP_OPTIONS];
-    let mut lengths = [0u8; MAX_PARSED_MPTCP_OPTIONS];
+    // The walk only frames options and notes where the MPTCP ones are; each is parsed and
+    // handled afterwards by a global function the verifier checks once.
     let mut found = 0usize;
     let mut walker = OptionWalker::new(area);
     loop {
@@ -52,7 +49,9 @@ pub fn observe(packet: &impl Packet, direction: Direction) {
                 if let Some(subtype) = subtype_of(raw.bytes) {
                     *counters.subtype_counter(subtype) += 1;
                 }
-                if let (Some(offset), Some(length)) = (offsets.get_mut(found), lengths.get_mut(found)) {
+                if let (Some(offset), Some(length)) =
+                    (state.option_offsets.get_mut(found), state.option_lengths.get_mut(found))
+                {
                     *offset = raw.offset;
                     *length = raw.bytes.len() as u8;
                     found += 1;
@@ -63,28 +62,16 @@ pub fn observe(packet: &impl Packet, direction: Direction) {
     }
     if found == 0 {
         counters.tcp_without_mptcp += 1;
-        return;
     }
 
-    for i in 0..MAX_PARSED_MPTCP_OPTIONS {
-        if i >= found {
+    start(state, direction);
+    for index in 0..MAX_PARSED_MPTCP_OPTIONS {
+        if index >= found {
             break;
         }
-        let (Some(&offset), Some(&length)) = (offsets.get(i), lengths.get(i)) else {
-            break;
-        };
-        let start = usize::from(offset);
-        // Implied by the range check below, but the verifier does not relate the two bounds.
-        if start >= area.len() {
-            break;
-        }
-        let Some(option) = area.get(start..start + usize::from(length)) else {
-            break;
-        };
-        if let Err(error) = MptcpOption::parse(option)
-            && !matches!(error, MptcpError::UnknownSubtype { .. })
-        {
-            counters.malformed += 1;
+        if Verdict::from_code(mptcp_track_option(index as u32)) == Verdict::Drop {
+            return Verdict::Drop;
         }
     }
+    Verdict::from_code(mptcp_track_finish())
 }

@@ -1,9 +1,10 @@
 //! Header parsing shared by both attach points: Ethernet, one 802.1Q/802.1ad tag, IPv4 or IPv6
 //! (with up to [`MAX_IPV6_EXT_HEADERS`] extension headers), then TCP.
 
-use core::mem::MaybeUninit;
-
-use mptcp_common::options::TCP_OPTION_SPACE;
+use mptcp_common::{
+    maps::{AddrWords, ipv4_mapped},
+    options::TCP_OPTION_SPACE,
+};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, vlan::VlanHdr};
 
 const ETH_P_IPV4: u16 = 0x0800;
@@ -36,25 +37,48 @@ fn ptr_at<T>(packet: &impl Packet, offset: usize) -> Option<*const T> {
     Some((start + offset) as *const T)
 }
 
-/// Where the TCP header and its option area are.
+/// TCP flag bits (byte 13 of the header).
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const ACK: u8 = 0x10;
+}
+
+/// A TCP segment: where its header and options are, and who sent it to whom.
 pub struct TcpSegment {
     pub tcp_offset: usize,
     /// Length of the option area, 0..=40; zero as well when the header is malformed.
     pub options_len: usize,
     /// The data offset claims fewer than 20 bytes.
     pub bad_header: bool,
+    /// 4 or 6.
+    pub family: u8,
+    /// Addresses, IPv4 ones IPv4-mapped.
+    pub src: AddrWords,
+    pub dst: AddrWords,
+    pub sport: u16,
+    pub dport: u16,
+    /// See [`tcp_flags`].
+    pub flags: u8,
+    /// TCP payload bytes, from the IP length fields.
+    pub payload_len: u32,
 }
 
 impl TcpSegment {
     pub fn options_offset(&self) -> usize {
         self.tcp_offset + TcpHdr::LEN
     }
+
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
 }
 
-/// Finds the TCP header of an IPv4 or IPv6 packet; `None` for anything else, for non-first
-/// fragments and for headers cut short.
+/// Finds the TCP header of an IPv4 or IPv6 packet and describes it in `out`; `None` for anything
+/// else, for non-first fragments and for headers cut short.
 #[inline(always)]
-pub fn parse_tcp(packet: &impl Packet) -> Option<TcpSegment> {
+pub fn parse_tcp(packet: &impl Packet, out: &mut TcpSegment) -> Option<()> {
     let eth: *const EthHdr = ptr_at(packet, 0)?;
     let mut offset = EthHdr::LEN;
     // SAFETY (all header reads below): ptr_at checked the header lies within the packet.
@@ -64,23 +88,27 @@ pub fn parse_tcp(packet: &impl Packet) -> Option<TcpSegment> {
         ether_type = u16::from_be(unsafe { (*vlan).ether_type });
         offset += VlanHdr::LEN;
     }
-    match ether_type {
+    let (family, src, dst, l4_len) = match ether_type {
         ETH_P_IPV4 => {
             let ip: *const Ipv4Hdr = ptr_at(packet, offset)?;
-            let (vihl, proto, frags) = unsafe { ((*ip).vihl, (*ip).proto, (*ip).frags) };
-            let header_len = usize::from(vihl & 0x0f) * 4;
-            if proto != IPPROTO_TCP || header_len < Ipv4Hdr::LEN {
+            let ip = unsafe { &*ip };
+            let header_len = usize::from(ip.vihl & 0x0f) * 4;
+            if ip.proto != IPPROTO_TCP || header_len < Ipv4Hdr::LEN {
                 return None;
             }
             // A non-first fragment carries no TCP header.
-            if u16::from_be_bytes(frags) & 0x1fff != 0 {
+            if u16::from_be_bytes(ip.frags) & 0x1fff != 0 {
                 return None;
             }
             offset += header_len;
+            let l4_len = usize::from(u16::from_be_bytes(ip.tot_len)).saturating_sub(header_len);
+            (4, ipv4_mapped(ip.src_addr), ipv4_mapped(ip.dst_addr), l4_len)
         }
         ETH_P_IPV6 => {
             let ip: *const Ipv6Hdr = ptr_at(packet, offset)?;
-            let mut next = unsafe { (*ip).next_hdr };
+            let ip = unsafe { &*ip };
+            let mut next = ip.next_hdr;
+            let mut l4_len = usize::from(u16::from_be_bytes(ip.payload_len));
             offset += Ipv6Hdr::LEN;
             for _ in 0..MAX_IPV6_EXT_HEADERS {
                 if !matches!(next, IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS) {
@@ -89,48 +117,66 @@ pub fn parse_tcp(packet: &impl Packet) -> Option<TcpSegment> {
                 let ext: *const [u8; 2] = ptr_at(packet, offset)?;
                 let [ext_next, ext_len] = unsafe { *ext };
                 next = ext_next;
-                offset += (usize::from(ext_len) + 1) * 8;
+                let ext_bytes = (usize::from(ext_len) + 1) * 8;
+                offset += ext_bytes;
+                l4_len = l4_len.saturating_sub(ext_bytes);
             }
             if next != IPPROTO_TCP {
                 return None;
             }
+            // SAFETY: reads within the checked header; unaligned because the header may be.
+            let (src, dst) = unsafe {
+                (
+                    core::ptr::read_unaligned(ip.src_addr.as_ptr().cast::<AddrWords>()),
+                    core::ptr::read_unaligned(ip.dst_addr.as_ptr().cast::<AddrWords>()),
+                )
+            };
+            (6, src, dst, l4_len)
         }
         _ => return None,
-    }
+    };
     let tcp: *const TcpHdr = ptr_at(packet, offset)?;
-    let header_len = usize::from(unsafe { (*tcp).doff() }) * 4;
+    let tcp = unsafe { &*tcp };
+    let header_len = usize::from(tcp.doff()) * 4;
     let bad_header = header_len < TcpHdr::LEN;
-    Some(TcpSegment {
+    // Byte 13 of the TCP header: CWR ECE URG ACK PSH RST SYN FIN.
+    let flags = unsafe { *(tcp as *const TcpHdr).cast::<u8>().add(13) };
+    *out = TcpSegment {
         tcp_offset: offset,
         options_len: if bad_header { 0 } else { header_len - TcpHdr::LEN },
         bad_header,
-    })
+        family,
+        src,
+        dst,
+        sport: u16::from_be_bytes(tcp.source),
+        dport: u16::from_be_bytes(tcp.dest),
+        flags,
+        payload_len: l4_len.saturating_sub(header_len) as u32,
+    };
+    Some(())
 }
 
-/// Stack buffer the option area is copied into before the codec walks it.
+/// Per-CPU buffer the option area is copied into before the codec walks it.
 ///
 /// Only the first `options_len` bytes are packet data and the codec never reads past them, but
 /// the verifier bounds each nested offset (option start, field position) separately, each up to
-/// the 40-byte area; the slack keeps every offset it can imagine inside the buffer. It is left
-/// uninitialised: zeroing 128 bytes per packet would cost more than the walk.
-pub struct OptionBuffer(MaybeUninit<[u8; 128]>);
+/// the 40-byte area; the slack keeps every offset it can imagine inside the buffer. It lives in
+/// a map, not on the 512-byte stack, and is not cleared: only bytes just copied in are read.
+#[repr(C)]
+pub struct OptionBuffer(pub [u8; 128]);
 
-impl OptionBuffer {
-    #[inline(always)]
-    pub fn new() -> Self {
-        Self(MaybeUninit::uninit())
+/// Copies the option area of `segment` into `buffer`; `None` if the packet is shorter than its
+/// header claims.
+#[inline(always)]
+pub fn load_options<'a>(
+    packet: &impl Packet,
+    segment: &TcpSegment,
+    buffer: &'a mut OptionBuffer,
+) -> Option<&'a [u8]> {
+    let len = segment.options_len.min(TCP_OPTION_SPACE);
+    let area = buffer.0.get_mut(..len)?;
+    if len > 0 && !packet.load_bytes(segment.options_offset(), area.as_mut_ptr(), len) {
+        return None;
     }
-
-    /// Copies the option area of `segment` in; `None` if the packet is shorter than its header
-    /// claims.
-    #[inline(always)]
-    pub fn load<'a>(&'a mut self, packet: &impl Packet, segment: &TcpSegment) -> Option<&'a [u8]> {
-        let len = segment.options_len.min(TCP_OPTION_SPACE);
-        let ptr = self.0.as_mut_ptr().cast::<u8>();
-        if len > 0 && !packet.load_bytes(segment.options_offset(), ptr, len) {
-            return None;
-        }
-        // SAFETY: the helper initialised the first `len` bytes (len <= 40 < 128).
-        Some(unsafe { core::slice::from_raw_parts(ptr, len) })
-    }
+    Some(area)
 }

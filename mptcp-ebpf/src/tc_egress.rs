@@ -7,7 +7,8 @@ use crate::{observe::observe, packet::Packet};
 
 #[classifier]
 pub fn mptcp_tc_egress(ctx: TcContext) -> i32 {
-    observe(&ctx, Direction::Egress);
+    // Admission happens at XDP; egress only observes. The verdict is always Pass here.
+    let _ = observe(&ctx, Direction::Egress);
     // Observe only: hand the packet on to the next program or the stack.
     TCX_NEXT
 }

@@ -3,12 +3,14 @@
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use mptcp_common::maps::Direction;
 
-use crate::{observe::observe, packet::Packet};
+use crate::{observe::observe, packet::Packet, track::Verdict};
 
 #[xdp]
 pub fn mptcp_xdp_ingress(ctx: XdpContext) -> u32 {
-    observe(&ctx, Direction::Ingress);
-    xdp_action::XDP_PASS
+    match observe(&ctx, Direction::Ingress) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    }
 }
 
 impl Packet for XdpContext {

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::netns::Netns;
+use crate::netns::{Netns, unique_name};
 
 /// The agent binary: `$MPTCP_AGENT_BIN`, else the workspace's debug build.
 pub fn binary() -> PathBuf {
@@ -42,41 +42,147 @@ pub fn run(ns: &Netns, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The pin directory of an interface.
-pub fn pin_dir(iface: &str) -> PathBuf {
-    Path::new("/sys/fs/bpf/mptcp").join(iface)
+/// Pin directory of a dataplane instance.
+pub fn instance_dir(instance: &str) -> PathBuf {
+    Path::new("/sys/fs/bpf/mptcp").join(instance)
 }
 
-/// The dataplane attached to one interface; detached (or its pins removed) on drop.
-pub struct Attached<'a> {
+/// Pin directory of one interface of an instance (its counters and links).
+pub fn iface_dir(instance: &str, iface: &str) -> PathBuf {
+    instance_dir(instance).join("ifaces").join(iface)
+}
+
+/// A dataplane instance of its own attached to interfaces of one namespace; detached, pins and
+/// all, on drop.
+pub struct Dataplane<'a> {
     ns: &'a Netns,
-    iface: String,
+    instance: String,
+    ifaces: Vec<String>,
 }
 
-impl<'a> Attached<'a> {
-    pub fn new(ns: &'a Netns, iface: &str) -> Result<Self> {
-        run(ns, &["attach", "--iface", iface])?;
-        Ok(Self { ns, iface: iface.to_owned() })
+impl<'a> Dataplane<'a> {
+    /// Attaches a fresh instance to `ifaces` with `mptcp-agent attach`.
+    pub fn attach(ns: &'a Netns, ifaces: &[&str]) -> Result<Self> {
+        let mut dataplane = Self { ns, instance: unique_name("ins"), ifaces: Vec::new() };
+        for iface in ifaces {
+            dataplane.run(&["attach", "--iface", iface])?;
+            dataplane.ifaces.push((*iface).to_owned());
+        }
+        Ok(dataplane)
     }
 
-    pub fn iface(&self) -> &str {
-        &self.iface
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
-    /// `mptcp-agent stats --iface IF --json`, parsed.
-    pub fn stats(&self) -> Result<serde_json::Value> {
-        let out = run(self.ns, &["stats", "--iface", &self.iface, "--json"])?;
-        serde_json::from_str(&out).context("parsing stats JSON")
+    pub fn ns(&self) -> &Netns {
+        self.ns
+    }
+
+    /// Runs `mptcp-agent ARGS --instance INSTANCE` in the namespace; fails on a non-zero exit.
+    pub fn run(&self, args: &[&str]) -> Result<String> {
+        run(self.ns, &[args, &["--instance", &self.instance]].concat())
+    }
+
+    /// Runs the agent command and parses its `--json` output.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.run(&[args, &["--json"]].concat())?;
+        serde_json::from_str(&out).with_context(|| format!("parsing the JSON of {args:?}: {out}"))
+    }
+
+    /// `mptcp-agent stats --iface IF --json`.
+    pub fn stats(&self, iface: &str) -> Result<serde_json::Value> {
+        self.json(&["stats", "--iface", iface])
     }
 }
 
-impl Drop for Attached<'_> {
+/// A running `mptcp-agent run` daemon of a [`Dataplane`]; stopped with SIGTERM on drop.
+pub struct Daemon {
+    child: Option<std::process::Child>,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts the daemon for the dataplane's instance and interfaces with `args` added, and
+    /// waits until it has configured the programs.
+    pub fn start(dataplane: &Dataplane<'_>, args: &[&str]) -> Result<Self> {
+        use std::io::{BufRead as _, BufReader};
+        let agent = binary();
+        let mut cmd = dataplane.ns.nsenter_cmd(agent.to_str().context("agent path is not UTF-8")?);
+        cmd.args(["run", "--instance", &dataplane.instance]).args(args);
+        for iface in &dataplane.ifaces {
+            cmd.args(["--iface", iface]);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("spawning mptcp-agent run")?;
+        let stderr = child.stderr.take().context("daemon stderr")?;
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("admission") {
+                    let _ = ready_tx.send(());
+                }
+                if let Ok(mut log) = sink.lock() {
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            }
+        });
+        let daemon = Self { child: Some(child), log };
+        if ready_rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
+            anyhow::bail!("the daemon did not start:\n{}", daemon.log());
+        }
+        Ok(daemon)
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().map(|log| log.clone()).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would.
+    pub fn kill(mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
     fn drop(&mut self) {
-        if pin_dir(&self.iface).exists()
-            && let Err(error) = run(self.ns, &["detach", "--iface", &self.iface])
-        {
-            eprintln!("cleanup: {error:#}; removing the pins directly");
-            let _ = std::fs::remove_dir_all(pin_dir(&self.iface));
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: plain kill(2) on our child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Dataplane<'_> {
+    fn drop(&mut self) {
+        for iface in &self.ifaces {
+            if iface_dir(&self.instance, iface).exists()
+                && let Err(error) = self.run(&["detach", "--iface", iface])
+            {
+                eprintln!("cleanup: {error:#}");
+            }
+        }
+        if instance_dir(&self.instance).exists() {
+            eprintln!("cleanup: removing the pins of {} directly", self.instance);
+            let _ = std::fs::remove_dir_all(instance_dir(&self.instance));
         }
     }
 }

@@ -37,6 +37,7 @@ fn remove_leftovers() -> Result<()> {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }
+    // Instances the harness created; removing their link pins detaches what is still attached.
     if let Ok(entries) = std::fs::read_dir(PIN_ROOT) {
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(PREFIX) {

@@ -1,10 +1,10 @@
-//! `cargo xtask demo`: the dataplane on a namespace lab, watching real kernel MPTCP traffic.
+//! `cargo xtask demo`: the dataplane on a namespace lab, tracking real kernel MPTCP traffic.
 
 use std::{process::Command, time::Duration};
 
 use anyhow::Result;
 use mptcp_tests::{
-    agent::{Attached, pin_dir},
+    agent::{Daemon, Dataplane, instance_dir},
     lab::{DualHomedLab, LabOptions},
     lock::LabLock,
     traffic::{ClientOptions, Proto, Server, transfer},
@@ -36,9 +36,13 @@ pub fn demo() -> Result<()> {
     println!("   client endpoints:\n{}", indent(&lab.client.ip(&["mptcp", "endpoint", "show"])?));
     println!("   server endpoints:\n{}", indent(&lab.server.ip(&["mptcp", "endpoint", "show"])?));
 
-    let attached: Vec<Attached<'_>> =
-        lab.paths.iter().map(|path| Attached::new(&lab.server, &path.server_if)).collect::<Result<_>>()?;
-    println!("\n== dataplane attached to the server's interfaces (XDP ingress, tcx egress)");
+    let ifaces: Vec<&str> = lab.paths.iter().map(|path| path.server_if.as_str()).collect();
+    let dataplane = Dataplane::attach(&lab.server, &ifaces)?;
+    let daemon = Daemon::start(&dataplane, &[])?;
+    println!(
+        "\n== dataplane instance {} on the server's interfaces (XDP ingress, tcx egress), daemon running",
+        dataplane.instance()
+    );
 
     let server = Server::start(&lab.server, lab.server_addr(0, 5201), Proto::Mptcp, CONNECTIONS)?;
     for n in 1..=CONNECTIONS {
@@ -58,21 +62,25 @@ pub fn demo() -> Result<()> {
     )?;
     plain.join()?;
     println!("   plain TCP connection: {} bytes", done.bytes);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(500));
 
-    for one in &attached {
-        println!("\n== mptcp-agent stats --iface {}", one.iface());
-        let out = output(lab.server.nsenter_cmd(agent.to_str().unwrap_or("mptcp-agent")).args([
-            "stats",
-            "--iface",
-            one.iface(),
-        ]))?;
-        print!("{}", indent(&out));
+    for (title, args) in [
+        ("mptcp-agent conns", vec!["conns"]),
+        ("mptcp-agent subflows", vec!["subflows"]),
+        ("mptcp-agent events", vec!["events"]),
+    ] {
+        println!("\n== {title}");
+        print!("{}", indent(&dataplane.run(&args)?));
     }
-    let map = pin_dir(attached[0].iface()).join("maps/COUNTERS");
+    for iface in &ifaces {
+        println!("\n== mptcp-agent stats --iface {iface}");
+        print!("{}", indent(&dataplane.run(&["stats", "--iface", iface])?));
+    }
+    let map = instance_dir(dataplane.instance()).join("maps/CONNECTIONS");
     println!("\n== bpftool map dump pinned {}", map.display());
     print!("{}", output(Command::new("bpftool").args(["map", "dump", "pinned"]).arg(&map))?);
     println!("\n== tearing the lab down");
+    drop(daemon);
     Ok(())
 }
 

@@ -2,18 +2,22 @@ use super::*;
 use proptest::prelude::*;
 use std::vec::Vec;
 
-fn parse(bytes: &[u8]) -> Result<MptcpOption<'_>, MptcpError> {
+fn parse(bytes: &[u8]) -> Result<MptcpOption, MptcpError> {
     MptcpOption::parse(bytes)
 }
 
 /// Encodes, checks the length byte, parses back and compares.
-fn round_trip(option: MptcpOption<'_>) -> Vec<u8> {
+fn round_trip(option: MptcpOption) -> Vec<u8> {
     let mut buf = [0u8; 64];
     let len = option.encode(&mut buf).unwrap();
     assert_eq!(usize::from(buf[1]), len);
     assert_eq!(option.encoded_len().unwrap(), len);
     assert_eq!(parse(&buf[..len]).unwrap(), option);
     buf[..len].to_vec()
+}
+
+fn bytes(b: &[u8]) -> OptionBytes {
+    OptionBytes::new(b).unwrap()
 }
 
 const KEY_A: u64 = 0x0102_0304_0506_0708;
@@ -173,20 +177,23 @@ fn add_addr_v1_v0_echo_port_hmac() {
 
 #[test]
 fn remove_prio_fail_fastclose_tcprst_experimental() {
-    assert_eq!(parse(&[30, 5, 0x40, 3, 4]).unwrap(), MptcpOption::RemoveAddr { ids: &[3, 4] });
-    assert_eq!(parse(&[30, 3, 0x40]), Err(MptcpError::BadLength { subtype: 4, len: 3 }));
-    assert_eq!(parse(&[30, 3, 0x51]).unwrap(), MptcpOption::Prio { backup: true, addr_id: None });
-    round_trip(MptcpOption::Prio { backup: false, addr_id: Some(9) });
     assert_eq!(
-        round_trip(MptcpOption::Fail { dsn: 0x1234 }),
+        parse(&[30, 5, 0x40, 3, 4]).unwrap(),
+        MptcpOption::RemoveAddr(RemoveAddr { ids: bytes(&[3, 4]) })
+    );
+    assert_eq!(parse(&[30, 3, 0x40]), Err(MptcpError::BadLength { subtype: 4, len: 3 }));
+    assert_eq!(parse(&[30, 3, 0x51]).unwrap(), MptcpOption::Prio(MpPrio { backup: true, addr_id: None }));
+    round_trip(MptcpOption::Prio(MpPrio { backup: false, addr_id: Some(9) }));
+    assert_eq!(
+        round_trip(MptcpOption::Fail(MpFail { dsn: 0x1234 })),
         [30, 12, 0x60, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34]
     );
-    round_trip(MptcpOption::FastClose { receiver_key: KEY_B });
+    round_trip(MptcpOption::FastClose(MpFastClose { receiver_key: KEY_B }));
     assert_eq!(
-        round_trip(MptcpOption::TcpRst { flags: tcprst_flags::TRANSIENT, reason: 6 }),
+        round_trip(MptcpOption::TcpRst(MpTcpRst { flags: tcprst_flags::TRANSIENT, reason: 6 })),
         [30, 4, 0x81, 6]
     );
-    round_trip(MptcpOption::Experimental { nibble: 3, payload: &[1, 2, 3] });
+    round_trip(MptcpOption::Experimental(MpExperimental { nibble: 3, payload: bytes(&[1, 2, 3]) }));
     assert_eq!(
         parse(&[30, 11, 0x60, 0, 0, 0, 0, 0, 0, 0, 0]),
         Err(MptcpError::BadLength { subtype: 6, len: 11 })
@@ -308,9 +315,9 @@ fn truncated_options_are_errors_for_every_shape() {
             }),
         }),
         MptcpOption::AddAddr(AddAddr { echo: false, addr_id: 1, addr: v4, port: Some(80), hmac: Some(6) }),
-        MptcpOption::Fail { dsn: 1 },
-        MptcpOption::FastClose { receiver_key: KEY_A },
-        MptcpOption::TcpRst { flags: 1, reason: 2 },
+        MptcpOption::Fail(MpFail { dsn: 1 }),
+        MptcpOption::FastClose(MpFastClose { receiver_key: KEY_A }),
+        MptcpOption::TcpRst(MpTcpRst { flags: 1, reason: 2 }),
     ];
     for option in shapes {
         let bytes = round_trip(option);
@@ -341,7 +348,7 @@ fn truncated_options_are_errors_for_every_shape() {
     }
 }
 
-fn arb_option() -> impl Strategy<Value = MptcpOption<'static>> {
+fn arb_option() -> impl Strategy<Value = MptcpOption> {
     let key = any::<u64>();
     let capable = (0u8..16, any::<u8>(), 0usize..5, key, key, any::<u16>(), any::<u16>()).prop_map(
         |(version, flags, step, k1, k2, len, csum)| {
@@ -406,10 +413,10 @@ fn arb_option() -> impl Strategy<Value = MptcpOption<'static>> {
         dss,
         add_addr,
         (any::<bool>(), proptest::option::of(any::<u8>()))
-            .prop_map(|(backup, addr_id)| MptcpOption::Prio { backup, addr_id }),
-        any::<u64>().prop_map(|dsn| MptcpOption::Fail { dsn }),
-        any::<u64>().prop_map(|receiver_key| MptcpOption::FastClose { receiver_key }),
-        (0u8..16, any::<u8>()).prop_map(|(flags, reason)| MptcpOption::TcpRst { flags, reason }),
+            .prop_map(|(backup, addr_id)| MptcpOption::Prio(MpPrio { backup, addr_id })),
+        any::<u64>().prop_map(|dsn| MptcpOption::Fail(MpFail { dsn })),
+        any::<u64>().prop_map(|receiver_key| MptcpOption::FastClose(MpFastClose { receiver_key })),
+        (0u8..16, any::<u8>()).prop_map(|(flags, reason)| MptcpOption::TcpRst(MpTcpRst { flags, reason })),
     ]
 }
 
@@ -424,10 +431,10 @@ proptest! {
     #[test]
     fn list_options_round_trip(ids in proptest::collection::vec(any::<u8>(), 1..37), payload in proptest::collection::vec(any::<u8>(), 0..37)) {
         let mut buf = [0u8; 64];
-        let len = MptcpOption::RemoveAddr { ids: &ids }.encode(&mut buf).unwrap();
-        prop_assert_eq!(parse(&buf[..len]), Ok(MptcpOption::RemoveAddr { ids: &ids }));
-        let len = MptcpOption::Experimental { nibble: 2, payload: &payload }.encode(&mut buf).unwrap();
-        prop_assert_eq!(parse(&buf[..len]), Ok(MptcpOption::Experimental { nibble: 2, payload: &payload }));
+        let len = MptcpOption::RemoveAddr(RemoveAddr { ids: bytes(&ids) }).encode(&mut buf).unwrap();
+        prop_assert_eq!(parse(&buf[..len]), Ok(MptcpOption::RemoveAddr(RemoveAddr { ids: bytes(&ids) })));
+        let len = MptcpOption::Experimental(MpExperimental { nibble: 2, payload: bytes(&payload) }).encode(&mut buf).unwrap();
+        prop_assert_eq!(parse(&buf[..len]), Ok(MptcpOption::Experimental(MpExperimental { nibble: 2, payload: bytes(&payload) })));
     }
 
     #[test]
@@ -442,4 +449,12 @@ proptest! {
             prop_assert_eq!(parse(&buf[..len]), Ok(parsed));
         }
     }
+}
+
+#[test]
+fn each_subtype_parses_on_its_own_and_rejects_the_others() {
+    let dss = [30, 12, 0x20, 0x03, 0, 0, 0, 0, 0, 0, 0x10, 0];
+    assert_eq!(MptcpOption::parse(&dss).unwrap(), MptcpOption::Dss(Dss::parse(&dss).unwrap()));
+    assert_eq!(MpJoin::parse(&dss), Err(MptcpError::WrongSubtype { expected: 1, found: 2 }));
+    assert_eq!(Dss::parse(&dss[..4]), Err(MptcpError::NotMptcp));
 }

@@ -1,0 +1,126 @@
+//! `mptcp-agent run`: the daemon. It attaches (or finds what a previous run left pinned),
+//! configures the programs, consumes their events and judges the handshakes. Everything it needs
+//! lives in the pinned maps, so a killed daemon restarts where it stopped.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{BufWriter, Write as _},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::RingBuf;
+use mptcp_common::maps::{EVENTS_MAP, Event};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    config::AgentConfig,
+    events::{EventRecord, Processor},
+    loader::{self, Instance, XdpAttachMode},
+    tables::Tables,
+};
+
+/// Where the daemon of `instance` logs the events it processed, one JSON object per line.
+pub fn event_log_path(instance: &Instance) -> PathBuf {
+    PathBuf::from("/run/mptcp-agent").join(&instance.name).join("events.jsonl")
+}
+
+/// The log rotates to `events.jsonl.1` past this size.
+const EVENT_LOG_MAX_BYTES: u64 = 16 << 20;
+
+struct EventLog {
+    path: PathBuf,
+    file: BufWriter<File>,
+    written: u64,
+}
+
+impl EventLog {
+    fn open(instance: &Instance) -> Result<Self> {
+        let path = event_log_path(instance);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let written = file.metadata()?.len();
+        Ok(Self { path, file: BufWriter::new(file), written })
+    }
+
+    fn write(&mut self, record: &EventRecord) -> Result<()> {
+        let line = serde_json::to_string(record)?;
+        writeln!(self.file, "{line}")?;
+        self.written += line.len() as u64 + 1;
+        if self.written > EVENT_LOG_MAX_BYTES {
+            self.file.flush()?;
+            fs::rename(&self.path, self.path.with_extension("jsonl.1"))?;
+            self.file = BufWriter::new(File::create(&self.path)?);
+            self.written = 0;
+        }
+        Ok(())
+    }
+}
+
+/// Runs until SIGTERM or SIGINT; the programs stay attached afterwards.
+pub async fn run(
+    instance: &Instance,
+    ifaces: &[String],
+    config: AgentConfig,
+    xdp_mode: XdpAttachMode,
+) -> Result<()> {
+    let name = &instance.name;
+    let attached = instance.interfaces();
+    for iface in ifaces {
+        if attached.contains(iface) {
+            log::info!("{name}: found {iface} attached, resuming");
+        } else {
+            loader::attach(instance, iface, xdp_mode)?;
+            log::info!("{name}: attached {iface}");
+        }
+    }
+    let mut tables = Tables::open(|map| instance.open_map(map).ok())?;
+    tables.write_config(&config.dataplane())?;
+    log::info!("{name}: admission {:?}, join rate {}/s", config.admission, config.join_rate_per_sec);
+    let ring = RingBuf::try_from(instance.open_map(EVENTS_MAP)?).context("opening the event ring buffer")?;
+    // SAFETY: the descriptor belongs to `ring`, which the AsyncFd owns until it is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|error| anyhow::anyhow!("polling the event ring buffer: {error}"))?;
+    let mut log = EventLog::open(instance)?;
+    let mut processor = Processor::new(&mut tables);
+    let recovered = processor.verify_pending();
+    if recovered > 0 {
+        log::info!("{name}: judged {recovered} join(s) left pending by a previous run");
+    }
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    if item.len() < size_of::<Event>() {
+                        continue;
+                    }
+                    // SAFETY: the programs write whole Events; the ring item may be unaligned.
+                    let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+                    let record = processor.process(&event);
+                    log.write(&record)?;
+                }
+                guard.clear_ready();
+                log.file.flush()?;
+            }
+            _ = tick.tick() => {
+                processor.verify_pending();
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    log.file.flush()?;
+    log::info!("{name}: stopping; the dataplane stays attached (`mptcp-agent detach` removes it)");
+    Ok(())
+}

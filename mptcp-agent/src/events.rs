@@ -1,0 +1,273 @@
+//! Handshake events from the programs: what the agent makes of them (MP_JOIN and ADD_ADDR HMAC
+//! verdicts, key cross-checks) and how they are recorded. The daemon and `replay` share it.
+
+use std::net::SocketAddr;
+
+use mptcp_common::maps::{
+    Connection, ConnectionChecks, Event, FlowKey, Subflow, addr_words, connection_flags, event_flags,
+    event_kind, hmac_verdict, subflow_kind,
+};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{
+    handshake,
+    tables::{Tables, fallback_name, hmac_name, ip},
+};
+
+/// An event as the agent records it (`events --json`, the daemon's log).
+#[derive(Debug, Serialize)]
+pub struct EventRecord {
+    pub time_ns: u64,
+    pub kind: &'static str,
+    pub hook: &'static str,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    /// Server token of the subflow's connection, when known.
+    pub token: Option<String>,
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, Value>,
+}
+
+impl EventRecord {
+    /// One line for humans.
+    pub fn line(&self) -> String {
+        let details: Vec<String> = self.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!(
+            "{:>16} {:<12} {:<7} {} -> {} {} {}",
+            self.time_ns,
+            self.kind,
+            self.hook,
+            self.src,
+            self.dst,
+            self.token.as_deref().unwrap_or("-"),
+            details.join(" ")
+        )
+    }
+}
+
+pub fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        event_kind::MP_CAPABLE => "mp_capable",
+        event_kind::JOIN_SYN => "join_syn",
+        event_kind::JOIN_SYNACK => "join_synack",
+        event_kind::JOIN_ACK => "join_ack",
+        event_kind::ADD_ADDR => "add_addr",
+        event_kind::REMOVE_ADDR => "remove_addr",
+        event_kind::MP_PRIO => "mp_prio",
+        event_kind::MP_FAIL => "mp_fail",
+        event_kind::MP_FASTCLOSE => "mp_fastclose",
+        event_kind::MP_TCPRST => "mp_tcprst",
+        event_kind::FALLBACK => "fallback",
+        _ => "unknown",
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The subflow key of an event's packet.
+fn event_key(event: &Event) -> FlowKey {
+    FlowKey::new(event.family, addr_words(event.src), event.sport, addr_words(event.dst), event.dport).0
+}
+
+/// The MPTCP client's and server's keys of a connection, when both crossed the wire.
+fn keys(connection: &Connection) -> Option<(u64, u64)> {
+    let both = connection_flags::CLIENT_KEY | connection_flags::SERVER_KEY;
+    (connection.flags & both == both).then_some((connection.client_key, connection.server_key))
+}
+
+/// The verdict on a join subflow's HMACs, from the nonces and HMACs the programs stored in its
+/// entry and the connection's keys.
+pub fn join_verdict(subflow: &Subflow, connection: Option<&Connection>) -> u8 {
+    let Some((client_key, server_key)) = connection.and_then(keys) else {
+        return hmac_verdict::UNKNOWN;
+    };
+    // A is the host that sent the join's SYN.
+    let (key_a, key_b) =
+        if subflow.server_initiated != 0 { (server_key, client_key) } else { (client_key, server_key) };
+    let (nonce_a, nonce_b) = (subflow.join_nonce_client, subflow.join_nonce_server);
+    let synack = handshake::join_synack_hmac(key_b, key_a, nonce_b, nonce_a);
+    let ack = handshake::join_ack_hmac(key_a, key_b, nonce_a, nonce_b);
+    if synack == subflow.join_synack_hmac && ack == subflow.join_ack_hmac {
+        hmac_verdict::VERIFIED
+    } else {
+        hmac_verdict::FAILED
+    }
+}
+
+/// Applies events to the tables.
+pub struct Processor<'t> {
+    tables: &'t mut Tables,
+}
+
+impl<'t> Processor<'t> {
+    pub fn new(tables: &'t mut Tables) -> Self {
+        Self { tables }
+    }
+
+    pub fn tables(&self) -> &Tables {
+        self.tables
+    }
+
+    fn connection(&self, token: u32) -> Option<Connection> {
+        (token != 0).then(|| self.tables.connections.get(&token, 0).ok()).flatten()
+    }
+
+    fn update_checks(&mut self, token: u32, update: impl FnOnce(&mut ConnectionChecks)) {
+        let mut checks = self.tables.checks(token);
+        update(&mut checks);
+        if let Err(error) = self.tables.checks.insert(token, checks, 0) {
+            log::warn!("recording checks of connection {token:#010x}: {error}");
+        }
+    }
+
+    /// Verifies the join subflow `key` if its handshake is complete and unjudged; returns the
+    /// verdict recorded.
+    pub fn verify_join(&mut self, key: &FlowKey) -> Option<u8> {
+        let subflow = self.tables.subflows.get(key, 0).ok()?;
+        if subflow.kind != subflow_kind::JOIN || subflow.hmac != hmac_verdict::PENDING {
+            return None;
+        }
+        let verdict = join_verdict(&subflow, self.connection(subflow.conn_token).as_ref());
+        if let Err(error) = self.tables.verdicts.insert(key, verdict, 0) {
+            log::warn!("recording an HMAC verdict: {error}");
+        }
+        Some(verdict)
+    }
+
+    /// Verifies every complete join that has no verdict yet: after a restart, events may have
+    /// been consumed by a previous run that died before judging them.
+    pub fn verify_pending(&mut self) -> usize {
+        let pending: Vec<FlowKey> = self
+            .tables
+            .subflows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, subflow)| {
+                subflow.kind == subflow_kind::JOIN
+                    && subflow.hmac == hmac_verdict::PENDING
+                    && self.tables.verdicts.get(key, 0).is_err()
+            })
+            .map(|(key, _)| key)
+            .collect();
+        pending.iter().filter(|key| self.verify_join(key).is_some()).count()
+    }
+
+    /// Cross-checks the programs' tokens and IDSNs of a connection's keys against the agent's
+    /// own SHA-256.
+    fn check_keys(&mut self, token: u32) -> Option<bool> {
+        let connection = self.connection(token)?;
+        let mut matched = true;
+        if connection.flags & connection_flags::SERVER_KEY != 0 {
+            matched &= handshake::token(connection.server_key) == connection.server_token
+                && handshake::idsn(connection.server_key) == connection.server_idsn;
+        }
+        if connection.flags & connection_flags::CLIENT_KEY != 0 {
+            matched &= handshake::token(connection.client_key) == connection.client_token
+                && handshake::idsn(connection.client_key) == connection.client_idsn;
+        }
+        self.update_checks(token, |checks| {
+            if matched {
+                checks.keys_matched += 1;
+            } else {
+                checks.keys_mismatched += 1;
+            }
+        });
+        Some(matched)
+    }
+
+    /// The ADD_ADDR HMAC verdict, or `None` when it carries none (echo, v0) or keys are missing.
+    fn verify_add_addr(&mut self, event: &Event) -> Option<bool> {
+        if event.flags & event_flags::ECHO != 0 || event.hmac[..8] == [0; 8] {
+            return None;
+        }
+        let connection = self.connection(event.token)?;
+        let (client_key, server_key) = keys(&connection)?;
+        let subflow = self.tables.subflows.get(&event_key(event), 0).ok()?;
+        // The sender is the MPTCP client when it opened this subflow and the subflow is the
+        // client's, or answered a subflow the server opened.
+        let sender_is_client = (event.from_client != 0) != (subflow.server_initiated != 0);
+        let (sender, receiver) =
+            if sender_is_client { (client_key, server_key) } else { (server_key, client_key) };
+        let port = (event.port != 0).then_some(event.port);
+        let expected =
+            handshake::add_addr_hmac(sender, receiver, event.addr_id, ip(event.count, event.addr), port);
+        let verified = expected.to_be_bytes() == event.hmac[..8];
+        self.update_checks(event.token, |checks| {
+            if verified {
+                checks.add_addr_verified += 1;
+            } else {
+                checks.add_addr_failed += 1;
+            }
+        });
+        Some(verified)
+    }
+
+    /// Acts on one event and describes it.
+    pub fn process(&mut self, event: &Event) -> EventRecord {
+        let backup = event.flags & event_flags::BACKUP != 0;
+        let details = match event.kind {
+            event_kind::MP_CAPABLE => {
+                let checked = self.check_keys(event.token);
+                json!({
+                    "sender_key": format!("0x{:016x}", event.keys[0]),
+                    "receiver_key": (event.keys[1] != 0).then(|| format!("0x{:016x}", event.keys[1])),
+                    "tokens_checked": checked,
+                })
+            }
+            event_kind::JOIN_SYN => json!({
+                "join_token": format!("0x{:08x}", event.token),
+                "nonce": format!("0x{:08x}", event.nonce),
+                "addr_id": event.addr_id,
+                "backup": backup,
+            }),
+            event_kind::JOIN_SYNACK => json!({
+                "hmac": hex(&event.hmac[..8]),
+                "nonce": format!("0x{:08x}", event.nonce),
+                "addr_id": event.addr_id,
+                "backup": backup,
+            }),
+            event_kind::JOIN_ACK => {
+                let verdict = self.verify_join(&event_key(event));
+                json!({ "hmac": hex(&event.hmac), "verdict": verdict.map(hmac_name) })
+            }
+            event_kind::ADD_ADDR => {
+                let verified = self.verify_add_addr(event);
+                json!({
+                    "addr": ip(event.count, event.addr),
+                    "port": (event.port != 0).then_some(event.port),
+                    "addr_id": event.addr_id,
+                    "echo": event.flags & event_flags::ECHO != 0,
+                    "hmac": (event.hmac[..8] != [0; 8]).then(|| hex(&event.hmac[..8])),
+                    "verdict": verified.map(|ok| if ok { "verified" } else { "failed" }),
+                })
+            }
+            event_kind::REMOVE_ADDR => {
+                json!({ "addr_ids": event.addr[..usize::from(event.count).min(16)].to_vec() })
+            }
+            event_kind::MP_PRIO => json!({ "backup": backup }),
+            event_kind::MP_FAIL => json!({ "dsn": event.keys[0] }),
+            event_kind::MP_FASTCLOSE => json!({ "receiver_key": format!("0x{:016x}", event.keys[0]) }),
+            event_kind::MP_TCPRST => json!({ "reason": event.reason, "flags": event.flags }),
+            event_kind::FALLBACK => json!({ "reason": fallback_name(event.reason) }),
+            _ => json!({}),
+        };
+        // The join token travels in `token` for a join SYN; otherwise it is the connection's.
+        let token = (event.kind != event_kind::JOIN_SYN && event.token != 0)
+            .then(|| format!("0x{:08x}", event.token));
+        EventRecord {
+            time_ns: event.timestamp_ns,
+            kind: kind_name(event.kind),
+            hook: if event.hook == 0 { "ingress" } else { "egress" },
+            src: SocketAddr::new(ip(event.family, event.src), event.sport),
+            dst: SocketAddr::new(ip(event.family, event.dst), event.dport),
+            token,
+            details: match details {
+                Value::Object(map) => map,
+                _ => serde_json::Map::new(),
+            },
+        }
+    }
+}
