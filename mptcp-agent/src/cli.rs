@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::{
     config::{Admission, AgentConfig},
-    daemon,
+    daemon, decode,
     loader::{self, Instance, Privilege, XdpAttachMode, check_privileges},
     stats,
     tables::{Snapshot, SubflowView, Tables},
@@ -109,6 +109,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Decode every MPTCP option of a capture file (pcap or pcapng; Ethernet, raw IP, Linux
+    /// cooked v1/v2), group subflows into connections by token and verify the MP_JOIN and
+    /// ADD_ADDR HMACs whose keys the capture holds. Needs no privileges.
+    Decode {
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also list every packet that carries MPTCP options, option by option.
+        #[arg(long)]
+        packets: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -140,6 +152,11 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", stats::to_table(&iface, &counters));
             }
+        }
+        Command::Decode { file, json, packets } => {
+            let report = decode::decode_file(&file, packets)?;
+            let text = if json { decode::to_json(&report)? + "\n" } else { decode::to_text(&report) };
+            write_stdout(&text)?;
         }
         Command::Conns { instance, json } => {
             let snapshot = Snapshot::read(&open_tables(&instance.get()?)?);
@@ -204,6 +221,15 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Events { instance, follow, json } => print_events(&instance.get()?, follow, json)?,
     }
     Ok(())
+}
+
+/// Writes to stdout; a closed pipe (`decode ... | head`) is not an error.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 fn open_tables(instance: &Instance) -> Result<Tables> {

@@ -1,9 +1,11 @@
 //! The MPTCP dataplane agent: loads, attaches and pins the eBPF programs, reads and drives the
 //! maps they share with it, and completes what needs cryptography.
 
+pub mod capture_file;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod decode;
 pub mod events;
 pub mod handshake;
 pub mod loader;

@@ -86,7 +86,8 @@ impl core::fmt::Display for MptcpError {
 
 /// MP_CAPABLE. Which keys are present tells the handshake step: none (v1 SYN), the sender's key
 /// (v0 SYN, SYN-ACK), both keys (third ACK), both keys and the data-level length (first data
-/// packet, with a checksum when the checksum is negotiated).
+/// packet, with a checksum when the checksum is negotiated). Version 0 (RFC 6824) has only the
+/// 12- and 20-byte shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MpCapable {
     pub version: u8,
@@ -455,6 +456,8 @@ fn parse_capable(r: &mut Reader<'_>, version: u8, len: u8) -> Option<MpCapable> 
     let mut c =
         MpCapable { version, flags, sender_key: None, receiver_key: None, data_len: None, checksum: None };
     match len {
+        // RFC 6824 (v0) has no key-less SYN and no data-carrying ACK.
+        4 | 22 | 24 if version == 0 => return None,
         4 => {}
         12 => c.sender_key = Some(r.be64()?),
         20 | 22 | 24 => {
@@ -475,6 +478,10 @@ fn parse_capable(r: &mut Reader<'_>, version: u8, len: u8) -> Option<MpCapable> 
 fn encode_capable(w: &mut Writer<'_>, c: &MpCapable) -> Result<(), EncodeError> {
     if c.version > 0x0f {
         return Err(EncodeError::Invalid("MP_CAPABLE version is four bits"));
+    }
+    let v0_shape = c.sender_key.is_some() && c.data_len.is_none();
+    if c.version == 0 && !v0_shape {
+        return Err(EncodeError::Invalid("MP_CAPABLE version 0 carries a key and no data length"));
     }
     w.put(&[(subtype::MP_CAPABLE << 4) | c.version, c.flags])?;
     match (c.sender_key, c.receiver_key, c.data_len, c.checksum) {

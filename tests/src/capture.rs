@@ -34,9 +34,14 @@ impl Capture {
         let stderr = child.stderr.take().context("tcpdump stderr")?;
         let mut lines = BufReader::new(stderr).lines();
         let capture = Self { child: Some(child), path: path.to_owned() };
-        match lines.next() {
-            Some(Ok(line)) if line.contains("listening on") => {}
-            other => bail!("tcpdump on {iface} did not start: {other:?}"),
+        // tcpdump may first name the link type (`-i any`: "data link type LINUX_SLL2").
+        let mut said = Vec::new();
+        loop {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("listening on") => break,
+                Some(Ok(line)) if said.len() < 4 => said.push(line),
+                other => bail!("tcpdump on {iface} did not start: {said:?} {other:?}"),
+            }
         }
         // Drain the rest of stderr so tcpdump never blocks on it.
         std::thread::spawn(move || lines.for_each(drop));
@@ -77,9 +82,16 @@ impl Drop for Capture {
 /// `tshark -r FILE -T fields -e F1 -e F2 ...`: one row per packet, one column per field;
 /// repeated fields come comma-separated. MPTCP mapping analysis (reinjections) is on.
 pub fn tshark_fields(path: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
+    tshark_fields_with_prefs(path, &["mptcp.analyze_mappings:TRUE", "mptcp.intersubflows_retransmission:TRUE"], fields)
+}
+
+/// [`tshark_fields`] with Wireshark preferences set (`-o NAME:VALUE` each).
+pub fn tshark_fields_with_prefs(path: &Path, prefs: &[&str], fields: &[&str]) -> Result<Vec<Vec<String>>> {
     let mut cmd = Command::new("tshark");
     cmd.arg("-r").arg(path).args(["-T", "fields", "-E", "separator=/t", "-E", "occurrence=a"]);
-    cmd.args(["-o", "mptcp.analyze_mappings:TRUE", "-o", "mptcp.intersubflows_retransmission:TRUE"]);
+    for pref in prefs {
+        cmd.args(["-o", pref]);
+    }
     for field in fields {
         cmd.args(["-e", field]);
     }

@@ -143,13 +143,19 @@ pub struct Transfer {
 
 /// Additional (non-initial) subflows of an MPTCP socket, from MPTCP_INFO.
 pub fn mptcp_subflows(stream: &TcpStream) -> Result<u8> {
+    mptcp_info_subflows(stream).context("MPTCP_INFO")
+}
+
+fn mptcp_info_subflows(stream: &TcpStream) -> std::io::Result<u8> {
     let mut info = [0u8; 256];
     let mut len = info.len() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into info.
     let rc = unsafe {
         libc::getsockopt(stream.as_raw_fd(), SOL_MPTCP, MPTCP_INFO, info.as_mut_ptr().cast(), &mut len)
     };
-    ensure!(rc == 0, "MPTCP_INFO: {}", std::io::Error::last_os_error());
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     // struct mptcp_info starts with __u8 mptcpi_subflows.
     Ok(info[0])
 }
@@ -169,7 +175,17 @@ pub fn transfer(ns: &Netns, server: SocketAddr, options: ClientOptions) -> Resul
     if options.proto == Proto::Mptcp {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            subflows = mptcp_subflows(&stream)?;
+            subflows = match mptcp_info_subflows(&stream) {
+                Ok(subflows) => subflows,
+                // A connection that fell back to TCP (the server does not do MPTCP) has no
+                // MPTCP_INFO; there is nothing to wait for unless subflows were asked for.
+                Err(error)
+                    if error.raw_os_error() == Some(libc::EOPNOTSUPP) && options.wait_subflows == 0 =>
+                {
+                    break;
+                }
+                Err(error) => return Err(error).context("MPTCP_INFO"),
+            };
             if subflows >= options.wait_subflows {
                 break;
             }

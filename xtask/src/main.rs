@@ -1,6 +1,8 @@
 //! `cargo xtask`: everything from a fresh clone to a tested, running dataplane.
 
+mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -29,6 +31,14 @@ enum Task {
     Test,
     /// Set up, build, and run real MPTCP traffic through a namespace lab with the dataplane on.
     Demo,
+    /// Run the benchmark suites (those whose name contains FILTER, if given); results go to
+    /// target/bench/results.{json,md}.
+    Bench { filter: Option<String> },
+    /// Fuzz the option walker and MPTCP codec with cargo fuzz (nightly) for a bounded time.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -40,5 +50,7 @@ fn main() -> Result<()> {
         }
         Task::Test => test::test(),
         Task::Demo => demo::demo(),
+        Task::Bench { filter } => bench::bench(filter.as_deref()),
+        Task::Fuzz { seconds } => fuzz::fuzz(seconds),
     }
 }

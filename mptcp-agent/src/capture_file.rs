@@ -1,0 +1,282 @@
+//! Reading capture files (pcap and pcapng, through `pcap-file`) and slicing their frames down to
+//! the TCP header (through `etherparse`), for the link types tcpdump and Wireshark write on Linux.
+
+use std::{net::SocketAddr, path::Path};
+
+use etherparse::{EtherType, LaxSlicedPacket, LinuxSllHeaderSlice, LinuxSllProtocolType, TransportSlice};
+use pcap_file::{
+    DataLink, PcapError,
+    pcap::PcapReader,
+    pcapng::{Block, PcapNgReader},
+};
+
+/// Why a capture file could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureFileError {
+    #[error("reading {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{path} is neither a pcap nor a pcapng file: {source}")]
+    Format { path: String, source: PcapError },
+}
+
+/// Why one frame yields no TCP segment.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("unsupported link type {0:?}")]
+    UnsupportedLinkType(DataLink),
+    #[error("link header: {0}")]
+    Link(String),
+    #[error("network header: {0}")]
+    Network(String),
+    #[error("TCP header: {0}")]
+    Tcp(String),
+    /// Not a TCP/IP packet (ARP, ICMP, UDP, ...): nothing to decode, not an error in the capture.
+    #[error("not TCP over IP")]
+    NotTcp,
+}
+
+/// One captured frame and the link type of the interface it was captured on.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// 1-based, as Wireshark numbers frames.
+    pub number: u64,
+    pub link_type: DataLink,
+    pub data: Vec<u8>,
+}
+
+/// Every frame of a file that could be read; a file cut short keeps the frames before the cut.
+#[derive(Debug)]
+pub struct CaptureFile {
+    pub frames: Vec<Frame>,
+    /// Set when reading stopped early (truncated or corrupt file).
+    pub read_error: Option<String>,
+}
+
+/// The TCP header of a frame, as far as the decoder needs it.
+#[derive(Debug, Clone)]
+pub struct TcpSegment<'a> {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+    /// Captured payload bytes (may be fewer than sent when the snap length cut the frame).
+    pub payload_len: usize,
+    /// The TCP option area.
+    pub options: &'a [u8],
+}
+
+const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
+
+/// Reads every frame of a pcap or pcapng file.
+pub fn read(path: &Path) -> Result<CaptureFile, CaptureFileError> {
+    let display = path.display().to_string();
+    let bytes =
+        std::fs::read(path).map_err(|source| CaptureFileError::Io { path: display.clone(), source })?;
+    let format_error = |source| CaptureFileError::Format { path: display.clone(), source };
+    if bytes.starts_with(&PCAPNG_MAGIC) {
+        read_pcapng(&bytes).map_err(format_error)
+    } else {
+        read_pcap(&bytes).map_err(format_error)
+    }
+}
+
+fn read_pcap(bytes: &[u8]) -> Result<CaptureFile, PcapError> {
+    let mut reader = PcapReader::new(bytes)?;
+    let link_type = reader.header().datalink;
+    let mut capture = CaptureFile { frames: Vec::new(), read_error: None };
+    // Raw packets: pcap-file 2.0 rejects every packet whose original length exceeds the snap
+    // length, which is exactly what a capture with `tcpdump -s N` holds.
+    while let Some(packet) = reader.next_raw_packet() {
+        match packet {
+            Ok(packet) => capture.push(link_type, packet.data.into_owned()),
+            Err(error) => {
+                capture.read_error = Some(error.to_string());
+                break;
+            }
+        }
+    }
+    Ok(capture)
+}
+
+fn read_pcapng(bytes: &[u8]) -> Result<CaptureFile, PcapError> {
+    let mut reader = PcapNgReader::new(bytes)?;
+    let mut capture = CaptureFile { frames: Vec::new(), read_error: None };
+    while let Some(block) = reader.next_block() {
+        // Owned, so the reader can be asked about interfaces while the block is in hand.
+        let frame = match block.map(Block::into_owned) {
+            Ok(Block::EnhancedPacket(packet)) => match reader.packet_interface(&packet) {
+                Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
+                None => Err(format!("packet on undeclared interface {}", packet.interface_id)),
+            },
+            // A simple packet block belongs to the first interface.
+            Ok(Block::SimplePacket(packet)) => match reader.interfaces().first() {
+                Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
+                None => Err("simple packet block before any interface".to_owned()),
+            },
+            Ok(Block::Packet(packet)) => match reader.interfaces().get(usize::from(packet.interface_id)) {
+                Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
+                None => Err(format!("packet on undeclared interface {}", packet.interface_id)),
+            },
+            Ok(_) => continue,
+            Err(error) => Err(error.to_string()),
+        };
+        match frame {
+            Ok((link_type, data)) => capture.push(link_type, data),
+            Err(error) => {
+                capture.read_error = Some(error);
+                break;
+            }
+        }
+    }
+    Ok(capture)
+}
+
+impl CaptureFile {
+    fn push(&mut self, link_type: DataLink, data: Vec<u8>) {
+        let number = self.frames.len() as u64 + 1;
+        self.frames.push(Frame { number, link_type, data });
+    }
+}
+
+/// Linux cooked capture v2 (LINKTYPE_LINUX_SLL2): protocol type (2 bytes), reserved (2),
+/// interface index (4), ARPHRD type (2), packet type (1), address length (1), address (8).
+const SLL2_HEADER_LEN: usize = 20;
+
+impl Frame {
+    /// Slices the frame down to its TCP header. Truncated payloads are fine (snap length); a
+    /// truncated TCP header is an error.
+    pub fn tcp(&self) -> Result<TcpSegment<'_>, FrameError> {
+        let data = self.data.as_slice();
+        let sliced = match self.link_type {
+            DataLink::ETHERNET => {
+                LaxSlicedPacket::from_ethernet(data).map_err(|e| FrameError::Link(e.to_string()))?
+            }
+            DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => {
+                LaxSlicedPacket::from_ip(data).map_err(|e| FrameError::Network(e.to_string()))?
+            }
+            DataLink::LINUX_SLL => {
+                let header =
+                    LinuxSllHeaderSlice::from_slice(data).map_err(|e| FrameError::Link(e.to_string()))?;
+                let LinuxSllProtocolType::EtherType(ether_type) = header.protocol_type() else {
+                    return Err(FrameError::NotTcp);
+                };
+                let rest = data.get(header.slice().len()..).unwrap_or_default();
+                LaxSlicedPacket::from_ether_type(ether_type, rest)
+            }
+            DataLink::LINUX_SLL2 => {
+                let (Some(protocol), Some(rest)) = (data.get(..2), data.get(SLL2_HEADER_LEN..)) else {
+                    return Err(FrameError::Link(format!(
+                        "{} bytes cannot hold a Linux cooked v2 header",
+                        data.len()
+                    )));
+                };
+                let ether_type = EtherType(u16::from_be_bytes([protocol[0], protocol[1]]));
+                LaxSlicedPacket::from_ether_type(ether_type, rest)
+            }
+            other => return Err(FrameError::UnsupportedLinkType(other)),
+        };
+        let Some(net) = sliced.net.as_ref().and_then(|net| net.ip_payload_ref().map(|_| net)) else {
+            return match sliced.stop_err {
+                Some((error, _)) => Err(FrameError::Network(error.to_string())),
+                None => Err(FrameError::NotTcp),
+            };
+        };
+        let (src_ip, dst_ip) = match net {
+            etherparse::LaxNetSlice::Ipv4(v4) => {
+                (v4.header().source_addr().into(), v4.header().destination_addr().into())
+            }
+            etherparse::LaxNetSlice::Ipv6(v6) => {
+                (v6.header().source_addr().into(), v6.header().destination_addr().into())
+            }
+            etherparse::LaxNetSlice::Arp(_) => return Err(FrameError::NotTcp),
+        };
+        match sliced.transport {
+            Some(TransportSlice::Tcp(tcp)) => Ok(TcpSegment {
+                src: SocketAddr::new(src_ip, tcp.source_port()),
+                dst: SocketAddr::new(dst_ip, tcp.destination_port()),
+                syn: tcp.syn(),
+                ack: tcp.ack(),
+                fin: tcp.fin(),
+                rst: tcp.rst(),
+                payload_len: tcp.payload().len(),
+                // The fixed header is 20 bytes; etherparse checked the data offset covers it.
+                options: tcp.header_slice().get(20..).unwrap_or_default(),
+            }),
+            Some(_) => Err(FrameError::NotTcp),
+            None => match sliced.stop_err {
+                Some((error, _)) => Err(FrameError::Tcp(error.to_string())),
+                None => Err(FrameError::NotTcp),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    /// A TCP SYN from 192.0.2.1:40000 to 192.0.2.2:80 carrying one MP_CAPABLE option.
+    fn ipv4_syn() -> Vec<u8> {
+        let builder = PacketBuilder::ipv4([192, 0, 2, 1], [192, 0, 2, 2], 64)
+            .tcp(40000, 80, 1, 1000)
+            .syn()
+            .options_raw(&[30, 4, 0x01, 0x01])
+            .expect("a 4-byte option area is valid");
+        let mut packet = Vec::new();
+        builder.write(&mut packet, &[]).expect("writing to a Vec");
+        packet
+    }
+
+    fn frame(link_type: DataLink, data: Vec<u8>) -> Frame {
+        Frame { number: 1, link_type, data }
+    }
+
+    #[test]
+    fn every_supported_link_type_reaches_the_tcp_options() {
+        let ip = ipv4_syn();
+        let mut ethernet = vec![0u8; 12];
+        ethernet.extend_from_slice(&[0x08, 0x00]);
+        ethernet.extend_from_slice(&ip);
+        let mut sll = vec![0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0, 0x08, 0x00];
+        sll.extend_from_slice(&ip);
+        let mut sll2 = vec![0x08, 0x00, 0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0];
+        sll2.extend_from_slice(&ip);
+        for (link_type, data) in [
+            (DataLink::ETHERNET, ethernet),
+            (DataLink::RAW, ip.clone()),
+            (DataLink::IPV4, ip),
+            (DataLink::LINUX_SLL, sll),
+            (DataLink::LINUX_SLL2, sll2),
+        ] {
+            let frame = frame(link_type, data);
+            let tcp = frame.tcp().unwrap_or_else(|e| panic!("{link_type:?}: {e}"));
+            assert_eq!(tcp.src, "192.0.2.1:40000".parse().unwrap());
+            assert_eq!(tcp.dst, "192.0.2.2:80".parse().unwrap());
+            assert!(tcp.syn && !tcp.ack);
+            assert_eq!(tcp.options, [30, 4, 0x01, 0x01]);
+        }
+    }
+
+    #[test]
+    fn broken_frames_are_errors_not_panics() {
+        let ip = ipv4_syn();
+        // TCP header cut in the middle of its options.
+        assert!(matches!(frame(DataLink::RAW, ip[..38].to_vec()).tcp(), Err(FrameError::Tcp(_))));
+        assert!(matches!(frame(DataLink::RAW, vec![0x45, 0]).tcp(), Err(FrameError::Network(_))));
+        assert!(matches!(frame(DataLink::LINUX_SLL2, vec![8, 0, 0]).tcp(), Err(FrameError::Link(_))));
+        assert!(matches!(frame(DataLink::ETHERNET, vec![0; 5]).tcp(), Err(FrameError::Link(_))));
+        assert_eq!(
+            frame(DataLink::IEEE802_11, ip).tcp().unwrap_err(),
+            FrameError::UnsupportedLinkType(DataLink::IEEE802_11)
+        );
+        // ARP over Ethernet is simply not TCP.
+        let mut arp = vec![0u8; 12];
+        arp.extend_from_slice(&[0x08, 0x06]);
+        arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        arp.extend_from_slice(&[0; 20]);
+        assert_eq!(frame(DataLink::ETHERNET, arp).tcp().unwrap_err(), FrameError::NotTcp);
+    }
+}
