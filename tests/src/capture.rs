@@ -82,7 +82,11 @@ impl Drop for Capture {
 /// `tshark -r FILE -T fields -e F1 -e F2 ...`: one row per packet, one column per field;
 /// repeated fields come comma-separated. MPTCP mapping analysis (reinjections) is on.
 pub fn tshark_fields(path: &Path, fields: &[&str]) -> Result<Vec<Vec<String>>> {
-    tshark_fields_with_prefs(path, &["mptcp.analyze_mappings:TRUE", "mptcp.intersubflows_retransmission:TRUE"], fields)
+    tshark_fields_with_prefs(
+        path,
+        &["mptcp.analyze_mappings:TRUE", "mptcp.intersubflows_retransmission:TRUE"],
+        fields,
+    )
 }
 
 /// [`tshark_fields`] with Wireshark preferences set (`-o NAME:VALUE` each).

@@ -221,9 +221,8 @@ fn corrupt(pcap: &Path, needles: &[Vec<u8>], out: &Path) -> Result<()> {
 fn signal_lab(family: Family, signal_port: Option<u16>) -> Result<DualHomedLab> {
     let lab = DualHomedLab::new(LabOptions {
         family,
-        client_subflow_endpoint: true,
         server_signal_endpoint: signal_port.is_none(),
-        disable_offloads: true,
+        ..LabOptions::default()
     })?;
     if let Some(port) = signal_port {
         let second = &lab.paths[1];
@@ -260,7 +259,7 @@ fn decode_matches_tshark(family: Family, signal_port: Option<u16>) -> Result<()>
         let done = transfer(
             &lab.client,
             server.addr,
-            ClientOptions { proto: Proto::Mptcp, bytes: 128 * 1024, wait_subflows: 1 },
+            ClientOptions { proto: Proto::Mptcp, bytes: 128 * 1024, wait_subflows: 1, hold: None },
         )?;
         ensure!(done.subflows >= 1, "the kernel opened no second subflow");
     }
@@ -394,7 +393,7 @@ fn fallback_to_a_plain_tcp_server_is_reported_like_tshark() -> Result<()> {
     transfer(
         &lab.client,
         server.addr,
-        ClientOptions { proto: Proto::Mptcp, bytes: 64 * 1024, wait_subflows: 0 },
+        ClientOptions { proto: Proto::Mptcp, bytes: 64 * 1024, wait_subflows: 0, hold: None },
     )?;
     server.join()?;
     std::thread::sleep(std::time::Duration::from_millis(300));
