@@ -145,25 +145,22 @@ impl CaptureFile {
 const SLL2_HEADER_LEN: usize = 20;
 
 impl Frame {
-    /// Slices the frame down to its TCP header. Truncated payloads are fine (snap length); a
-    /// truncated TCP header is an error.
-    pub fn tcp(&self) -> Result<TcpSegment<'_>, FrameError> {
+    /// The network protocol and packet of a frame that is not Ethernet.
+    fn network(&self) -> Result<(EtherType, &[u8]), FrameError> {
         let data = self.data.as_slice();
-        let sliced = match self.link_type {
-            DataLink::ETHERNET => {
-                LaxSlicedPacket::from_ethernet(data).map_err(|e| FrameError::Link(e.to_string()))?
-            }
-            DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => {
-                LaxSlicedPacket::from_ip(data).map_err(|e| FrameError::Network(e.to_string()))?
-            }
+        match self.link_type {
+            DataLink::RAW | DataLink::IPV4 | DataLink::IPV6 => match data.first().map(|b| b >> 4) {
+                Some(4) => Ok((EtherType::IPV4, data)),
+                Some(6) => Ok((EtherType::IPV6, data)),
+                _ => Err(FrameError::Network("not an IP packet".to_owned())),
+            },
             DataLink::LINUX_SLL => {
                 let header =
                     LinuxSllHeaderSlice::from_slice(data).map_err(|e| FrameError::Link(e.to_string()))?;
                 let LinuxSllProtocolType::EtherType(ether_type) = header.protocol_type() else {
                     return Err(FrameError::NotTcp);
                 };
-                let rest = data.get(header.slice().len()..).unwrap_or_default();
-                LaxSlicedPacket::from_ether_type(ether_type, rest)
+                Ok((ether_type, data.get(header.slice().len()..).unwrap_or_default()))
             }
             DataLink::LINUX_SLL2 => {
                 let (Some(protocol), Some(rest)) = (data.get(..2), data.get(SLL2_HEADER_LEN..)) else {
@@ -172,10 +169,34 @@ impl Frame {
                         data.len()
                     )));
                 };
-                let ether_type = EtherType(u16::from_be_bytes([protocol[0], protocol[1]]));
-                LaxSlicedPacket::from_ether_type(ether_type, rest)
+                Ok((EtherType(u16::from_be_bytes([protocol[0], protocol[1]])), rest))
             }
-            other => return Err(FrameError::UnsupportedLinkType(other)),
+            other => Err(FrameError::UnsupportedLinkType(other)),
+        }
+    }
+
+    /// The frame as an Ethernet frame, what an XDP program receives: other link types get a
+    /// synthetic Ethernet header (zero addresses) carrying the network protocol.
+    pub fn to_ethernet(&self) -> Result<std::borrow::Cow<'_, [u8]>, FrameError> {
+        if self.link_type == DataLink::ETHERNET {
+            return Ok(std::borrow::Cow::Borrowed(&self.data));
+        }
+        let (ether_type, network) = self.network()?;
+        let mut frame = Vec::with_capacity(14 + network.len());
+        frame.extend_from_slice(&[0; 12]);
+        frame.extend_from_slice(&ether_type.0.to_be_bytes());
+        frame.extend_from_slice(network);
+        Ok(std::borrow::Cow::Owned(frame))
+    }
+
+    /// Slices the frame down to its TCP header. Truncated payloads are fine (snap length); a
+    /// truncated TCP header is an error.
+    pub fn tcp(&self) -> Result<TcpSegment<'_>, FrameError> {
+        let sliced = if self.link_type == DataLink::ETHERNET {
+            LaxSlicedPacket::from_ethernet(&self.data).map_err(|e| FrameError::Link(e.to_string()))?
+        } else {
+            let (ether_type, network) = self.network()?;
+            LaxSlicedPacket::from_ether_type(ether_type, network)
         };
         let Some(net) = sliced.net.as_ref().and_then(|net| net.ip_payload_ref().map(|_| net)) else {
             return match sliced.stop_err {

@@ -13,7 +13,7 @@ use crate::{
     config::{Admission, AgentConfig},
     daemon, decode,
     loader::{self, Instance, Privilege, XdpAttachMode, check_privileges},
-    stats,
+    replay, stats,
     tables::{Snapshot, SubflowView, Tables},
 };
 
@@ -93,6 +93,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the connection table in the format `replay` prints (JSON).
+    Table {
+        #[command(flatten)]
+        instance: InstanceArg,
+    },
     /// Print the tracked subflows.
     Subflows {
         #[command(flatten)]
@@ -106,6 +111,14 @@ pub enum Command {
         instance: InstanceArg,
         #[arg(long)]
         follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Feed a capture (pcap or pcapng) frame by frame through a private copy of the XDP
+    /// program with BPF_PROG_TEST_RUN, process its events like the daemon, and print the
+    /// resulting connection table.
+    Replay {
+        file: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -153,6 +166,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 print!("{}", stats::to_table(&iface, &counters));
             }
         }
+        Command::Replay { file, json } => {
+            let report = replay::replay(&file)?;
+            let text = if json { serde_json::to_string(&report)? + "\n" } else { replay::to_text(&report)? };
+            write_stdout(&text)?;
+        }
         Command::Decode { file, json, packets } => {
             let report = decode::decode_file(&file, packets)?;
             let text = if json { decode::to_json(&report)? + "\n" } else { decode::to_text(&report) };
@@ -189,6 +207,15 @@ pub fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
+        }
+        Command::Table { instance } => {
+            let tables = open_tables(&instance.get()?)?;
+            println!(
+                "{}",
+                serde_json::to_string(
+                    &serde_json::json!({ "connections": replay::connections_json(&tables) })
+                )?
+            );
         }
         Command::Subflows { instance, json } => {
             let tables = open_tables(&instance.get()?)?;

@@ -9,5 +9,7 @@ pub mod decode;
 pub mod events;
 pub mod handshake;
 pub mod loader;
+pub mod replay;
 pub mod stats;
 pub mod tables;
+pub mod testrun;

@@ -26,7 +26,7 @@ use aya::{
 use mptcp_common::maps::{COUNTERS_MAP, SHARED_MAP_NAMES};
 
 /// The programs, built by build.rs for bpfel-unknown-none with BTF.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcp-ebpf"));
+pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcp-ebpf"));
 
 /// Where the BPF filesystem must be mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -35,8 +35,8 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/mptcp";
 /// The instance commands use unless told otherwise.
 pub const DEFAULT_INSTANCE: &str = "default";
 
-const XDP_PROGRAM: &str = "mptcp_xdp_ingress";
-const TC_PROGRAM: &str = "mptcp_tc_egress";
+pub(crate) const XDP_PROGRAM: &str = "mptcp_xdp_ingress";
+pub(crate) const TC_PROGRAM: &str = "mptcp_tc_egress";
 const XDP_LINK: &str = "xdp_ingress";
 const TC_LINK: &str = "tc_egress";
 
@@ -362,7 +362,7 @@ pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<P
     Ok(iface_dir)
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoaderError>
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoaderError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {

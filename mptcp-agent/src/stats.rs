@@ -1,6 +1,6 @@
 //! Reading the per-direction packet and option counters from the pinned maps.
 
-use aya::maps::PerCpuArray;
+use aya::maps::{Map, MapData, MapError, PerCpuArray};
 use mptcp_common::maps::{COUNTERS_MAP, Direction, PACKET_COUNTER_NAMES, PacketCounters};
 
 use crate::loader::{Instance, LoaderError, Privilege, check_privileges};
@@ -25,12 +25,16 @@ impl InterfaceCounters {
 pub fn read_counters(instance: &Instance, iface: &str) -> Result<InterfaceCounters, LoaderError> {
     check_privileges(Privilege::ReadMaps)?;
     let path = instance.iface_dir(iface)?.join(COUNTERS_MAP);
-    let map_error = |source| LoaderError::Map { path: path.clone(), source };
     let map = instance.open_counters(iface)?;
-    let array: PerCpuArray<_, PacketCounters> = PerCpuArray::try_from(map).map_err(map_error)?;
+    sum_counters(&map).map_err(|source| LoaderError::Map { path, source })
+}
+
+/// Sums the per-CPU copies of a counters map, per direction.
+pub fn sum_counters(map: &Map) -> Result<InterfaceCounters, MapError> {
+    let array: PerCpuArray<&MapData, PacketCounters> = PerCpuArray::try_from(map)?;
     let mut counters = InterfaceCounters::default();
     for direction in Direction::ALL {
-        let per_cpu = array.get(&direction.index(), 0).map_err(map_error)?;
+        let per_cpu = array.get(&direction.index(), 0)?;
         let total = match direction {
             Direction::Ingress => &mut counters.ingress,
             Direction::Egress => &mut counters.egress,

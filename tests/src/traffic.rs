@@ -141,12 +141,9 @@ pub struct Transfer {
     pub subflows: u8,
 }
 
-/// Additional (non-initial) subflows of an MPTCP socket, from MPTCP_INFO.
+/// Additional (non-initial) subflows of an MPTCP socket, from MPTCP_INFO. A connection that fell
+/// back to TCP has none to report (EOPNOTSUPP).
 pub fn mptcp_subflows(stream: &TcpStream) -> Result<u8> {
-    mptcp_info_subflows(stream).context("MPTCP_INFO")
-}
-
-fn mptcp_info_subflows(stream: &TcpStream) -> std::io::Result<u8> {
     let mut info = [0u8; 256];
     let mut len = info.len() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into info.
@@ -154,7 +151,7 @@ fn mptcp_info_subflows(stream: &TcpStream) -> std::io::Result<u8> {
         libc::getsockopt(stream.as_raw_fd(), SOL_MPTCP, MPTCP_INFO, info.as_mut_ptr().cast(), &mut len)
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error()).context("MPTCP_INFO");
     }
     // struct mptcp_info starts with __u8 mptcpi_subflows.
     Ok(info[0])
@@ -172,20 +169,10 @@ pub fn transfer(ns: &Netns, server: SocketAddr, options: ClientOptions) -> Resul
     stream.write_all(&chunk[..first])?;
     let mut left = options.bytes - first as u64;
     let mut subflows = 0;
-    if options.proto == Proto::Mptcp {
+    if options.proto == Proto::Mptcp && options.wait_subflows > 0 {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            subflows = match mptcp_info_subflows(&stream) {
-                Ok(subflows) => subflows,
-                // A connection that fell back to TCP (the server does not do MPTCP) has no
-                // MPTCP_INFO; there is nothing to wait for unless subflows were asked for.
-                Err(error)
-                    if error.raw_os_error() == Some(libc::EOPNOTSUPP) && options.wait_subflows == 0 =>
-                {
-                    break;
-                }
-                Err(error) => return Err(error).context("MPTCP_INFO"),
-            };
+            subflows = mptcp_subflows(&stream)?;
             if subflows >= options.wait_subflows {
                 break;
             }

@@ -1,0 +1,99 @@
+//! The programs loaded privately (nothing attached, nothing pinned) and driven frame by frame
+//! with BPF_PROG_TEST_RUN: for `replay` and the benchmarks.
+
+use std::time::Duration;
+
+use aya::{
+    Ebpf,
+    maps::{MapData, RingBuf},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
+use mptcp_common::maps::{COUNTERS_MAP, EVENTS_MAP, Event};
+
+use crate::{
+    events::{EventRecord, Processor},
+    loader::{self, EBPF_OBJECT, LoaderError, Privilege, TC_PROGRAM, XDP_PROGRAM, check_privileges},
+    stats::{self, InterfaceCounters},
+    tables::{TableError, Tables},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TestRunError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error("BPF_PROG_TEST_RUN of {program}: {source}")]
+    Run {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+/// What one test run of a program returned.
+#[derive(Debug, Clone, Copy)]
+pub struct RunResult {
+    pub action: u32,
+    /// Mean time per run, as the kernel measured it.
+    pub duration: Duration,
+}
+
+/// A private copy of the dataplane: programs loaded, maps fresh.
+pub struct TestHarness {
+    ebpf: Ebpf,
+    pub tables: Tables,
+    events: RingBuf<MapData>,
+}
+
+impl TestHarness {
+    pub fn load() -> Result<Self, TestRunError> {
+        check_privileges(Privilege::Attach)?;
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(LoaderError::Load)?;
+        for name in [XDP_PROGRAM, "baseline_pass", "baseline_flow_lookup"] {
+            let xdp: &mut Xdp = loader::program(&mut ebpf, name)?;
+            xdp.load().map_err(|source| TestRunError::Run { program: "loading an XDP program", source })?;
+        }
+        let tc: &mut SchedClassifier = loader::program(&mut ebpf, TC_PROGRAM)?;
+        tc.load().map_err(|source| TestRunError::Run { program: TC_PROGRAM, source })?;
+        let tables = Tables::open(|name| ebpf.take_map(name))?;
+        let events = ebpf.take_map(EVENTS_MAP).ok_or(TableError::Missing(EVENTS_MAP))?;
+        let events =
+            RingBuf::try_from(events).map_err(|source| TableError::Map { name: EVENTS_MAP, source })?;
+        Ok(Self { ebpf, tables, events })
+    }
+
+    /// Runs the XDP program `name` on `frame`, `repeat` times.
+    pub fn run_xdp(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<RunResult, TestRunError> {
+        let program: &mut Xdp = loader::program(&mut self.ebpf, name)?;
+        let result = program
+            .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
+            .map_err(|source| TestRunError::Run { program: name, source })?;
+        Ok(RunResult { action: result.return_value, duration: result.duration })
+    }
+
+    /// Hands every pending event to the processor and returns what it made of them.
+    pub fn process_events(&mut self) -> Vec<EventRecord> {
+        let mut processor = Processor::new(&mut self.tables);
+        let mut records = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() >= size_of::<Event>() {
+                // SAFETY: the programs write whole Events; the ring item may be unaligned.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+                records.push(processor.process(&event));
+            }
+        }
+        records
+    }
+
+    /// The counters of the private copy, summed over CPUs.
+    pub fn counters(&self) -> Result<InterfaceCounters, TestRunError> {
+        let map = self.ebpf.map(COUNTERS_MAP).ok_or(TableError::Missing(COUNTERS_MAP))?;
+        Ok(stats::sum_counters(map).map_err(|source| TableError::Map { name: COUNTERS_MAP, source })?)
+    }
+}
