@@ -114,6 +114,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the programs with BPF_PROG_TEST_RUN and the agent's event processing (JSON rows;
+    /// `cargo xtask bench` runs it).
+    #[command(hide = true)]
+    Bench,
     /// Feed a capture (pcap or pcapng) frame by frame through a private copy of the XDP
     /// program with BPF_PROG_TEST_RUN, process its events like the daemon, and print the
     /// resulting connection table.
@@ -166,6 +170,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 print!("{}", stats::to_table(&iface, &counters));
             }
         }
+        Command::Bench => crate::bench::run()?,
         Command::Replay { file, json } => {
             let report = replay::replay(&file)?;
             let text = if json { serde_json::to_string(&report)? + "\n" } else { replay::to_text(&report)? };

@@ -1,6 +1,7 @@
 //! The MPTCP dataplane agent: loads, attaches and pins the eBPF programs, reads and drives the
 //! maps they share with it, and completes what needs cryptography.
 
+pub mod bench;
 pub mod capture_file;
 pub mod cli;
 pub mod config;

@@ -91,6 +91,11 @@ impl TestHarness {
         records
     }
 
+    /// A map of the private copy by name (the baselines' maps, say).
+    pub fn map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name)
+    }
+
     /// The counters of the private copy, summed over CPUs.
     pub fn counters(&self) -> Result<InterfaceCounters, TestRunError> {
         let map = self.ebpf.map(COUNTERS_MAP).ok_or(TableError::Missing(COUNTERS_MAP))?;

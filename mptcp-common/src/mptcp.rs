@@ -68,6 +68,8 @@ pub enum MptcpError {
     WrongSubtype { expected: u8, found: u8 },
 }
 
+impl core::error::Error for MptcpError {}
+
 impl core::fmt::Display for MptcpError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {

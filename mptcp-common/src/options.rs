@@ -38,6 +38,8 @@ pub enum OptionError {
     WrongLength { offset: u8, kind: u8, len: u8 },
 }
 
+impl core::error::Error for OptionError {}
+
 impl core::fmt::Display for OptionError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {

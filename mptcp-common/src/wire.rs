@@ -9,6 +9,8 @@ pub enum EncodeError {
     Invalid(&'static str),
 }
 
+impl core::error::Error for EncodeError {}
+
 impl core::fmt::Display for EncodeError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {

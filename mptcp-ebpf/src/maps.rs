@@ -9,8 +9,6 @@ use mptcp_common::maps::{
     MAX_CONNECTIONS, MAX_RATE_SOURCES, MAX_SUBFLOWS, PacketCounters, RateBucket, Subflow,
 };
 
-use mptcp_common::options::TCP_OPTION_SPACE;
-
 use crate::{packet::OptionBuffer, track::PacketState};
 
 /// Per-direction counters ([`mptcp_common::maps::COUNTERS_MAP`]).
@@ -46,8 +44,6 @@ pub static JOIN_RATE: LruHashMap<AddrKey, RateBucket, MAX_RATE_SOURCES> = LruHas
 /// Per-packet working memory, kept off the 512-byte stack.
 pub struct Scratch {
     pub options: OptionBuffer,
-    /// The MPTCP option being parsed, copied to offset 0 (see `mptcp_track_option`).
-    pub option: [u8; TCP_OPTION_SPACE],
     pub packet: PacketState,
 }
 

@@ -65,13 +65,17 @@ pub fn observe(packet: &impl Packet, direction: Direction) -> Verdict {
     }
 
     start(state, direction);
-    for index in 0..MAX_PARSED_MPTCP_OPTIONS {
+    if found == 0 {
+        return Verdict::from_code(mptcp_track_finish());
+    }
+    // Any further options first; the first one comes last and finishes the packet.
+    for index in 1..MAX_PARSED_MPTCP_OPTIONS {
         if index >= found {
             break;
         }
-        if Verdict::from_code(mptcp_track_option(index as u32)) == Verdict::Drop {
+        if Verdict::from_code(mptcp_track_option(index as u32, 0)) == Verdict::Drop {
             return Verdict::Drop;
         }
     }
-    Verdict::from_code(mptcp_track_finish())
+    Verdict::from_code(mptcp_track_option(0, 1))
 }

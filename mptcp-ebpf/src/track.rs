@@ -60,6 +60,13 @@ fn digest(key: u64, out: &mut KeyDigest) {
     }
 }
 
+/// Time for first/last-seen stamps: the coarse clock, read only where a stamp is written.
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
 /// `BPF_NOEXIST`: create only.
 const NOEXIST: u64 = 1;
 
@@ -85,7 +92,6 @@ pub struct PacketState {
     from_a: bool,
     saw_dss: bool,
     saw_capable: bool,
-    now: u64,
 }
 
 /// MPTCP options per packet that get fully parsed; Linux sends at most three (DSS with
@@ -120,17 +126,17 @@ pub fn start(state: &mut PacketState, hook: Direction) {
     state.hook = hook;
     state.saw_dss = false;
     state.saw_capable = false;
-    // SAFETY: helper without arguments.
-    state.now = unsafe { bpf_ktime_get_coarse_ns() };
 }
 
-/// Parses and handles MPTCP option `index` of the packet in this CPU's scratch memory.
+/// Parses and handles MPTCP option `index` of the packet in this CPU's scratch memory, then,
+/// when `finish` is set, does what [`mptcp_track_finish`] does, without looking the subflow up
+/// again (most packets carry one MPTCP option).
 ///
 /// A global BPF function: the verifier checks it once, on its own, instead of once per path
 /// through its callers, which keeps verification linear in the number of options handled.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn mptcp_track_option(index: u32) -> u32 {
+pub extern "C" fn mptcp_track_option(index: u32, finish: u32) -> u32 {
     let Some(mut tracker) = Tracker::resume() else {
         return PASS;
     };
@@ -148,19 +154,17 @@ pub extern "C" fn mptcp_track_option(index: u32) -> u32 {
     if start >= TCP_OPTION_SPACE || length > TCP_OPTION_SPACE {
         return PASS;
     }
-    // The codec reads the option from a fixed place: with the option at a variable offset, LLVM
-    // mixes the slice's pointer into integer registers, which the verifier rejects.
-    let (Some(source), Some(option)) =
-        (scratch.options.0.get(start..start + length), scratch.option.get_mut(..length))
-    else {
+    let Some(option) = scratch.options.0.get(start..start + length) else {
         return PASS;
     };
-    option.copy_from_slice(source);
-    tracker.handle(option).code()
+    match tracker.handle(option) {
+        Verdict::Pass if finish != 0 => tracker.finish().code(),
+        verdict => verdict.code(),
+    }
 }
 
-/// After the options: per-subflow accounting and the `verified` policy (see [`Tracker::finish`]).
-/// A global BPF function for the same reason as [`mptcp_track_option`].
+/// Per-subflow accounting and the `verified` policy (see [`Tracker::finish`]) for a packet
+/// without MPTCP options. A global BPF function for the same reason as [`mptcp_track_option`].
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn mptcp_track_finish() -> u32 {
@@ -228,7 +232,7 @@ impl Tracker {
             let subflow = unsafe { self.subflow.as_mut()? };
             subflow.kind = kind;
             subflow.client_is_b = u8::from(self.state.from_a != sender_is_client);
-            subflow.first_seen_ns = self.state.now;
+            subflow.first_seen_ns = now();
             self.counters().subflows_created += 1;
         }
         self.subflow()
@@ -417,7 +421,7 @@ impl Tracker {
                     connection.flags = connection_flags::SERVER_KEY;
                     connection.version = capable.version;
                     connection.subflows = 1;
-                    connection.first_seen_ns = self.state.now;
+                    connection.first_seen_ns = now();
                     learned = true;
                 }
             }
@@ -620,7 +624,13 @@ impl Tracker {
             self.fall_back(fallback_reason::INFINITE_MAPPING);
             return;
         }
-        self.account_mapping(index, &mapping, dss.data_fin);
+        // Every segment a mapping covers repeats it: skip the accounting for the repeats.
+        let repeat = direction.ssn_end != 0
+            && (mapping.dsn, mapping.subflow_seq, mapping.data_len)
+                == (direction.map_dsn, direction.map_ssn, direction.map_len);
+        if !repeat {
+            self.account_mapping(index, &mapping, dss.data_fin);
+        }
     }
 
     /// Records a mapping the side `index` sent (DSS, or MP_CAPABLE carrying the first data) and
@@ -747,7 +757,7 @@ impl Tracker {
             direction.flags |= direction_flags::RST;
             subflow.state = subflow_state::CLOSED;
         }
-        subflow.last_seen_ns = self.state.now;
+        subflow.last_seen_ns = now();
         if subflow.hmac == hmac_verdict::PENDING
             && let Some(verdict) = HMAC_VERDICTS.get_ptr(&self.state.key)
         {
