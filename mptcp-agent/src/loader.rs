@@ -43,7 +43,9 @@ const TC_LINK: &str = "tc_egress";
 /// How the XDP program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpAttachMode {
-    /// Native (driver) mode where the driver supports it, generic otherwise.
+    /// Native (driver) mode where the driver supports it, generic otherwise; generic on veth,
+    /// where a native program makes the kernel turn segmentation offload off on the peer and
+    /// costs most of the pair's throughput (see `cargo xtask bench throughput`).
     Auto,
     /// Generic XDP, run by the kernel stack; works on every interface.
     Skb,
@@ -52,13 +54,46 @@ pub enum XdpAttachMode {
 }
 
 impl XdpAttachMode {
-    fn aya(self) -> XdpMode {
+    fn aya(self, iface: &str) -> XdpMode {
         match self {
+            Self::Auto if driver(iface).as_deref() == Some("veth") => XdpMode::Skb,
             Self::Auto => XdpMode::Default,
             Self::Skb => XdpMode::Skb,
             Self::Native => XdpMode::Driver,
         }
     }
+}
+
+/// The driver of `iface` (ETHTOOL_GDRVINFO), if it tells; in the caller's network namespace.
+fn driver(iface: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    /// struct ethtool_drvinfo, up to the driver name.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 164],
+    }
+    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 164] };
+    // SAFETY: ifreq is plain data; the name fits (checked at 15 bytes by check_iface).
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request.ifr_name.iter_mut().zip(iface.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    request.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: a datagram socket for the ioctl, closed by OwnedFd.
+    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+    if socket < 0 {
+        return None;
+    }
+    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
+    // SAFETY: SIOCETHTOOL with a valid ifreq pointing at a DrvInfo of the size the kernel writes.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), SIOCETHTOOL, &mut request) } != 0 {
+        return None;
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -338,7 +373,7 @@ pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<P
     };
     let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
     xdp.load().map_err(program_error("loading the XDP program"))?;
-    let link_id = xdp.attach(iface, mode.aya()).map_err(program_error("attaching XDP"))?;
+    let link_id = xdp.attach(iface, mode.aya(iface)).map_err(program_error("attaching XDP"))?;
     let link = xdp.take_link(link_id).map_err(program_error("taking the XDP link"))?;
     let link = FdLink::try_from(link).map_err(|e| LoaderError::Program {
         what: format!("XDP on {iface} is attached through netlink, which cannot be pinned ({e})"),

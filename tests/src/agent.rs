@@ -63,9 +63,14 @@ pub struct Dataplane<'a> {
 impl<'a> Dataplane<'a> {
     /// Attaches a fresh instance to `ifaces` with `mptcp-agent attach`.
     pub fn attach(ns: &'a Netns, ifaces: &[&str]) -> Result<Self> {
+        Self::attach_with(ns, ifaces, &[])
+    }
+
+    /// [`Dataplane::attach`] with more `attach` flags (`--xdp-mode skb`, ...).
+    pub fn attach_with(ns: &'a Netns, ifaces: &[&str], flags: &[&str]) -> Result<Self> {
         let mut dataplane = Self { ns, instance: unique_name("ins"), ifaces: Vec::new() };
         for iface in ifaces {
-            dataplane.run(&["attach", "--iface", iface])?;
+            dataplane.run(&[&["attach", "--iface", iface][..], flags].concat())?;
             dataplane.ifaces.push((*iface).to_owned());
         }
         Ok(dataplane)
