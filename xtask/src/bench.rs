@@ -116,7 +116,7 @@ fn parser() -> Result<Vec<Row>> {
 fn dataplane() -> Result<Vec<Row>> {
     setup()?;
     let agent = build_agent(true)?;
-    let stdout = output(&mut std::process::Command::new(&agent).arg("bench"))?;
+    let stdout = output(std::process::Command::new(&agent).arg("bench"))?;
     stdout
         .lines()
         .filter(|line| line.starts_with('{'))
