@@ -135,7 +135,7 @@ fn write_pcap(path: &std::path::Path, frames: &[Vec<u8>]) -> Result<()> {
 /// unless `raw_doff` forces a data offset that disagrees with it).
 fn tcp_frame(sport: u16, flags: u8, options: &[u8], raw_doff: Option<u8>) -> Vec<u8> {
     let mut opts = options.to_vec();
-    while opts.len() % 4 != 0 {
+    while !opts.len().is_multiple_of(4) {
         opts.push(1);
     }
     let doff = raw_doff.unwrap_or(5 + (opts.len() / 4) as u8);
