@@ -143,8 +143,15 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Attach { instance, iface, xdp_mode } => {
-            let dir = loader::attach(&instance.get()?, &iface, xdp_mode)?;
-            println!("attached to {iface} (XDP mode {xdp_mode:?}); pinned under {}", dir.display());
+            let attached = loader::attach(&instance.get()?, &iface, xdp_mode)?;
+            let hook = match attached.hook {
+                loader::IngressHook::Xdp(mode) => format!("XDP ({mode:?})"),
+                loader::IngressHook::Tc => "tcx".to_owned(),
+            };
+            println!(
+                "attached to {iface} (ingress {hook}, egress tcx); pinned under {}",
+                attached.dir.display()
+            );
         }
         Command::Detach { instance, iface } => {
             loader::detach(&instance.get()?, &iface)?;

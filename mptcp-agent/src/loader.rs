@@ -37,29 +37,41 @@ pub const DEFAULT_INSTANCE: &str = "default";
 
 pub(crate) const XDP_PROGRAM: &str = "mptcp_xdp_ingress";
 pub(crate) const TC_PROGRAM: &str = "mptcp_tc_egress";
+const TC_INGRESS_PROGRAM: &str = "mptcp_tc_ingress";
 const XDP_LINK: &str = "xdp_ingress";
+const TC_INGRESS_LINK: &str = "tc_ingress";
 const TC_LINK: &str = "tc_egress";
 
-/// How the XDP program is attached.
+/// Where the ingress program runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpAttachMode {
-    /// Native (driver) mode where the driver supports it, generic otherwise; generic on veth,
-    /// where a native program makes the kernel turn segmentation offload off on the peer and
-    /// costs most of the pair's throughput (see `cargo xtask bench throughput`).
+    /// Native XDP where the driver has it, generic XDP otherwise; tcx ingress on veth, where a
+    /// native XDP program makes the kernel turn off the peer's segmentation offload and generic
+    /// XDP copies every packet (see `cargo xtask bench throughput`).
     Auto,
     /// Generic XDP, run by the kernel stack; works on every interface.
     Skb,
     /// Native XDP in the driver; fails where the driver lacks support.
     Native,
+    /// No XDP: the ingress program runs at tcx ingress, on socket buffers.
+    Tc,
+}
+
+/// The ingress hook an attach mode comes to on an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IngressHook {
+    Xdp(XdpMode),
+    Tc,
 }
 
 impl XdpAttachMode {
-    fn aya(self, iface: &str) -> XdpMode {
+    fn hook(self, iface: &str) -> IngressHook {
         match self {
-            Self::Auto if driver(iface).as_deref() == Some("veth") => XdpMode::Skb,
-            Self::Auto => XdpMode::Default,
-            Self::Skb => XdpMode::Skb,
-            Self::Native => XdpMode::Driver,
+            Self::Auto if driver(iface).as_deref() == Some("veth") => IngressHook::Tc,
+            Self::Auto => IngressHook::Xdp(XdpMode::Default),
+            Self::Skb => IngressHook::Xdp(XdpMode::Skb),
+            Self::Native => IngressHook::Xdp(XdpMode::Driver),
+            Self::Tc => IngressHook::Tc,
         }
     }
 }
@@ -337,7 +349,7 @@ fn create_dir(path: &Path) -> Result<(), LoaderError> {
 /// Loads the programs, attaches XDP on ingress and TC (tcx) on egress of `iface`, and pins the
 /// links and the interface's counters; the tables are those of `instance`, created with its
 /// first interface. On any error nothing stays attached or pinned.
-pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<PathBuf, LoaderError> {
+pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<Attached, LoaderError> {
     let iface_dir = instance.iface_dir(iface)?;
     check_privileges(Privilege::Attach)?;
     check_bpffs()?;
@@ -371,30 +383,63 @@ pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<P
         let what = format!("{what} on {iface}");
         move |source| LoaderError::Program { what, source }
     };
-    let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
-    xdp.load().map_err(program_error("loading the XDP program"))?;
-    let link_id = xdp.attach(iface, mode.aya(iface)).map_err(program_error("attaching XDP"))?;
-    let link = xdp.take_link(link_id).map_err(program_error("taking the XDP link"))?;
-    let link = FdLink::try_from(link).map_err(|e| LoaderError::Program {
-        what: format!("XDP on {iface} is attached through netlink, which cannot be pinned ({e})"),
-        source: ProgramError::UnexpectedProgramType,
-    })?;
-    pin_link(link, &iface_dir.join(XDP_LINK))?;
-
-    let tc: &mut SchedClassifier = program(&mut ebpf, TC_PROGRAM)?;
-    tc.load().map_err(program_error("loading the TC program"))?;
-    let link_id = tc
-        .attach_with_options(iface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .map_err(program_error("attaching tcx egress"))?;
-    let link = tc.take_link(link_id).map_err(program_error("taking the tcx link"))?;
-    let link = FdLink::try_from(link).map_err(|e| LoaderError::Program {
-        what: format!("tcx link on {iface} cannot be pinned ({e})"),
-        source: ProgramError::UnexpectedProgramType,
-    })?;
-    pin_link(link, &iface_dir.join(TC_LINK))?;
-
+    let hook = mode.hook(iface);
+    match hook {
+        IngressHook::Xdp(xdp_mode) => {
+            let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
+            xdp.load().map_err(program_error("loading the XDP program"))?;
+            let link_id = xdp.attach(iface, xdp_mode).map_err(program_error("attaching XDP"))?;
+            let link = xdp.take_link(link_id).map_err(program_error("taking the XDP link"))?;
+            let link = FdLink::try_from(link).map_err(|e| LoaderError::Program {
+                what: format!("XDP on {iface} is attached through netlink, which cannot be pinned ({e})"),
+                source: ProgramError::UnexpectedProgramType,
+            })?;
+            pin_link(link, &iface_dir.join(XDP_LINK))?;
+        }
+        IngressHook::Tc => attach_tcx(
+            &mut ebpf,
+            TC_INGRESS_PROGRAM,
+            iface,
+            TcAttachType::Ingress,
+            &iface_dir.join(TC_INGRESS_LINK),
+        )?,
+    }
+    attach_tcx(&mut ebpf, TC_PROGRAM, iface, TcAttachType::Egress, &iface_dir.join(TC_LINK))?;
     rollback.armed = false;
-    Ok(iface_dir)
+    Ok(Attached { dir: iface_dir, hook })
+}
+
+/// What `attach` did.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    /// The interface's pin directory.
+    pub dir: PathBuf,
+    pub hook: IngressHook,
+}
+
+/// Loads the classifier `name`, attaches it to `iface` through tcx and pins the link at `pin`.
+fn attach_tcx(
+    ebpf: &mut Ebpf,
+    name: &str,
+    iface: &str,
+    attach_type: TcAttachType,
+    pin: &Path,
+) -> Result<(), LoaderError> {
+    let program_error = |what: &str| {
+        let what = format!("{what} {name} on {iface}");
+        move |source| LoaderError::Program { what, source }
+    };
+    let tc: &mut SchedClassifier = program(ebpf, name)?;
+    tc.load().map_err(program_error("loading"))?;
+    let link_id = tc
+        .attach_with_options(iface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .map_err(program_error("attaching through tcx"))?;
+    let link = tc.take_link(link_id).map_err(program_error("taking the tcx link of"))?;
+    let link = FdLink::try_from(link).map_err(|e| LoaderError::Program {
+        what: format!("tcx link of {name} on {iface} cannot be pinned ({e})"),
+        source: ProgramError::UnexpectedProgramType,
+    })?;
+    pin_link(link, pin)
 }
 
 pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, LoaderError>

@@ -13,6 +13,7 @@ mod maps;
 mod observe;
 mod packet;
 mod tc_egress;
+mod tc_ingress;
 mod track;
 mod xdp_ingress;
 

@@ -41,7 +41,8 @@ fn pins_outlive_the_agent_and_dump_with_field_names() -> Result<()> {
     let ns = Netns::new("att")?;
     let peer = Netns::new("peer")?;
     let (iface, _) = veth(&ns, "a", &peer, "b")?;
-    let dataplane = Dataplane::attach(&ns, &[&iface])?;
+    // Native XDP explicitly: on veth, auto attaches the ingress program at tcx instead.
+    let dataplane = Dataplane::attach_with(&ns, &[&iface], &["--xdp-mode", "native"])?;
     let dir = iface_dir(dataplane.instance(), &iface);
     let maps = instance_dir(dataplane.instance()).join("maps");
     for pin in [dir.join("COUNTERS"), dir.join("xdp_ingress"), dir.join("tc_egress"), maps.join("SUBFLOWS")] {
@@ -77,7 +78,7 @@ fn interfaces_of_one_instance_share_its_tables() -> Result<()> {
         let out = run_stdout(
             Command::new("bpftool")
                 .args(["prog", "show", "id"])
-                .arg(linked_program(&iface_dir(dataplane.instance(), iface).join("xdp_ingress"))?.to_string())
+                .arg(linked_program(&iface_dir(dataplane.instance(), iface).join("tc_egress"))?.to_string())
                 .arg("--json"),
         )?;
         let prog: serde_json::Value = serde_json::from_str(&out)?;
@@ -94,6 +95,8 @@ fn interfaces_of_one_instance_share_its_tables() -> Result<()> {
         Ok(id)
     };
     assert_eq!(map_id(&first)?, map_id(&second)?);
+    // On veth, auto mode runs the ingress program at tcx ingress.
+    assert!(iface_dir(dataplane.instance(), &first).join("tc_ingress").exists());
     // Detaching one interface keeps the tables for the other.
     dataplane.run(&["detach", "--iface", &first])?;
     assert!(instance_dir(dataplane.instance()).join("maps/SUBFLOWS").exists());

@@ -139,10 +139,12 @@ fn throughput() -> Result<Vec<Row>> {
     let lab = DualHomedLab::new(LabOptions { disable_offloads: false, ..LabOptions::default() })?;
     let ifaces: Vec<&str> = lab.paths.iter().map(|p| p.server_if.as_str()).collect();
     let server = lab.server_addr(0, 5201);
-    // Native XDP on a veth costs by itself: the kernel turns off GSO on the peer, so every
-    // segment crosses the pair on its own. Generic XDP keeps GSO. Both are measured.
-    let settings: [(&str, Option<&[&str]>); 3] = [
+    // On veth, native XDP costs by itself (the kernel turns off GSO on the peer, so every
+    // segment crosses the pair on its own) and generic XDP copies every packet; auto runs the
+    // ingress program at tcx ingress there. All three are measured.
+    let settings: [(&str, Option<&[&str]>); 4] = [
         ("without the dataplane", None),
+        ("dataplane, auto (tcx ingress on veth)", Some(&["--xdp-mode", "auto"])),
         ("dataplane, generic XDP", Some(&["--xdp-mode", "skb"])),
         ("dataplane, native XDP", Some(&["--xdp-mode", "native"])),
     ];
