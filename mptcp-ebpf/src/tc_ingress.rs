@@ -14,6 +14,6 @@ use crate::{observe::observe, track::Verdict};
 pub fn mptcp_tc_ingress(ctx: TcContext) -> i32 {
     match observe(&ctx, Direction::Ingress) {
         Verdict::Pass => TCX_NEXT,
-        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Drop => TC_ACT_SHOT,
     }
 }
