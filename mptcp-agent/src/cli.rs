@@ -8,12 +8,14 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
+use mptcp_common::lb::backend_state;
 
 use crate::{
     config::{Admission, AgentConfig},
     daemon, decode,
     loader::{self, Instance, Privilege, XdpAttachMode, check_privileges},
     replay, stats,
+    steering::{self, BackendConfig, LbConfig, Steering},
     tables::{Snapshot, SubflowView, Tables},
 };
 
@@ -138,6 +140,74 @@ pub enum Command {
         #[arg(long)]
         packets: bool,
     },
+    /// The token-steering load balancer: every MP_JOIN reaches the backend owning its
+    /// connection (RFC 8041 section 3.12).
+    Lb {
+        #[command(flatten)]
+        instance: LbInstanceArg,
+        #[command(subcommand)]
+        command: LbCommand,
+    },
+}
+
+/// Which balancer instance a command is about.
+#[derive(Debug, clap::Args)]
+pub struct LbInstanceArg {
+    #[arg(long, global = true, default_value = "lb")]
+    pub instance: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LbCommand {
+    /// Load the balancer from a TOML file, fill its maps and attach it to the client-facing
+    /// interfaces; it stays attached (pinned) after this command exits.
+    Start {
+        #[arg(long)]
+        config: PathBuf,
+        /// Override every VIP's `steering`.
+        #[arg(long, value_enum)]
+        steering: Option<Steering>,
+    },
+    /// Detach the balancer and remove its pins.
+    Stop,
+    /// Print the balancer's counters and its backends.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add, drain, reactivate or remove a backend of the running balancer.
+    Backend {
+        #[command(subcommand)]
+        command: BackendCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Add a backend; it takes its Maglev share of new flows at once.
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        address: std::net::IpAddr,
+        /// The balancer's interface towards it.
+        #[arg(long)]
+        interface: String,
+        /// Its MAC (default: from the neighbour table).
+        #[arg(long)]
+        mac: Option<String>,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// VIPs (ADDR:PORT) it serves; repeat the flag.
+        #[arg(long, required = true)]
+        vip: Vec<std::net::SocketAddr>,
+    },
+    /// Stop giving it new flows; its flows and MPTCP connections (with new joins) stay.
+    Drain { name: String },
+    /// Give a drained backend new flows again.
+    Activate { name: String },
+    /// Remove it: its flows are dropped.
+    Remove { name: String },
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -258,6 +328,56 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Events { instance, follow, json } => print_events(&instance.get()?, follow, json)?,
+        Command::Lb { instance, command } => run_lb(&Instance::new(&instance.instance)?, command)?,
+    }
+    Ok(())
+}
+
+fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
+    // Resolving backends' MACs goes through rtnetlink, which is asynchronous.
+    let runtime = || tokio::runtime::Builder::new_current_thread().enable_all().build();
+    match command {
+        LbCommand::Start { config, steering: steering_mode } => {
+            let settings = LbConfig::load(&config)?;
+            runtime()?.block_on(steering::start(instance, &settings, steering_mode))?;
+            println!(
+                "balancer {} attached to {}; pinned under {}",
+                instance.name,
+                settings.interfaces.join(", "),
+                instance.dir.display()
+            );
+        }
+        LbCommand::Stop => {
+            steering::stop(instance)?;
+            println!("balancer {} stopped", instance.name);
+        }
+        LbCommand::Stats { json } => {
+            let stats = steering::stats(instance)?;
+            if json {
+                println!("{}", serde_json::to_string(&stats)?);
+            } else {
+                print!("{}", steering::stats_table(&stats));
+            }
+        }
+        LbCommand::Backend { command } => match command {
+            BackendCommand::Add { name, address, interface, mac, weight, vip } => {
+                let backend = BackendConfig { name: name.clone(), address, interface, mac, weight };
+                runtime()?.block_on(steering::add_backend(instance, &backend, &vip))?;
+                println!("backend {name} added");
+            }
+            BackendCommand::Drain { name } => {
+                steering::set_backend_state(instance, &name, backend_state::DRAINING)?;
+                println!("backend {name} draining");
+            }
+            BackendCommand::Activate { name } => {
+                steering::set_backend_state(instance, &name, backend_state::ACTIVE)?;
+                println!("backend {name} active");
+            }
+            BackendCommand::Remove { name } => {
+                steering::set_backend_state(instance, &name, backend_state::UNUSED)?;
+                println!("backend {name} removed");
+            }
+        },
     }
     Ok(())
 }

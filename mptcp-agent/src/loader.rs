@@ -23,7 +23,10 @@ use aya::{
         tc::TcAttachOptions,
     },
 };
-use mptcp_common::maps::{COUNTERS_MAP, SHARED_MAP_NAMES};
+use mptcp_common::{
+    lb::{LB_FLOWS_MAP, LB_MAGLEV_MAP, LB_TOKENS_MAP},
+    maps::{COUNTERS_MAP, SHARED_MAP_NAMES},
+};
 
 /// The programs, built by build.rs for bpfel-unknown-none with BTF.
 pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcp-ebpf"));
@@ -39,6 +42,9 @@ pub(crate) const XDP_PROGRAM: &str = "mptcp_xdp_ingress";
 pub(crate) const TC_PROGRAM: &str = "mptcp_tc_egress";
 const TC_INGRESS_PROGRAM: &str = "mptcp_tc_ingress";
 const XDP_LINK: &str = "xdp_ingress";
+/// The load balancer's links (see `steering`).
+pub(crate) const LB_XDP_LINK: &str = "lb_xdp";
+pub(crate) const LB_TC_LINK: &str = "lb_tc";
 const TC_INGRESS_LINK: &str = "tc_ingress";
 const TC_LINK: &str = "tc_egress";
 
@@ -65,7 +71,7 @@ pub enum IngressHook {
 }
 
 impl XdpAttachMode {
-    fn hook(self, iface: &str) -> IngressHook {
+    pub(crate) fn hook(self, iface: &str) -> IngressHook {
         match self {
             Self::Auto if driver(iface).as_deref() == Some("veth") => IngressHook::Tc,
             Self::Auto => IngressHook::Xdp(XdpMode::Default),
@@ -201,7 +207,7 @@ impl Instance {
         self.maps_dir().join(name)
     }
 
-    fn ifaces_dir(&self) -> PathBuf {
+    pub(crate) fn ifaces_dir(&self) -> PathBuf {
         self.dir.join("ifaces")
     }
 
@@ -377,6 +383,10 @@ pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<A
         loader.map_pin_path(name, path.as_path());
     }
     loader.map_pin_path(COUNTERS_MAP, iface_dir.join(COUNTERS_MAP));
+    // The balancer's big tables (megabytes, preallocated) are not used by the tracking programs.
+    for name in [LB_MAGLEV_MAP, LB_FLOWS_MAP, LB_TOKENS_MAP] {
+        loader.map_max_entries(name, 1);
+    }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(LoaderError::Load)?;
 
     let program_error = |what: &str| {
@@ -388,13 +398,7 @@ pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<A
         IngressHook::Xdp(xdp_mode) => {
             let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?;
             xdp.load().map_err(program_error("loading the XDP program"))?;
-            let link_id = xdp.attach(iface, xdp_mode).map_err(program_error("attaching XDP"))?;
-            let link = xdp.take_link(link_id).map_err(program_error("taking the XDP link"))?;
-            let link = FdLink::try_from(link).map_err(|e| LoaderError::Program {
-                what: format!("XDP on {iface} is attached through netlink, which cannot be pinned ({e})"),
-                source: ProgramError::UnexpectedProgramType,
-            })?;
-            pin_link(link, &iface_dir.join(XDP_LINK))?;
+            attach_xdp(xdp, iface, xdp_mode, &iface_dir.join(XDP_LINK))?;
         }
         IngressHook::Tc => attach_tcx(
             &mut ebpf,
@@ -418,7 +422,7 @@ pub struct Attached {
 }
 
 /// Loads the classifier `name`, attaches it to `iface` through tcx and pins the link at `pin`.
-fn attach_tcx(
+pub(crate) fn attach_tcx(
     ebpf: &mut Ebpf,
     name: &str,
     iface: &str,
@@ -430,7 +434,10 @@ fn attach_tcx(
         move |source| LoaderError::Program { what, source }
     };
     let tc: &mut SchedClassifier = program(ebpf, name)?;
-    tc.load().map_err(program_error("loading"))?;
+    // One load serves every interface it is attached to.
+    if tc.fd().is_err() {
+        tc.load().map_err(program_error("loading"))?;
+    }
     let link_id = tc
         .attach_with_options(iface, attach_type, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .map_err(program_error("attaching through tcx"))?;
@@ -454,6 +461,71 @@ where
         what: format!("program {name} has an unexpected type"),
         source,
     })
+}
+
+/// Attaches a loaded XDP program to `iface` and pins its link at `pin`.
+pub(crate) fn attach_xdp(xdp: &mut Xdp, iface: &str, mode: XdpMode, pin: &Path) -> Result<(), LoaderError> {
+    let program_error = |what: &str| {
+        let what = format!("{what} on {iface}");
+        move |source| LoaderError::Program { what, source }
+    };
+    let link_id = xdp.attach(iface, mode).map_err(program_error("attaching XDP"))?;
+    let link = xdp.take_link(link_id).map_err(program_error("taking the XDP link"))?;
+    let link = FdLink::try_from(link).map_err(|e| LoaderError::Program {
+        what: format!("XDP on {iface} is attached through netlink, which cannot be pinned ({e})"),
+        source: ProgramError::UnexpectedProgramType,
+    })?;
+    pin_link(link, pin)
+}
+
+/// An instance being created: removed with everything in it unless `keep` is called.
+pub(crate) struct Claim {
+    instance: Instance,
+    kept: bool,
+}
+
+impl Claim {
+    /// Creates the instance's directories; fails if the instance exists.
+    pub(crate) fn new(instance: &Instance) -> Result<Self, LoaderError> {
+        create_dir(&instance.dir)?;
+        fs::create_dir(instance.maps_dir()).map_err(|source| LoaderError::Io {
+            what: "creating",
+            path: instance.maps_dir(),
+            source,
+        })?;
+        create_dir(&instance.ifaces_dir())?;
+        Ok(Self { instance: instance.clone(), kept: false })
+    }
+
+    pub(crate) fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.kept {
+            for iface in self.instance.interfaces() {
+                if let Ok(dir) = self.instance.iface_dir(&iface) {
+                    let _ = detach_dir(&dir);
+                }
+            }
+            let _ = remove_instance(&self.instance);
+        }
+    }
+}
+
+/// Removes an instance's pins (its links must be detached already).
+pub(crate) fn remove_instance(instance: &Instance) -> Result<(), LoaderError> {
+    if instance.dir.exists() {
+        fs::remove_dir_all(&instance.dir).map_err(|source| LoaderError::Io {
+            what: "removing",
+            path: instance.dir.clone(),
+            source,
+        })?;
+    }
+    let _ = fs::remove_dir(PIN_ROOT);
+    Ok(())
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<(), LoaderError> {
@@ -483,13 +555,12 @@ fn remove_unused(instance: &Instance) {
     let _ = fs::remove_dir(PIN_ROOT);
 }
 
-/// Detaches every link pinned in `dir/links` at once (even if a running agent still holds it),
-/// then removes the whole directory.
+/// Detaches every link pinned in an interface's directory at once (even if a running agent still
+/// holds it), then removes the whole directory.
 fn detach_dir(dir: &Path) -> Result<(), LoaderError> {
-    let links = dir.join("links");
-    if let Ok(entries) = fs::read_dir(&links) {
-        for entry in entries.flatten() {
-            let path = entry.path();
+    for name in [XDP_LINK, TC_INGRESS_LINK, TC_LINK, LB_XDP_LINK, LB_TC_LINK] {
+        let path = dir.join(name);
+        if path.exists() {
             bpf_sys::link_detach(&path).map_err(|source| LoaderError::Io {
                 what: "detaching link",
                 path,

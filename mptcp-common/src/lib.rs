@@ -3,6 +3,7 @@
 //! * [`options`]: the bounded TCP option walk.
 //! * [`mptcp`]: the MPTCP option codec (RFC 8684, RFC 6824 where v0 differs), parser and encoder.
 //! * [`keys`]: token and IDSN of a key (SHA-256), for the programs.
+//! * [`lb`]: the token-steering load balancer's map layouts and hashes.
 //! * [`maps`]: `#[repr(C)]` layouts of every map shared between kernel and user space.
 //!
 //! The crate is `no_std`, allocates nothing and never panics on any input, so the eBPF programs
@@ -19,7 +20,38 @@
 #[cfg(test)]
 extern crate std;
 
+/// Declares a `#[repr(C)]` struct of `u64` counters together with its field names, a value array
+/// in field order and a field-wise sum, so the three can never disagree.
+macro_rules! counters {
+    ($(#[$meta:meta])* pub struct $name:ident, $names:ident { $($(#[$fmeta:meta])* $field:ident,)+ }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: u64,)+
+        }
+
+        /// Field names in declaration order, as `bpftool` prints them.
+        pub const $names: [&str; [$(stringify!($field)),+].len()] = [$(stringify!($field)),+];
+
+        const _: () = assert!(size_of::<$name>() == $names.len() * 8);
+
+        impl $name {
+            /// Values in the order of the field names.
+            pub fn values(&self) -> [u64; $names.len()] {
+                [$(self.$field),+]
+            }
+
+            /// Adds `other` field by field: sums the per-CPU copies of a counter set.
+            pub fn accumulate(&mut self, other: &Self) {
+                $(self.$field = self.$field.wrapping_add(other.$field);)+
+            }
+        }
+    };
+}
+
 pub mod keys;
+pub mod lb;
 pub mod maps;
 pub mod mptcp;
 pub mod options;

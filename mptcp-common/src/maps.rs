@@ -70,36 +70,6 @@ impl Direction {
     }
 }
 
-/// Declares a `#[repr(C)]` struct of `u64` counters together with its field names, a value array
-/// in field order and a field-wise sum, so the three can never disagree.
-macro_rules! counters {
-    ($(#[$meta:meta])* pub struct $name:ident, $names:ident { $($(#[$fmeta:meta])* $field:ident,)+ }) => {
-        $(#[$meta])*
-        #[repr(C)]
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-        pub struct $name {
-            $($(#[$fmeta])* pub $field: u64,)+
-        }
-
-        /// Field names in declaration order, as `bpftool` prints them.
-        pub const $names: [&str; [$(stringify!($field)),+].len()] = [$(stringify!($field)),+];
-
-        const _: () = assert!(size_of::<$name>() == $names.len() * 8);
-
-        impl $name {
-            /// Values in the order of the field names.
-            pub fn values(&self) -> [u64; $names.len()] {
-                [$(self.$field),+]
-            }
-
-            /// Adds `other` field by field: sums the per-CPU copies of a counter set.
-            pub fn accumulate(&mut self, other: &Self) {
-                $(self.$field = self.$field.wrapping_add(other.$field);)+
-            }
-        }
-    };
-}
-
 counters! {
     /// Packet, option and dataplane counters of one direction on one CPU.
     ///

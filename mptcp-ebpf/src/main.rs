@@ -9,6 +9,7 @@
 #![allow(clippy::needless_borrows_for_generic_args)]
 
 mod baseline;
+mod lb;
 mod maps;
 mod observe;
 mod packet;

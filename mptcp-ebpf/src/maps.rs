@@ -1,12 +1,17 @@
 //! The BTF maps the programs share with each other and the agent; layouts live in mptcp-common.
 
 use aya_ebpf::{
-    btf_maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use mptcp_common::maps::{
     AddrKey, Connection, ConnectionChecks, DataplaneConfig, Direction, EVENTS_BYTES, Event, FlowKey,
     MAX_CONNECTIONS, MAX_RATE_SOURCES, MAX_SUBFLOWS, PacketCounters, RateBucket, Subflow,
+};
+
+use mptcp_common::lb::{
+    Backend, BackendCounters, LbCounters, LbFlow, MAGLEV_SIZE, MAX_BACKENDS, MAX_LB_FLOWS, MAX_LB_TOKENS,
+    MAX_VIPS, Vip, VipKey,
 };
 
 use crate::{packet::OptionBuffer, track::PacketState};
@@ -53,6 +58,45 @@ pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// Scratch space for the SHA-256 message schedule of a key digest.
 #[btf_map]
 pub static DIGEST_SCHEDULE: PerCpuArray<[u32; 16], 1> = PerCpuArray::new();
+
+// The load balancer's maps (see mptcp_common::lb).
+
+#[btf_map]
+pub static LB_VIPS: HashMap<VipKey, Vip, MAX_VIPS> = HashMap::new();
+
+#[btf_map]
+pub static LB_BACKENDS: Array<Backend, MAX_BACKENDS> = Array::new();
+
+/// One Maglev table per VIP, back to back: backend slot per entry.
+#[btf_map]
+pub static LB_MAGLEV: Array<u32, { MAX_VIPS * MAGLEV_SIZE }> = Array::new();
+
+#[btf_map]
+pub static LB_FLOWS: LruHashMap<FlowKey, LbFlow, MAX_LB_FLOWS> = LruHashMap::new();
+
+/// Server token -> backend slot.
+#[btf_map]
+pub static LB_TOKENS: LruHashMap<u32, u32, MAX_LB_TOKENS> = LruHashMap::new();
+
+#[btf_map]
+pub static LB_COUNTERS: PerCpuArray<LbCounters, 1> = PerCpuArray::new();
+
+#[btf_map]
+pub static LB_BACKEND_COUNTERS: PerCpuArray<BackendCounters, MAX_BACKENDS> = PerCpuArray::new();
+
+/// This CPU's balancer counters.
+#[inline(always)]
+pub fn lb_counters() -> Option<&'static mut LbCounters> {
+    // SAFETY: as for `counters`.
+    LB_COUNTERS.get_ptr_mut(0).map(|ptr| unsafe { &mut *ptr })
+}
+
+/// This CPU's counters of backend slot `index`.
+#[inline(always)]
+pub fn backend_counters(index: u32) -> Option<&'static mut BackendCounters> {
+    // SAFETY: as for `counters`.
+    LB_BACKEND_COUNTERS.get_ptr_mut(index).map(|ptr| unsafe { &mut *ptr })
+}
 
 /// This CPU's counters of `direction`.
 #[inline(always)]

@@ -18,13 +18,15 @@ const IPV6_DEST_OPTS: u8 = 60;
 /// IPv6 extension headers skipped before giving up on finding TCP.
 const MAX_IPV6_EXT_HEADERS: usize = 3;
 
-/// What both attach points offer: direct access to the linear part of the packet and a copy
-/// helper that also reaches fragments.
+/// What both attach points offer: direct access to the linear part of the packet and copy
+/// helpers that also reach fragments.
 pub trait Packet {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
     /// Copies `len` bytes from `offset` to `dst`; false if the packet is shorter.
     fn load_bytes(&self, offset: usize, dst: *mut u8, len: usize) -> bool;
+    /// Overwrites the packet's bytes at `offset` with `src`; false if the packet is shorter.
+    fn store_bytes(&self, offset: usize, src: &[u8]) -> bool;
 }
 
 /// A pointer to a `T` at `offset`, if the packet's linear data holds all of it.

@@ -36,4 +36,18 @@ impl Packet for TcContext {
             ) == 0
         }
     }
+
+    #[inline(always)]
+    fn store_bytes(&self, offset: usize, src: &[u8]) -> bool {
+        // SAFETY: the helper reads src.len() bytes from src.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_skb_store_bytes(
+                self.skb.skb.cast(),
+                offset as u32,
+                src.as_ptr().cast(),
+                src.len() as u32,
+                0,
+            ) == 0
+        }
+    }
 }

@@ -32,4 +32,17 @@ impl Packet for XdpContext {
                 == 0
         }
     }
+
+    #[inline(always)]
+    fn store_bytes(&self, offset: usize, src: &[u8]) -> bool {
+        // SAFETY: the helper reads src.len() bytes from src.
+        unsafe {
+            aya_ebpf::helpers::generated::bpf_xdp_store_bytes(
+                self.ctx,
+                offset as u32,
+                src.as_ptr() as *mut _,
+                src.len() as u32,
+            ) == 0
+        }
+    }
 }

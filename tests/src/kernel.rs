@@ -156,3 +156,18 @@ impl Drop for Monitor {
         let _ = self.child.wait();
     }
 }
+
+/// The kernel's SNMP and extended counters in `ns` (`nstat -asz`): `TcpExtTCPSynRetrans`,
+/// `MPTcpExtMPJoinAckRx`, ...
+pub fn nstat(ns: &Netns) -> Result<BTreeMap<String, u64>> {
+    let out = ns.exec("nstat", &["-asz"])?;
+    Ok(out
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let name = fields.next()?;
+            let value = fields.next()?.parse().ok()?;
+            Some((name.to_owned(), value))
+        })
+        .collect())
+}

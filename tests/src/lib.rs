@@ -3,6 +3,7 @@
 //! runs at a time ([`lock::LabLock`]).
 
 pub mod agent;
+pub mod balancer;
 pub mod capture;
 pub mod craft;
 pub mod kernel;

@@ -4,6 +4,10 @@ use std::{
     io::{Read as _, Write as _},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -42,39 +46,72 @@ fn socket(ns: &Netns, addr: SocketAddr, proto: Proto) -> Result<Socket> {
 /// A server that reads every connection to EOF and answers with the byte count (8 bytes, BE).
 pub struct Server {
     pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
     handle: thread::JoinHandle<Result<Vec<u64>>>,
 }
 
 impl Server {
     /// Listens on `addr` inside `ns` and serves `connections` connections, each on its own thread.
     pub fn start(ns: &Netns, addr: SocketAddr, proto: Proto, connections: usize) -> Result<Self> {
+        Self::listen(ns, addr, proto, Some(connections))
+    }
+
+    /// Listens on `addr` inside `ns` and serves connections until [`Server::stop`].
+    pub fn start_until_stopped(ns: &Netns, addr: SocketAddr, proto: Proto) -> Result<Self> {
+        Self::listen(ns, addr, proto, None)
+    }
+
+    fn listen(ns: &Netns, addr: SocketAddr, proto: Proto, connections: Option<usize>) -> Result<Self> {
         let socket = socket(ns, addr, proto)?;
         socket.set_reuse_address(true)?;
         socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
-        socket.listen(128)?;
+        socket.listen(1024)?;
+        // Without a connection count accept() polls, to look at the stop flag (an MPTCP
+        // listener ignores SO_RCVTIMEO).
+        socket.set_nonblocking(connections.is_none())?;
         let listener: TcpListener = socket.into();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
         let handle = thread::spawn(move || -> Result<Vec<u64>> {
-            let workers: Vec<_> = (0..connections)
-                .map(|_| {
-                    let (stream, _) = listener.accept().context("accept timed out")?;
-                    Ok(thread::spawn(move || serve(stream)))
-                })
-                .collect::<Result<_>>()?;
+            let mut workers = Vec::new();
+            while connections.is_none_or(|n| workers.len() < n) {
+                match listener.accept() {
+                    Ok((stream, _)) => workers.push(thread::spawn(move || serve(stream))),
+                    Err(e) if connections.is_none() && is_timeout(&e) => {
+                        if stopped.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(e).context("accept timed out"),
+                }
+            }
             workers
                 .into_iter()
                 .map(|w| w.join().map_err(|_| anyhow::anyhow!("server thread panicked"))?)
                 .collect()
         });
-        Ok(Self { addr, handle })
+        Ok(Self { addr, stop, handle })
     }
 
     /// Waits for every connection to finish; returns the bytes received on each.
     pub fn join(self) -> Result<Vec<u64>> {
         self.handle.join().map_err(|_| anyhow::anyhow!("server panicked"))?
     }
+
+    /// Stops accepting, waits for the connections accepted so far and returns their byte counts.
+    pub fn stop(self) -> Result<Vec<u64>> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.join()
+    }
+}
+
+fn is_timeout(error: &std::io::Error) -> bool {
+    matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
 fn serve(mut stream: TcpStream) -> Result<u64> {
+    stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0u64;
@@ -97,7 +134,7 @@ pub struct ClientOptions {
     /// Wait until the kernel reports this many additional subflows before sending (MPTCP only).
     pub wait_subflows: u8,
     /// Once all data is sent, check in at this gate and wait for it to open before closing.
-    pub hold: Option<std::sync::Arc<Gate>>,
+    pub hold: Option<Arc<Gate>>,
 }
 
 /// Holds connections open while a test looks at them; bounded in time on both sides.
@@ -115,6 +152,11 @@ impl Gate {
         while !self.open.load(Ordering::SeqCst) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// How many connections have checked in.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits until `count` connections have checked in.

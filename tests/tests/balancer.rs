@@ -1,0 +1,222 @@
+//! The token-steering load balancer against real kernel MPTCP: every join on the backend that
+//! owns its connection (backends' `ss -M` and nstat), the hash-only baseline's refusals, and
+//! backends drained, removed and added under live connections.
+
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+use mptcp_tests::{
+    balancer::{Balancer, BalancerLab, BalancerLabOptions},
+    kernel,
+    lock::LabLock,
+    netns::Netns,
+    traffic::{ClientOptions, Gate, Proto, Server, Transfer, transfer},
+};
+use serde_json::Value;
+
+/// MPTCP servers on both VIPs of every backend, until stopped.
+fn start_servers(lab: &BalancerLab, proto: Proto) -> Result<Vec<Server>> {
+    let mut servers = Vec::new();
+    for backend in &lab.backends {
+        for family in 0..2 {
+            servers.push(Server::start_until_stopped(&backend.ns, lab.vip(family), proto)?);
+        }
+    }
+    Ok(servers)
+}
+
+/// Starts `count` connections to the VIP of `family` in bursts of `burst` at once; each is held
+/// open at its gate once its data is sent, and a burst starts when the previous one is held.
+fn connect<'s>(
+    scope: &'s thread::Scope<'s, '_>,
+    lab: &'s BalancerLab,
+    family: usize,
+    count: usize,
+    burst: usize,
+    options: &ClientOptions,
+) -> Result<Vec<thread::ScopedJoinHandle<'s, Result<Transfer>>>> {
+    let gate = options.hold.clone().context("connections are held at a gate")?;
+    let already = gate.arrived();
+    let mut handles = Vec::new();
+    for first in (0..count).step_by(burst) {
+        let n = burst.min(count - first);
+        let start = Arc::new(std::sync::Barrier::new(n));
+        for _ in 0..n {
+            let (options, start) = (options.clone(), start.clone());
+            handles.push(scope.spawn(move || {
+                start.wait();
+                transfer(&lab.client, lab.vip(family), options)
+            }));
+        }
+        gate.wait_for(already + first + n)?;
+    }
+    Ok(handles)
+}
+
+fn join_all(handles: Vec<thread::ScopedJoinHandle<'_, Result<Transfer>>>) -> Result<Vec<Transfer>> {
+    handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?).collect()
+}
+
+/// Per backend: the MPTCP connections established on it (by its token) with the kinds of their
+/// subflows (`M` initial, `J` joined).
+fn backend_connections(lab: &BalancerLab) -> Result<Vec<BTreeMap<u32, Vec<String>>>> {
+    lab.backends
+        .iter()
+        .map(|backend| {
+            let mut connections: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+            for subflow in kernel::subflows(&backend.ns)? {
+                let kind = if subflow.flags.contains('J') { "J" } else { "M" };
+                connections.entry(subflow.token).or_default().push(kind.to_owned());
+            }
+            Ok(connections)
+        })
+        .collect()
+}
+
+fn counter(stats: &Value, name: &str) -> u64 {
+    stats["counters"][name].as_u64().unwrap_or(0)
+}
+
+fn backend_counter(stats: &Value, backend: &str, name: &str) -> u64 {
+    stats["backends"]
+        .as_array()
+        .and_then(|all| all.iter().find(|b| b["name"] == backend))
+        .and_then(|b| b[name].as_u64())
+        .unwrap_or(0)
+}
+
+fn nstat_sum(namespaces: &[&Netns], name: &str) -> Result<u64> {
+    let mut sum = 0;
+    for ns in namespaces {
+        sum += kernel::nstat(ns)?.get(name).copied().unwrap_or(0);
+    }
+    Ok(sum)
+}
+
+const BYTES: u64 = 20_000;
+
+#[test]
+fn token_steering_puts_every_join_on_the_owning_backend() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = BalancerLab::new(BalancerLabOptions::default())?;
+    let balancer = Balancer::start(&lab, "token")?;
+    let servers = start_servers(&lab, Proto::Mptcp)?;
+    let per_family = 100;
+    let total = 2 * per_family;
+    let gate = Arc::new(Gate::default());
+    let options =
+        ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows: 1, hold: Some(gate.clone()) };
+    let (transfers, connections, stats) = thread::scope(|scope| -> Result<_> {
+        // Bursts of 25 connections at once: each joins as soon as it is established.
+        let mut handles = connect(scope, &lab, 0, per_family, 25, &options)?;
+        handles.extend(connect(scope, &lab, 1, per_family, 25, &options)?);
+        let connections = backend_connections(&lab)?;
+        let stats = balancer.stats()?;
+        gate.open();
+        Ok((join_all(handles)?, connections, stats))
+    })?;
+    for server in servers {
+        server.stop()?;
+    }
+
+    ensure!(transfers.iter().all(|t| t.subflows >= 1), "a client reported no joined subflow");
+    let mut established = 0;
+    for (backend, connections) in lab.backends.iter().zip(&connections) {
+        for (token, kinds) in connections {
+            ensure!(
+                kinds.iter().filter(|k| *k == "M").count() == 1
+                    && kinds.iter().filter(|k| *k == "J").count() == 1,
+                "{}: connection {token:08x} has subflows {kinds:?}, expected its initial one and its join",
+                backend.name
+            );
+        }
+        // Each backend got its share (Maglev) and the joins of exactly its connections.
+        ensure!(!connections.is_empty(), "{} got no connection", backend.name);
+        ensure!(
+            backend_counter(&stats, &backend.name, "connections") == connections.len() as u64
+                && backend_counter(&stats, &backend.name, "subflows") == connections.len() as u64,
+            "{}: balancer counted {} connections and {} subflows, the kernel holds {}",
+            backend.name,
+            backend_counter(&stats, &backend.name, "connections"),
+            backend_counter(&stats, &backend.name, "subflows"),
+            connections.len()
+        );
+        established += connections.len();
+    }
+    ensure!(established == total, "{established} of {total} connections are on the backends");
+
+    let backends: Vec<&Netns> = lab.backends.iter().map(|b| &b.ns).collect();
+    for (name, expected) in [
+        ("MPTcpExtMPCapableSYNRX", total as u64),
+        ("MPTcpExtMPJoinSynRx", total as u64),
+        ("MPTcpExtMPJoinAckRx", total as u64),
+        ("MPTcpExtMPJoinNoTokenFound", 0),
+    ] {
+        let sum = nstat_sum(&backends, name)?;
+        ensure!(sum == expected, "backends' {name} sums to {sum}, expected {expected}");
+    }
+    ensure!(counter(&stats, "joins_steered_by_token") == total as u64, "balancer stats: {stats}");
+    ensure!(counter(&stats, "joins_unknown_token") == 0, "balancer stats: {stats}");
+    ensure!(counter(&stats, "tokens_learned") == total as u64, "balancer stats: {stats}");
+    // No SYN (initial or join) had to be sent twice: no join waited for its token.
+    let retransmitted = kernel::nstat(&lab.client)?.get("TcpExtTCPSynRetrans").copied().unwrap_or(0);
+    ensure!(retransmitted == 0, "the client retransmitted {retransmitted} SYNs");
+    Ok(())
+}
+
+#[test]
+fn hash_only_loses_the_joins_that_land_on_another_backend() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = BalancerLab::new(BalancerLabOptions::default())?;
+    let balancer = Balancer::start(&lab, "hash-only")?;
+    let servers = start_servers(&lab, Proto::Mptcp)?;
+    let total = 90;
+    let gate = Arc::new(Gate::default());
+    let options =
+        ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows: 0, hold: Some(gate.clone()) };
+    let backends: Vec<&Netns> = lab.backends.iter().map(|b| &b.ns).collect();
+    let (connections, stats) = thread::scope(|scope| -> Result<_> {
+        let handles = connect(scope, &lab, 0, total, 15, &options)?;
+        // Every join SYN reaches some backend: wait until all were answered one way or the other.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while nstat_sum(&backends, "MPTcpExtMPJoinSynRx")?
+            + nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?
+            < total as u64
+        {
+            ensure!(Instant::now() < deadline, "not every join SYN reached a backend");
+            thread::sleep(Duration::from_millis(50));
+        }
+        thread::sleep(Duration::from_millis(200));
+        let connections = backend_connections(&lab)?;
+        let stats = balancer.stats()?;
+        gate.open();
+        join_all(handles)?;
+        Ok((connections, stats))
+    })?;
+    for server in servers {
+        server.stop()?;
+    }
+
+    let joined: usize = connections.iter().flat_map(|c| c.values()).filter(|kinds| kinds.len() == 2).count();
+    let refused = nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?;
+    ensure!(
+        joined as u64 + refused == total as u64,
+        "{joined} joins established and {refused} refused of {total}"
+    );
+    // A join lands on its own backend with probability 1/N: about (N-1)/N are refused.
+    let share = refused as f64 / total as f64;
+    let expected = (lab.backends.len() - 1) as f64 / lab.backends.len() as f64;
+    ensure!(
+        (share - expected).abs() < 0.2,
+        "{refused} of {total} joins refused, expected about {expected:.2}"
+    );
+    ensure!(counter(&stats, "joins_hashed") >= total as u64, "balancer stats: {stats}");
+    ensure!(counter(&stats, "joins_steered_by_token") == 0, "balancer stats: {stats}");
+    println!("hash-only: {refused} of {total} joins refused ({:.0}%)", 100.0 * share);
+    Ok(())
+}
