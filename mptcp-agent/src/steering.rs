@@ -554,7 +554,17 @@ pub fn set_backend_state(instance: &Instance, name: &str, state: u32) -> Result<
 #[derive(Debug, Serialize)]
 pub struct LbStats {
     pub counters: BTreeMap<&'static str, u64>,
+    pub vips: Vec<VipStats>,
     pub backends: Vec<BackendStats>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VipStats {
+    pub address: SocketAddr,
+    pub steering: Steering,
+    /// SHA-256 (first 8 bytes, hex) of the Maglev table by backend name: balancer instances
+    /// with equal digests place new flows alike.
+    pub maglev_digest: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -576,10 +586,23 @@ pub fn stats(instance: &Instance) -> Result<LbStats, SteeringError> {
     for cpu in maps.counters.get(&0, 0).map_err(map_error(LB_COUNTERS_MAP))?.iter() {
         total.accumulate(cpu);
     }
-    let vips: Vec<Vip> = maps.vips.iter().filter_map(Result::ok).map(|(_, v)| v).collect();
-    let tables: Vec<Vec<u32>> = vips.iter().map(|v| maps.maglev_table(v.index)).collect::<Result<_, _>>()?;
+    let mut vips: Vec<(VipKey, Vip)> = maps.vips.iter().filter_map(Result::ok).collect();
+    vips.sort_by_key(|(_, vip)| vip.index);
+    let tables: Vec<Vec<u32>> =
+        vips.iter().map(|(_, v)| maps.maglev_table(v.index)).collect::<Result<_, _>>()?;
+    let slots = maps.backend_slots()?;
+    let names: BTreeMap<u32, String> = slots.iter().map(|(slot, b)| (*slot, name_of(b))).collect();
+    let vips = vips
+        .iter()
+        .zip(&tables)
+        .map(|((key, vip), table)| VipStats {
+            address: vip_address(key),
+            steering: if vip.steering == steering::HASH_ONLY { Steering::HashOnly } else { Steering::Token },
+            maglev_digest: table_digest(table, &names),
+        })
+        .collect();
     let mut backends = Vec::new();
-    for (slot, backend) in maps.backend_slots()? {
+    for (slot, backend) in slots {
         if backend.state == backend_state::UNUSED {
             continue;
         }
@@ -600,7 +623,24 @@ pub fn stats(instance: &Instance) -> Result<LbStats, SteeringError> {
             counters: BACKEND_COUNTER_NAMES.into_iter().zip(counters.values()).collect(),
         });
     }
-    Ok(LbStats { counters: LB_COUNTER_NAMES.into_iter().zip(total.values()).collect(), backends })
+    Ok(LbStats { counters: LB_COUNTER_NAMES.into_iter().zip(total.values()).collect(), vips, backends })
+}
+
+fn vip_address(key: &VipKey) -> SocketAddr {
+    let ip = std::net::Ipv6Addr::from(key.addr);
+    let ip =
+        if key.family == 4 { ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4) } else { IpAddr::V6(ip) };
+    SocketAddr::new(ip, key.port)
+}
+
+fn table_digest(table: &[u32], names: &BTreeMap<u32, String>) -> String {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    for slot in table {
+        hasher.update(names.get(slot).map_or("-", String::as_str));
+        hasher.update([0]);
+    }
+    hasher.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A table of the statistics for humans.
@@ -608,6 +648,16 @@ pub fn stats_table(stats: &LbStats) -> String {
     let mut out = String::new();
     for (name, value) in &stats.counters {
         out.push_str(&format!("{name:<24} {value:>12}\n"));
+    }
+    out.push_str(&format!("\n{:<46} {:<10} {:<16}\n", "vip", "steering", "maglev-digest"));
+    for vip in &stats.vips {
+        let steering = if vip.steering == Steering::Token { "token" } else { "hash-only" };
+        out.push_str(&format!(
+            "{:<46} {:<10} {:<16}\n",
+            vip.address.to_string(),
+            steering,
+            vip.maglev_digest
+        ));
     }
     out.push_str(&format!(
         "\n{:<16} {:<40} {:<9} {:>7} {:>10} {:>12} {:>9} {:>12}\n",

@@ -220,3 +220,135 @@ fn hash_only_loses_the_joins_that_land_on_another_backend() -> Result<()> {
     println!("hash-only: {refused} of {total} joins refused ({:.0}%)", 100.0 * share);
     Ok(())
 }
+
+fn maglev_share(stats: &Value, backend: &str) -> f64 {
+    stats["backends"]
+        .as_array()
+        .and_then(|all| all.iter().find(|b| b["name"] == backend))
+        .and_then(|b| b["maglev_share"].as_f64())
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn a_drained_backend_keeps_its_connections_and_gets_their_new_joins() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = BalancerLab::new(BalancerLabOptions { client_subflow_endpoint: false, ..Default::default() })?;
+    let balancer = Balancer::start(&lab, "token")?;
+    let servers = start_servers(&lab, Proto::Mptcp)?;
+    let total = 30;
+    let gate = Arc::new(Gate::default());
+    let mptcp =
+        ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows: 0, hold: Some(gate.clone()) };
+    let backends: Vec<&Netns> = lab.backends.iter().map(|b| &b.ns).collect();
+    let victim = thread::scope(|scope| -> Result<&str> {
+        let held = connect(scope, &lab, 0, total, 10, &mptcp)?;
+        let before = balancer.stats()?;
+        // Drain the backend with the most connections.
+        let victim = lab
+            .backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .max_by_key(|name| backend_counter(&before, name, "connections"))
+            .context("no backend")?;
+        let victim_connections = backend_counter(&before, victim, "connections");
+        balancer.run(&["lb", "backend", "drain", victim])?;
+        let drained = balancer.stats()?;
+        ensure!(maglev_share(&drained, victim) == 0.0, "a draining backend keeps Maglev entries: {drained}");
+        for backend in lab.backends.iter().filter(|b| b.name != victim) {
+            let share = maglev_share(&drained, &backend.name);
+            ensure!((share - 50.0).abs() < 1.0, "{} has {share}% of the table after the drain", backend.name);
+        }
+
+        // Every held connection now opens a join: those of the drained backend must reach it.
+        let second = &lab.paths[1];
+        lab.client.ip(&[
+            "mptcp",
+            "endpoint",
+            "add",
+            &second.client[0].to_string(),
+            "dev",
+            &second.client_if,
+            "subflow",
+        ])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? < total as u64 {
+            ensure!(Instant::now() < deadline, "the held connections did not all join");
+            thread::sleep(Duration::from_millis(50));
+        }
+        let connections = backend_connections(&lab)?;
+        for (backend, connections) in lab.backends.iter().zip(&connections) {
+            for (token, kinds) in connections {
+                ensure!(kinds.len() == 2, "{}: connection {token:08x} has subflows {kinds:?}", backend.name);
+            }
+        }
+        let victim_index = lab.backends.iter().position(|b| b.name == victim).context("victim")?;
+        ensure!(
+            connections[victim_index].len() as u64 == victim_connections,
+            "the drained backend holds {} connections, it had {victim_connections}",
+            connections[victim_index].len()
+        );
+        ensure!(nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")? == 0, "a join reached the wrong backend");
+
+        // New flows, plain TCP and MPTCP, avoid the drained backend.
+        let plain = ClientOptions { proto: Proto::Tcp, hold: None, ..mptcp.clone() };
+        for _ in 0..total {
+            transfer(&lab.client, lab.vip(0), plain.clone())?;
+        }
+        let after = balancer.stats()?;
+        ensure!(backend_counter(&after, victim, "plain_flows") == 0, "new flows reached the drained backend");
+        for backend in lab.backends.iter().filter(|b| b.name != victim) {
+            ensure!(
+                backend_counter(&after, &backend.name, "plain_flows") > 0,
+                "{} got none of {total} plain TCP flows: {after}",
+                backend.name
+            );
+        }
+        ensure!(backend_counter(&after, victim, "subflows") == victim_connections, "{after}");
+        gate.open();
+        let transfers = join_all(held)?;
+        ensure!(transfers.len() == total, "{} of {total} held connections completed", transfers.len());
+        Ok(victim)
+    })?;
+
+    // Reactivated, it gets its share back; removed and added again under the same name, the
+    // table is the one it was (Maglev permutes by name).
+    let victim = lab.backends.iter().find(|b| b.name == victim).context("victim")?;
+    let digests = |stats: &Value| {
+        stats["vips"].as_array().map(|v| v.iter().map(|v| v["maglev_digest"].clone()).collect::<Vec<_>>())
+    };
+    balancer.run(&["lb", "backend", "activate", &victim.name])?;
+    let original = digests(&balancer.stats()?);
+    balancer.run(&["lb", "backend", "remove", &victim.name])?;
+    let removed = balancer.stats()?;
+    ensure!(
+        removed["backends"]
+            .as_array()
+            .is_some_and(|all| all.iter().all(|b| b["name"] != victim.name.as_str())),
+        "{removed}"
+    );
+    balancer.run(&[
+        "lb",
+        "backend",
+        "add",
+        "--name",
+        &victim.name,
+        "--address",
+        &victim.addr[0].to_string(),
+        "--interface",
+        &victim.balancer_if,
+        "--vip",
+        &lab.vip(0).to_string(),
+        "--vip",
+        &lab.vip(1).to_string(),
+    ])?;
+    let restored = balancer.stats()?;
+    ensure!(digests(&restored) == original && original.as_ref().is_some_and(|d| d.len() == 2), "{restored}");
+    for backend in &lab.backends {
+        let share = maglev_share(&restored, &backend.name);
+        ensure!((share - 100.0 / 3.0).abs() < 0.1, "{} has {share}% of the table: {restored}", backend.name);
+    }
+    for server in servers {
+        server.stop()?;
+    }
+    Ok(())
+}
