@@ -2,7 +2,10 @@
 //! the same run, and the agent's event processing. Prints one JSON row per measurement;
 //! `cargo xtask bench` collects them.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, ensure};
 use aya::maps::HashMap;
@@ -14,7 +17,15 @@ use mptcp_common::{
 };
 use serde_json::json;
 
-use crate::{handshake, loader::XDP_PROGRAM, testrun::TestHarness};
+use crate::{
+    handshake,
+    loader::XDP_PROGRAM,
+    steering::{BackendConfig, LB_XDP_PROGRAM, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig},
+    testrun::TestHarness,
+};
+
+/// XDP_REDIRECT, the balancer's verdict on a frame it forwards.
+const XDP_REDIRECT: u32 = 4;
 
 const SAMPLES: usize = 7;
 const REPEAT: u32 = 100_000;
@@ -109,11 +120,37 @@ fn ns_per_packet(harness: &mut TestHarness, program: &'static str, frame: &[u8])
     Ok(median(samples))
 }
 
-fn row(case: &str, value: f64, unit: &str, note: &str) {
-    println!("{}", json!({ "suite": "dataplane", "case": case, "value": value, "unit": unit, "note": note }));
+fn row(suite: &str, case: &str, value: f64, unit: &str, note: &str) {
+    println!("{}", json!({ "suite": suite, "case": case, "value": value, "unit": unit, "note": note }));
 }
 
-pub fn run() -> Result<()> {
+/// Median of single test runs (repeat 1) of `program`, one per frame: for packets that change
+/// state and so cannot be repeated, such as a new flow's SYN.
+fn ns_single_runs(harness: &mut TestHarness, program: &'static str, frames: &[Vec<u8>]) -> Result<f64> {
+    let samples = frames
+        .iter()
+        .map(|frame| Ok(harness.run_xdp(program, frame, 1)?.duration.as_nanos() as f64))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(median(samples))
+}
+
+/// Which measurements `mptcp-agent bench` makes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Suite {
+    /// The tracking programs and the agent's event processing.
+    Dataplane,
+    /// The load balancer's program.
+    Lb,
+}
+
+pub fn run(suite: Suite) -> Result<()> {
+    match suite {
+        Suite::Dataplane => dataplane(),
+        Suite::Lb => balancer(),
+    }
+}
+
+fn dataplane() -> Result<()> {
     let mut harness = TestHarness::load()?;
     let client = (CLIENT, 40_000);
     let token = handshake(&mut harness, client, 0x1111_2222_3333_4444, 0x5555_6666_7777_8888)?;
@@ -154,6 +191,7 @@ pub fn run() -> Result<()> {
 
     let pass = ns_per_packet(&mut harness, "baseline_pass", &data_frame)?;
     let lookup = ns_per_packet(&mut harness, "baseline_flow_lookup", &data_frame)?;
+    let row = |case: &str, value: f64, unit: &str, note: &str| row("dataplane", case, value, unit, note);
     row("baseline: XDP_PASS only", pass, "ns/packet", "test-run, DSS data frame, median of 7 x 100k");
     row("baseline: 4-tuple hash lookup", lookup, "ns/packet", "parse to TCP + one hash lookup (hit)");
     for (case, segment) in [
@@ -210,6 +248,7 @@ fn events_per_second(harness: &mut TestHarness) -> Result<()> {
     }
     ensure!(events > 0, "no events reached the agent");
     row(
+        "dataplane",
         "agent: handshake events processed",
         events as f64 / spent.as_secs_f64(),
         "events/s",
@@ -240,10 +279,141 @@ fn token_delay(harness: &mut TestHarness) -> Result<()> {
     }
     harness.process_events();
     row(
+        "dataplane",
         "third ACK to server token in the map",
         median(samples),
         "ns",
         "the program computes the token (SHA-256) itself: one test-run of the third ACK, median of 500",
     );
+    Ok(())
+}
+
+/// The balancer's program with BPF_PROG_TEST_RUN: a VIP with three backends, Maglev-placed SYNs,
+/// joins steered by token, established packets on the flow table, the third ACK that teaches
+/// the token; against the 4-tuple lookup baseline on the same frames.
+fn balancer() -> Result<()> {
+    const SINGLE_RUNS: u16 = 500;
+    let mut harness = TestHarness::load()?;
+    let mut maps = LbMaps::open(|name| {
+        harness.take_map(name).ok_or_else(|| SteeringError::Config(format!("map {name} missing")))
+    })?;
+    let names = ["backend1", "backend2", "backend3"];
+    let config = LbConfig {
+        interfaces: Vec::new(),
+        xdp_mode: None,
+        vips: vec![VipConfig {
+            address: SocketAddr::from((SERVER, 80)),
+            steering: Steering::Token,
+            backends: names.iter().map(|n| (*n).to_owned()).collect(),
+        }],
+        backends: names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| BackendConfig {
+                name: (*name).to_owned(),
+                address: IpAddr::from([203, 0, 113, 1 + i as u8]),
+                interface: "lo".into(),
+                mac: None,
+                weight: 1,
+            })
+            .collect(),
+    };
+    let links: Vec<Link> = (0..names.len())
+        .map(|i| Link { ifindex: 1, own_mac: [2, 0, 0, 0, 0, 9], mac: [2, 0, 0, 0, 1, i as u8] })
+        .collect();
+    maps.configure(&config, &links, None)?;
+    let row = |case: &str, value: f64, unit: &str, note: &str| row("lb", case, value, unit, note);
+    let redirected = |harness: &mut TestHarness, frame: &[u8]| -> Result<()> {
+        let action = harness.run_xdp(LB_XDP_PROGRAM, frame, 1)?.action;
+        ensure!(action == XDP_REDIRECT, "the balancer returned action {action}, not XDP_REDIRECT");
+        Ok(())
+    };
+
+    // An MPTCP connection through the balancer, its token learned from the third ACK.
+    let client = (CLIENT, 40_000);
+    let server_key = 0x5555_6666_7777_8888;
+    let mut syn = Segment::new(client, (SERVER, 80));
+    (syn.syn, syn.ack, syn.mptcp) = (true, false, Some(capable(None, None)));
+    let mut third_ack = Segment::new(client, (SERVER, 80));
+    third_ack.mptcp = Some(capable(Some(0x1111_2222_3333_4444), Some(server_key)));
+    for segment in [&syn, &third_ack] {
+        redirected(&mut harness, &segment.frame()?)?;
+    }
+    let mut join_syn = Segment::new((CLIENT2, 50_002), (SERVER, 80));
+    (join_syn.syn, join_syn.ack) = (true, false);
+    let token = handshake::token(server_key);
+    join_syn.mptcp = Some(MptcpOption::Join(MpJoin::Syn { backup: false, addr_id: 1, token, nonce: 7 }));
+    let mut data = Segment::new(client, (SERVER, 80));
+    data.payload = 1400;
+    data.mptcp = Some(MptcpOption::Dss(Dss {
+        data_fin: false,
+        data_ack: Some(DataAck { value: 1, wide: true }),
+        mapping: Some(DssMapping {
+            dsn: 100,
+            dsn_wide: true,
+            subflow_seq: 1,
+            data_len: 1400,
+            checksum: None,
+        }),
+    }));
+    let data_frame = data.frame()?;
+    redirected(&mut harness, &join_syn.frame()?)?;
+    redirected(&mut harness, &data_frame)?;
+
+    let (key, _) = FlowKey::new(4, ipv4_mapped(CLIENT), 40_000, ipv4_mapped(SERVER), 80);
+    let mut flows: HashMap<_, FlowKey, u64> =
+        HashMap::try_from(harness.map_mut("BASELINE_FLOWS").context("BASELINE_FLOWS map")?)?;
+    flows.insert(key, 0, 0)?;
+    let lookup = ns_per_packet(&mut harness, "baseline_flow_lookup", &data_frame)?;
+    row(
+        "baseline: 4-tuple hash lookup",
+        lookup,
+        "ns/packet",
+        "parse to TCP + one hash lookup (hit), median of 7 x 100k",
+    );
+    for (case, frame) in [
+        ("established DSS data (flow table)", &data_frame),
+        ("MP_JOIN SYN (token table)", &join_syn.frame()?),
+    ] {
+        let ns = ns_per_packet(&mut harness, LB_XDP_PROGRAM, frame)?;
+        row(case, ns, "ns/packet", &format!("{:.2}x the lookup baseline; median of 7 x 100k", ns / lookup));
+    }
+
+    // New flows and third ACKs change state: one run each, distinct flows.
+    let single_lookup = ns_single_runs(&mut harness, "baseline_flow_lookup", &vec![data_frame.clone(); 500])?;
+    row("baseline: 4-tuple hash lookup, single runs", single_lookup, "ns/packet", "median of 500 runs of 1");
+    let mut syns = Vec::new();
+    let mut acks = Vec::new();
+    for n in 0..SINGLE_RUNS {
+        let client = (CLIENT, 10_000 + n);
+        let mut syn = Segment::new(client, (SERVER, 80));
+        (syn.syn, syn.ack, syn.mptcp) = (true, false, Some(capable(None, None)));
+        syns.push(syn.frame()?);
+        let mut ack = Segment::new(client, (SERVER, 80));
+        ack.mptcp = Some(capable(Some(0xa000 + u64::from(n)), Some(0xb000 + u64::from(n))));
+        acks.push(ack.frame()?);
+    }
+    let placed = ns_single_runs(&mut harness, LB_XDP_PROGRAM, &syns)?;
+    row(
+        "MP_CAPABLE SYN, new flow (Maglev)",
+        placed,
+        "ns/packet",
+        &format!("{:.2}x the single-run baseline; median of 500 distinct flows", placed / single_lookup),
+    );
+    let learned = ns_single_runs(&mut harness, LB_XDP_PROGRAM, &acks)?;
+    row(
+        "third ACK: token learned (SHA-256 in the program)",
+        learned,
+        "ns/packet",
+        &format!(
+            "{:.2}x the single-run baseline; the join's token is known as soon as this run ends",
+            learned / single_lookup
+        ),
+    );
+    let tokens: u64 = {
+        let stats = maps.counters()?;
+        stats.tokens_learned
+    };
+    ensure!(tokens == u64::from(SINGLE_RUNS) + 1, "{tokens} tokens learned, expected {}", SINGLE_RUNS + 1);
     Ok(())
 }

@@ -38,7 +38,7 @@ use crate::{
 };
 
 /// The balancer's programs: XDP, and the tcx classifier for interfaces where XDP does not pay.
-const LB_XDP_PROGRAM: &str = "mptcp_lb";
+pub(crate) const LB_XDP_PROGRAM: &str = "mptcp_lb";
 const LB_TC_PROGRAM: &str = "mptcp_lb_tc";
 
 #[derive(Debug, thiserror::Error)]
@@ -202,6 +202,21 @@ impl BackendConfig {
     }
 }
 
+/// A backend's map entry, active.
+fn backend_entry(backend: &BackendConfig, link: &Link, vip_mask: u32) -> Backend {
+    Backend {
+        ifindex: link.ifindex,
+        state: backend_state::ACTIVE,
+        vip_mask,
+        weight: backend.weight,
+        mac: link.mac,
+        src_mac: link.own_mac,
+        _pad: [0; 4],
+        name: name_bytes(&backend.name),
+        addr: addr_of(backend.address).0,
+    }
+}
+
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let bytes: Vec<u8> = text.split(':').map(|b| u8::from_str_radix(b, 16)).collect::<Result<_, _>>().ok()?;
     bytes.try_into().ok()
@@ -234,6 +249,24 @@ fn name_bytes(name: &str) -> [u8; 16] {
 fn name_of(backend: &Backend) -> String {
     let end = backend.name.iter().position(|&b| b == 0).unwrap_or(backend.name.len());
     String::from_utf8_lossy(&backend.name[..end]).into_owned()
+}
+
+/// Where a backend's frames go: out of `ifindex`, from `own_mac` to `mac`.
+#[derive(Debug, Clone, Copy)]
+pub struct Link {
+    pub ifindex: u32,
+    pub own_mac: [u8; 6],
+    pub mac: [u8; 6],
+}
+
+impl Link {
+    /// The backend's link: its interface from the kernel, its MAC from the configuration or the
+    /// neighbour table.
+    async fn resolve(backend: &BackendConfig) -> Result<Self, SteeringError> {
+        let (ifindex, own_mac, neighbour_mac) = resolve(&backend.interface, backend.address).await?;
+        let mac = backend.mac.as_deref().and_then(parse_mac).unwrap_or(neighbour_mac);
+        Ok(Self { ifindex, own_mac, mac })
+    }
 }
 
 /// The interface index and MAC of `iface`, and the MAC of `neighbour` on it (probed with a UDP
@@ -308,7 +341,10 @@ pub struct LbMaps {
 }
 
 impl LbMaps {
-    fn open(mut open: impl FnMut(&'static str) -> Result<Map, SteeringError>) -> Result<Self, SteeringError> {
+    /// The maps, each from `open(name)`.
+    pub fn open(
+        mut open: impl FnMut(&'static str) -> Result<Map, SteeringError>,
+    ) -> Result<Self, SteeringError> {
         Ok(Self {
             vips: HashMap::try_from(open(LB_VIPS_MAP)?).map_err(map_error(LB_VIPS_MAP))?,
             backends: Array::try_from(open(LB_BACKENDS_MAP)?).map_err(map_error(LB_BACKENDS_MAP))?,
@@ -370,8 +406,42 @@ impl LbMaps {
         Ok(())
     }
 
+    /// Fills empty maps from `config`, backend `i` reached through `links[i]`.
+    pub fn configure(
+        &mut self,
+        config: &LbConfig,
+        links: &[Link],
+        steering_override: Option<Steering>,
+    ) -> Result<(), SteeringError> {
+        for (index, vip) in config.vips.iter().enumerate() {
+            let steering = steering_override.unwrap_or(vip.steering);
+            self.vips
+                .insert(vip_key(vip.address), Vip { index: index as u32, steering: steering.code() }, 0)
+                .map_err(map_error(LB_VIPS_MAP))?;
+        }
+        for (slot, (backend, link)) in config.backends.iter().zip(links).enumerate() {
+            let vip_mask = config
+                .vips
+                .iter()
+                .enumerate()
+                .filter(|(_, vip)| vip.backends.contains(&backend.name))
+                .fold(0u32, |mask, (index, _)| mask | 1 << index);
+            self.set_backend(slot as u32, &backend_entry(backend, link, vip_mask))?;
+        }
+        self.rebuild()
+    }
+
     fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), SteeringError> {
         self.backends.set(slot, backend, 0).map_err(map_error(LB_BACKENDS_MAP))
+    }
+
+    /// The balancer's counters, summed over CPUs.
+    pub fn counters(&self) -> Result<LbCounters, SteeringError> {
+        let mut total = LbCounters::default();
+        for cpu in self.counters.get(&0, 0).map_err(map_error(LB_COUNTERS_MAP))?.iter() {
+            total.accumulate(cpu);
+        }
+        Ok(total)
     }
 
     /// One VIP slot's Maglev table (for tests and operators).
@@ -400,11 +470,9 @@ pub async fn start(
     if instance.exists() {
         return Err(SteeringError::AlreadyRunning(instance.name.clone()));
     }
-    let mut resolved = Vec::new();
+    let mut links = Vec::new();
     for backend in &config.backends {
-        let (ifindex, own_mac, neighbour_mac) = resolve(&backend.interface, backend.address).await?;
-        let mac = backend.mac.as_deref().and_then(parse_mac).unwrap_or(neighbour_mac);
-        resolved.push((ifindex, own_mac, mac));
+        links.push(Link::resolve(backend).await?);
     }
     let mode: XdpAttachMode = config.xdp_mode.map(Into::into).unwrap_or(XdpAttachMode::Auto);
     let guard = loader::Claim::new(instance)?;
@@ -421,35 +489,7 @@ pub async fn start(
     let mut maps =
         LbMaps::open(|name| ebpf.take_map(name).ok_or(SteeringError::Config(format!("map {name} missing"))))?;
 
-    for (index, vip) in config.vips.iter().enumerate() {
-        let steering = steering_override.unwrap_or(vip.steering);
-        maps.vips
-            .insert(vip_key(vip.address), Vip { index: index as u32, steering: steering.code() }, 0)
-            .map_err(map_error(LB_VIPS_MAP))?;
-    }
-    for (slot, (backend, (ifindex, own_mac, mac))) in config.backends.iter().zip(&resolved).enumerate() {
-        let vip_mask = config
-            .vips
-            .iter()
-            .enumerate()
-            .filter(|(_, vip)| vip.backends.contains(&backend.name))
-            .fold(0u32, |mask, (index, _)| mask | 1 << index);
-        maps.set_backend(
-            slot as u32,
-            &Backend {
-                ifindex: *ifindex,
-                state: backend_state::ACTIVE,
-                vip_mask,
-                weight: backend.weight,
-                mac: *mac,
-                src_mac: *own_mac,
-                _pad: [0; 4],
-                name: name_bytes(&backend.name),
-                addr: addr_of(backend.address).0,
-            },
-        )?;
-    }
-    maps.rebuild()?;
+    maps.configure(config, &links, steering_override)?;
     for iface in &config.interfaces {
         let dir = instance.iface_dir(iface)?;
         std::fs::create_dir_all(&dir).map_err(|source| LoaderError::Io {
@@ -518,22 +558,8 @@ pub async fn add_backend(
             .map_err(|_| SteeringError::Config(format!("no VIP {address}")))?;
         vip_mask |= 1 << vip.index;
     }
-    let (ifindex, own_mac, neighbour_mac) = resolve(&backend.interface, backend.address).await?;
-    let mac = backend.mac.as_deref().and_then(parse_mac).unwrap_or(neighbour_mac);
-    maps.set_backend(
-        slot,
-        &Backend {
-            ifindex,
-            state: backend_state::ACTIVE,
-            vip_mask,
-            weight: backend.weight,
-            mac,
-            src_mac: own_mac,
-            _pad: [0; 4],
-            name: name_bytes(&backend.name),
-            addr: addr_of(backend.address).0,
-        },
-    )?;
+    let link = Link::resolve(backend).await?;
+    maps.set_backend(slot, &backend_entry(backend, &link, vip_mask))?;
     maps.rebuild()
 }
 
@@ -582,10 +608,7 @@ pub struct BackendStats {
 
 pub fn stats(instance: &Instance) -> Result<LbStats, SteeringError> {
     let maps = LbMaps::pinned(instance)?;
-    let mut total = LbCounters::default();
-    for cpu in maps.counters.get(&0, 0).map_err(map_error(LB_COUNTERS_MAP))?.iter() {
-        total.accumulate(cpu);
-    }
+    let total = maps.counters()?;
     let mut vips: Vec<(VipKey, Vip)> = maps.vips.iter().filter_map(Result::ok).collect();
     vips.sort_by_key(|(_, vip)| vip.index);
     let tables: Vec<Vec<u32>> =

@@ -14,6 +14,7 @@ use crate::{
     events::{EventRecord, Processor},
     loader::{self, EBPF_OBJECT, LoaderError, Privilege, TC_PROGRAM, XDP_PROGRAM, check_privileges},
     stats::{self, InterfaceCounters},
+    steering::LB_XDP_PROGRAM,
     tables::{TableError, Tables},
 };
 
@@ -50,7 +51,7 @@ impl TestHarness {
     pub fn load() -> Result<Self, TestRunError> {
         check_privileges(Privilege::Attach)?;
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(LoaderError::Load)?;
-        for name in [XDP_PROGRAM, "baseline_pass", "baseline_flow_lookup"] {
+        for name in [XDP_PROGRAM, LB_XDP_PROGRAM, "baseline_pass", "baseline_flow_lookup"] {
             let xdp: &mut Xdp = loader::program(&mut ebpf, name)?;
             xdp.load().map_err(|source| TestRunError::Run { program: "loading an XDP program", source })?;
         }
@@ -94,6 +95,11 @@ impl TestHarness {
     /// A map of the private copy by name (the baselines' maps, say).
     pub fn map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
         self.ebpf.map_mut(name)
+    }
+
+    /// Takes a map of the private copy (the balancer's, say).
+    pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.ebpf.take_map(name)
     }
 
     /// The counters of the private copy, summed over CPUs.

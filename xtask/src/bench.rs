@@ -39,6 +39,8 @@ const SUITES: &[Suite] = &[
     Suite { name: "parser", run: parser },
     Suite { name: "dataplane", run: dataplane },
     Suite { name: "throughput", run: throughput },
+    Suite { name: "lb", run: balancer },
+    Suite { name: "lb-aggregation", run: balancer_aggregation },
 ];
 
 pub fn bench(filter: Option<&str>) -> Result<()> {
@@ -114,9 +116,18 @@ fn parser() -> Result<Vec<Row>> {
 /// The programs with BPF_PROG_TEST_RUN against the baselines, and the agent's event processing:
 /// `mptcp-agent bench` (release build) prints the rows.
 fn dataplane() -> Result<Vec<Row>> {
+    agent_bench("dataplane")
+}
+
+/// The balancer's program with BPF_PROG_TEST_RUN against the baseline.
+fn balancer() -> Result<Vec<Row>> {
+    agent_bench("lb")
+}
+
+fn agent_bench(suite: &str) -> Result<Vec<Row>> {
     setup()?;
     let agent = build_agent(true)?;
-    let stdout = output(std::process::Command::new(&agent).arg("bench"))?;
+    let stdout = output(std::process::Command::new(&agent).args(["bench", suite]))?;
     stdout
         .lines()
         .filter(|line| line.starts_with('{'))
@@ -203,4 +214,115 @@ fn iperf(lab: &DualHomedLab, server: std::net::SocketAddr) -> Result<f64> {
     let _ = iperf_server.wait();
     let report: serde_json::Value = serde_json::from_str(&report?)?;
     Ok(report["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 JSON")? / 1e9)
+}
+
+/// Per-path rate limit of the aggregation benchmark, and what one transfer sends.
+const PATH_MBIT: u32 = 50;
+const AGGREGATION_BYTES: u64 = 40 << 20;
+const AGGREGATION_ROUNDS: usize = 4;
+
+/// One MPTCP bulk transfer through the balancer over two paths limited to 50 Mbit/s each (TBF
+/// on the client's interfaces): with token steering its join reaches the owning backend and the
+/// transfer uses both paths; in hash-only mode the join lands on a backend chosen by its
+/// 5-tuple, which refuses it (unless it happens to be the owner), and one path is left.
+fn balancer_aggregation() -> Result<Vec<Row>> {
+    use mptcp_tests::{
+        balancer::{Balancer, BalancerLab, BalancerLabOptions},
+        kernel::nstat,
+        traffic::{ClientOptions, Proto, Server, transfer},
+    };
+    setup()?;
+    let agent = build_agent(true)?;
+    // SAFETY: single-threaded here; the lab helpers read it to find the agent.
+    unsafe { std::env::set_var("MPTCP_AGENT_BIN", &agent) };
+    let _lock = LabLock::acquire()?;
+    let lab = BalancerLab::new(BalancerLabOptions::default())?;
+    for path in &lab.paths {
+        let rate = format!("{PATH_MBIT}mbit");
+        lab.client.exec(
+            "tc",
+            &[
+                "qdisc",
+                "add",
+                "dev",
+                &path.client_if,
+                "root",
+                "tbf",
+                "rate",
+                &rate,
+                "burst",
+                "64kb",
+                "latency",
+                "20ms",
+            ],
+        )?;
+    }
+    let refused = |lab: &BalancerLab| -> Result<u64> {
+        let mut sum = 0;
+        for backend in &lab.backends {
+            sum += nstat(&backend.ns)?.get("MPTcpExtMPJoinNoTokenFound").copied().unwrap_or(0);
+        }
+        Ok(sum)
+    };
+    let modes = ["token", "hash-only"];
+    // Per mode: (Mbit/s, join refused) of each round; modes alternate so drift hits both.
+    let mut results: Vec<Vec<(f64, bool)>> = vec![Vec::new(); modes.len()];
+    for _ in 0..AGGREGATION_ROUNDS {
+        for (mode, result) in modes.iter().zip(&mut results) {
+            let balancer = Balancer::start(&lab, mode)?;
+            let servers: Vec<Server> = lab
+                .backends
+                .iter()
+                .map(|b| Server::start_until_stopped(&b.ns, lab.vip(0), Proto::Mptcp))
+                .collect::<Result<_>>()?;
+            let refused_before = refused(&lab)?;
+            let start = std::time::Instant::now();
+            transfer(
+                &lab.client,
+                lab.vip(0),
+                ClientOptions { proto: Proto::Mptcp, bytes: AGGREGATION_BYTES, wait_subflows: 0, hold: None },
+            )?;
+            let mbit = AGGREGATION_BYTES as f64 * 8.0 / start.elapsed().as_secs_f64() / 1e6;
+            result.push((mbit, refused(&lab)? > refused_before));
+            for server in servers {
+                server.stop()?;
+            }
+            drop(balancer);
+        }
+    }
+    let capacity = f64::from(2 * PATH_MBIT);
+    let mut rows = Vec::new();
+    for (mode, result) in modes.iter().zip(&results) {
+        let mean = result.iter().map(|(mbit, _)| mbit).sum::<f64>() / result.len() as f64;
+        let refusals = result.iter().filter(|(_, refused)| *refused).count();
+        let each: Vec<String> = result
+            .iter()
+            .map(|(mbit, r)| format!("{mbit:.1}{}", if *r { " (join refused)" } else { "" }))
+            .collect();
+        rows.push(Row {
+            suite: "lb-aggregation".into(),
+            case: format!("{mode}: one MPTCP transfer, 2 x {PATH_MBIT} Mbit/s paths"),
+            value: mean,
+            unit: "Mbit/s".into(),
+            note: format!(
+                "{} MiB per round, {AGGREGATION_ROUNDS} rounds: {}",
+                AGGREGATION_BYTES >> 20,
+                each.join(", ")
+            ),
+        });
+        rows.push(Row {
+            suite: "lb-aggregation".into(),
+            case: format!("{mode}: share of the {capacity} Mbit/s of both paths"),
+            value: 100.0 * mean / capacity,
+            unit: "%".into(),
+            note: if *mode == "token" {
+                format!("{refusals} of {AGGREGATION_ROUNDS} joins refused; target >= 90%")
+            } else {
+                format!(
+                    "{refusals} of {AGGREGATION_ROUNDS} joins refused: a refused join leaves one path, ~50%"
+                )
+            },
+        });
+    }
+    Ok(rows)
 }

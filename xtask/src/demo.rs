@@ -81,9 +81,13 @@ pub fn demo() -> Result<()> {
     print!("{}", output(Command::new("bpftool").args(["map", "dump", "pinned"]).arg(&map))?);
     println!("\n== tearing the lab down");
     drop(daemon);
-    Ok(())
+    drop(dataplane);
+    drop(lab);
+    drop(_lock);
+    // Part two: the token-steering balancer (`cargo xtask lab lb`).
+    crate::lab::balancer_lab(20, "token")
 }
 
-fn indent(text: &str) -> String {
+pub fn indent(text: &str) -> String {
     text.lines().map(|line| format!("   {line}\n")).collect()
 }

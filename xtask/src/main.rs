@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod lab;
 mod setup;
 mod test;
 mod util;
@@ -29,8 +30,19 @@ enum Task {
     },
     /// Set up, then run every check: format, clippy, unit tests, eBPF build, integration tests.
     Test,
-    /// Set up, build, and run real MPTCP traffic through a namespace lab with the dataplane on.
+    /// Set up, build, and run real MPTCP traffic through a namespace lab with the dataplane on,
+    /// then through the token-steering balancer lab.
     Demo,
+    /// Set up, build, and run one lab: `lb`, the token-steering balancer before three backends.
+    Lab {
+        #[arg(value_enum)]
+        which: lab::Lab,
+        /// MPTCP connections (half IPv4, half IPv6).
+        #[arg(long, default_value_t = 20)]
+        connections: usize,
+        #[arg(long, default_value = "token", value_parser = ["token", "hash-only"])]
+        steering: String,
+    },
     /// Run the benchmark suites (those whose name contains FILTER, if given); results go to
     /// target/bench/results.{json,md}.
     Bench { filter: Option<String> },
@@ -50,6 +62,7 @@ fn main() -> Result<()> {
         }
         Task::Test => test::test(),
         Task::Demo => demo::demo(),
+        Task::Lab { which, connections, steering } => lab::lab(which, connections, &steering),
         Task::Bench { filter } => bench::bench(filter.as_deref()),
         Task::Fuzz { seconds } => fuzz::fuzz(seconds),
     }
