@@ -12,7 +12,7 @@ use mptcp_common::lb::backend_state;
 
 use crate::{
     config::{Admission, AgentConfig},
-    daemon, decode,
+    congestion, daemon, decode,
     loader::{self, Instance, Privilege, XdpAttachMode, check_privileges},
     replay, stats,
     steering::{self, BackendConfig, LbConfig, Steering},
@@ -78,6 +78,13 @@ pub enum Command {
         join_burst: Option<u32>,
         #[arg(long, value_enum)]
         xdp_mode: Option<XdpAttachMode>,
+        /// Coupled congestion control of this host's MPTCP subflows (sock_ops on a cgroup):
+        /// `none` records windows and RTTs only.
+        #[arg(long, value_enum)]
+        cc: Option<crate::congestion::Algorithm>,
+        /// The cgroup v2 directory whose sockets --cc covers (default: the hierarchy's root).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
     },
     /// Print the packet, option and dataplane counters of an interface.
     Stats {
@@ -230,7 +237,7 @@ pub fn run(cli: Cli) -> Result<()> {
             loader::detach(&instance.get()?, &iface)?;
             println!("detached from {iface}");
         }
-        Command::Run { instance, iface, config, admission, join_rate, join_burst, xdp_mode } => {
+        Command::Run { instance, iface, config, admission, join_rate, join_burst, xdp_mode, cc, cgroup } => {
             let mut settings = match &config {
                 Some(path) => AgentConfig::load(path)?,
                 None => AgentConfig::default(),
@@ -238,6 +245,8 @@ pub fn run(cli: Cli) -> Result<()> {
             settings.admission = admission.unwrap_or(settings.admission);
             settings.join_rate_per_sec = join_rate.unwrap_or(settings.join_rate_per_sec);
             settings.join_burst = join_burst.or(settings.join_burst);
+            settings.cc = cc.or(settings.cc);
+            settings.cc_cgroup = cgroup.or(settings.cc_cgroup);
             let mode = xdp_mode.or(settings.xdp_mode.map(Into::into)).unwrap_or(XdpAttachMode::Auto);
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(daemon::run(&instance.get()?, &iface, settings, mode))?;
@@ -262,16 +271,28 @@ pub fn run(cli: Cli) -> Result<()> {
             write_stdout(&text)?;
         }
         Command::Conns { instance, json } => {
-            let snapshot = Snapshot::read(&open_tables(&instance.get()?)?);
+            let instance = instance.get()?;
+            let snapshot = Snapshot::read(&open_tables(&instance)?);
             let views = snapshot.connection_views();
+            // Congestion state of the subflows, when the daemon runs with --cc.
+            let congestion = congestion::snapshot(&instance)?;
+            let of = |token: &str| -> Vec<&congestion::SubflowCc> {
+                congestion.iter().filter(|cc| cc.token == token).collect()
+            };
             if json {
-                println!("{}", serde_json::to_string(&views)?);
+                let mut rows = Vec::new();
+                for view in &views {
+                    let mut row = serde_json::to_value(view)?;
+                    row["subflow_cc"] = serde_json::to_value(of(&view.server_token))?;
+                    rows.push(row);
+                }
+                println!("{}", serde_json::to_string(&rows)?);
             } else {
                 println!(
                     "{:<10} {:<10} {:>3} {:>8} {:>12} {:>12} {:>6} {:<10}",
                     "token", "client-tok", "sub", "fallback", "data-c2s", "data-s2c", "reinj", "closing"
                 );
-                for view in views {
+                for view in &views {
                     let closing = [
                         (view.data_fin.c2s || view.data_fin.s2c, "data-fin"),
                         (view.fastclose, "fastclose"),
@@ -290,6 +311,9 @@ pub fn run(cli: Cli) -> Result<()> {
                         view.reinjections,
                         closing.join(",")
                     );
+                    for cc in of(&view.server_token) {
+                        println!("  {}", cc_line(cc));
+                    }
                 }
             }
         }
@@ -383,6 +407,26 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
         },
     }
     Ok(())
+}
+
+/// One subflow's congestion state and the controller's decision, for `conns`.
+fn cc_line(cc: &congestion::SubflowCc) -> String {
+    let decision = match (cc.increase, cc.decrease) {
+        (Some(increase), Some(decrease)) => {
+            format!("{} {increase:+.4} pkt/acked pkt, -{:.0}% on loss", cc.algorithm, 100.0 * decrease)
+        }
+        _ => format!("{} (no current decision)", cc.algorithm),
+    };
+    format!(
+        "{} <-> {}  cwnd {} ssthresh {} srtt {} us coupled {} losses {}  {decision}",
+        cc.ends[0],
+        cc.ends[1],
+        cc.cwnd,
+        cc.ssthresh,
+        cc.srtt_us,
+        cc.coupled_cwnd.map_or("-".to_owned(), |w| w.to_string()),
+        cc.loss_events
+    )
 }
 
 /// Writes to stdout; a closed pipe (`decode ... | head`) is not an error.

@@ -1,11 +1,11 @@
 //! The agent's configuration file (TOML); every key optional, unknown keys rejected by name.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use mptcp_common::maps::{DataplaneConfig, admission};
 use serde::Deserialize;
 
-use crate::loader::XdpAttachMode;
+use crate::{congestion::Algorithm, loader::XdpAttachMode};
 
 /// Join admission policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -44,6 +44,12 @@ pub struct AgentConfig {
     pub join_burst: Option<u32>,
     #[serde(default)]
     pub xdp_mode: Option<XdpModeName>,
+    /// Coupled congestion control of the MPTCP subflows of this host's sockets; absent: off.
+    #[serde(default)]
+    pub cc: Option<Algorithm>,
+    /// The cgroup v2 directory whose sockets `cc` applies to (default: the hierarchy's root).
+    #[serde(default)]
+    pub cc_cgroup: Option<PathBuf>,
 }
 
 /// `xdp-mode` in the file.
@@ -98,7 +104,7 @@ impl AgentConfig {
             admission: self.admission.code(),
             join_rate_per_sec: self.join_rate_per_sec,
             join_burst: self.join_burst.unwrap_or(self.join_rate_per_sec.max(1)),
-            _pad: 0,
+            cc_algorithm: self.cc.map_or(mptcp_common::cc::algorithm::NONE, Algorithm::code),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! `mptcp-agent run`: the daemon. It attaches (or finds what a previous run left pinned),
-//! configures the programs, consumes their events and judges the handshakes. Everything it needs
+//! configures the programs, consumes their events, judges the handshakes and, with `--cc`, runs
+//! the coupled congestion controller. Everything it needs
 //! lives in the pinned maps, so a killed daemon restarts where it stopped.
 
 use std::{
@@ -19,6 +20,7 @@ use tokio::{
 
 use crate::{
     config::AgentConfig,
+    congestion::{Controller, monotonic_ns},
     events::{EventRecord, Processor},
     loader::{self, Instance, XdpAttachMode},
     tables::Tables,
@@ -63,6 +65,9 @@ impl EventLog {
     }
 }
 
+/// How often the congestion controller refreshes its decisions.
+const CC_TICK_MS: u64 = 5;
+
 /// Runs until SIGTERM or SIGINT; the programs stay attached afterwards.
 pub async fn run(
     instance: &Instance,
@@ -82,6 +87,21 @@ pub async fn run(
     }
     let mut tables = Tables::open(|map| instance.open_map(map).ok())?;
     tables.write_config(&config.dataplane())?;
+    let mut controller = match config.cc {
+        Some(algorithm) => {
+            let cgroup = match &config.cc_cgroup {
+                Some(path) => path.clone(),
+                None => loader::cgroup2_root()?,
+            };
+            let verb = if loader::attach_sock_ops(instance, &cgroup)? { "attached" } else { "found" };
+            log::info!(
+                "{name}: congestion control {algorithm:?}, sock_ops {verb} on cgroup {}",
+                cgroup.display()
+            );
+            Some(Controller::open(instance, algorithm)?)
+        }
+        None => None,
+    };
     log::info!("{name}: admission {:?}, join rate {}/s", config.admission, config.join_rate_per_sec);
     let ring = RingBuf::try_from(instance.open_map(EVENTS_MAP)?).context("opening the event ring buffer")?;
     // SAFETY: the descriptor belongs to `ring`, which the AsyncFd owns until it is dropped.
@@ -93,6 +113,10 @@ pub async fn run(
     if recovered > 0 {
         log::info!("{name}: judged {recovered} join(s) left pending by a previous run");
     }
+    // Decisions are refreshed well within a decision's lifetime (STALE_NS) and the RTTs of
+    // real paths; the per-ACK window arithmetic runs in the kernel.
+    let mut cc_tick = tokio::time::interval(Duration::from_millis(CC_TICK_MS));
+    cc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -115,6 +139,11 @@ pub async fn run(
             }
             _ = tick.tick() => {
                 processor.verify_pending();
+            }
+            _ = cc_tick.tick(), if controller.is_some() => {
+                if let Some(controller) = controller.as_mut() {
+                    controller.tick(monotonic_ns())?;
+                }
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,

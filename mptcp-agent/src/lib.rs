@@ -5,6 +5,7 @@ pub mod bench;
 pub mod capture_file;
 pub mod cli;
 pub mod config;
+pub mod congestion;
 pub mod daemon;
 pub mod decode;
 pub mod events;

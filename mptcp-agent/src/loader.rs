@@ -19,8 +19,8 @@ use aya::{
     maps::{Map, MapData, MapError},
     pin::PinError,
     programs::{
-        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink,
-        tc::TcAttachOptions,
+        CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, SockOps, TcAttachType, Xdp, XdpMode,
+        links::FdLink, tc::TcAttachOptions,
     },
 };
 use mptcp_common::{
@@ -40,6 +40,7 @@ pub const DEFAULT_INSTANCE: &str = "default";
 
 pub(crate) const XDP_PROGRAM: &str = "mptcp_xdp_ingress";
 pub(crate) const TC_PROGRAM: &str = "mptcp_tc_egress";
+const SOCK_OPS_PROGRAM: &str = "mptcp_sock_ops";
 const TC_INGRESS_PROGRAM: &str = "mptcp_tc_ingress";
 const XDP_LINK: &str = "xdp_ingress";
 /// The load balancer's links (see `steering`).
@@ -136,6 +137,11 @@ pub enum LoaderError {
     NotAttached { iface: String, dir: PathBuf },
     #[error("instance {instance} is not running: nothing is pinned under {dir}")]
     NoInstance { instance: String, dir: PathBuf },
+    #[error(
+        "no cgroup v2 hierarchy is mounted (coupled congestion control attaches to one): mount it with \
+         `mount -t cgroup2 none /sys/fs/cgroup` or name a cgroup v2 directory with --cgroup"
+    )]
+    NoCgroup2,
     #[error("loading the eBPF object failed")]
     Load(#[source] EbpfError),
     #[error("{what} failed")]
@@ -231,6 +237,11 @@ impl Instance {
 
     pub fn exists(&self) -> bool {
         self.maps_dir().exists()
+    }
+
+    /// The pinned link of the instance's sock_ops program (coupled congestion control).
+    pub fn sock_ops_link(&self) -> PathBuf {
+        self.dir.join("sock_ops")
     }
 
     fn open(path: PathBuf) -> Result<Map, LoaderError> {
@@ -375,19 +386,7 @@ pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<A
     // Declared before the Ebpf object so it runs after the object's descriptors are closed.
     let mut rollback = Rollback { instance: instance.clone(), iface_dir: iface_dir.clone(), armed: true };
 
-    let mut loader = EbpfLoader::new();
-    let shared: Vec<(&str, PathBuf)> =
-        SHARED_MAP_NAMES.iter().map(|name| (*name, instance.map_path(name))).collect();
-    for (name, path) in &shared {
-        // Reuses the instance's pinned map, or creates and pins it.
-        loader.map_pin_path(name, path.as_path());
-    }
-    loader.map_pin_path(COUNTERS_MAP, iface_dir.join(COUNTERS_MAP));
-    // The balancer's big tables (megabytes, preallocated) are not used by the tracking programs.
-    for name in [LB_MAGLEV_MAP, LB_FLOWS_MAP, LB_TOKENS_MAP] {
-        loader.map_max_entries(name, 1);
-    }
-    let mut ebpf = loader.load(EBPF_OBJECT).map_err(LoaderError::Load)?;
+    let mut ebpf = load_instance(instance, Some(&iface_dir.join(COUNTERS_MAP)))?;
 
     let program_error = |what: &str| {
         let what = format!("{what} on {iface}");
@@ -411,6 +410,74 @@ pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<A
     attach_tcx(&mut ebpf, TC_PROGRAM, iface, TcAttachType::Egress, &iface_dir.join(TC_LINK))?;
     rollback.armed = false;
     Ok(Attached { dir: iface_dir, hook })
+}
+
+/// Loads the object for the tracking programs of `instance`: its shared maps reused (or created
+/// and pinned), the interface's counters pinned at `counters`.
+fn load_instance(instance: &Instance, counters: Option<&Path>) -> Result<Ebpf, LoaderError> {
+    let mut loader = EbpfLoader::new();
+    for name in SHARED_MAP_NAMES {
+        loader.map_pin_path(name, instance.map_path(name));
+    }
+    if let Some(path) = counters {
+        loader.map_pin_path(COUNTERS_MAP, path);
+    }
+    // The balancer's big tables (megabytes, preallocated) are not used by the tracking programs.
+    for name in [LB_MAGLEV_MAP, LB_FLOWS_MAP, LB_TOKENS_MAP] {
+        loader.map_max_entries(name, 1);
+    }
+    loader.load(EBPF_OBJECT).map_err(LoaderError::Load)
+}
+
+/// The root of the cgroup v2 hierarchy, from /proc/self/mounts.
+pub fn cgroup2_root() -> Result<PathBuf, LoaderError> {
+    let mounts = fs::read_to_string("/proc/self/mounts").map_err(|source| LoaderError::Io {
+        what: "reading",
+        path: PathBuf::from("/proc/self/mounts"),
+        source,
+    })?;
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields.get(1).copied().unwrap_or("/")))
+        })
+        .ok_or(LoaderError::NoCgroup2)
+}
+
+/// Attaches the sock_ops program of `instance` to the cgroup v2 directory `cgroup` (every
+/// socket of its processes and their descendants) unless it is attached already; the link is
+/// pinned at `INSTANCE/sock_ops` and goes with the instance's last interface.
+pub fn attach_sock_ops(instance: &Instance, cgroup: &Path) -> Result<bool, LoaderError> {
+    check_privileges(Privilege::Attach)?;
+    let pin = instance.sock_ops_link();
+    if pin.exists() {
+        return Ok(false);
+    }
+    if !instance.exists() {
+        return Err(LoaderError::NoInstance { instance: instance.name.clone(), dir: instance.dir.clone() });
+    }
+    let cgroup_dir = fs::File::open(cgroup).map_err(|source| LoaderError::Io {
+        what: "opening the cgroup (a cgroup v2 directory)",
+        path: cgroup.to_owned(),
+        source,
+    })?;
+    let mut ebpf = load_instance(instance, None)?;
+    let program_error = |what: &str| {
+        let what = format!("{what} {SOCK_OPS_PROGRAM} on {}", cgroup.display());
+        move |source| LoaderError::Program { what, source }
+    };
+    let sock_ops: &mut SockOps = program(&mut ebpf, SOCK_OPS_PROGRAM)?;
+    sock_ops.load().map_err(program_error("loading"))?;
+    let link_id =
+        sock_ops.attach(&cgroup_dir, CgroupAttachMode::Single).map_err(program_error("attaching"))?;
+    let link = sock_ops.take_link(link_id).map_err(program_error("taking the link of"))?;
+    let link = FdLink::try_from(link).map_err(|e| LoaderError::Program {
+        what: format!("the cgroup link of {SOCK_OPS_PROGRAM} cannot be pinned ({e})"),
+        source: ProgramError::UnexpectedProgramType,
+    })?;
+    pin_link(link, &pin)?;
+    Ok(true)
 }
 
 /// What `attach` did.
@@ -550,6 +617,10 @@ pub fn detach(instance: &Instance, iface: &str) -> Result<(), LoaderError> {
 /// once no instance is left.
 fn remove_unused(instance: &Instance) {
     if instance.interfaces().is_empty() {
+        let sock_ops = instance.sock_ops_link();
+        if sock_ops.exists() {
+            let _ = bpf_sys::link_detach(&sock_ops);
+        }
         let _ = fs::remove_dir_all(&instance.dir);
     }
     let _ = fs::remove_dir(PIN_ROOT);

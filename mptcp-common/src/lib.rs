@@ -2,6 +2,7 @@
 //!
 //! * [`options`]: the bounded TCP option walk.
 //! * [`mptcp`]: the MPTCP option codec (RFC 8684, RFC 6824 where v0 differs), parser and encoder.
+//! * [`cc`]: coupled congestion control: subflow state, decisions, per-ACK window arithmetic.
 //! * [`keys`]: token and IDSN of a key (SHA-256), for the programs.
 //! * [`lb`]: the token-steering load balancer's map layouts and hashes.
 //! * [`maps`]: `#[repr(C)]` layouts of every map shared between kernel and user space.
@@ -50,6 +51,7 @@ macro_rules! counters {
     };
 }
 
+pub mod cc;
 pub mod keys;
 pub mod lb;
 pub mod maps;

@@ -28,7 +28,7 @@ pub const CONNECTION_CHECKS_MAP: &str = "CONNECTION_CHECKS";
 
 /// Maps one instance shares across all its interfaces (an MPTCP connection spans interfaces);
 /// the agent pins each under its name. [`COUNTERS_MAP`] is per interface.
-pub const SHARED_MAP_NAMES: [&str; 8] = [
+pub const SHARED_MAP_NAMES: [&str; 10] = [
     SUBFLOWS_MAP,
     CONNECTIONS_MAP,
     CLIENT_TOKENS_MAP,
@@ -37,6 +37,8 @@ pub const SHARED_MAP_NAMES: [&str; 8] = [
     JOIN_RATE_MAP,
     HMAC_VERDICTS_MAP,
     CONNECTION_CHECKS_MAP,
+    crate::cc::CC_SUBFLOWS_MAP,
+    crate::cc::CC_DECISIONS_MAP,
 ];
 
 /// Capacities of the tables.
@@ -469,7 +471,9 @@ pub struct DataplaneConfig {
     pub join_rate_per_sec: u32,
     /// Burst size of the join rate limit.
     pub join_burst: u32,
-    pub _pad: u32,
+    /// Coupled congestion control ([`crate::cc::algorithm`]): other than none, the sock_ops
+    /// program runs each MPTCP subflow on Reno, which the coupled window then caps.
+    pub cc_algorithm: u32,
 }
 
 /// A token bucket of the join rate limit.

@@ -1,5 +1,6 @@
-//! The MPTCP dataplane's kernel side: an XDP program on ingress and a TC (tcx) program on egress
-//! of the same interface, sharing the maps in [`maps`].
+//! The MPTCP dataplane's kernel side: XDP (or tcx) ingress and tcx egress programs on each
+//! interface, a cgroup sock_ops program for coupled congestion control and the load balancer,
+//! sharing the maps in [`maps`].
 #![no_std]
 #![no_main]
 // atomic_xadd: see track::atomic_add. The crate is built by the nightly toolchain anyway.
@@ -13,6 +14,7 @@ mod lb;
 mod maps;
 mod observe;
 mod packet;
+mod sock_ops;
 mod tc_egress;
 mod tc_ingress;
 mod track;

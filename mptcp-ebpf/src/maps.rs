@@ -14,6 +14,8 @@ use mptcp_common::lb::{
     MAX_VIPS, Vip, VipKey,
 };
 
+use mptcp_common::cc::{CcDecision, CcSubflow, MAX_CC_SUBFLOWS};
+
 use crate::{packet::OptionBuffer, track::PacketState};
 
 /// Per-direction counters ([`mptcp_common::maps::COUNTERS_MAP`]).
@@ -58,6 +60,14 @@ pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// Scratch space for the SHA-256 message schedule of a key digest.
 #[btf_map]
 pub static DIGEST_SCHEDULE: PerCpuArray<[u32; 16], 1> = PerCpuArray::new();
+
+/// Coupled congestion control: what the sock_ops program sees per subflow, and the agent's
+/// decisions (see mptcp_common::cc).
+#[btf_map]
+pub static CC_SUBFLOWS: LruHashMap<FlowKey, CcSubflow, MAX_CC_SUBFLOWS> = LruHashMap::new();
+
+#[btf_map]
+pub static CC_DECISIONS: LruHashMap<FlowKey, CcDecision, MAX_CC_SUBFLOWS> = LruHashMap::new();
 
 // The load balancer's maps (see mptcp_common::lb).
 

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod balancer;
 pub mod capture;
+pub mod congestion;
 pub mod craft;
 pub mod kernel;
 pub mod lab;

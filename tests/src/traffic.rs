@@ -239,3 +239,24 @@ pub fn transfer(ns: &Netns, server: SocketAddr, options: ClientOptions) -> Resul
     ensure!(received == options.bytes, "server received {received} of {} bytes", options.bytes);
     Ok(Transfer { bytes: received, subflows })
 }
+
+/// Connects from `ns` to `server` and sends as fast as the connection allows for `duration`;
+/// returns the bytes the server counted.
+pub fn send_for(ns: &Netns, server: SocketAddr, proto: Proto, duration: Duration) -> Result<u64> {
+    let socket = socket(ns, server, proto)?;
+    socket.connect_timeout(&server.into(), IO_TIMEOUT).with_context(|| format!("connecting to {server}"))?;
+    let mut stream: TcpStream = socket.into();
+    let chunk = vec![0x5au8; 64 * 1024];
+    let deadline = Instant::now() + duration;
+    let mut sent = 0u64;
+    while Instant::now() < deadline {
+        stream.write_all(&chunk)?;
+        sent += chunk.len() as u64;
+    }
+    stream.shutdown(Shutdown::Write)?;
+    let mut reply = [0u8; 8];
+    stream.read_exact(&mut reply).context("reading the server's byte count")?;
+    let received = u64::from_be_bytes(reply);
+    ensure!(received == sent, "server received {received} of {sent} bytes");
+    Ok(received)
+}

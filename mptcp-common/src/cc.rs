@@ -1,0 +1,290 @@
+//! Coupled congestion control: the per-subflow state the sock_ops program keeps, the decisions
+//! the agent's controller writes, and the per-ACK window arithmetic that applies them.
+//!
+//! The agent computes, per subflow and every few milliseconds, how much the window may grow per
+//! acknowledged packet and how much it drops on a loss (LIA, OLIA or BALIA over the connection's
+//! subflows). The program applies that on every ACK to its own copy of the window - the
+//! *coupled window* - and enforces it with `TCP_BPF_SNDCWND_CLAMP`, which caps the kernel's
+//! window and sets its slow-start threshold: the kernel's window follows the coupled one up to
+//! the cap, and the kernel's own loss response (a lower ssthresh) is what tells the program a loss
+//! happened.
+
+/// Map names.
+pub const CC_SUBFLOWS_MAP: &str = "CC_SUBFLOWS";
+pub const CC_DECISIONS_MAP: &str = "CC_DECISIONS";
+pub const MAX_CC_SUBFLOWS: usize = 16384;
+
+/// Fixed point of the coupled window: packets << 16.
+pub const CWND_SHIFT: u32 = 16;
+/// Fixed point of the increase per acknowledged packet: packets << 32.
+pub const INCREASE_SHIFT: u32 = 32;
+/// Fixed point of the decrease on a loss: fraction of the window << 16.
+pub const DECREASE_SHIFT: u32 = 16;
+/// Reno's halving, used for LIA and OLIA and when decisions are stale.
+pub const HALF: u32 = 1 << (DECREASE_SHIFT - 1);
+/// The coupled window never goes below this many packets.
+pub const MIN_CWND: u64 = 2;
+/// A decision older than this is ignored: the subflow behaves like one Reno flow (safe when the
+/// agent has stopped).
+pub const STALE_NS: u64 = 1_000_000_000;
+/// The kernel's "no slow-start threshold yet".
+pub const INFINITE_SSTHRESH: u32 = 0x7fff_ffff;
+/// The largest coupled window: below the kernel's infinite threshold.
+const MAX_CWND_FP: u64 = ((INFINITE_SSTHRESH as u64) - 1) << CWND_SHIFT;
+
+/// Coupling algorithms ([`CcDecision::algorithm`]).
+pub mod algorithm {
+    /// Record only; the kernel's own congestion control decides.
+    pub const NONE: u32 = 0;
+    /// RFC 6356 Linked Increases.
+    pub const LIA: u32 = 1;
+    /// Opportunistic LIA (Khalili et al.).
+    pub const OLIA: u32 = 2;
+    /// Balanced LIA (Peng et al.).
+    pub const BALIA: u32 = 3;
+}
+
+/// One subflow as the sock_ops program sees it, keyed like the tracking tables (`FlowKey`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CcSubflow {
+    /// The MPTCP connection's server token, from the tracking tables.
+    pub token: u32,
+    /// The algorithm of the last decision applied ([`algorithm`]).
+    pub algorithm: u32,
+    /// The kernel's window and slow-start threshold (packets), smoothed RTT (us) and MSS.
+    pub snd_cwnd: u32,
+    pub ssthresh: u32,
+    pub srtt_us: u32,
+    pub mss: u32,
+    pub total_retrans: u32,
+    /// Loss events seen (the kernel lowered the slow-start threshold).
+    pub loss_events: u32,
+    /// The coupled window, packets << [`CWND_SHIFT`]; 0 until the first loss ends slow start.
+    pub coupled_cwnd: u64,
+    /// The last window clamp set on the socket; 0: none yet.
+    pub clamp: u32,
+    pub _pad: u32,
+    pub bytes_acked: u64,
+    /// `bytes_acked` at the last two loss events (OLIA's inter-loss distance).
+    pub acked_at_loss: [u64; 2],
+    pub updated_ns: u64,
+}
+
+const _: () = assert!(size_of::<CcSubflow>() == 80);
+
+/// The controller's decision for one subflow.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CcDecision {
+    /// [`algorithm`].
+    pub algorithm: u32,
+    /// Fraction of the window removed on a loss, << [`DECREASE_SHIFT`].
+    pub decrease: u32,
+    /// Window change per acknowledged packet, packets << [`INCREASE_SHIFT`] (OLIA's can be
+    /// negative).
+    pub increase: i64,
+    pub updated_ns: u64,
+}
+
+const _: () = assert!(size_of::<CcDecision>() == 24);
+
+/// What the kernel reports with one ACK.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AckSample {
+    pub snd_cwnd: u32,
+    pub ssthresh: u32,
+    pub srtt_us: u32,
+    pub mss: u32,
+    pub bytes_acked: u64,
+    pub total_retrans: u32,
+    pub now_ns: u64,
+}
+
+impl CcSubflow {
+    /// Records one ACK and applies `decision` to the coupled window; returns the window clamp
+    /// to set on the socket when it changes.
+    #[inline(always)]
+    pub fn on_ack(&mut self, sample: &AckSample, decision: Option<&CcDecision>) -> Option<u32> {
+        let acked = sample.bytes_acked.saturating_sub(self.bytes_acked);
+        let cwnd_before = self.snd_cwnd;
+        self.snd_cwnd = sample.snd_cwnd;
+        self.ssthresh = sample.ssthresh;
+        self.srtt_us = sample.srtt_us;
+        self.mss = sample.mss;
+        self.bytes_acked = sample.bytes_acked;
+        self.total_retrans = sample.total_retrans;
+        self.updated_ns = sample.now_ns;
+        let decision = decision.filter(|d| d.algorithm != algorithm::NONE)?;
+        self.algorithm = decision.algorithm;
+        let fresh = sample.now_ns.saturating_sub(decision.updated_ns) < STALE_NS;
+
+        let lowered =
+            if self.clamp == 0 { sample.ssthresh < INFINITE_SSTHRESH } else { sample.ssthresh < self.clamp };
+        if lowered {
+            // The kernel lowered its threshold: a loss (or ECN) event. The coupled decrease
+            // replaces the kernel's own.
+            let before = if self.coupled_cwnd != 0 {
+                self.coupled_cwnd
+            } else {
+                u64::from(cwnd_before.max(sample.snd_cwnd)) << CWND_SHIFT
+            };
+            let fraction = if fresh { decision.decrease } else { HALF };
+            // Bounded operands (below 2^47 and 2^16): the product fits, and needs no 128-bit
+            // multiply, which BPF lacks.
+            let before = before.min(MAX_CWND_FP);
+            let cut = before.wrapping_mul(u64::from(fraction.min(1 << DECREASE_SHIFT))) >> DECREASE_SHIFT;
+            self.coupled_cwnd = before.saturating_sub(cut).max(MIN_CWND << CWND_SHIFT);
+            self.loss_events = self.loss_events.wrapping_add(1);
+            let [_, last] = self.acked_at_loss;
+            self.acked_at_loss = [last, sample.bytes_acked];
+        } else if self.coupled_cwnd != 0 {
+            let packets = self.coupled_cwnd >> CWND_SHIFT;
+            let increase = if fresh {
+                decision.increase
+            } else {
+                // One Reno flow: 1/w per acknowledged packet (rounded up).
+                (1u64 << INCREASE_SHIFT).checked_div(packets).map_or(0, |q| {
+                    q.saturating_add(u64::from((1u64 << INCREASE_SHIFT).checked_rem(packets) != Some(0)))
+                        as i64
+                })
+            };
+            // Acknowledged packets (fractional) times the increase, in window fixed point.
+            // Operands below 2^36 and 2^24, as above.
+            let change = increase
+                .unsigned_abs()
+                .min(1 << 36)
+                .wrapping_mul(acked.min(1 << 24))
+                .checked_div(u64::from(sample.mss))
+                .unwrap_or(0)
+                >> (INCREASE_SHIFT - CWND_SHIFT);
+            if increase < 0 {
+                self.coupled_cwnd = self.coupled_cwnd.saturating_sub(change).max(MIN_CWND << CWND_SHIFT);
+            } else if sample.snd_cwnd >= self.clamp {
+                // Grow only while the sender fills the window it has.
+                self.coupled_cwnd = self.coupled_cwnd.saturating_add(change).min(MAX_CWND_FP);
+            }
+        } else {
+            // Initial slow start stays the kernel's.
+            return None;
+        }
+        let clamp = (self.coupled_cwnd >> CWND_SHIFT) as u32;
+        if clamp == self.clamp {
+            return None;
+        }
+        self.clamp = clamp;
+        Some(clamp)
+    }
+
+    /// Bytes acknowledged between the last two losses, or since the last one if that is more
+    /// (OLIA's inter-loss distance).
+    pub fn interloss_bytes(&self) -> u64 {
+        let [older, last] = self.acked_at_loss;
+        last.saturating_sub(older).max(self.bytes_acked.saturating_sub(last))
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] structs of integers without implicit padding.
+    unsafe impl aya::Pod for super::CcSubflow {}
+    unsafe impl aya::Pod for super::CcDecision {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSS: u32 = 1000;
+
+    fn sample(cwnd: u32, ssthresh: u32, acked: u64) -> AckSample {
+        AckSample {
+            snd_cwnd: cwnd,
+            ssthresh,
+            srtt_us: 1000,
+            mss: MSS,
+            bytes_acked: acked,
+            total_retrans: 0,
+            now_ns: 10,
+        }
+    }
+
+    fn decision(increase_packets: f64, decrease: u32) -> CcDecision {
+        CcDecision {
+            algorithm: algorithm::LIA,
+            decrease,
+            increase: (increase_packets * (1u64 << INCREASE_SHIFT) as f64) as i64,
+            updated_ns: 10,
+        }
+    }
+
+    #[test]
+    fn slow_start_is_the_kernels_until_the_first_loss() {
+        let mut s = CcSubflow::default();
+        assert_eq!(s.on_ack(&sample(10, INFINITE_SSTHRESH, 10_000), Some(&decision(0.1, HALF))), None);
+        assert_eq!(s.coupled_cwnd, 0);
+        // Loss: the kernel lowers ssthresh; the coupled window is the window before, halved.
+        assert_eq!(s.on_ack(&sample(40, 20, 50_000), Some(&decision(0.1, HALF))), Some(20));
+        assert_eq!(s.loss_events, 1);
+        assert_eq!(s.acked_at_loss, [0, 50_000]);
+    }
+
+    #[test]
+    fn the_window_grows_by_the_decided_increase_per_acked_packet() {
+        let mut s =
+            CcSubflow { coupled_cwnd: 20 << CWND_SHIFT, clamp: 20, bytes_acked: 0, ..Default::default() };
+        // 0.25 packet per acked packet; 4 packets acked: +1.
+        assert_eq!(s.on_ack(&sample(20, 20, 4_000), Some(&decision(0.25, HALF))), Some(21));
+        // 2 more packets: +0.5, same clamp.
+        assert_eq!(s.on_ack(&sample(21, 21, 6_000), Some(&decision(0.25, HALF))), None);
+        assert_eq!(s.coupled_cwnd, (21 << CWND_SHIFT) + (1 << (CWND_SHIFT - 1)));
+    }
+
+    #[test]
+    fn an_application_limited_sender_does_not_grow_the_window() {
+        let mut s = CcSubflow { coupled_cwnd: 20 << CWND_SHIFT, clamp: 20, ..Default::default() };
+        assert_eq!(s.on_ack(&sample(12, 20, 40_000), Some(&decision(0.5, HALF))), None);
+        assert_eq!(s.coupled_cwnd, 20 << CWND_SHIFT);
+    }
+
+    #[test]
+    fn a_negative_increase_shrinks_the_window_down_to_the_minimum() {
+        let mut s = CcSubflow { coupled_cwnd: 3 << CWND_SHIFT, clamp: 3, ..Default::default() };
+        assert_eq!(s.on_ack(&sample(3, 3, 1_000_000), Some(&decision(-0.5, HALF))), Some(2));
+        assert_eq!(s.coupled_cwnd, MIN_CWND << CWND_SHIFT);
+    }
+
+    #[test]
+    fn a_loss_applies_the_decided_decrease() {
+        let mut s = CcSubflow { coupled_cwnd: 40 << CWND_SHIFT, clamp: 40, ..Default::default() };
+        // BALIA-like: 3/4 of the window removed.
+        let balia = decision(0.1, 3 << (DECREASE_SHIFT - 2));
+        assert_eq!(s.on_ack(&sample(40, 28, 1_000), Some(&balia)), Some(10));
+    }
+
+    #[test]
+    fn stale_decisions_fall_back_to_one_reno_flow() {
+        let mut s = CcSubflow { coupled_cwnd: 10 << CWND_SHIFT, clamp: 10, ..Default::default() };
+        let mut old = decision(0.9, HALF);
+        old.updated_ns = 0;
+        let mut now = sample(10, 10, 10_000);
+        now.now_ns = STALE_NS + 1;
+        // Reno: 1/10 per acked packet, 10 packets acked: +1.
+        assert_eq!(s.on_ack(&now, Some(&old)), Some(11));
+    }
+
+    #[test]
+    fn no_decision_records_only() {
+        let mut s = CcSubflow::default();
+        assert_eq!(s.on_ack(&sample(10, 5, 10_000), None), None);
+        assert_eq!((s.snd_cwnd, s.ssthresh, s.bytes_acked, s.clamp), (10, 5, 10_000, 0));
+    }
+
+    #[test]
+    fn interloss_distance_is_the_longer_of_the_last_two() {
+        let s = CcSubflow { acked_at_loss: [1_000, 5_000], bytes_acked: 7_000, ..Default::default() };
+        assert_eq!(s.interloss_bytes(), 4_000);
+        let s = CcSubflow { acked_at_loss: [1_000, 5_000], bytes_acked: 15_000, ..Default::default() };
+        assert_eq!(s.interloss_bytes(), 10_000);
+    }
+}
