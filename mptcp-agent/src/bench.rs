@@ -75,6 +75,25 @@ impl Segment {
     }
 }
 
+/// 1400 bytes of data from `client` to the server with a DSS option as Linux sends it: an
+/// 8-byte data ACK and a mapping.
+fn dss_data(client: ([u8; 4], u16)) -> Segment {
+    let mut data = Segment::new(client, (SERVER, 80));
+    data.payload = 1400;
+    data.mptcp = Some(MptcpOption::Dss(Dss {
+        data_fin: false,
+        data_ack: Some(DataAck { value: 1, wide: true }),
+        mapping: Some(DssMapping {
+            dsn: 100,
+            dsn_wide: true,
+            subflow_seq: 1,
+            data_len: 1400,
+            checksum: None,
+        }),
+    }));
+    data
+}
+
 fn capable(sender: Option<u64>, receiver: Option<u64>) -> MptcpOption {
     MptcpOption::Capable(MpCapable {
         version: 1,
@@ -162,19 +181,7 @@ fn dataplane() -> Result<()> {
     join_syn.syn = true;
     join_syn.ack = false;
     join_syn.mptcp = Some(MptcpOption::Join(MpJoin::Syn { backup: false, addr_id: 1, token, nonce: 7 }));
-    let mut data = Segment::new(client, (SERVER, 80));
-    data.payload = 1400;
-    data.mptcp = Some(MptcpOption::Dss(Dss {
-        data_fin: false,
-        data_ack: Some(DataAck { value: 1, wide: true }),
-        mapping: Some(DssMapping {
-            dsn: 100,
-            dsn_wide: true,
-            subflow_seq: 1,
-            data_len: 1400,
-            checksum: None,
-        }),
-    }));
+    let data = dss_data(client);
     let mut ack_only = Segment::new((SERVER, 80), client);
     ack_only.mptcp = Some(MptcpOption::Dss(Dss {
         data_fin: false,
@@ -343,19 +350,7 @@ fn balancer() -> Result<()> {
     (join_syn.syn, join_syn.ack) = (true, false);
     let token = handshake::token(server_key);
     join_syn.mptcp = Some(MptcpOption::Join(MpJoin::Syn { backup: false, addr_id: 1, token, nonce: 7 }));
-    let mut data = Segment::new(client, (SERVER, 80));
-    data.payload = 1400;
-    data.mptcp = Some(MptcpOption::Dss(Dss {
-        data_fin: false,
-        data_ack: Some(DataAck { value: 1, wide: true }),
-        mapping: Some(DssMapping {
-            dsn: 100,
-            dsn_wide: true,
-            subflow_seq: 1,
-            data_len: 1400,
-            checksum: None,
-        }),
-    }));
+    let data = dss_data(client);
     let data_frame = data.frame()?;
     redirected(&mut harness, &join_syn.frame()?)?;
     redirected(&mut harness, &data_frame)?;

@@ -2,10 +2,11 @@
 //!
 //! An *instance* is one dataplane on a host: the interfaces it is attached to share its tables,
 //! since an MPTCP connection spans interfaces. It lives under `/sys/fs/bpf/mptcp/INSTANCE/`:
-//! `maps/NAME` for the shared maps, and per interface `ifaces/IFACE/COUNTERS` with the links
-//! `ifaces/IFACE/xdp_ingress` and `ifaces/IFACE/tc_egress`. Pinned links keep the programs
-//! attached after the agent exits; removing them detaches. The last interface to go takes the
-//! shared maps with it.
+//! `maps/NAME` for the shared maps, per interface `ifaces/IFACE/COUNTERS` with the links
+//! `ifaces/IFACE/xdp_ingress` (or `tc_ingress`) and `ifaces/IFACE/tc_egress`, and `sock_ops`, the
+//! cgroup link of coupled congestion control. Pinned links keep the programs attached after the
+//! agent exits; removing them detaches. The last interface to go takes the shared maps and the
+//! sock_ops link with it.
 
 use std::{
     ffi::CString,

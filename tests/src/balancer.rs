@@ -8,8 +8,8 @@
 //!  VIPs 203.0.113.200:80 and [2001:db8:ff::10]:80 on every backend's loopback
 //! ```
 //!
-//! The balancer forwards VIP traffic at XDP; the backends answer through their default route,
-//! the balancer's ordinary forwarding.
+//! The balancer forwards VIP traffic (at tcx ingress on these veths); the backends answer
+//! through their default route, the balancer's ordinary forwarding.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -121,30 +121,13 @@ impl BalancerLab {
         // path's address takes that path (a join from the second address uses the second path).
         for (family, which) in [("-4", 0), ("-6", 1)] {
             client.ip(&[family, "route", "add", "default", "via", &paths[0].balancer[which].to_string()])?;
-            for (index, path) in paths.iter().enumerate() {
-                let table = (100 + index).to_string();
-                let gateway = path.balancer[which].to_string();
-                client.ip(&[
-                    family,
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &gateway,
-                    "dev",
-                    &path.client_if,
-                    "table",
-                    &table,
-                ])?;
-                client.ip(&[
-                    family,
-                    "rule",
-                    "add",
-                    "from",
+            for (table, path) in (100..).zip(&paths) {
+                client.route_from(
                     &path.client[which].to_string(),
-                    "table",
-                    &table,
-                ])?;
+                    path.balancer[which],
+                    &path.client_if,
+                    table,
+                )?;
             }
         }
         client.sysctl("net.mptcp.enabled", "1")?;

@@ -24,6 +24,9 @@ use crate::{
     traffic::{Proto, Server, send_for},
 };
 
+/// The bottleneck queues hold this long at their rate.
+const QUEUE_MS: u32 = 50;
+
 pub struct BottleneckLab {
     pub client: Netns,
     pub router: Netns,
@@ -125,25 +128,13 @@ impl BottleneckLab {
             }
             client.ip(&["mptcp", "endpoint", "add", &addr.to_string(), "dev", &client_ifs[1], "subflow"])?;
         }
-        let shape = |ns: &Netns, iface: &str, mbit: u32| {
-            let rate = format!("{mbit}mbit");
-            // A queue of 50 ms at the rate: a bottleneck that drops, as TCP expects.
-            let limit = (mbit as usize * 1_000_000 / 8 / 20).to_string();
-            ns.exec(
-                "tc",
-                &[
-                    "qdisc", "add", "dev", iface, "root", "tbf", "rate", &rate, "burst", "32kb", "limit",
-                    &limit,
-                ],
-            )
-        };
         match bottleneck {
             Bottleneck::Shared { mbit } => {
-                shape(&router, &router_server_ifs[0], mbit)?;
+                router.limit_rate(&router_server_ifs[0], mbit, QUEUE_MS)?;
             }
             Bottleneck::Disjoint { mbit } => {
                 for iface in &router_server_ifs {
-                    shape(&router, iface, mbit)?;
+                    router.limit_rate(iface, mbit, QUEUE_MS)?;
                 }
             }
         }

@@ -2,6 +2,7 @@
 
 use std::{
     fs::File,
+    net::IpAddr,
     os::fd::AsRawFd as _,
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -91,6 +92,29 @@ impl Netns {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net={}", self.path())).arg(program);
         cmd
+    }
+
+    /// Limits what `iface` sends to `mbit` Mbit/s with a token bucket (TBF) whose tail-drop
+    /// queue holds `queue_ms` at that rate: a bottleneck as TCP expects one.
+    pub fn limit_rate(&self, iface: &str, mbit: u32, queue_ms: u32) -> Result<()> {
+        let (rate, latency) = (format!("{mbit}mbit"), format!("{queue_ms}ms"));
+        self.exec(
+            "tc",
+            &[
+                "qdisc", "add", "dev", iface, "root", "tbf", "rate", &rate, "burst", "32kb", "latency",
+                &latency,
+            ],
+        )
+        .map(drop)
+    }
+
+    /// Source routing: what leaves from `from` (an address or prefix) goes via `gateway` on
+    /// `iface`, through routing table `table`.
+    pub fn route_from(&self, from: &str, gateway: IpAddr, iface: &str, table: u32) -> Result<()> {
+        let family = if gateway.is_ipv4() { "-4" } else { "-6" };
+        let (gateway, table) = (gateway.to_string(), table.to_string());
+        self.ip(&[family, "route", "add", "default", "via", &gateway, "dev", iface, "table", &table])?;
+        self.ip(&[family, "rule", "add", "from", from, "table", &table]).map(drop)
     }
 
     /// Sets a sysctl inside the namespace.

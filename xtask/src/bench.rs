@@ -41,6 +41,7 @@ const SUITES: &[Suite] = &[
     Suite { name: "throughput", run: throughput },
     Suite { name: "lb", run: balancer },
     Suite { name: "lb-aggregation", run: balancer_aggregation },
+    Suite { name: "cc", run: congestion },
 ];
 
 pub fn bench(filter: Option<&str>) -> Result<()> {
@@ -238,24 +239,7 @@ fn balancer_aggregation() -> Result<Vec<Row>> {
     let _lock = LabLock::acquire()?;
     let lab = BalancerLab::new(BalancerLabOptions::default())?;
     for path in &lab.paths {
-        let rate = format!("{PATH_MBIT}mbit");
-        lab.client.exec(
-            "tc",
-            &[
-                "qdisc",
-                "add",
-                "dev",
-                &path.client_if,
-                "root",
-                "tbf",
-                "rate",
-                &rate,
-                "burst",
-                "64kb",
-                "latency",
-                "20ms",
-            ],
-        )?;
+        lab.client.limit_rate(&path.client_if, PATH_MBIT, 20)?;
     }
     let refused = |lab: &BalancerLab| -> Result<u64> {
         let mut sum = 0;
@@ -325,4 +309,112 @@ fn balancer_aggregation() -> Result<Vec<Row>> {
         });
     }
     Ok(rows)
+}
+
+/// Seconds of each congestion-control run.
+const CC_SECONDS: u64 = 20;
+
+/// Coupled congestion control on the bottleneck lab (Reno everywhere; see
+/// `mptcp_tests::congestion`): the MPTCP share against one TCP flow at a shared 20 Mbit/s
+/// bottleneck, the throughput over two disjoint 10 Mbit/s bottlenecks, and how much of its
+/// traffic MPTCP moves off a path loaded with two TCP flows.
+fn congestion() -> Result<Vec<Row>> {
+    use mptcp_tests::{
+        agent::Daemon,
+        congestion::{Bottleneck, BottleneckLab},
+    };
+    setup()?;
+    let agent = build_agent(true)?;
+    // SAFETY: single-threaded here; the lab helpers read it to find the agent.
+    unsafe { std::env::set_var("MPTCP_AGENT_BIN", &agent) };
+    let _lock = LabLock::acquire()?;
+    let duration = std::time::Duration::from_secs(CC_SECONDS);
+    let algorithms = ["none", "lia", "olia", "balia"];
+    let name = |cc: &str| if cc == "none" { "uncoupled".to_owned() } else { cc.to_uppercase() };
+    let mut rows = Vec::new();
+    let mut row = |case: String, value: f64, unit: &str, note: String| {
+        rows.push(Row { suite: "cc".into(), case, value, unit: unit.into(), note });
+    };
+
+    // 1. Shared bottleneck: 2 subflows (3 rounds) and 4 subflows (2 rounds) against one flow.
+    for (joins, rounds, settings) in [(1u8, 3usize, &algorithms[..]), (3, 2, &algorithms[..2])] {
+        let lab = BottleneckLab::new(Bottleneck::Shared { mbit: 20 }, joins)?;
+        let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
+        let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
+        let mut shares = vec![Vec::new(); settings.len()];
+        for _ in 0..rounds {
+            for (cc, result) in settings.iter().zip(&mut shares) {
+                let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
+                result.push(lab.run(1, duration, || Ok(()))?.mptcp_share());
+            }
+        }
+        for (cc, result) in settings.iter().zip(&shares) {
+            let each: Vec<String> = result.iter().map(|s| format!("{:.0}%", 100.0 * s)).collect();
+            row(
+                format!("shared 20 Mbit/s, {} subflows vs 1 TCP: {}", joins + 1, name(cc)),
+                100.0 * result.iter().sum::<f64>() / result.len() as f64,
+                "% MPTCP",
+                format!("{rounds} x {CC_SECONDS} s: {}; target coupled <= 55%, ideal 50%", each.join(", ")),
+            );
+        }
+    }
+
+    // 2. Disjoint bottlenecks: MPTCP alone over 2 x 10 Mbit/s.
+    let lab = BottleneckLab::new(Bottleneck::Disjoint { mbit: 10 }, 1)?;
+    let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
+    let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
+    for cc in algorithms {
+        let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
+        let rates = lab.run(0, duration, || Ok(()))?;
+        row(
+            format!("disjoint 2 x 10 Mbit/s: {}", name(cc)),
+            rates.mptcp,
+            "Mbit/s",
+            format!("{:.0}% of 20 Mbit/s, {CC_SECONDS} s; target coupled >= 90%", rates.mptcp * 5.0),
+        );
+    }
+
+    // 3. The same paths, two TCP flows on path 0: the share of MPTCP's bytes on path 1.
+    for cc in algorithms {
+        let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
+        let split = std::cell::Cell::new(None);
+        let rates = lab.run(2, duration, || {
+            // Bytes acknowledged per path between 3 s in and 1 s before the end.
+            let first = acked_per_path(&dataplane, duration / 7)?;
+            let last =
+                acked_per_path(&dataplane, duration - duration / 7 - std::time::Duration::from_secs(1))?;
+            split.set(Some([last[0].saturating_sub(first[0]), last[1].saturating_sub(first[1])]));
+            Ok(())
+        })?;
+        let [loaded, free] = split.get().context("no per-path byte counts")?;
+        row(
+            format!("path 0 loaded with 2 TCP flows: {}", name(cc)),
+            100.0 * free as f64 / (loaded + free).max(1) as f64,
+            "% on path 1",
+            format!(
+                "MPTCP {:.1} Mbit/s, the TCP flows {:.1} Mbit/s; 2 x 10 Mbit/s disjoint",
+                rates.mptcp, rates.tcp
+            ),
+        );
+    }
+    Ok(rows)
+}
+
+/// After sleeping `after`, the bytes acknowledged on the MPTCP connection's subflows, summed
+/// per path (path 1: the client's 198.51.100.0/24 addresses), from `conns --json`.
+fn acked_per_path(dataplane: &Dataplane<'_>, after: std::time::Duration) -> Result<[u64; 2]> {
+    std::thread::sleep(after);
+    let conns = dataplane.json(&["conns"])?;
+    let mut acked = [0u64; 2];
+    for subflow in conns
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["subflow_cc"].as_array().cloned().unwrap_or_default())
+    {
+        let ends = subflow["ends"].to_string();
+        let path = usize::from(ends.contains("198.51.100."));
+        acked[path] += subflow["bytes_acked"].as_u64().unwrap_or(0);
+    }
+    Ok(acked)
 }
