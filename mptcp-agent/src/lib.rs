@@ -10,6 +10,7 @@ pub mod decode;
 pub mod events;
 pub mod handshake;
 pub mod loader;
+pub mod paths;
 pub mod replay;
 pub mod stats;
 pub mod tables;
