@@ -351,9 +351,11 @@ impl PathManager {
     }
 
     /// Brings the in-kernel path manager's endpoints on configured interfaces to what the
-    /// policy asks for: removals first (the kernel closes their subflows and sends their data
-    /// again on the others at once), then flag changes, then additions. `lost` addresses that
-    /// had no endpoint may still carry connections' initial subflows: those close too.
+    /// policy asks for. The paths that stay or come are set up first (flag changes, then
+    /// additions: the kernel opens their subflows at once), and the endpoints that go are removed
+    /// last: the kernel then closes their subflows and sends their unacknowledged data again on
+    /// what is already there. `lost` addresses that had no endpoint may still carry connections'
+    /// initial subflows: those close too.
     async fn reconcile_endpoints(
         &mut self,
         lost: &[IpAddr],
@@ -365,39 +367,26 @@ impl PathManager {
             endpoint.if_index.is_some_and(|i| self.managed.contains(&i))
                 || self.net.link_of(endpoint.addr).is_some_and(|l| self.managed.contains(&l.index))
         };
-        let iface = |index: Option<u32>| index.and_then(|i| self.net.links.get(&i)).map(|l| l.name.clone());
-        let mut removals = Vec::new();
+        // Endpoints whose kind changes are replaced: removed before their address comes back.
+        let mut replaced = Vec::new();
+        let mut dropped = Vec::new();
         let mut flag_changes = Vec::new();
         for endpoint in current.iter().filter(|e| ours(e)) {
             match desired.iter().find(|d| d.addr == endpoint.addr) {
-                None => removals.push(endpoint),
+                None => dropped.push(endpoint),
                 Some(wanted)
                     if wanted.flags.signal != endpoint.flags.signal
                         || wanted.flags.subflow != endpoint.flags.subflow
                         || endpoint.if_index.is_some_and(|i| i != wanted.if_index) =>
                 {
-                    removals.push(endpoint)
+                    replaced.push(endpoint)
                 }
                 Some(wanted) if wanted.flags != endpoint.flags => flag_changes.push((endpoint, wanted)),
                 Some(_) => {}
             }
         }
-        for endpoint in &removals {
-            let result = self.pm.del_endpoint(endpoint.id, endpoint.addr).await;
-            let details =
-                json!({ "id": endpoint.id, "addr": endpoint.addr, "iface": iface(endpoint.if_index) });
-            records.push(outcome("endpoint_removed", "del-addr", details, result));
-        }
-        for addr in lost {
-            if !current.iter().any(|e| e.addr == *addr) {
-                let result = self.pm.del_endpoint(0, *addr).await;
-                records.push(outcome(
-                    "initial_subflows_closed",
-                    "del-addr id 0",
-                    json!({ "addr": addr }),
-                    result,
-                ));
-            }
+        for endpoint in &replaced {
+            self.remove_endpoint(endpoint, records).await;
         }
         for (endpoint, wanted) in flag_changes {
             let result = self.pm.set_endpoint_flags(endpoint.id, wanted.flags).await;
@@ -405,17 +394,36 @@ impl PathManager {
             records.push(outcome("endpoint_flags", "set-flags", details, result));
         }
         for wanted in &desired {
-            if current.iter().any(|e| e.addr == wanted.addr)
-                && !removals.iter().any(|e| e.addr == wanted.addr)
-            {
+            let present = current.iter().any(|e| e.addr == wanted.addr);
+            if present && !replaced.iter().any(|e| e.addr == wanted.addr) {
                 continue;
             }
             let result = self.pm.add_endpoint(wanted.addr, wanted.flags, wanted.if_index).await;
-            let details =
-                json!({ "addr": wanted.addr, "flags": wanted.flags, "iface": iface(Some(wanted.if_index)) });
+            let details = json!({ "addr": wanted.addr, "flags": wanted.flags, "iface": self.iface_name(Some(wanted.if_index)) });
             records.push(outcome("endpoint_added", "add-addr", details, result));
         }
+        for endpoint in &dropped {
+            self.remove_endpoint(endpoint, records).await;
+        }
+        for addr in lost {
+            if !current.iter().any(|e| e.addr == *addr) {
+                let result = self.pm.del_endpoint(0, *addr).await;
+                let details = json!({ "addr": addr });
+                records.push(outcome("initial_subflows_closed", "del-addr id 0", details, result));
+            }
+        }
         Ok(())
+    }
+
+    fn iface_name(&self, index: Option<u32>) -> Option<String> {
+        index.and_then(|i| self.net.links.get(&i)).map(|l| l.name.clone())
+    }
+
+    async fn remove_endpoint(&mut self, endpoint: &pm::Endpoint, records: &mut Vec<PathRecord>) {
+        let result = self.pm.del_endpoint(endpoint.id, endpoint.addr).await;
+        let details =
+            json!({ "id": endpoint.id, "addr": endpoint.addr, "iface": self.iface_name(endpoint.if_index) });
+        records.push(outcome("endpoint_removed", "del-addr", details, result));
     }
 
     async fn on_pm_event(
