@@ -270,7 +270,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Paths { instance, json } => {
             let instance = instance.get()?;
             // Bytes per subflow need the dataplane; without it the rest still tells a lot.
-            let tables = instance.exists().then(|| open_tables(&instance).ok()).flatten();
+            let tables = if instance.exists() { Some(open_tables(&instance)?) } else { None };
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let report = runtime.block_on(paths::report(&instance, tables.as_ref()))?;
             if json {

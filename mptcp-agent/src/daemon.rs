@@ -79,7 +79,8 @@ pub async fn run(
 ) -> Result<()> {
     let name = &instance.name;
     if config.paths().is_some() {
-        // Before anything is attached: a namespace without MPTCP is the operator's to fix.
+        // Before anything is attached: what the path manager lacks is the operator's to fix.
+        loader::check_privileges(loader::Privilege::ManagePaths)?;
         crate::paths::check_mptcp()?;
     }
     let attached = instance.interfaces();

@@ -5,9 +5,11 @@
 pub mod agent;
 pub mod capture;
 pub mod craft;
+pub mod failover;
 pub mod kernel;
 pub mod lab;
 pub mod lock;
+pub mod mptcpd;
 pub mod netns;
 pub mod traffic;
 

@@ -42,22 +42,60 @@ fn socket(ns: &Netns, addr: SocketAddr, proto: Proto) -> Result<Socket> {
 /// A server that reads every connection to EOF and answers with the byte count (8 bytes, BE).
 pub struct Server {
     pub addr: SocketAddr,
-    handle: thread::JoinHandle<Result<Vec<u64>>>,
+    handle: thread::JoinHandle<Result<Vec<Received>>>,
+}
+
+/// What a server received on one connection.
+#[derive(Debug, Clone, Default)]
+pub struct Received {
+    pub bytes: u64,
+    /// When each read returned and the bytes received by then (recording servers only).
+    pub arrivals: Vec<(Instant, u64)>,
+}
+
+impl Received {
+    /// The longest time the application got no new data from `since` on: from `since` to the
+    /// first read after it, then between reads. `None` when nothing arrived after `since`.
+    pub fn longest_gap_after(&self, since: Instant) -> Option<Duration> {
+        let mut previous = since;
+        let mut longest = None;
+        for (at, _) in self.arrivals.iter().filter(|(at, _)| *at > since) {
+            let gap = at.duration_since(previous);
+            longest = Some(longest.map_or(gap, |l: Duration| l.max(gap)));
+            previous = *at;
+        }
+        longest
+    }
 }
 
 impl Server {
     /// Listens on `addr` inside `ns` and serves `connections` connections, each on its own thread.
     pub fn start(ns: &Netns, addr: SocketAddr, proto: Proto, connections: usize) -> Result<Self> {
+        Self::start_with(ns, addr, proto, connections, false)
+    }
+
+    /// [`Server::start`], recording when every read returned (see [`Server::join_received`]).
+    pub fn start_recording(ns: &Netns, addr: SocketAddr, proto: Proto, connections: usize) -> Result<Self> {
+        Self::start_with(ns, addr, proto, connections, true)
+    }
+
+    fn start_with(
+        ns: &Netns,
+        addr: SocketAddr,
+        proto: Proto,
+        connections: usize,
+        record: bool,
+    ) -> Result<Self> {
         let socket = socket(ns, addr, proto)?;
         socket.set_reuse_address(true)?;
         socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
         socket.listen(128)?;
         let listener: TcpListener = socket.into();
-        let handle = thread::spawn(move || -> Result<Vec<u64>> {
+        let handle = thread::spawn(move || -> Result<Vec<Received>> {
             let workers: Vec<_> = (0..connections)
                 .map(|_| {
                     let (stream, _) = listener.accept().context("accept timed out")?;
-                    Ok(thread::spawn(move || serve(stream)))
+                    Ok(thread::spawn(move || serve(stream, record)))
                 })
                 .collect::<Result<_>>()?;
             workers
@@ -70,22 +108,30 @@ impl Server {
 
     /// Waits for every connection to finish; returns the bytes received on each.
     pub fn join(self) -> Result<Vec<u64>> {
+        Ok(self.join_received()?.into_iter().map(|received| received.bytes).collect())
+    }
+
+    /// Waits for every connection to finish; returns what each received.
+    pub fn join_received(self) -> Result<Vec<Received>> {
         self.handle.join().map_err(|_| anyhow::anyhow!("server panicked"))?
     }
 }
 
-fn serve(mut stream: TcpStream) -> Result<u64> {
+fn serve(mut stream: TcpStream, record: bool) -> Result<Received> {
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
+    let mut received = Received::default();
     loop {
         match stream.read(&mut buf)? {
             0 => break,
-            n => total += n as u64,
+            n => received.bytes += n as u64,
+        }
+        if record {
+            received.arrivals.push((Instant::now(), received.bytes));
         }
     }
-    stream.write_all(&total.to_be_bytes())?;
-    Ok(total)
+    stream.write_all(&received.bytes.to_be_bytes())?;
+    Ok(received)
 }
 
 /// How a client connection behaves.

@@ -450,7 +450,7 @@ impl PathManager {
                     && connection.subflows.is_empty()
                     && let (Some(local), Some(remote)) = (event.local, event.remote)
                 {
-                    connection.subflows.push(SubflowInfo { local, remote, backup: false });
+                    connection.subflows.push(SubflowInfo { local, remote, local_id: 0, backup: false });
                 }
                 act = kind == EventKind::Established;
             }
@@ -470,7 +470,8 @@ impl PathManager {
                         }
                         if known.is_none() {
                             let backup = asked_backup || event.backup.unwrap_or(false);
-                            connection.subflows.push(SubflowInfo { local, remote, backup });
+                            let local_id = event.local_id.unwrap_or(0);
+                            connection.subflows.push(SubflowInfo { local, remote, local_id, backup });
                         }
                     }
                     EventKind::SubClosed => match known {
@@ -535,7 +536,17 @@ impl PathManager {
         let actions = policy::actions(&self.config, &self.net, connection);
         let remote = connection.remote;
         let token_hex = hex_token(token);
+        let mut withdrawn = BTreeSet::new();
         for action in actions {
+            // A dead address is withdrawn (REMOVE_ADDR) before its subflows close, so the peer
+            // drops its side of them too instead of waiting for its own timeouts.
+            if let Action::Destroy { local, local_id, reason: "path down", .. } = &action
+                && withdrawn.insert(*local_id)
+            {
+                let result = self.pm.remove(token, *local_id).await;
+                let details = json!({ "token": token_hex, "addr": local.ip(), "id": local_id });
+                records.push(outcome("address_withdrawn", "remove", details, result));
+            }
             let (kind, op, result) = match &action {
                 Action::Destroy { local, remote, .. } => (
                     "subflow_destroyed",

@@ -97,6 +97,8 @@ pub fn endpoints(config: &PathsConfig, net: &NetState) -> Vec<DesiredEndpoint> {
 pub struct SubflowInfo {
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// The local address's ID in the connection (0: the initial subflow's address).
+    pub local_id: u8,
     pub backup: bool,
 }
 
@@ -131,7 +133,7 @@ pub struct ConnectionInfo {
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Action {
     /// Close a subflow (its interface went down, or it is surplus once the wanted ones are up).
-    Destroy { local: SocketAddr, remote: SocketAddr, reason: &'static str },
+    Destroy { local: SocketAddr, remote: SocketAddr, local_id: u8, reason: &'static str },
     /// Open a subflow from `local` to the connection's remote end.
     Create { local: IpAddr, if_index: u32, backup: bool },
     /// Change a subflow's priority (MP_PRIO).
@@ -159,16 +161,19 @@ pub fn actions(config: &PathsConfig, net: &NetState, connection: &ConnectionInfo
     let managed =
         |index: u32| config.interfaces.iter().any(|i| link(i, net).is_some_and(|l| l.index == index));
 
-    // Subflows whose address is gone or whose interface is down carry nothing: close them, so
-    // the kernel sends their unacknowledged data again on the others at once.
+    // Subflows whose address is gone or whose interface is down carry nothing: they close, so
+    // the kernel sends their unacknowledged data again on the others at once. Last, once what
+    // replaces them is promoted or asked for: data sent again goes to an active path.
     let mut live: Vec<(&SubflowInfo, u32)> = Vec::new();
+    let mut dead = Vec::new();
     for subflow in &connection.subflows {
         match net.link_of(subflow.local.ip()) {
             Some(link) if link.usable() => live.push((subflow, link.index)),
             Some(link) if !managed(link.index) => {}
-            _ => actions.push(Action::Destroy {
+            _ => dead.push(Action::Destroy {
                 local: subflow.local,
                 remote: subflow.remote,
+                local_id: subflow.local_id,
                 reason: "path down",
             }),
         }
@@ -200,6 +205,7 @@ pub fn actions(config: &PathsConfig, net: &NetState, connection: &ConnectionInfo
         }
     }
     if connection.server_side || config.server {
+        actions.extend(dead);
         return actions;
     }
 
@@ -256,11 +262,13 @@ pub fn actions(config: &PathsConfig, net: &NetState, connection: &ConnectionInfo
                 actions.push(Action::Destroy {
                     local: subflow.local,
                     remote: subflow.remote,
+                    local_id: subflow.local_id,
                     reason: "surplus",
                 });
             }
         }
     }
+    actions.extend(dead);
     actions
 }
 
@@ -382,6 +390,7 @@ mod tests {
             .map(|(i, (local, backup))| SubflowInfo {
                 local: SocketAddr::new(local.parse().unwrap(), 40000 + i as u16),
                 remote,
+                local_id: i as u8,
                 backup: *backup,
             })
             .collect();
@@ -432,24 +441,26 @@ mod tests {
         assert_eq!(
             failed,
             [
-                Action::Destroy {
-                    local: conn.subflows[0].local,
-                    remote: conn.subflows[0].remote,
-                    reason: "path down"
-                },
                 Action::SetBackup {
                     local: conn.subflows[1].local,
                     remote: conn.subflows[1].remote,
                     backup: false
                 },
-            ]
+                Action::Destroy {
+                    local: conn.subflows[0].local,
+                    remote: conn.subflows[0].remote,
+                    local_id: 0,
+                    reason: "path down"
+                },
+            ],
+            "promoted first, so the data sent again goes to an active subflow"
         );
         let single = config("pm = \"userspace\"\nmode = \"single-path\"", "subflow");
         let conn = connection(&[("192.0.2.1", false)]);
         assert!(actions(&single, &net(true, true), &conn).is_empty(), "no second path while the first works");
         let failed = actions(&single, &net(false, true), &conn);
-        assert!(matches!(failed[0], Action::Destroy { .. }));
         assert_eq!(creates(&failed), [("198.51.100.1".into(), false)]);
+        assert!(matches!(failed[1], Action::Destroy { reason: "path down", .. }), "{failed:?}");
     }
 
     #[test]
@@ -463,6 +474,7 @@ mod tests {
         conn.subflows.push(SubflowInfo {
             local: "192.0.2.1:41000".parse().unwrap(),
             remote: conn.remote.unwrap(),
+            local_id: 1,
             backup: false,
         });
         let up = actions(&config, &net(true, true), &conn);
@@ -471,6 +483,7 @@ mod tests {
             [Action::Destroy {
                 local: conn.subflows[0].local,
                 remote: conn.subflows[0].remote,
+                local_id: 0,
                 reason: "surplus"
             }]
         );
