@@ -3,6 +3,8 @@
 //!
 //! A suite is a function returning [`Row`]s; add one to [`SUITES`] to extend the report.
 
+mod failover;
+
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, bail};
@@ -39,6 +41,7 @@ const SUITES: &[Suite] = &[
     Suite { name: "parser", run: parser },
     Suite { name: "dataplane", run: dataplane },
     Suite { name: "throughput", run: throughput },
+    Suite { name: "failover", run: failover::failover },
 ];
 
 pub fn bench(filter: Option<&str>) -> Result<()> {

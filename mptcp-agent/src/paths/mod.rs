@@ -389,7 +389,7 @@ impl PathManager {
             self.remove_endpoint(endpoint, records).await;
         }
         for (endpoint, wanted) in flag_changes {
-            let result = self.pm.set_endpoint_flags(endpoint.id, wanted.flags).await;
+            let result = sent_at(self.pm.set_endpoint_flags(endpoint.id, wanted.flags)).await;
             let details = json!({ "id": endpoint.id, "addr": endpoint.addr, "flags": wanted.flags, "previous": endpoint.flags });
             records.push(outcome("endpoint_flags", "set-flags", details, result));
         }
@@ -398,7 +398,7 @@ impl PathManager {
             if present && !replaced.iter().any(|e| e.addr == wanted.addr) {
                 continue;
             }
-            let result = self.pm.add_endpoint(wanted.addr, wanted.flags, wanted.if_index).await;
+            let result = sent_at(self.pm.add_endpoint(wanted.addr, wanted.flags, wanted.if_index)).await;
             let details = json!({ "addr": wanted.addr, "flags": wanted.flags, "iface": self.iface_name(Some(wanted.if_index)) });
             records.push(outcome("endpoint_added", "add-addr", details, result));
         }
@@ -407,7 +407,7 @@ impl PathManager {
         }
         for addr in lost {
             if !current.iter().any(|e| e.addr == *addr) {
-                let result = self.pm.del_endpoint(0, *addr).await;
+                let result = sent_at(self.pm.del_endpoint(0, *addr)).await;
                 let details = json!({ "addr": addr });
                 records.push(outcome("initial_subflows_closed", "del-addr id 0", details, result));
             }
@@ -420,7 +420,7 @@ impl PathManager {
     }
 
     async fn remove_endpoint(&mut self, endpoint: &pm::Endpoint, records: &mut Vec<PathRecord>) {
-        let result = self.pm.del_endpoint(endpoint.id, endpoint.addr).await;
+        let result = sent_at(self.pm.del_endpoint(endpoint.id, endpoint.addr)).await;
         let details =
             json!({ "id": endpoint.id, "addr": endpoint.addr, "iface": self.iface_name(endpoint.if_index) });
         records.push(outcome("endpoint_removed", "del-addr", details, result));
@@ -543,7 +543,7 @@ impl PathManager {
             if let Action::Destroy { local, local_id, reason: "path down", .. } = &action
                 && withdrawn.insert(*local_id)
             {
-                let result = self.pm.remove(token, *local_id).await;
+                let result = sent_at(self.pm.remove(token, *local_id)).await;
                 let details = json!({ "token": token_hex, "addr": local.ip(), "id": local_id });
                 records.push(outcome("address_withdrawn", "remove", details, result));
             }
@@ -551,7 +551,7 @@ impl PathManager {
                 Action::Destroy { local, remote, .. } => (
                     "subflow_destroyed",
                     "subflow-destroy",
-                    self.pm.destroy_subflow(token, *local, *remote).await,
+                    sent_at(self.pm.destroy_subflow(token, *local, *remote)).await,
                 ),
                 Action::Create { local, if_index, backup } => {
                     let Some(remote) = remote else { continue };
@@ -561,12 +561,16 @@ impl PathManager {
                         backup: *backup,
                         if_index: Some(*if_index),
                     };
-                    ("subflow_created", "subflow-create", self.pm.create_subflow(token, local, remote).await)
+                    (
+                        "subflow_created",
+                        "subflow-create",
+                        sent_at(self.pm.create_subflow(token, local, remote)).await,
+                    )
                 }
                 Action::SetBackup { local, remote, backup } => (
                     "subflow_priority",
                     "set-flags",
-                    self.pm.set_subflow_backup(token, *local, *remote, *backup).await,
+                    sent_at(self.pm.set_subflow_backup(token, *local, *remote, *backup)).await,
                 ),
                 Action::Announce { addr, if_index } => {
                     let local = LocalAddr {
@@ -575,13 +579,13 @@ impl PathManager {
                         backup: false,
                         if_index: Some(*if_index),
                     };
-                    ("address_announced", "announce", self.pm.announce(token, local).await)
+                    ("address_announced", "announce", sent_at(self.pm.announce(token, local)).await)
                 }
                 Action::Withdraw { addr } => {
-                    ("address_withdrawn", "remove", self.pm.remove(token, self.ids.id(*addr)).await)
+                    ("address_withdrawn", "remove", sent_at(self.pm.remove(token, self.ids.id(*addr))).await)
                 }
             };
-            let ok = result.is_ok();
+            let ok = result.1.is_ok();
             let mut details = serde_json::to_value(&action).unwrap_or(Value::Null);
             if let Value::Object(map) = &mut details {
                 map.insert("token".into(), Value::String(token_hex.clone()));
@@ -640,16 +644,32 @@ impl PathManager {
     }
 }
 
+/// Sends a request; returns when it was sent, and its result.
+async fn sent_at(request: impl Future<Output = Result<(), PmError>>) -> (u64, Result<(), PmError>) {
+    let sent = monotonic_ns();
+    (sent, request.await)
+}
+
 /// The record of a request: `kind` with its details when it succeeded, `path_error` naming the
-/// operation otherwise.
-fn outcome(kind: &'static str, op: &'static str, details: Value, result: Result<(), PmError>) -> PathRecord {
-    match result {
+/// operation otherwise; timed when it was sent, with how long the kernel took to answer
+/// (`took_us`: removing an endpoint waits for an RCU grace period, after its subflows closed).
+fn outcome(
+    kind: &'static str,
+    op: &'static str,
+    details: Value,
+    (sent, result): (u64, Result<(), PmError>),
+) -> PathRecord {
+    let took_us = monotonic_ns().saturating_sub(sent) / 1_000;
+    let mut record = match result {
         Ok(()) => record(kind, details),
         Err(error) => {
             log::warn!("paths: {op} failed: {error}");
             record("path_error", json!({ "op": op, "error": error.to_string(), "request": details }))
         }
-    }
+    };
+    record.time_ns = sent;
+    record.details.insert("took_us".into(), took_us.into());
+    record
 }
 
 /// A subflow the dataplane tracks, placed on the local interface it uses.
