@@ -146,6 +146,11 @@ fn backup_mode_keeps_the_backup_idle_then_fails_over_at_once() -> Result<()> {
         .map(|s| s["bytes_sent"].as_u64().unwrap_or(0))
         .sum::<u64>();
     assert_eq!(path_bytes, sent(subflow_from(&agent.dataplane.json(&["subflows"])?, backup)?));
+    // Subflows are named by the client's token there, as the kernel's events name the connection.
+    let established =
+        agent.events()?.into_iter().find(|e| e["kind"] == "pm_established").context("no pm_established")?;
+    let subflows = report["subflows"].as_array().context("subflows")?;
+    assert!(subflows.iter().all(|s| s["token"] == established["token"]), "{subflows:?} vs {established}");
     eprintln!("backup failover: stall {:?}", failover.stall);
     Ok(())
 }

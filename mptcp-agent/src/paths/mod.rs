@@ -678,6 +678,7 @@ pub struct PathSubflow {
     pub iface: Option<String>,
     pub local: SocketAddr,
     pub remote: SocketAddr,
+    /// The local end's token of the connection.
     pub token: Option<String>,
     pub kind: &'static str,
     pub state: &'static str,
@@ -779,8 +780,16 @@ struct RoleEntry {
     role: crate::config::Role,
 }
 
-/// The dataplane's subflows, each oriented from this host: sent is what the local end sent.
+/// The dataplane's subflows, each oriented from this host: sent is what the local end sent, and
+/// the token is the local end's, the one the kernel's events and `ss -M` name the connection by.
 fn dataplane_subflows(tables: &crate::tables::Tables, net: &NetState) -> Vec<PathSubflow> {
+    use mptcp_common::maps::connection_flags;
+    let client_tokens: BTreeMap<u32, u32> = tables
+        .connections()
+        .into_iter()
+        .filter(|(_, c)| c.flags & connection_flags::CLIENT_KEY != 0)
+        .map(|(server_token, c)| (server_token, c.client_token))
+        .collect();
     let mut subflows = tables.subflows();
     subflows.sort_by_key(|(_, subflow)| subflow.first_seen_ns);
     subflows
@@ -797,7 +806,14 @@ fn dataplane_subflows(tables: &crate::tables::Tables, net: &NetState) -> Vec<Pat
                 iface: net.link_of(local.ip()).map(|l| l.name.clone()),
                 local,
                 remote,
-                token: view.connection_token.clone(),
+                token: (subflow.conn_token != 0).then(|| {
+                    let local_token = if client_is_local {
+                        client_tokens.get(&subflow.conn_token).copied().unwrap_or(subflow.conn_token)
+                    } else {
+                        subflow.conn_token
+                    };
+                    hex_token(local_token)
+                }),
                 kind: view.kind,
                 state: view.state,
                 backup: view.backup,
@@ -827,16 +843,18 @@ pub fn to_text(report: &Report) -> String {
     match &report.daemon {
         Some(daemon) => {
             let policy = &daemon["policy"];
+            // JSON strings without their quotes.
+            let plain = |value: &Value| value.as_str().map_or_else(|| value.to_string(), str::to_owned);
             let _ = writeln!(
                 out,
                 "policy: pm {}, mode {}, server {}, ndiffports {}, max-subflows {}, make-before-break {}, primary {}",
-                policy["pm"],
-                policy["mode"],
+                plain(&policy["pm"]),
+                plain(&policy["mode"]),
                 policy["server"],
                 policy["ndiffports"],
                 policy["max_subflows"],
                 policy["make_before_break"],
-                daemon["primary"]
+                plain(&daemon["primary"])
             );
         }
         None => out.push_str("policy: none (no daemon with a [paths] table runs for this instance)\n"),
@@ -905,7 +923,11 @@ pub fn to_text(report: &Report) -> String {
         None => out.push_str("\nsubflows: the dataplane instance is not attached here\n"),
     }
     if let Some(connections) = report.daemon.as_ref().and_then(|d| d["connections"].as_array()) {
-        let _ = writeln!(out, "\nconnections (path manager events)");
+        let _ = writeln!(
+            out,
+            "\nconnections (path manager events){}",
+            if connections.is_empty() { ": none open" } else { "" }
+        );
         for connection in connections {
             let subflows: Vec<String> = connection["subflows"]
                 .as_array()
