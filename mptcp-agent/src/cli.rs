@@ -14,7 +14,7 @@ use crate::{
     config::{Admission, AgentConfig},
     congestion, daemon, decode,
     loader::{self, Instance, Privilege, XdpAttachMode, check_privileges},
-    replay, stats,
+    paths, replay, stats,
     steering::{self, BackendConfig, LbConfig, Steering},
     tables::{Snapshot, SubflowView, Tables},
 };
@@ -109,6 +109,15 @@ pub enum Command {
     },
     /// Print the tracked subflows.
     Subflows {
+        #[command(flatten)]
+        instance: InstanceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print path management: the kernel's endpoints and limits, the interfaces with their
+    /// addresses and routes, the daemon's policy and connections, and the subflows per path
+    /// with the bytes the dataplane counted. Run it in the namespace the daemon manages.
+    Paths {
         #[command(flatten)]
         instance: InstanceArg,
         #[arg(long)]
@@ -355,6 +364,18 @@ pub fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Events { instance, follow, json } => print_events(&instance.get()?, follow, json)?,
+        Command::Paths { instance, json } => {
+            let instance = instance.get()?;
+            // Bytes per subflow need the dataplane; without it the rest still tells a lot.
+            let tables = if instance.exists() { Some(open_tables(&instance)?) } else { None };
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let report = runtime.block_on(paths::report(&instance, tables.as_ref()))?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", paths::to_text(&report));
+            }
+        }
         Command::Lb { instance, command } => run_lb(&Instance::new(&instance.instance)?, command)?,
     }
     Ok(())
@@ -478,18 +499,28 @@ fn print_events(instance: &Instance, follow: bool, json: bool) -> Result<()> {
     }
 }
 
-/// One event line for humans, from its logged JSON.
+/// One event line for humans, from its logged JSON: a dataplane event (with a hook and
+/// addresses) or a path event.
 fn human_event(record: &serde_json::Value) -> String {
     let text = |key: &str| record[key].as_str().map(str::to_owned).unwrap_or_else(|| record[key].to_string());
-    let details: Vec<String> = record
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(key, value)| {
-            !["time_ns", "kind", "hook", "src", "dst", "token"].contains(&key.as_str()) && !value.is_null()
-        })
-        .map(|(key, value)| format!("{key}={value}"))
-        .collect();
+    let details = |shown: &[&str]| -> Vec<String> {
+        record
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(key, value)| !shown.contains(&key.as_str()) && !value.is_null())
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect()
+    };
+    if record.get("hook").is_none() {
+        return format!(
+            "{:>16} {:<22} {}",
+            text("time_ns"),
+            text("kind"),
+            details(&["time_ns", "kind"]).join(" ")
+        );
+    }
+    let details = details(&["time_ns", "kind", "hook", "src", "dst", "token"]);
     format!(
         "{:>16} {:<12} {:<7} {} -> {} token={} {}",
         text("time_ns"),

@@ -1,9 +1,14 @@
 //! The agent's configuration file (TOML); every key optional, unknown keys rejected by name.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeSet,
+    ops::Range,
+    path::{Path, PathBuf},
+};
 
 use mptcp_common::maps::{DataplaneConfig, admission};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
 
 use crate::{congestion::Algorithm, loader::XdpAttachMode};
 
@@ -50,6 +55,200 @@ pub struct AgentConfig {
     /// The cgroup v2 directory whose sockets `cc` applies to (default: the hierarchy's root).
     #[serde(default)]
     pub cc_cgroup: Option<PathBuf>,
+    /// `[paths]`: path management; absent, the daemon leaves paths to the kernel's settings.
+    #[serde(default)]
+    pub paths: Option<Spanned<PathsConfig>>,
+}
+
+/// Which of the kernel's path managers runs the connections (`net.mptcp.pm_type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PmKind {
+    /// The in-kernel path manager, driven through its endpoints, flags and limits.
+    #[default]
+    Kernel,
+    /// The userspace path manager: the agent opens, closes and prioritises subflows and
+    /// announces addresses per connection.
+    Userspace,
+}
+
+/// How the interfaces that open subflows share the traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathMode {
+    /// Every usable path carries traffic.
+    #[default]
+    Full,
+    /// The first usable interface (in file order) carries the traffic; the others have backup
+    /// subflows, opened but idle until it fails.
+    Backup,
+    /// Only the first usable interface has subflows; the next one is opened when it fails.
+    SinglePath,
+}
+
+/// What an interface is used for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Opens subflows (on a server: its addresses are announced).
+    #[default]
+    Subflow,
+    /// Its addresses are announced to peers (ADD_ADDR).
+    Signal,
+    /// Opens backup subflows: used only when no other path is usable.
+    Backup,
+    /// Never used for MPTCP paths.
+    Ignore,
+}
+
+/// `[[paths.interface]]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct InterfaceConfig {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub role: Role,
+}
+
+impl InterfaceConfig {
+    pub fn name(&self) -> &str {
+        self.name.get_ref()
+    }
+}
+
+/// The largest subflow and ADD_ADDR limits the kernel accepts (MPTCP_PM_ADDR_MAX).
+pub const MAX_PM_LIMIT: u8 = 8;
+
+/// `[paths]`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PathsConfig {
+    #[serde(default)]
+    pub pm: PmKind,
+    #[serde(default)]
+    pub mode: PathMode,
+    /// A server: the addresses of its interfaces are announced and it opens no subflows.
+    #[serde(default)]
+    pub server: bool,
+    /// In-kernel path manager: subflow endpoints open a subflow to every address the peer has.
+    #[serde(default)]
+    fullmesh: Option<Spanned<bool>>,
+    /// Subflows per address pair (userspace path manager).
+    #[serde(default)]
+    ndiffports: Option<Spanned<u8>>,
+    /// Additional subflows per connection (the kernel's `subflows` limit).
+    #[serde(default)]
+    max_subflows: Option<Spanned<u8>>,
+    /// ADD_ADDRs accepted per connection (the kernel's `add_addr_accepted` limit).
+    #[serde(default)]
+    add_addr_accepted: Option<Spanned<u8>>,
+    /// On an address change, the new address's subflows come up before the old address's go;
+    /// `false`: an interface keeps one address, the newest, and the old one's subflows close at
+    /// once.
+    #[serde(default = "yes")]
+    pub make_before_break: bool,
+    #[serde(default, rename = "interface")]
+    pub interfaces: Vec<InterfaceConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A value the file's syntax allows but the agent cannot use, with where it is.
+#[derive(Debug)]
+struct Invalid {
+    span: Range<usize>,
+    key: &'static str,
+    message: String,
+}
+
+impl PathsConfig {
+    pub fn fullmesh(&self) -> bool {
+        self.fullmesh.as_ref().is_some_and(|f| *f.get_ref())
+    }
+
+    pub fn ndiffports(&self) -> u8 {
+        self.ndiffports.as_ref().map_or(1, |n| *n.get_ref())
+    }
+
+    pub fn max_subflows(&self) -> u8 {
+        self.max_subflows.as_ref().map_or(MAX_PM_LIMIT, |n| *n.get_ref())
+    }
+
+    pub fn add_addr_accepted(&self) -> u8 {
+        self.add_addr_accepted.as_ref().map_or(MAX_PM_LIMIT, |n| *n.get_ref())
+    }
+
+    fn validate(&self, table: Range<usize>) -> Result<(), Invalid> {
+        if self.interfaces.is_empty() {
+            return Err(Invalid {
+                span: table,
+                key: "paths.interface",
+                message: "name at least one interface ([[paths.interface]] with name = \"...\")".into(),
+            });
+        }
+        let mut names = BTreeSet::new();
+        for interface in &self.interfaces {
+            let name = interface.name();
+            let span = interface.name.span();
+            let key = "paths.interface.name";
+            if name.is_empty()
+                || name.len() > 15
+                || name.contains(['/', '\0'])
+                || name.chars().any(char::is_whitespace)
+            {
+                return Err(Invalid { span, key, message: format!("{name:?} is not an interface name") });
+            }
+            if !names.insert(name) {
+                return Err(Invalid { span, key, message: format!("interface {name} is listed twice") });
+            }
+        }
+        for (value, key) in
+            [(&self.max_subflows, "paths.max-subflows"), (&self.add_addr_accepted, "paths.add-addr-accepted")]
+        {
+            if let Some(value) = value.as_ref().filter(|v| *v.get_ref() > MAX_PM_LIMIT) {
+                return Err(Invalid {
+                    span: value.span(),
+                    key,
+                    message: format!("{} is above the kernel's maximum of {MAX_PM_LIMIT}", value.get_ref()),
+                });
+            }
+        }
+        if let Some(ndiffports) = &self.ndiffports {
+            let n = *ndiffports.get_ref();
+            let problem = if n == 0 || n > MAX_PM_LIMIT + 1 {
+                Some(format!("{n} is not between 1 and {}", MAX_PM_LIMIT + 1))
+            } else if n > 1 && self.pm != PmKind::Userspace {
+                Some(format!(
+                    "{n} subflows over one address pair need pm = \"userspace\": the in-kernel path manager \
+                     opens one subflow per endpoint and remote address"
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                return Err(Invalid { span: ndiffports.span(), key: "paths.ndiffports", message });
+            }
+        }
+        if let Some(fullmesh) = self.fullmesh.as_ref().filter(|f| *f.get_ref()) {
+            let problem = if self.pm != PmKind::Kernel {
+                Some("fullmesh is an in-kernel path manager flag; it needs pm = \"kernel\"")
+            } else if self.server {
+                Some("a server announces its addresses (signal), which the kernel refuses with fullmesh")
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                return Err(Invalid {
+                    span: fullmesh.span(),
+                    key: "paths.fullmesh",
+                    message: message.into(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `xdp-mode` in the file.
@@ -79,23 +278,58 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{}{source}", in_file(path))]
     Parse {
-        path: String,
+        path: Option<String>,
         #[source]
         source: toml::de::Error,
     },
+    #[error("{}{key} (line {line}): {message}", in_file(path))]
+    Invalid { path: Option<String>, key: &'static str, line: usize, message: String },
+}
+
+fn in_file(path: &Option<String>) -> String {
+    path.as_ref().map(|p| format!("{p}: ")).unwrap_or_default()
+}
+
+impl ConfigError {
+    fn in_file(mut self, file: &Path) -> Self {
+        if let Self::Parse { path, .. } | Self::Invalid { path, .. } = &mut self {
+            *path = Some(file.display().to_string());
+        }
+        self
+    }
+}
+
+/// The 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map_or(0, |before| before.matches('\n').count()) + 1
 }
 
 impl AgentConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Self::parse(&text).map_err(|source| ConfigError::Parse { path: path.display().to_string(), source })
+        Self::parse(&text).map_err(|error| error.in_file(path))
     }
 
-    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
-        toml::from_str(text)
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let config: Self =
+            toml::from_str(text).map_err(|source| ConfigError::Parse { path: None, source })?;
+        if let Some(paths) = &config.paths {
+            paths.get_ref().validate(paths.span()).map_err(|invalid| ConfigError::Invalid {
+                path: None,
+                key: invalid.key,
+                line: line_of(text, invalid.span.start),
+                message: invalid.message,
+            })?;
+        }
+        Ok(config)
+    }
+
+    /// The `[paths]` table, if any.
+    pub fn paths(&self) -> Option<&PathsConfig> {
+        self.paths.as_ref().map(Spanned::get_ref)
     }
 
     /// What the programs read from the CONFIG map.
@@ -131,5 +365,63 @@ mod tests {
         assert!(error.contains("join-rate") && error.contains("line 3"), "{error}");
         let error = AgentConfig::parse("admission = \"sometimes\"\n").unwrap_err().to_string();
         assert!(error.contains("sometimes") && error.contains("line 1"), "{error}");
+    }
+
+    const PATHS: &str = "\
+[paths]
+pm = \"userspace\"
+mode = \"backup\"
+ndiffports = 2
+max-subflows = 4
+make-before-break = false
+
+[[paths.interface]]
+name = \"wlan0\"
+
+[[paths.interface]]
+name = \"wwan0\"
+role = \"backup\"
+";
+
+    #[test]
+    fn parses_the_paths_table() {
+        let config = AgentConfig::parse(PATHS).unwrap();
+        let paths = config.paths().unwrap();
+        assert_eq!((paths.pm, paths.mode, paths.server), (PmKind::Userspace, PathMode::Backup, false));
+        assert_eq!(
+            (paths.ndiffports(), paths.max_subflows(), paths.add_addr_accepted()),
+            (2, 4, MAX_PM_LIMIT)
+        );
+        assert!(!paths.make_before_break && !paths.fullmesh());
+        let names: Vec<(&str, Role)> = paths.interfaces.iter().map(|i| (i.name(), i.role)).collect();
+        assert_eq!(names, [("wlan0", Role::Subflow), ("wwan0", Role::Backup)]);
+        let defaults = AgentConfig::parse("[paths]\n[[paths.interface]]\nname = \"eth0\"\n").unwrap();
+        let defaults = defaults.paths().unwrap();
+        assert_eq!((defaults.pm, defaults.mode, defaults.ndiffports()), (PmKind::Kernel, PathMode::Full, 1));
+        assert!(defaults.make_before_break);
+    }
+
+    /// The error of `text` mentions `key` and `line N`.
+    fn assert_error(text: &str, key: &str, line: usize) {
+        let error = AgentConfig::parse(text).unwrap_err().to_string();
+        assert!(error.contains(key) && error.contains(&format!("line {line}")), "{error}");
+    }
+
+    #[test]
+    fn path_errors_name_the_key_and_line() {
+        assert_error(&PATHS.replace("mode = \"backup\"", "mode = \"sometimes\""), "sometimes", 3);
+        assert_error(&PATHS.replace("role = \"backup\"", "role = \"spare\""), "spare", 13);
+        assert_error(&PATHS.replace("max-subflows = 4", "max-subflow = 4"), "max-subflow", 5);
+        assert_error(&PATHS.replace("max-subflows = 4", "max-subflows = 9"), "paths.max-subflows", 5);
+        assert_error(&PATHS.replace("ndiffports = 2", "ndiffports = 0"), "paths.ndiffports", 4);
+        assert_error(&PATHS.replace("pm = \"userspace\"", "pm = \"kernel\""), "paths.ndiffports", 4);
+        assert_error(&PATHS.replace("wwan0", "wlan0"), "listed twice", 12);
+        assert_error(&PATHS.replace("wwan0", "a very long name"), "paths.interface.name", 12);
+        let fullmesh =
+            PATHS.replace("make-before-break = false", "make-before-break = false\nfullmesh = true");
+        assert_error(&fullmesh, "paths.fullmesh", 7);
+        let server = fullmesh.replace("ndiffports = 2", "server = true").replace("userspace", "kernel");
+        assert_error(&server, "paths.fullmesh", 7);
+        assert_error("\n[paths]\nmode = \"full\"\n", "paths.interface", 2);
     }
 }

@@ -1,6 +1,6 @@
 //! `mptcp-agent run`: the daemon. It attaches (or finds what a previous run left pinned),
-//! configures the programs, consumes their events, judges the handshakes and, with `--cc`, runs
-//! the coupled congestion controller. Everything it needs
+//! configures the programs, consumes their events, judges the handshakes, manages paths with
+//! `[paths]` and, with `--cc`, runs the coupled congestion controller. Everything it needs
 //! lives in the pinned maps, so a killed daemon restarts where it stopped.
 
 use std::{
@@ -21,14 +21,20 @@ use tokio::{
 use crate::{
     config::AgentConfig,
     congestion::{Controller, monotonic_ns},
-    events::{EventRecord, Processor},
+    events::Processor,
     loader::{self, Instance, XdpAttachMode},
+    paths::{PathInput, PathManager},
     tables::Tables,
 };
 
+/// Where the daemon of `instance` keeps its files.
+pub fn run_dir(instance: &Instance) -> PathBuf {
+    PathBuf::from("/run/mptcp-agent").join(&instance.name)
+}
+
 /// Where the daemon of `instance` logs the events it processed, one JSON object per line.
 pub fn event_log_path(instance: &Instance) -> PathBuf {
-    PathBuf::from("/run/mptcp-agent").join(&instance.name).join("events.jsonl")
+    run_dir(instance).join("events.jsonl")
 }
 
 /// The log rotates to `events.jsonl.1` past this size.
@@ -51,7 +57,8 @@ impl EventLog {
         Ok(Self { path, file: BufWriter::new(file), written })
     }
 
-    fn write(&mut self, record: &EventRecord) -> Result<()> {
+    /// Appends one record: a dataplane [`EventRecord`] or a [`PathRecord`], each with a `kind`.
+    fn write(&mut self, record: &impl serde::Serialize) -> Result<()> {
         let line = serde_json::to_string(record)?;
         writeln!(self.file, "{line}")?;
         self.written += line.len() as u64 + 1;
@@ -76,6 +83,11 @@ pub async fn run(
     xdp_mode: XdpAttachMode,
 ) -> Result<()> {
     let name = &instance.name;
+    if config.paths().is_some() {
+        // Before anything is attached: what the path manager lacks is the operator's to fix.
+        loader::check_privileges(loader::Privilege::ManagePaths)?;
+        crate::paths::check_mptcp()?;
+    }
     let attached = instance.interfaces();
     for iface in ifaces {
         if attached.contains(iface) {
@@ -87,6 +99,24 @@ pub async fn run(
     }
     let mut tables = Tables::open(|map| instance.open_map(map).ok())?;
     tables.write_config(&config.dataplane())?;
+    let ring = RingBuf::try_from(instance.open_map(EVENTS_MAP)?).context("opening the event ring buffer")?;
+    // SAFETY: the descriptor belongs to `ring`, which the AsyncFd owns until it is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+        .map_err(|error| anyhow::anyhow!("polling the event ring buffer: {error}"))?;
+    let mut log = EventLog::open(instance)?;
+    let mut paths = match config.paths() {
+        Some(policy) => {
+            let (manager, records) =
+                PathManager::start(instance, policy.clone()).await.context("starting the path manager")?;
+            for record in &records {
+                log.write(record)?;
+            }
+            log.file.flush()?;
+            log::info!("{name}: path manager running ({:?} path manager, mode {:?})", policy.pm, policy.mode);
+            Some(manager)
+        }
+        None => None,
+    };
     let mut controller = match config.cc {
         Some(algorithm) => {
             let cgroup = match &config.cc_cgroup {
@@ -102,21 +132,17 @@ pub async fn run(
         }
         None => None,
     };
+    // Decisions are refreshed well within a decision's lifetime (STALE_NS) and the RTTs of
+    // real paths; the per-ACK window arithmetic runs in the kernel.
+    let mut cc_tick = tokio::time::interval(Duration::from_millis(CC_TICK_MS));
+    cc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Logged last: whoever waits for the daemon to be ready waits for this line.
     log::info!("{name}: admission {:?}, join rate {}/s", config.admission, config.join_rate_per_sec);
-    let ring = RingBuf::try_from(instance.open_map(EVENTS_MAP)?).context("opening the event ring buffer")?;
-    // SAFETY: the descriptor belongs to `ring`, which the AsyncFd owns until it is dropped.
-    let mut ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
-        .map_err(|error| anyhow::anyhow!("polling the event ring buffer: {error}"))?;
-    let mut log = EventLog::open(instance)?;
     let mut processor = Processor::new(&mut tables);
     let recovered = processor.verify_pending();
     if recovered > 0 {
         log::info!("{name}: judged {recovered} join(s) left pending by a previous run");
     }
-    // Decisions are refreshed well within a decision's lifetime (STALE_NS) and the RTTs of
-    // real paths; the per-ACK window arithmetic runs in the kernel.
-    let mut cc_tick = tokio::time::interval(Duration::from_millis(CC_TICK_MS));
-    cc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -145,6 +171,14 @@ pub async fn run(
                     controller.tick(monotonic_ns())?;
                 }
             }
+            input = wait_paths(&mut paths) => {
+                if let Some(manager) = paths.as_mut() {
+                    for record in manager.handle(input).await? {
+                        log.write(&record)?;
+                    }
+                    log.file.flush()?;
+                }
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
@@ -152,4 +186,12 @@ pub async fn run(
     log.file.flush()?;
     log::info!("{name}: stopping; the dataplane stays attached (`mptcp-agent detach` removes it)");
     Ok(())
+}
+
+/// The path manager's next input; never, without one.
+async fn wait_paths(paths: &mut Option<PathManager>) -> PathInput {
+    match paths {
+        Some(manager) => manager.wait().await,
+        None => std::future::pending().await,
+    }
 }

@@ -12,6 +12,7 @@ pub mod events;
 pub mod handshake;
 pub mod loader;
 pub mod maglev;
+pub mod paths;
 pub mod replay;
 pub mod stats;
 pub mod steering;

@@ -283,6 +283,8 @@ pub enum Privilege {
     /// Loading and attaching programs: CAP_BPF, CAP_PERFMON (the verifier's variable-offset
     /// stack reads in the option walk) and CAP_NET_ADMIN.
     Attach,
+    /// Changing MPTCP endpoints, limits, subflows and sysctls: CAP_NET_ADMIN.
+    ManagePaths,
 }
 
 /// Checks the effective capabilities up front, so a missing one is named instead of surfacing as
@@ -301,16 +303,14 @@ pub fn check_privileges(needed: Privilege) -> Result<(), LoaderError> {
     let has = |cap: u32| effective & (1 << cap) != 0;
     let sys_admin = has(CAP_SYS_ADMIN);
     let mut missing = Vec::new();
-    if !(has(CAP_BPF) || sys_admin) {
+    if needed != Privilege::ManagePaths && !(has(CAP_BPF) || sys_admin) {
         missing.push("CAP_BPF");
     }
-    if needed == Privilege::Attach {
-        if !(has(CAP_PERFMON) || sys_admin) {
-            missing.push("CAP_PERFMON");
-        }
-        if !has(CAP_NET_ADMIN) {
-            missing.push("CAP_NET_ADMIN");
-        }
+    if needed == Privilege::Attach && !(has(CAP_PERFMON) || sys_admin) {
+        missing.push("CAP_PERFMON");
+    }
+    if needed != Privilege::ReadMaps && !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
     }
     if missing.is_empty() {
         Ok(())

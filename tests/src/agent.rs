@@ -189,5 +189,7 @@ impl Drop for Dataplane<'_> {
             eprintln!("cleanup: removing the pins of {} directly", self.instance);
             let _ = std::fs::remove_dir_all(instance_dir(&self.instance));
         }
+        // The daemon's event log and path state.
+        let _ = std::fs::remove_dir_all(Path::new("/run/mptcp-agent").join(&self.instance));
     }
 }

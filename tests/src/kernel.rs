@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead as _, BufReader},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     process::{Child, Stdio},
     sync::{Arc, Mutex},
 };
@@ -26,9 +26,11 @@ pub struct KernelSubflow {
 
 fn parse_addr(text: &str) -> Option<SocketAddr> {
     text.parse().ok().or_else(|| {
-        // ss prints IPv6 as [addr]:port, which parses, or addr:port; handle the latter.
+        // ss prints IPv6 as [addr]:port, which parses, or addr:port; and a socket bound to a
+        // device (a subflow from an endpoint with `dev`) as addr%dev:port.
         let (addr, port) = text.rsplit_once(':')?;
-        Some(SocketAddr::new(addr.trim_matches(['[', ']']).parse().ok()?, port.parse().ok()?))
+        let addr = addr.split('%').next()?.trim_matches(['[', ']']);
+        Some(SocketAddr::new(addr.parse().ok()?, port.parse().ok()?))
     })
 }
 
@@ -69,6 +71,56 @@ pub fn connection_tokens(ns: &Netns) -> Result<Vec<u32>> {
         .split_whitespace()
         .filter_map(|f| f.strip_prefix("token:"))
         .filter_map(|t| u32::from_str_radix(t, 16).ok())
+        .collect())
+}
+
+/// An endpoint of the in-kernel path manager as `ip -j mptcp endpoint show` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelEndpoint {
+    pub id: u64,
+    pub addr: IpAddr,
+    /// signal, subflow, backup, fullmesh, implicit: those set.
+    pub flags: Vec<String>,
+    pub dev: Option<String>,
+}
+
+impl KernelEndpoint {
+    pub fn has(&self, flag: &str) -> bool {
+        self.flags.iter().any(|f| f == flag)
+    }
+}
+
+/// The in-kernel path manager's endpoints in `ns`.
+pub fn endpoints(ns: &Netns) -> Result<Vec<KernelEndpoint>> {
+    let out = ns.ip(&["-j", "mptcp", "endpoint", "show"])?;
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(out.trim()).context("ip -j mptcp endpoint show")?;
+    list.iter()
+        .map(|entry| {
+            let flags = ["signal", "subflow", "backup", "fullmesh", "implicit"]
+                .into_iter()
+                .filter(|flag| entry[*flag] == true)
+                .map(str::to_owned)
+                .collect();
+            Ok(KernelEndpoint {
+                id: entry["id"].as_u64().context("endpoint id")?,
+                addr: entry["address"].as_str().context("endpoint address")?.parse()?,
+                flags,
+                dev: entry["dev"].as_str().map(str::to_owned),
+            })
+        })
+        .collect()
+}
+
+/// The network namespace's SNMP and extended counters (`nstat -saz`), MPTcpExt* included.
+pub fn counters(ns: &Netns) -> Result<BTreeMap<String, u64>> {
+    let out = ns.exec("nstat", &["-saz", "-j"])?;
+    let json: serde_json::Value = serde_json::from_str(&out).context("nstat -j")?;
+    Ok(json["kernel"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, value)| Some((name.clone(), value.as_u64()?)))
         .collect())
 }
 

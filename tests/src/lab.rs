@@ -144,6 +144,36 @@ impl DualHomedLab {
         Ok(Self { client, server, paths, options })
     }
 
+    /// Limits what the client sends on every path to `rate` (tc syntax, e.g. "20mbit") with a
+    /// token bucket, so transfers last and paths fill as on real links.
+    pub fn shape_client(&self, rate: &str) -> Result<()> {
+        for path in &self.paths {
+            self.client.exec(
+                "tc",
+                &[
+                    "qdisc",
+                    "add",
+                    "dev",
+                    &path.client_if,
+                    "root",
+                    "tbf",
+                    "rate",
+                    rate,
+                    "burst",
+                    "32kbit",
+                    "latency",
+                    "100ms",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The client's interfaces, path by path.
+    pub fn client_ifaces(&self) -> Vec<&str> {
+        self.paths.iter().map(|p| p.client_if.as_str()).collect()
+    }
+
     /// The server's address on path `index`, with `port`.
     pub fn server_addr(&self, index: usize, port: u16) -> SocketAddr {
         SocketAddr::new(self.paths[index].server_addr, port)

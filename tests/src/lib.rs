@@ -7,9 +7,11 @@ pub mod balancer;
 pub mod capture;
 pub mod congestion;
 pub mod craft;
+pub mod failover;
 pub mod kernel;
 pub mod lab;
 pub mod lock;
+pub mod mptcpd;
 pub mod netns;
 pub mod traffic;
 

@@ -47,21 +47,55 @@ fn socket(ns: &Netns, addr: SocketAddr, proto: Proto) -> Result<Socket> {
 pub struct Server {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
-    handle: thread::JoinHandle<Result<Vec<u64>>>,
+    handle: thread::JoinHandle<Result<Vec<Received>>>,
+}
+
+/// What a server received on one connection.
+#[derive(Debug, Clone, Default)]
+pub struct Received {
+    pub bytes: u64,
+    /// When each read returned and the bytes received by then (recording servers only).
+    pub arrivals: Vec<(Instant, u64)>,
+}
+
+impl Received {
+    /// The longest time the application got no new data from `since` on: from `since` to the
+    /// first read after it, then between reads. `None` when nothing arrived after `since`.
+    pub fn longest_gap_after(&self, since: Instant) -> Option<Duration> {
+        let mut previous = since;
+        let mut longest = None;
+        for (at, _) in self.arrivals.iter().filter(|(at, _)| *at > since) {
+            let gap = at.duration_since(previous);
+            longest = Some(longest.map_or(gap, |l: Duration| l.max(gap)));
+            previous = *at;
+        }
+        longest
+    }
 }
 
 impl Server {
     /// Listens on `addr` inside `ns` and serves `connections` connections, each on its own thread.
     pub fn start(ns: &Netns, addr: SocketAddr, proto: Proto, connections: usize) -> Result<Self> {
-        Self::listen(ns, addr, proto, Some(connections))
+        Self::listen(ns, addr, proto, Some(connections), false)
+    }
+
+    /// [`Server::start`], recording when every read returned (see [`Server::join_received`]).
+    pub fn start_recording(ns: &Netns, addr: SocketAddr, proto: Proto, connections: usize) -> Result<Self> {
+        Self::listen(ns, addr, proto, Some(connections), true)
     }
 
     /// Listens on `addr` inside `ns` and serves connections until [`Server::stop`].
     pub fn start_until_stopped(ns: &Netns, addr: SocketAddr, proto: Proto) -> Result<Self> {
-        Self::listen(ns, addr, proto, None)
+        Self::listen(ns, addr, proto, None, false)
     }
 
-    fn listen(ns: &Netns, addr: SocketAddr, proto: Proto, connections: Option<usize>) -> Result<Self> {
+    fn listen(
+        ns: &Netns,
+        addr: SocketAddr,
+        proto: Proto,
+        connections: Option<usize>,
+        record: bool,
+    ) -> Result<Self> {
         let socket = socket(ns, addr, proto)?;
         socket.set_reuse_address(true)?;
         socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
@@ -72,11 +106,11 @@ impl Server {
         let listener: TcpListener = socket.into();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let handle = thread::spawn(move || -> Result<Vec<u64>> {
+        let handle = thread::spawn(move || -> Result<Vec<Received>> {
             let mut workers = Vec::new();
             while connections.is_none_or(|n| workers.len() < n) {
                 match listener.accept() {
-                    Ok((stream, _)) => workers.push(thread::spawn(move || serve(stream))),
+                    Ok((stream, _)) => workers.push(thread::spawn(move || serve(stream, record))),
                     Err(e) if connections.is_none() && is_timeout(&e) => {
                         if stopped.load(Ordering::SeqCst) {
                             break;
@@ -96,6 +130,11 @@ impl Server {
 
     /// Waits for every connection to finish; returns the bytes received on each.
     pub fn join(self) -> Result<Vec<u64>> {
+        Ok(self.join_received()?.into_iter().map(|received| received.bytes).collect())
+    }
+
+    /// Waits for every connection to finish; returns what each received.
+    pub fn join_received(self) -> Result<Vec<Received>> {
         self.handle.join().map_err(|_| anyhow::anyhow!("server panicked"))?
     }
 
@@ -110,19 +149,22 @@ fn is_timeout(error: &std::io::Error) -> bool {
     matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
-fn serve(mut stream: TcpStream) -> Result<u64> {
+fn serve(mut stream: TcpStream, record: bool) -> Result<Received> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
+    let mut received = Received::default();
     loop {
         match stream.read(&mut buf)? {
             0 => break,
-            n => total += n as u64,
+            n => received.bytes += n as u64,
+        }
+        if record {
+            received.arrivals.push((Instant::now(), received.bytes));
         }
     }
-    stream.write_all(&total.to_be_bytes())?;
-    Ok(total)
+    stream.write_all(&received.bytes.to_be_bytes())?;
+    Ok(received)
 }
 
 /// How a client connection behaves.

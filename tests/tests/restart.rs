@@ -22,25 +22,7 @@ fn a_killed_daemon_restarts_and_a_transfer_across_it_loses_nothing() -> Result<(
     let _lock = LabLock::acquire()?;
     let lab = DualHomedLab::new(LabOptions::default())?;
     // Slow paths, so the transfer is still running when the daemon dies and comes back.
-    for path in &lab.paths {
-        lab.client.exec(
-            "tc",
-            &[
-                "qdisc",
-                "add",
-                "dev",
-                &path.client_if,
-                "root",
-                "tbf",
-                "rate",
-                "20mbit",
-                "burst",
-                "32kbit",
-                "latency",
-                "100ms",
-            ],
-        )?;
-    }
+    lab.shape_client("20mbit")?;
     let ifaces: Vec<&str> = lab.paths.iter().map(|p| p.server_if.as_str()).collect();
     let dataplane = Dataplane::attach(&lab.server, &ifaces)?;
     let daemon = Daemon::start(&dataplane, &[])?;

@@ -3,6 +3,8 @@
 //!
 //! A suite is a function returning [`Row`]s; add one to [`SUITES`] to extend the report.
 
+mod failover;
+
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, bail};
@@ -42,6 +44,7 @@ const SUITES: &[Suite] = &[
     Suite { name: "lb", run: balancer },
     Suite { name: "lb-aggregation", run: balancer_aggregation },
     Suite { name: "cc", run: congestion },
+    Suite { name: "failover", run: failover::failover },
 ];
 
 pub fn bench(filter: Option<&str>) -> Result<()> {

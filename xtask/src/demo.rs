@@ -2,9 +2,10 @@
 
 use std::{process::Command, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use mptcp_tests::{
     agent::{Daemon, Dataplane, instance_dir},
+    failover::{self, Break, ClientPm, Scenario, agent_config},
     lab::{DualHomedLab, LabOptions},
     lock::LabLock,
     traffic::{ClientOptions, Proto, Server, transfer},
@@ -24,7 +25,17 @@ pub fn demo() -> Result<()> {
     // SAFETY: single-threaded at this point; the lab helpers read it to find the agent.
     unsafe { std::env::set_var("MPTCP_AGENT_BIN", &agent) };
 
-    let _lock = LabLock::acquire()?;
+    {
+        let _lock = LabLock::acquire()?;
+        tracking()?;
+        path_management()?;
+    }
+    // Part three: the token-steering balancer (`cargo xtask lab lb`), which takes the lock itself.
+    crate::lab::balancer_lab(20, "token")
+}
+
+/// The dataplane on the server's interfaces, tracking connections from a dual-homed client.
+fn tracking() -> Result<()> {
     let lab = DualHomedLab::new(LabOptions { server_signal_endpoint: true, ..LabOptions::default() })?;
     println!("\n== lab: client {} <=> server {}", lab.client.name(), lab.server.name());
     for (index, path) in lab.paths.iter().enumerate() {
@@ -81,11 +92,47 @@ pub fn demo() -> Result<()> {
     print!("{}", output(Command::new("bpftool").args(["map", "dump", "pinned"]).arg(&map))?);
     println!("\n== tearing the lab down");
     drop(daemon);
-    drop(dataplane);
-    drop(lab);
-    drop(_lock);
-    // Part two: the token-steering balancer (`cargo xtask lab lb`).
-    crate::lab::balancer_lab(20, "token")
+    Ok(())
+}
+
+/// The agent's path manager in the client's namespace: Wi-Fi-like first path preferred, the
+/// second a backup; the first link goes down in the middle of a transfer.
+fn path_management() -> Result<()> {
+    const POLICY: &str = "[paths]\nmode = \"backup\"\n\n[[paths.interface]]\nname = \"{if0}\"\n\n[[paths.interface]]\nname = \"{if1}\"\n";
+    let lab = DualHomedLab::new(LabOptions { client_subflow_endpoint: false, ..LabOptions::default() })?;
+    lab.shape_client("20mbit")?;
+    println!("\n== path management: the agent in the client's namespace, two 20 Mbit/s paths, policy:");
+    print!("{}", indent(&agent_config(&lab, POLICY)));
+    let pm = ClientPm::Agent(POLICY.into()).start(&lab)?;
+    let agent = pm.agent().context("the agent runs")?;
+    println!("\n== mptcp-agent paths");
+    print!("{}", indent(&agent.dataplane.run(&["paths"])?));
+    let scenario = Scenario {
+        bytes: 6 << 20,
+        port: 5203,
+        break_after: Duration::from_secs(1),
+        breaks: Break::LinkDown,
+        wait_subflows: 1,
+    };
+    let (outcome, during) = failover::run(&lab, scenario, || agent.dataplane.run(&["paths"]))?;
+    println!("\n== mptcp-agent paths during the transfer: the backup subflow is open and idle");
+    print!("{}", indent(&during));
+    println!(
+        "\n== {} down mid-transfer: {} bytes delivered, longest pause at the receiver {:.1} ms",
+        lab.paths[0].client_if,
+        outcome.bytes,
+        outcome.stall.as_secs_f64() * 1e3
+    );
+    print!("{}", indent(&agent.dataplane.run(&["paths"])?));
+    println!("\n== path events (mptcp-agent events)");
+    let events = agent.dataplane.run(&["events"])?;
+    let paths_only: String = events
+        .lines()
+        .filter(|line| ["path_", "endpoint_", "pm_", "limits"].iter().any(|kind| line.contains(kind)))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    print!("{}", indent(&paths_only));
+    Ok(())
 }
 
 pub fn indent(text: &str) -> String {
