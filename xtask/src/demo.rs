@@ -51,7 +51,7 @@ fn tracking() -> Result<()> {
     let dataplane = Dataplane::attach(&lab.server, &ifaces)?;
     let daemon = Daemon::start(&dataplane, &[])?;
     println!(
-        "\n== dataplane instance {} on the server's interfaces (XDP ingress, tcx egress), daemon running",
+        "\n== dataplane instance {} on the server's interfaces (ingress at tcx on veth, egress at tcx), daemon running",
         dataplane.instance()
     );
 
