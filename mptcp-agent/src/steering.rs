@@ -150,8 +150,13 @@ impl LbConfig {
         let display = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|source| SteeringError::ReadConfig { path: display.clone(), source })?;
-        let config: Self =
-            toml::from_str(&text).map_err(|source| SteeringError::ParseConfig { path: display, source })?;
+        Self::parse(&text, &display)
+    }
+
+    /// Parses and checks the text of `lb.toml`; `path` names it in errors.
+    fn parse(text: &str, path: &str) -> Result<Self, SteeringError> {
+        let config: Self = toml::from_str(text)
+            .map_err(|source| SteeringError::ParseConfig { path: path.to_owned(), source })?;
         config.validate()?;
         Ok(config)
     }
@@ -174,6 +179,9 @@ impl LbConfig {
             }
         }
         for vip in &self.vips {
+            if self.vips.iter().filter(|v| v.address == vip.address).count() > 1 {
+                return bad(format!("vip {} is defined twice", vip.address));
+            }
             for name in &vip.backends {
                 if !self.backends.iter().any(|b| &b.name == name) {
                     return bad(format!("vip {}: no backend named {name}", vip.address));
@@ -700,4 +708,73 @@ pub fn stats_table(stats: &LbStats) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+interfaces = ["eth0"]
+
+[[vip]]
+address = "203.0.113.200:80"
+backends = ["b1", "b2"]
+
+[[vip]]
+address = "[2001:db8:ff::10]:443"
+steering = "hash-only"
+backends = ["b2"]
+
+[[backend]]
+name = "b1"
+address = "203.0.113.1"
+interface = "eth1"
+mac = "02:00:00:00:00:01"
+
+[[backend]]
+name = "b2"
+address = "2001:db8:3::1"
+interface = "eth1"
+weight = 3
+"#;
+
+    fn error(text: &str) -> String {
+        match LbConfig::parse(text, "lb.toml") {
+            Ok(config) => panic!("accepted: {config:?}"),
+            Err(error) => format!("{error}"),
+        }
+    }
+
+    #[test]
+    fn a_full_configuration_parses_with_defaults() {
+        let config = LbConfig::parse(GOOD, "lb.toml").expect("valid");
+        assert_eq!(config.vips[0].steering, Steering::Token);
+        assert_eq!(config.vips[1].steering, Steering::HashOnly);
+        assert_eq!(config.backends[0].weight, 1);
+        assert_eq!(
+            parse_mac(config.backends[0].mac.as_deref().unwrap_or_default()),
+            Some([2, 0, 0, 0, 0, 1])
+        );
+        assert_eq!(vip_key(config.vips[1].address).family, 6);
+        assert_eq!(vip_address(&vip_key(config.vips[0].address)), config.vips[0].address);
+    }
+
+    #[test]
+    fn bad_configurations_name_what_is_wrong() {
+        assert!(error(&GOOD.replace("weight = 3", "wieght = 3")).contains("wieght"));
+        assert!(error(&GOOD.replace("weight = 3", "weight = 0")).contains("`weight` 0"));
+        assert!(error(&GOOD.replace("\"b1\", \"b2\"]", "\"b1\", \"b9\"]")).contains("no backend named b9"));
+        assert!(error(&GOOD.replace("02:00:00:00:00:01", "02:00:00:00:01")).contains("`mac`"));
+        assert!(error(&GOOD.replace("name = \"b2\"", "name = \"b1\"")).contains("defined twice"));
+        assert!(
+            error(&GOOD.replace("[2001:db8:ff::10]:443", "203.0.113.200:80"))
+                .contains("vip 203.0.113.200:80 is defined twice")
+        );
+        assert!(error(&GOOD.replace("interfaces = [\"eth0\"]", "interfaces = []")).contains("`interfaces`"));
+        assert!(
+            error(&GOOD.replace("name = \"b1\"", "name = \"a-very-long-backend-name\""))
+                .contains("1 to 15 bytes")
+        );
+    }
 }
