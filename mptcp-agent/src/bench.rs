@@ -18,10 +18,12 @@ use mptcp_common::{
 use serde_json::json;
 
 use crate::{
-    handshake,
-    loader::XDP_PROGRAM,
-    steering::{BackendConfig, LB_XDP_PROGRAM, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig},
-    testrun::TestHarness,
+    bpf::loader::XDP_PROGRAM,
+    dataplane::handshake,
+    dataplane::testrun::TestHarness,
+    lb::steering::{
+        BackendConfig, LB_XDP_PROGRAM, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig,
+    },
 };
 
 /// XDP_REDIRECT, the balancer's verdict on a frame it forwards.

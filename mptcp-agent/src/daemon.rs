@@ -19,22 +19,17 @@ use tokio::{
 };
 
 use crate::{
+    bpf::loader::{self, Instance, XdpAttachMode},
+    cc::{Controller, monotonic_ns},
     config::AgentConfig,
-    congestion::{Controller, monotonic_ns},
-    events::Processor,
-    loader::{self, Instance, XdpAttachMode},
+    dataplane::events::Processor,
+    dataplane::tables::Tables,
     paths::{PathInput, PathManager},
-    tables::Tables,
 };
-
-/// Where the daemon of `instance` keeps its files.
-pub fn run_dir(instance: &Instance) -> PathBuf {
-    PathBuf::from("/run/mptcp-agent").join(&instance.name)
-}
 
 /// Where the daemon of `instance` logs the events it processed, one JSON object per line.
 pub fn event_log_path(instance: &Instance) -> PathBuf {
-    run_dir(instance).join("events.jsonl")
+    instance.run_dir().join("events.jsonl")
 }
 
 /// The log rotates to `events.jsonl.1` past this size.

@@ -29,8 +29,8 @@ use self::{
     rtnl::{NetEvent, NetState, Rtnl, RtnlError},
 };
 use crate::{
+    bpf::loader::Instance,
     config::{PathsConfig, PmKind},
-    loader::Instance,
 };
 
 /// A subflow asked for and not established after this long counts as failed.
@@ -133,7 +133,7 @@ fn set_pm_type(pm: PmKind) -> Result<bool, PathError> {
 
 /// Where the daemon of `instance` keeps its path state.
 pub fn state_path(instance: &Instance) -> PathBuf {
-    crate::daemon::run_dir(instance).join("paths.json")
+    instance.run_dir().join("paths.json")
 }
 
 /// The configuration as the state file and `paths` show it.
@@ -728,7 +728,7 @@ pub struct Report {
 /// dataplane. Runs in the caller's network namespace.
 pub async fn report(
     instance: &Instance,
-    tables: Option<&crate::tables::Tables>,
+    tables: Option<&crate::dataplane::tables::Tables>,
 ) -> Result<Report, PathError> {
     check_mptcp()?;
     let mut pm = PmClient::connect().await?;
@@ -782,7 +782,7 @@ struct RoleEntry {
 
 /// The dataplane's subflows, each oriented from this host: sent is what the local end sent, and
 /// the token is the local end's, the one the kernel's events and `ss -M` name the connection by.
-fn dataplane_subflows(tables: &crate::tables::Tables, net: &NetState) -> Vec<PathSubflow> {
+fn dataplane_subflows(tables: &crate::dataplane::tables::Tables, net: &NetState) -> Vec<PathSubflow> {
     use mptcp_common::maps::connection_flags;
     let client_tokens: BTreeMap<u32, u32> = tables
         .connections()
@@ -795,7 +795,7 @@ fn dataplane_subflows(tables: &crate::tables::Tables, net: &NetState) -> Vec<Pat
     subflows
         .iter()
         .map(|(key, subflow)| {
-            let view = crate::tables::SubflowView::new(key, subflow);
+            let view = crate::dataplane::tables::SubflowView::new(key, subflow);
             let client_is_local = net.link_of(view.client.ip()).is_some();
             let (local, remote, sent, received) = if client_is_local {
                 (view.client, view.server, &view.c2s, &view.s2c)

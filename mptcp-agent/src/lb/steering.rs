@@ -30,11 +30,11 @@ use rtnetlink::packet_route::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    loader::{
+    bpf::loader::{
         self, EBPF_OBJECT, IngressHook, Instance, LB_TC_LINK, LB_XDP_LINK, LoaderError, Privilege,
         XdpAttachMode, check_bpffs, check_privileges,
     },
-    maglev,
+    lb::maglev,
 };
 
 /// The balancer's programs: XDP, and the tcx classifier for interfaces where XDP does not pay.

@@ -11,11 +11,11 @@ use mptcp_common::maps::{
 use serde_json::{Value, json};
 
 use crate::{
-    capture_file,
-    loader::XDP_PROGRAM,
-    stats,
-    tables::{Snapshot, Tables, endpoints, state_name},
-    testrun::TestHarness,
+    analysis::capture_file,
+    bpf::loader::XDP_PROGRAM,
+    dataplane::stats,
+    dataplane::tables::{Snapshot, Tables, endpoints, state_name},
+    dataplane::testrun::TestHarness,
 };
 
 /// Replays `path` and returns the table as JSON (see the README for the format).

@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
-    handshake,
-    tables::{Tables, fallback_name, hmac_name, ip},
+    dataplane::handshake,
+    dataplane::tables::{Tables, fallback_name, hmac_name, ip},
 };
 
 /// An event as the agent records it (`events --json`, the daemon's log).

@@ -18,8 +18,8 @@ use mptcp_common::{
 use serde::Serialize;
 
 use crate::{
-    capture_file::{self, CaptureFileError, FrameError, TcpSegment},
-    handshake,
+    analysis::capture_file::{self, CaptureFileError, FrameError, TcpSegment},
+    dataplane::handshake,
 };
 
 /// One MPTCP option as the per-packet listing shows it. 64-bit values are JSON integers (exact;

@@ -11,11 +11,11 @@ use aya::{
 use mptcp_common::maps::{COUNTERS_MAP, EVENTS_MAP, Event};
 
 use crate::{
-    events::{EventRecord, Processor},
-    loader::{self, EBPF_OBJECT, LoaderError, Privilege, TC_PROGRAM, XDP_PROGRAM, check_privileges},
-    stats::{self, InterfaceCounters},
-    steering::LB_XDP_PROGRAM,
-    tables::{TableError, Tables},
+    bpf::loader::{self, EBPF_OBJECT, LoaderError, Privilege, TC_PROGRAM, XDP_PROGRAM, check_privileges},
+    dataplane::events::{EventRecord, Processor},
+    dataplane::stats::{self, InterfaceCounters},
+    dataplane::tables::{TableError, Tables},
+    lb::steering::LB_XDP_PROGRAM,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -19,8 +19,8 @@ use mptcp_common::{
 use serde::Serialize;
 
 use crate::{
-    loader::{Instance, LoaderError},
-    tables::ip,
+    bpf::loader::{Instance, LoaderError},
+    dataplane::tables::ip,
 };
 
 /// A subflow that has not been acknowledged for this long is left out of its connection's sums.

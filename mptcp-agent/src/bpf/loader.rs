@@ -36,6 +36,8 @@ pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!(
 pub const BPFFS: &str = "/sys/fs/bpf";
 /// Directory of this project's pins on the BPF filesystem.
 pub const PIN_ROOT: &str = "/sys/fs/bpf/mptcp";
+/// Directory of the daemons' files, one folder per instance.
+pub const RUN_ROOT: &str = "/run/mptcp-agent";
 /// The instance commands use unless told otherwise.
 pub const DEFAULT_INSTANCE: &str = "default";
 
@@ -238,6 +240,11 @@ impl Instance {
 
     pub fn exists(&self) -> bool {
         self.maps_dir().exists()
+    }
+
+    /// Where the daemon of the instance keeps its files (event log, path state).
+    pub fn run_dir(&self) -> PathBuf {
+        Path::new(RUN_ROOT).join(&self.name)
     }
 
     /// The pinned link of the instance's sock_ops program (coupled congestion control).

@@ -11,12 +11,16 @@ use clap::{Parser, Subcommand};
 use mptcp_common::lb::backend_state;
 
 use crate::{
+    analysis::decode,
+    analysis::replay,
+    bpf::loader::{self, Instance, Privilege, XdpAttachMode, check_privileges},
+    cc,
     config::{Admission, AgentConfig},
-    congestion, daemon, decode,
-    loader::{self, Instance, Privilege, XdpAttachMode, check_privileges},
-    paths, replay, stats,
-    steering::{self, BackendConfig, LbConfig, Steering},
-    tables::{Snapshot, SubflowView, Tables},
+    daemon,
+    dataplane::stats,
+    dataplane::tables::{Snapshot, SubflowView, Tables},
+    lb::steering::{self, BackendConfig, LbConfig, Steering},
+    paths,
 };
 
 #[derive(Debug, Parser)]
@@ -81,7 +85,7 @@ pub enum Command {
         /// Coupled congestion control of this host's MPTCP subflows (sock_ops on a cgroup):
         /// `none` records windows and RTTs only.
         #[arg(long, value_enum)]
-        cc: Option<crate::congestion::Algorithm>,
+        cc: Option<crate::cc::Algorithm>,
         /// The cgroup v2 directory whose sockets --cc covers (default: the hierarchy's root).
         #[arg(long)]
         cgroup: Option<PathBuf>,
@@ -284,8 +288,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let snapshot = Snapshot::read(&open_tables(&instance)?);
             let views = snapshot.connection_views();
             // Congestion state of the subflows, when the daemon runs with --cc.
-            let congestion = congestion::snapshot(&instance)?;
-            let of = |token: &str| -> Vec<&congestion::SubflowCc> {
+            let congestion = cc::snapshot(&instance)?;
+            let of = |token: &str| -> Vec<&cc::SubflowCc> {
                 congestion.iter().filter(|cc| cc.token == token).collect()
             };
             if json {
@@ -431,7 +435,7 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
 }
 
 /// One subflow's congestion state and the controller's decision, for `conns`.
-fn cc_line(cc: &congestion::SubflowCc) -> String {
+fn cc_line(cc: &cc::SubflowCc) -> String {
     let decision = match (cc.increase, cc.decrease) {
         (Some(increase), Some(decrease)) => {
             format!("{} {increase:+.4} pkt/acked pkt, -{:.0}% on loss", cc.algorithm, 100.0 * decrease)
