@@ -13,7 +13,7 @@ use mptcp_tests::{
 
 use crate::{
     setup::setup,
-    util::{build_agent, output},
+    util::{build_agent, indent, output},
 };
 
 const CONNECTIONS: usize = 3;
@@ -133,8 +133,4 @@ fn path_management() -> Result<()> {
         .collect();
     print!("{}", indent(&paths_only));
     Ok(())
-}
-
-pub fn indent(text: &str) -> String {
-    text.lines().map(|line| format!("   {line}\n")).collect()
 }

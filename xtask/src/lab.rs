@@ -11,7 +11,10 @@ use mptcp_tests::{
     traffic::{ClientOptions, Gate, Proto, Server, transfer},
 };
 
-use crate::{demo::indent, setup::setup, util::build_agent};
+use crate::{
+    setup::setup,
+    util::{build_agent, indent},
+};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Lab {

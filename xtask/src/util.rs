@@ -61,3 +61,8 @@ pub fn build_agent(release: bool) -> Result<PathBuf> {
     let profile = if release { "release" } else { "debug" };
     Ok(workspace_root().join("target").join(profile).join("mptcp-agent"))
 }
+
+/// Indents every line of a command's output under the step that printed it.
+pub fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("   {line}\n")).collect()
+}
