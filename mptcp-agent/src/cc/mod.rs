@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::{
     bpf::loader::{Instance, LoaderError},
-    dataplane::tables::ip,
+    dataplane::tables::{Token, ip},
 };
 
 /// A subflow that has not been acknowledged for this long is left out of its connection's sums.
@@ -257,7 +257,7 @@ fn encode(algorithm: Algorithm, decision: Decision, now_ns: u64) -> CcDecision {
 /// One subflow's congestion state and decision, for `conns`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SubflowCc {
-    pub token: String,
+    pub token: Token,
     /// The subflow's two ends (in the tracking tables' order).
     pub ends: [std::net::SocketAddr; 2],
     pub cwnd: u32,
@@ -286,7 +286,7 @@ pub fn snapshot(instance: &Instance) -> Result<Vec<SubflowCc>, CongestionError> 
             let decision = controller.decisions.get(&key, 0).ok().filter(|d| d.algorithm != algorithm::NONE);
             let fresh = decision.filter(|d| now.saturating_sub(d.updated_ns) < STALE_NS);
             SubflowCc {
-                token: format!("{:#010x}", s.token),
+                token: Token(s.token),
                 ends: [
                     std::net::SocketAddr::new(ip(key.family, key.addr_a), key.port_a),
                     std::net::SocketAddr::new(ip(key.family, key.addr_b), key.port_b),
@@ -305,7 +305,7 @@ pub fn snapshot(instance: &Instance) -> Result<Vec<SubflowCc>, CongestionError> 
             }
         })
         .collect();
-    views.sort_by(|a, b| a.token.cmp(&b.token));
+    views.sort_by_key(|view| view.token);
     Ok(views)
 }
 

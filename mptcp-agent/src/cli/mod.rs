@@ -10,6 +10,8 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use mptcp_common::lb::backend_state;
 
+mod tables;
+
 use crate::{
     analysis::decode,
     analysis::replay,
@@ -285,49 +287,14 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Conns { instance, json } => {
             let instance = instance.get()?;
-            let snapshot = Snapshot::read(&open_tables(&instance)?);
-            let views = snapshot.connection_views();
+            let views = Snapshot::read(&open_tables(&instance)?).connection_views();
             // Congestion state of the subflows, when the daemon runs with --cc.
             let congestion = cc::snapshot(&instance)?;
-            let of = |token: &str| -> Vec<&cc::SubflowCc> {
-                congestion.iter().filter(|cc| cc.token == token).collect()
-            };
+            let rows = tables::connection_rows(&views, &congestion);
             if json {
-                let mut rows = Vec::new();
-                for view in &views {
-                    let mut row = serde_json::to_value(view)?;
-                    row["subflow_cc"] = serde_json::to_value(of(&view.server_token))?;
-                    rows.push(row);
-                }
                 println!("{}", serde_json::to_string(&rows)?);
             } else {
-                println!(
-                    "{:<10} {:<10} {:>3} {:>8} {:>12} {:>12} {:>6} {:<10}",
-                    "token", "client-tok", "sub", "fallback", "data-c2s", "data-s2c", "reinj", "closing"
-                );
-                for view in &views {
-                    let closing = [
-                        (view.data_fin.c2s || view.data_fin.s2c, "data-fin"),
-                        (view.fastclose, "fastclose"),
-                        (view.tcprst, "tcprst"),
-                    ];
-                    let closing: Vec<&str> =
-                        closing.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect();
-                    println!(
-                        "{:<10} {:<10} {:>3} {:>8} {:>12} {:>12} {:>6} {:<10}",
-                        view.server_token,
-                        view.client_token.as_deref().unwrap_or("-"),
-                        view.subflows,
-                        view.fallback.unwrap_or("no"),
-                        view.data_bytes.c2s,
-                        view.data_bytes.s2c,
-                        view.reinjections,
-                        closing.join(",")
-                    );
-                    for cc in of(&view.server_token) {
-                        println!("  {}", cc_line(cc));
-                    }
-                }
+                print!("{}", tables::connections_text(&rows));
             }
         }
         Command::Table { instance } => {
@@ -347,24 +314,7 @@ pub fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&views)?);
             } else {
-                println!(
-                    "{:<46} {:<46} {:<7} {:<12} {:<10} {:<6} {:<9} {:>9} {:>9}",
-                    "client", "server", "kind", "state", "token", "backup", "hmac", "pkts-c2s", "pkts-s2c"
-                );
-                for view in views {
-                    println!(
-                        "{:<46} {:<46} {:<7} {:<12} {:<10} {:<6} {:<9} {:>9} {:>9}",
-                        view.client.to_string(),
-                        view.server.to_string(),
-                        view.kind,
-                        view.state,
-                        view.connection_token.as_deref().unwrap_or("-"),
-                        view.backup,
-                        view.hmac,
-                        view.c2s.packets,
-                        view.s2c.packets
-                    );
-                }
+                print!("{}", tables::subflows_text(&views));
             }
         }
         Command::Events { instance, follow, json } => print_events(&instance.get()?, follow, json)?,
@@ -435,25 +385,6 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
 }
 
 /// One subflow's congestion state and the controller's decision, for `conns`.
-fn cc_line(cc: &cc::SubflowCc) -> String {
-    let decision = match (cc.increase, cc.decrease) {
-        (Some(increase), Some(decrease)) => {
-            format!("{} {increase:+.4} pkt/acked pkt, -{:.0}% on loss", cc.algorithm, 100.0 * decrease)
-        }
-        _ => format!("{} (no current decision)", cc.algorithm),
-    };
-    format!(
-        "{} <-> {}  cwnd {} ssthresh {} srtt {} us coupled {} losses {}  {decision}",
-        cc.ends[0],
-        cc.ends[1],
-        cc.cwnd,
-        cc.ssthresh,
-        cc.srtt_us,
-        cc.coupled_cwnd.map_or("-".to_owned(), |w| w.to_string()),
-        cc.loss_events
-    )
-}
-
 /// Writes to stdout; a closed pipe (`decode ... | head`) is not an error.
 fn write_stdout(text: &str) -> std::io::Result<()> {
     use std::io::Write as _;

@@ -140,8 +140,32 @@ fn hex64(value: u64, known: bool) -> Option<String> {
     known.then(|| format!("0x{value:016x}"))
 }
 
-fn hex32(value: u32, known: bool) -> Option<String> {
-    known.then(|| format!("0x{value:08x}"))
+/// An MPTCP token: joined and compared as the integer, shown as `0x` and eight hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Token(pub u32);
+
+impl std::fmt::Display for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "0x{:08x}", self.0)
+    }
+}
+
+impl Serialize for Token {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl Token {
+    /// The token if `known`, for fields that are zero until learned.
+    pub fn known(value: u32, known: bool) -> Option<Self> {
+        known.then_some(Self(value))
+    }
+
+    /// `-` where no token is known, for tables.
+    pub fn or_dash(token: Option<Self>) -> String {
+        token.map_or_else(|| "-".to_owned(), |token| token.to_string())
+    }
 }
 
 /// What one side of a subflow sent, for the views.
@@ -172,8 +196,8 @@ pub struct SubflowView {
     pub server: SocketAddr,
     pub kind: &'static str,
     pub state: &'static str,
-    pub connection_token: Option<String>,
-    pub join_token: Option<String>,
+    pub connection_token: Option<Token>,
+    pub join_token: Option<Token>,
     pub server_initiated: bool,
     pub backup: bool,
     pub hmac: &'static str,
@@ -212,8 +236,8 @@ impl SubflowView {
             server,
             kind: kind_name(subflow.kind),
             state: state_name(subflow.state),
-            connection_token: hex32(subflow.conn_token, subflow.conn_token != 0),
-            join_token: hex32(subflow.join_token, subflow.kind == subflow_kind::JOIN),
+            connection_token: Token::known(subflow.conn_token, subflow.conn_token != 0),
+            join_token: Token::known(subflow.join_token, subflow.kind == subflow_kind::JOIN),
             server_initiated: subflow.server_initiated != 0,
             backup: backup_flags & direction_flags::BACKUP != 0,
             hmac: hmac_name(subflow.hmac),
@@ -229,8 +253,8 @@ impl SubflowView {
 /// One connection as `mptcp-agent conns` shows it.
 #[derive(Debug, Serialize)]
 pub struct ConnectionView {
-    pub server_token: String,
-    pub client_token: Option<String>,
+    pub server_token: Token,
+    pub client_token: Option<Token>,
     pub client_key: Option<String>,
     pub server_key: Option<String>,
     pub client_idsn: Option<String>,
@@ -272,8 +296,8 @@ impl ConnectionView {
         let client = has(connection_flags::CLIENT_KEY);
         let server = has(connection_flags::SERVER_KEY);
         Self {
-            server_token: format!("0x{:08x}", connection.server_token),
-            client_token: hex32(connection.client_token, client),
+            server_token: Token(connection.server_token),
+            client_token: Token::known(connection.client_token, client),
             client_key: hex64(connection.client_key, client),
             server_key: hex64(connection.server_key, server),
             client_idsn: hex64(connection.client_idsn, client),
