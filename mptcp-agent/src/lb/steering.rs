@@ -587,7 +587,8 @@ pub fn set_backend_state(instance: &Instance, name: &str, state: u32) -> Result<
 /// The balancer's statistics.
 #[derive(Debug, Serialize)]
 pub struct LbStats {
-    pub counters: BTreeMap<&'static str, u64>,
+    #[serde(serialize_with = "lb_counters_by_name")]
+    pub counters: LbCounters,
     pub vips: Vec<VipStats>,
     pub backends: Vec<BackendStats>,
 }
@@ -610,8 +611,23 @@ pub struct BackendStats {
     pub weight: u32,
     /// Share of its VIPs' Maglev entries, in percent.
     pub maglev_share: f64,
-    #[serde(flatten)]
-    pub counters: BTreeMap<&'static str, u64>,
+    #[serde(flatten, serialize_with = "backend_counters_by_name")]
+    pub counters: BackendCounters,
+}
+
+/// Counters go out as name -> value, the names bpftool prints; the code reads the fields.
+fn lb_counters_by_name<S: serde::Serializer>(
+    counters: &LbCounters,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(LB_COUNTER_NAMES.into_iter().zip(counters.values()))
+}
+
+fn backend_counters_by_name<S: serde::Serializer>(
+    counters: &BackendCounters,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(BACKEND_COUNTER_NAMES.into_iter().zip(counters.values()))
 }
 
 pub fn stats(instance: &Instance) -> Result<LbStats, SteeringError> {
@@ -651,10 +667,10 @@ pub fn stats(instance: &Instance) -> Result<LbStats, SteeringError> {
             mac: format_mac(&backend.mac),
             weight: backend.weight,
             maglev_share: 100.0 * owned as f64 / entries as f64,
-            counters: BACKEND_COUNTER_NAMES.into_iter().zip(counters.values()).collect(),
+            counters,
         });
     }
-    Ok(LbStats { counters: LB_COUNTER_NAMES.into_iter().zip(total.values()).collect(), vips, backends })
+    Ok(LbStats { counters: total, vips, backends })
 }
 
 fn vip_address(key: &VipKey) -> SocketAddr {
@@ -677,7 +693,7 @@ fn table_digest(table: &[u32], names: &BTreeMap<u32, String>) -> String {
 /// A table of the statistics for humans.
 pub fn stats_table(stats: &LbStats) -> String {
     let mut out = String::new();
-    for (name, value) in &stats.counters {
+    for (name, value) in LB_COUNTER_NAMES.into_iter().zip(stats.counters.values()) {
         out.push_str(&format!("{name:<24} {value:>12}\n"));
     }
     out.push_str(&format!("\n{:<46} {:<10} {:<16}\n", "vip", "steering", "maglev-digest"));
@@ -701,10 +717,10 @@ pub fn stats_table(stats: &LbStats) -> String {
             b.address.to_string(),
             b.state,
             b.maglev_share,
-            b.counters["plain_flows"],
-            b.counters["connections"],
-            b.counters["subflows"],
-            b.counters["packets"]
+            b.counters.plain_flows,
+            b.counters.connections,
+            b.counters.subflows,
+            b.counters.packets
         ));
     }
     out
@@ -713,6 +729,29 @@ pub fn stats_table(stats: &LbStats) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stats_json_names_every_counter() {
+        let stats = LbStats {
+            counters: LbCounters { tokens_learned: 7, ..LbCounters::default() },
+            vips: Vec::new(),
+            backends: vec![BackendStats {
+                name: "b1".into(),
+                address: "203.0.113.1".parse().unwrap(),
+                state: "active",
+                mac: "02:00:00:00:00:01".into(),
+                weight: 1,
+                maglev_share: 100.0,
+                counters: BackendCounters { subflows: 3, ..BackendCounters::default() },
+            }],
+        };
+        let json = serde_json::to_value(&stats).unwrap();
+        assert_eq!(json["counters"].as_object().unwrap().len(), LB_COUNTER_NAMES.len());
+        assert_eq!(json["counters"]["tokens_learned"], 7);
+        assert_eq!(json["backends"][0]["subflows"], 3);
+        assert_eq!(json["backends"][0]["plain_flows"], 0);
+        assert_eq!(json["backends"][0]["name"], "b1");
+    }
 
     const GOOD: &str = r#"
 interfaces = ["eth0"]
