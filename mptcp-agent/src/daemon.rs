@@ -83,7 +83,7 @@ pub async fn run(
         loader::check_privileges(loader::Privilege::ManagePaths)?;
         crate::paths::check_mptcp()?;
     }
-    let attached = instance.interfaces();
+    let attached = instance.interfaces()?;
     for iface in ifaces {
         if attached.contains(iface) {
             log::info!("{name}: found {iface} attached, resuming");
@@ -92,7 +92,7 @@ pub async fn run(
             log::info!("{name}: attached {iface}");
         }
     }
-    let mut tables = Tables::open(|map| instance.open_map(map).ok())?;
+    let mut tables = Tables::open(|map| Ok(instance.open_map(map)?))?;
     tables.write_config(&config.dataplane())?;
     let ring = RingBuf::try_from(instance.open_map(EVENTS_MAP)?).context("opening the event ring buffer")?;
     // SAFETY: the descriptor belongs to `ring`, which the AsyncFd owns until it is dropped.
@@ -134,9 +134,10 @@ pub async fn run(
     // Logged last: whoever waits for the daemon to be ready waits for this line.
     log::info!("{name}: admission {:?}, join rate {}/s", config.admission, config.join_rate_per_sec);
     let mut processor = Processor::new(&mut tables);
-    let recovered = processor.verify_pending();
-    if recovered > 0 {
-        log::info!("{name}: judged {recovered} join(s) left pending by a previous run");
+    match processor.verify_pending() {
+        Ok(0) => {}
+        Ok(recovered) => log::info!("{name}: judged {recovered} join(s) left pending by a previous run"),
+        Err(error) => log::warn!("{name}: judging joins left pending: {error:#}"),
     }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -159,7 +160,10 @@ pub async fn run(
                 log.file.flush()?;
             }
             _ = tick.tick() => {
-                processor.verify_pending();
+                // A failed scan is retried on the next tick; events keep being judged meanwhile.
+                if let Err(error) = processor.verify_pending() {
+                    log::warn!("{name}: judging pending joins: {error:#}");
+                }
             }
             _ = cc_tick.tick(), if controller.is_some() => {
                 if let Some(controller) = controller.as_mut() {

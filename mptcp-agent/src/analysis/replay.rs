@@ -14,7 +14,7 @@ use crate::{
     analysis::capture_file,
     bpf::loader::XDP_PROGRAM,
     dataplane::stats,
-    dataplane::tables::{Snapshot, Tables, endpoints, state_name},
+    dataplane::tables::{Snapshot, TableError, Tables, endpoints, state_name},
     dataplane::testrun::TestHarness,
 };
 
@@ -35,15 +35,14 @@ pub fn replay(path: &Path) -> Result<Value> {
         harness.process_events();
     }
     let counters = harness.counters()?;
-    let (matched, mismatched) = harness
-        .tables
-        .connections()
-        .iter()
-        .map(|(token, _)| harness.tables.checks(*token))
-        .fold((0, 0), |(m, x), c| (m + c.keys_matched, x + c.keys_mismatched));
+    let (mut matched, mut mismatched) = (0, 0);
+    for (token, _) in harness.tables.connections()? {
+        let checks = harness.tables.checks(token)?;
+        (matched, mismatched) = (matched + checks.keys_matched, mismatched + checks.keys_mismatched);
+    }
     Ok(json!({
         "packets": capture.frames.len(),
-        "connections": connections_json(&harness.tables),
+        "connections": connections_json(&harness.tables)?,
         "skipped_frames": skipped,
         "read_error": capture.read_error,
         "counters": stats::to_json("replay", &counters),
@@ -52,8 +51,8 @@ pub fn replay(path: &Path) -> Result<Value> {
 }
 
 /// The connection table in the replay format; `mptcp-agent table` prints the live one.
-pub fn connections_json(tables: &Tables) -> Vec<Value> {
-    let snapshot = Snapshot::read(tables);
+pub fn connections_json(tables: &Tables) -> Result<Vec<Value>, TableError> {
+    let snapshot = Snapshot::read(tables)?;
     let mut connections: Vec<Value> = snapshot
         .connections
         .iter()
@@ -67,7 +66,7 @@ pub fn connections_json(tables: &Tables) -> Vec<Value> {
             .filter(|(_, subflow)| subflow.kind == subflow_kind::INITIAL)
             .map(|orphan| connection_json(None, std::slice::from_ref(orphan))),
     );
-    connections
+    Ok(connections)
 }
 
 fn connection_json(connection: Option<&Connection>, subflows: &[(FlowKey, Subflow)]) -> Value {

@@ -226,16 +226,21 @@ impl Instance {
         Ok(self.ifaces_dir().join(iface))
     }
 
-    /// Interfaces the instance is attached to.
-    pub fn interfaces(&self) -> Vec<String> {
-        let mut ifaces: Vec<String> = fs::read_dir(self.ifaces_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .collect();
+    /// Interfaces the instance is attached to (none when it has no interface directory).
+    pub fn interfaces(&self) -> Result<Vec<String>, LoaderError> {
+        let dir = self.ifaces_dir();
+        let io_error = |source| LoaderError::Io { what: "listing", path: dir.clone(), source };
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(io_error(error)),
+        };
+        let mut ifaces = Vec::new();
+        for entry in entries {
+            ifaces.push(entry.map_err(io_error)?.file_name().to_string_lossy().into_owned());
+        }
         ifaces.sort();
-        ifaces
+        Ok(ifaces)
     }
 
     pub fn exists(&self) -> bool {
@@ -358,7 +363,9 @@ impl Drop for Rollback {
             if let Err(error) = detach_dir(&self.iface_dir) {
                 log::warn!("rolling back {}: {error}", self.iface_dir.display());
             }
-            remove_unused(&self.instance);
+            if let Err(error) = remove_unused(&self.instance) {
+                log::warn!("rolling back {}: {error}", self.iface_dir.display());
+            }
         }
     }
 }
@@ -580,12 +587,18 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if !self.kept {
-            for iface in self.instance.interfaces() {
-                if let Ok(dir) = self.instance.iface_dir(&iface) {
-                    let _ = detach_dir(&dir);
+            // A rollback: report what could not be undone, undo the rest.
+            let undo = || -> Result<(), LoaderError> {
+                for iface in self.instance.interfaces()? {
+                    if let Err(error) = detach_dir(&self.instance.iface_dir(&iface)?) {
+                        log::warn!("rolling back {iface}: {error}");
+                    }
                 }
+                remove_instance(&self.instance)
+            };
+            if let Err(error) = undo() {
+                log::warn!("rolling back instance {}: {error}", self.instance.name);
             }
-            let _ = remove_instance(&self.instance);
         }
     }
 }
@@ -599,8 +612,14 @@ pub(crate) fn remove_instance(instance: &Instance) -> Result<(), LoaderError> {
             source,
         })?;
     }
-    let _ = fs::remove_dir(PIN_ROOT);
+    remove_root_if_empty();
     Ok(())
+}
+
+/// The project's pin directory goes with its last instance; while another instance lives in it
+/// the removal fails (ENOTEMPTY), which is the point.
+fn remove_root_if_empty() {
+    let _ = fs::remove_dir(PIN_ROOT);
 }
 
 fn pin_link(link: FdLink, path: &Path) -> Result<(), LoaderError> {
@@ -617,21 +636,25 @@ pub fn detach(instance: &Instance, iface: &str) -> Result<(), LoaderError> {
         return Err(LoaderError::NotAttached { iface: iface.to_owned(), dir: iface_dir });
     }
     detach_dir(&iface_dir)?;
-    remove_unused(instance);
-    Ok(())
+    remove_unused(instance)
 }
 
-/// Removes the instance's shared maps once no interface uses them, and the project directory
-/// once no instance is left.
-fn remove_unused(instance: &Instance) {
-    if instance.interfaces().is_empty() {
+/// Removes the instance's shared maps and its sock_ops link once no interface uses them, and
+/// the project directory once no instance is left.
+fn remove_unused(instance: &Instance) -> Result<(), LoaderError> {
+    if instance.interfaces()?.is_empty() {
         let sock_ops = instance.sock_ops_link();
         if sock_ops.exists() {
-            let _ = bpf_sys::link_detach(&sock_ops);
+            bpf_sys::link_detach(&sock_ops).map_err(|source| LoaderError::Io {
+                what: "detaching link",
+                path: sock_ops.clone(),
+                source,
+            })?;
         }
-        let _ = fs::remove_dir_all(&instance.dir);
+        remove_instance(instance)?;
     }
-    let _ = fs::remove_dir(PIN_ROOT);
+    remove_root_if_empty();
+    Ok(())
 }
 
 /// Detaches every link pinned in an interface's directory at once (even if a running agent still

@@ -2,3 +2,4 @@
 //! privileges they need.
 
 pub mod loader;
+pub mod maps;

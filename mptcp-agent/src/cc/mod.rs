@@ -19,7 +19,10 @@ use mptcp_common::{
 use serde::Serialize;
 
 use crate::{
-    bpf::loader::{Instance, LoaderError},
+    bpf::{
+        loader::{Instance, LoaderError},
+        maps,
+    },
     dataplane::tables::{Token, ip},
 };
 
@@ -172,6 +175,14 @@ fn map_error(name: &'static str) -> impl Fn(MapError) -> CongestionError {
     move |source| CongestionError::Map { name, source }
 }
 
+/// A delete of an entry that may be gone already (evicted, or never decided for).
+fn forget(removed: Result<(), MapError>) -> Result<(), MapError> {
+    match removed {
+        Err(MapError::KeyNotFound) => Ok(()),
+        other => other,
+    }
+}
+
 /// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -201,13 +212,13 @@ impl Controller {
     /// Recomputes every connection's decisions from the subflows' latest state and writes them;
     /// returns how many subflows were decided for.
     pub fn tick(&mut self, now_ns: u64) -> Result<usize, CongestionError> {
-        let entries: Vec<(FlowKey, CcSubflow)> = self.subflows.iter().filter_map(Result::ok).collect();
+        let entries = maps::entries(&self.subflows).map_err(map_error(CC_SUBFLOWS_MAP))?;
         let mut connections: BTreeMap<u32, Vec<(FlowKey, CcSubflow)>> = BTreeMap::new();
         for (key, subflow) in entries {
             let silent = now_ns.saturating_sub(subflow.updated_ns);
             if silent > FORGET_NS {
-                let _ = self.subflows.remove(&key);
-                let _ = self.decisions.remove(&key);
+                forget(self.subflows.remove(&key)).map_err(map_error(CC_SUBFLOWS_MAP))?;
+                forget(self.decisions.remove(&key)).map_err(map_error(CC_DECISIONS_MAP))?;
             } else if silent < IDLE_NS && subflow.srtt_us > 0 {
                 // Without a token (not tracked) a subflow is a connection of its own.
                 let group = if subflow.token != 0 { subflow.token } else { u32::MAX };
@@ -278,14 +289,15 @@ pub struct SubflowCc {
 pub fn snapshot(instance: &Instance) -> Result<Vec<SubflowCc>, CongestionError> {
     let controller = Controller::open(instance, Algorithm::None)?;
     let now = monotonic_ns();
-    let mut views: Vec<SubflowCc> = controller
-        .subflows
-        .iter()
-        .filter_map(Result::ok)
+    let mut views: Vec<SubflowCc> = maps::entries(&controller.subflows)
+        .map_err(map_error(CC_SUBFLOWS_MAP))?
+        .into_iter()
         .map(|(key, s)| {
-            let decision = controller.decisions.get(&key, 0).ok().filter(|d| d.algorithm != algorithm::NONE);
+            let decision = maps::lookup(&controller.decisions, &key)
+                .map_err(map_error(CC_DECISIONS_MAP))?
+                .filter(|d| d.algorithm != algorithm::NONE);
             let fresh = decision.filter(|d| now.saturating_sub(d.updated_ns) < STALE_NS);
-            SubflowCc {
+            Ok(SubflowCc {
                 token: Token(s.token),
                 ends: [
                     std::net::SocketAddr::new(ip(key.family, key.addr_a), key.port_a),
@@ -302,9 +314,9 @@ pub fn snapshot(instance: &Instance) -> Result<Vec<SubflowCc>, CongestionError> 
                 increase: fresh.map(|d| d.increase as f64 / (1u64 << INCREASE_SHIFT) as f64),
                 decrease: fresh.map(|d| f64::from(d.decrease) / f64::from(1u32 << DECREASE_SHIFT)),
                 decision_age_ms: decision.map(|d| now.saturating_sub(d.updated_ns) as f64 / 1e6),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, CongestionError>>()?;
     views.sort_by_key(|view| view.token);
     Ok(views)
 }

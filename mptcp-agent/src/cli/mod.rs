@@ -287,7 +287,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Conns { instance, json } => {
             let instance = instance.get()?;
-            let views = Snapshot::read(&open_tables(&instance)?).connection_views();
+            let views = Snapshot::read(&open_tables(&instance)?)?.connection_views();
             // Congestion state of the subflows, when the daemon runs with --cc.
             let congestion = cc::snapshot(&instance)?;
             let rows = tables::connection_rows(&views, &congestion);
@@ -302,13 +302,13 @@ pub fn run(cli: Cli) -> Result<()> {
             println!(
                 "{}",
                 serde_json::to_string(
-                    &serde_json::json!({ "connections": replay::connections_json(&tables) })
+                    &serde_json::json!({ "connections": replay::connections_json(&tables)? })
                 )?
             );
         }
         Command::Subflows { instance, json } => {
             let tables = open_tables(&instance.get()?)?;
-            let mut subflows = tables.subflows();
+            let mut subflows = tables.subflows()?;
             subflows.sort_by_key(|(_, subflow)| subflow.first_seen_ns);
             let views: Vec<SubflowView> = subflows.iter().map(|(key, s)| SubflowView::new(key, s)).collect();
             if json {
@@ -398,7 +398,7 @@ fn open_tables(instance: &Instance) -> Result<Tables> {
     check_privileges(Privilege::ReadMaps)?;
     // Fails with a clear error before the tables are opened one by one.
     instance.open_map(mptcp_common::maps::SUBFLOWS_MAP)?;
-    Ok(Tables::open(|name| instance.open_map(name).ok())?)
+    Ok(Tables::open(|name| Ok(instance.open_map(name)?))?)
 }
 
 fn print_events(instance: &Instance, follow: bool, json: bool) -> Result<()> {

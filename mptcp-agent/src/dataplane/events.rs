@@ -4,15 +4,16 @@
 use std::net::SocketAddr;
 
 use mptcp_common::maps::{
-    Connection, ConnectionChecks, Event, FlowKey, Subflow, addr_words, connection_flags, event_flags,
-    event_kind, hmac_verdict, subflow_kind,
+    CONNECTIONS_MAP, Connection, ConnectionChecks, Event, FlowKey, HMAC_VERDICTS_MAP, SUBFLOWS_MAP, Subflow,
+    addr_words, connection_flags, event_flags, event_kind, hmac_verdict, subflow_kind,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
+    bpf::maps,
     dataplane::handshake,
-    dataplane::tables::{Tables, fallback_name, hmac_name, ip},
+    dataplane::tables::{TableError, Tables, fallback_name, hmac_name, ip, map_error},
 };
 
 /// An event as the agent records it (`events --json`, the daemon's log).
@@ -97,6 +98,15 @@ pub fn join_verdict(subflow: &Subflow, connection: Option<&Connection>) -> u8 {
     }
 }
 
+/// A map read for event processing: a missing entry is `None`; a failed read is logged, and the
+/// event is then judged as if the entry were missing.
+fn logged<V>(map: &str, read: Result<Option<V>, aya::maps::MapError>) -> Option<V> {
+    read.unwrap_or_else(|error| {
+        log::warn!("reading {map}: {error}");
+        None
+    })
+}
+
 /// Applies events to the tables.
 pub struct Processor<'t> {
     tables: &'t mut Tables,
@@ -112,11 +122,23 @@ impl<'t> Processor<'t> {
     }
 
     fn connection(&self, token: u32) -> Option<Connection> {
-        (token != 0).then(|| self.tables.connections.get(&token, 0).ok()).flatten()
+        (token != 0)
+            .then(|| logged(CONNECTIONS_MAP, maps::lookup(&self.tables.connections, &token)))
+            .flatten()
+    }
+
+    fn subflow(&self, key: &FlowKey) -> Option<Subflow> {
+        logged(SUBFLOWS_MAP, maps::lookup(&self.tables.subflows, key))
     }
 
     fn update_checks(&mut self, token: u32, update: impl FnOnce(&mut ConnectionChecks)) {
-        let mut checks = self.tables.checks(token);
+        let mut checks = match self.tables.checks(token) {
+            Ok(checks) => checks,
+            Err(error) => {
+                log::warn!("reading checks of connection {token:#010x}: {error}");
+                return;
+            }
+        };
         update(&mut checks);
         if let Err(error) = self.tables.checks.insert(token, checks, 0) {
             log::warn!("recording checks of connection {token:#010x}: {error}");
@@ -126,7 +148,7 @@ impl<'t> Processor<'t> {
     /// Verifies the join subflow `key` if its handshake is complete and unjudged; returns the
     /// verdict recorded.
     pub fn verify_join(&mut self, key: &FlowKey) -> Option<u8> {
-        let subflow = self.tables.subflows.get(key, 0).ok()?;
+        let subflow = self.subflow(key)?;
         if subflow.kind != subflow_kind::JOIN || subflow.hmac != hmac_verdict::PENDING {
             return None;
         }
@@ -139,20 +161,17 @@ impl<'t> Processor<'t> {
 
     /// Verifies every complete join that has no verdict yet: after a restart, events may have
     /// been consumed by a previous run that died before judging them.
-    pub fn verify_pending(&mut self) -> usize {
-        let pending: Vec<FlowKey> = self
-            .tables
-            .subflows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(key, subflow)| {
-                subflow.kind == subflow_kind::JOIN
-                    && subflow.hmac == hmac_verdict::PENDING
-                    && self.tables.verdicts.get(key, 0).is_err()
-            })
-            .map(|(key, _)| key)
-            .collect();
-        pending.iter().filter(|key| self.verify_join(key).is_some()).count()
+    pub fn verify_pending(&mut self) -> Result<usize, TableError> {
+        let mut pending = Vec::new();
+        for (key, subflow) in maps::entries(&self.tables.subflows).map_err(map_error(SUBFLOWS_MAP))? {
+            if subflow.kind == subflow_kind::JOIN
+                && subflow.hmac == hmac_verdict::PENDING
+                && maps::lookup(&self.tables.verdicts, &key).map_err(map_error(HMAC_VERDICTS_MAP))?.is_none()
+            {
+                pending.push(key);
+            }
+        }
+        Ok(pending.iter().filter(|key| self.verify_join(key).is_some()).count())
     }
 
     /// Cross-checks the programs' tokens and IDSNs of a connection's keys against the agent's
@@ -185,7 +204,7 @@ impl<'t> Processor<'t> {
         }
         let connection = self.connection(event.token)?;
         let (client_key, server_key) = keys(&connection)?;
-        let subflow = self.tables.subflows.get(&event_key(event), 0).ok()?;
+        let subflow = self.subflow(&event_key(event))?;
         // The sender is the MPTCP client when it opened this subflow and the subflow is the
         // client's, or answered a subflow the server opened.
         let sender_is_client = (event.from_client != 0) != (subflow.server_initiated != 0);

@@ -11,6 +11,8 @@ use mptcp_common::maps::{
 };
 use serde::Serialize;
 
+use crate::bpf::{loader::LoaderError, maps};
+
 /// Why a table could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
@@ -22,6 +24,12 @@ pub enum TableError {
     },
     #[error("map {0} is missing from the object")]
     Missing(&'static str),
+    #[error(transparent)]
+    Pinned(#[from] LoaderError),
+}
+
+pub fn map_error(name: &'static str) -> impl Fn(MapError) -> TableError {
+    move |source| TableError::Map { name, source }
 }
 
 /// The maps the agent reads and writes, from pins or from a freshly loaded object.
@@ -35,12 +43,12 @@ pub struct Tables {
 
 impl Tables {
     /// Builds the tables from a map opener (pinned maps, or maps taken from an `Ebpf`).
-    pub fn open(mut open: impl FnMut(&'static str) -> Option<Map>) -> Result<Self, TableError> {
+    pub fn open(mut open: impl FnMut(&'static str) -> Result<Map, TableError>) -> Result<Self, TableError> {
         fn typed<T: TryFrom<Map, Error = MapError>>(
-            open: &mut impl FnMut(&'static str) -> Option<Map>,
+            open: &mut impl FnMut(&'static str) -> Result<Map, TableError>,
             name: &'static str,
         ) -> Result<T, TableError> {
-            let map = open(name).ok_or(TableError::Missing(name))?;
+            let map = open(name)?;
             T::try_from(map).map_err(|source| TableError::Map { name, source })
         }
         Ok(Self {
@@ -57,27 +65,26 @@ impl Tables {
     }
 
     /// Every subflow with the agent's verdict applied (the programs copy it on the next packet).
-    pub fn subflows(&self) -> Vec<(FlowKey, Subflow)> {
-        self.subflows
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(key, mut subflow)| {
-                if subflow.hmac == hmac_verdict::PENDING
-                    && let Ok(verdict) = self.verdicts.get(&key, 0)
-                {
-                    subflow.hmac = verdict;
-                }
-                (key, subflow)
-            })
-            .collect()
+    pub fn subflows(&self) -> Result<Vec<(FlowKey, Subflow)>, TableError> {
+        let mut subflows = maps::entries(&self.subflows).map_err(map_error(SUBFLOWS_MAP))?;
+        for (key, subflow) in &mut subflows {
+            if subflow.hmac == hmac_verdict::PENDING
+                && let Some(verdict) =
+                    maps::lookup(&self.verdicts, key).map_err(map_error(HMAC_VERDICTS_MAP))?
+            {
+                subflow.hmac = verdict;
+            }
+        }
+        Ok(subflows)
     }
 
-    pub fn connections(&self) -> Vec<(u32, Connection)> {
-        self.connections.iter().filter_map(Result::ok).collect()
+    pub fn connections(&self) -> Result<Vec<(u32, Connection)>, TableError> {
+        maps::entries(&self.connections).map_err(map_error(CONNECTIONS_MAP))
     }
 
-    pub fn checks(&self, token: u32) -> ConnectionChecks {
-        self.checks.get(&token, 0).unwrap_or_default()
+    /// The agent's checks of a connection; all unchecked when it has none yet.
+    pub fn checks(&self, token: u32) -> Result<ConnectionChecks, TableError> {
+        Ok(maps::lookup(&self.checks, &token).map_err(map_error(CONNECTION_CHECKS_MAP))?.unwrap_or_default())
     }
 }
 
@@ -367,18 +374,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn read(tables: &Tables) -> Self {
-        let mut subflows = tables.subflows();
+    pub fn read(tables: &Tables) -> Result<Self, TableError> {
+        let mut subflows = tables.subflows()?;
         subflows.sort_by_key(|(_, subflow)| subflow.first_seen_ns);
         let mut connections: Vec<TrackedConnection> = tables
-            .connections()
+            .connections()?
             .into_iter()
-            .map(|(token, connection)| TrackedConnection {
-                connection,
-                checks: tables.checks(token),
-                subflows: Vec::new(),
+            .map(|(token, connection)| {
+                Ok(TrackedConnection { connection, checks: tables.checks(token)?, subflows: Vec::new() })
             })
-            .collect();
+            .collect::<Result<_, TableError>>()?;
         connections.sort_by_key(|tracked| tracked.connection.first_seen_ns);
         let mut orphans = Vec::new();
         for (key, subflow) in subflows {
@@ -387,7 +392,7 @@ impl Snapshot {
                 _ => orphans.push((key, subflow)),
             }
         }
-        Self { connections, orphans }
+        Ok(Self { connections, orphans })
     }
 
     pub fn connection_views(&self) -> Vec<ConnectionView> {

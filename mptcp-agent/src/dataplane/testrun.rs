@@ -57,7 +57,7 @@ impl TestHarness {
         }
         let tc: &mut SchedClassifier = loader::program(&mut ebpf, TC_PROGRAM)?;
         tc.load().map_err(|source| TestRunError::Run { program: TC_PROGRAM, source })?;
-        let tables = Tables::open(|name| ebpf.take_map(name))?;
+        let tables = Tables::open(|name| ebpf.take_map(name).ok_or(TableError::Missing(name)))?;
         let events = ebpf.take_map(EVENTS_MAP).ok_or(TableError::Missing(EVENTS_MAP))?;
         let events =
             RingBuf::try_from(events).map_err(|source| TableError::Map { name: EVENTS_MAP, source })?;

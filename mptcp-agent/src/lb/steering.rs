@@ -34,6 +34,7 @@ use crate::{
         self, EBPF_OBJECT, IngressHook, Instance, LB_TC_LINK, LB_XDP_LINK, LoaderError, Privilege,
         XdpAttachMode, check_bpffs, check_privileges,
     },
+    bpf::maps as bpf_maps,
     lb::maglev,
 };
 
@@ -534,7 +535,7 @@ pub fn stop(instance: &Instance) -> Result<(), SteeringError> {
     if !instance.map_path(LB_VIPS_MAP).exists() {
         return Err(SteeringError::NotRunning(instance.name.clone()));
     }
-    for iface in instance.interfaces() {
+    for iface in instance.interfaces()? {
         loader::detach(instance, &iface)?;
     }
     loader::remove_instance(instance)?;
@@ -633,7 +634,7 @@ fn backend_counters_by_name<S: serde::Serializer>(
 pub fn stats(instance: &Instance) -> Result<LbStats, SteeringError> {
     let maps = LbMaps::pinned(instance)?;
     let total = maps.counters()?;
-    let mut vips: Vec<(VipKey, Vip)> = maps.vips.iter().filter_map(Result::ok).collect();
+    let mut vips: Vec<(VipKey, Vip)> = bpf_maps::entries(&maps.vips).map_err(map_error(LB_VIPS_MAP))?;
     vips.sort_by_key(|(_, vip)| vip.index);
     let tables: Vec<Vec<u32>> =
         vips.iter().map(|(_, v)| maps.maglev_table(v.index)).collect::<Result<_, _>>()?;

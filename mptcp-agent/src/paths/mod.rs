@@ -97,6 +97,8 @@ pub enum PathError {
     },
     #[error("the {0} socket closed")]
     SocketClosed(&'static str),
+    #[error(transparent)]
+    Table(#[from] crate::dataplane::tables::TableError),
 }
 
 /// Fails unless MPTCP exists and is enabled in the caller's network namespace.
@@ -770,7 +772,7 @@ pub async fn report(
             endpoint,
         })
         .collect();
-    let subflows = tables.map(|tables| dataplane_subflows(tables, &net));
+    let subflows = tables.map(|tables| dataplane_subflows(tables, &net)).transpose()?;
     Ok(Report { pm_type: pm_type(), limits, endpoints, interfaces, daemon, subflows })
 }
 
@@ -782,17 +784,20 @@ struct RoleEntry {
 
 /// The dataplane's subflows, each oriented from this host: sent is what the local end sent, and
 /// the token is the local end's, the one the kernel's events and `ss -M` name the connection by.
-fn dataplane_subflows(tables: &crate::dataplane::tables::Tables, net: &NetState) -> Vec<PathSubflow> {
+fn dataplane_subflows(
+    tables: &crate::dataplane::tables::Tables,
+    net: &NetState,
+) -> Result<Vec<PathSubflow>, crate::dataplane::tables::TableError> {
     use mptcp_common::maps::connection_flags;
     let client_tokens: BTreeMap<u32, u32> = tables
-        .connections()
+        .connections()?
         .into_iter()
         .filter(|(_, c)| c.flags & connection_flags::CLIENT_KEY != 0)
         .map(|(server_token, c)| (server_token, c.client_token))
         .collect();
-    let mut subflows = tables.subflows();
+    let mut subflows = tables.subflows()?;
     subflows.sort_by_key(|(_, subflow)| subflow.first_seen_ns);
-    subflows
+    Ok(subflows
         .iter()
         .map(|(key, subflow)| {
             let view = crate::dataplane::tables::SubflowView::new(key, subflow);
@@ -823,7 +828,7 @@ fn dataplane_subflows(tables: &crate::dataplane::tables::Tables, net: &NetState)
                 bytes_received: received.bytes,
             }
         })
-        .collect()
+        .collect())
 }
 
 /// The report for humans.
