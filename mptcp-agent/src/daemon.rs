@@ -67,6 +67,32 @@ impl EventLog {
     }
 }
 
+/// Tells whoever waits for the daemon (tests, scripts) that it judges events: `ready` in its run
+/// directory holds its pid from then until it stops. A pid, not mere existence: a daemon that was
+/// killed leaves its file behind.
+struct ReadyFile(PathBuf);
+
+impl ReadyFile {
+    fn path(instance: &Instance) -> PathBuf {
+        instance.run_dir().join("ready")
+    }
+
+    fn create(instance: &Instance) -> Result<Self> {
+        let path = Self::path(instance);
+        fs::write(&path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for ReadyFile {
+    fn drop(&mut self) {
+        if let Err(error) = fs::remove_file(&self.0) {
+            log::warn!("removing {}: {error}", self.0.display());
+        }
+    }
+}
+
 /// How often the congestion controller refreshes its decisions.
 const CC_TICK_MS: u64 = 5;
 
@@ -131,7 +157,6 @@ pub async fn run(
     // real paths; the per-ACK window arithmetic runs in the kernel.
     let mut cc_tick = tokio::time::interval(Duration::from_millis(CC_TICK_MS));
     cc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    // Logged last: whoever waits for the daemon to be ready waits for this line.
     log::info!("{name}: admission {:?}, join rate {}/s", config.admission, config.join_rate_per_sec);
     let mut processor = Processor::new(&mut tables);
     match processor.verify_pending() {
@@ -141,6 +166,7 @@ pub async fn run(
     }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
+    let _ready = ReadyFile::create(instance)?;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {

@@ -47,6 +47,11 @@ pub fn instance_dir(instance: &str) -> PathBuf {
     Path::new("/sys/fs/bpf/mptcp").join(instance)
 }
 
+/// The daemon's files of a dataplane instance (event log, path state, ready file).
+pub fn run_dir(instance: &str) -> PathBuf {
+    Path::new("/run/mptcp-agent").join(instance)
+}
+
 /// Pin directory of one interface of an instance (its counters and links).
 pub fn iface_dir(instance: &str, iface: &str) -> PathBuf {
     instance_dir(instance).join("ifaces").join(iface)
@@ -126,24 +131,33 @@ impl Daemon {
             .context("spawning mptcp-agent run")?;
         let stderr = child.stderr.take().context("daemon stderr")?;
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("admission") {
-                    let _ = ready_tx.send(());
-                }
                 if let Ok(mut log) = sink.lock() {
                     log.push_str(&line);
                     log.push('\n');
                 }
             }
         });
-        let daemon = Self { child: Some(child), log };
-        if ready_rx.recv_timeout(std::time::Duration::from_secs(10)).is_err() {
-            anyhow::bail!("the daemon did not start:\n{}", daemon.log());
+        let pid = child.id();
+        let mut daemon = Self { child: Some(child), log };
+        // Ready when its ready file names it (whatever it logs, at any RUST_LOG level).
+        let ready = run_dir(&dataplane.instance).join("ready");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if std::fs::read_to_string(&ready).is_ok_and(|text| text.trim() == pid.to_string()) {
+                return Ok(daemon);
+            }
+            let exited = daemon.child.as_mut().map(|child| child.try_wait()).transpose()?.flatten();
+            if let Some(status) = exited {
+                anyhow::bail!("the daemon exited ({status}) before it was ready:\n{}", daemon.log());
+            }
+            if std::time::Instant::now() > deadline {
+                anyhow::bail!("the daemon was not ready within 10 s:\n{}", daemon.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        Ok(daemon)
     }
 
     /// What the daemon logged so far.
@@ -190,6 +204,6 @@ impl Drop for Dataplane<'_> {
             let _ = std::fs::remove_dir_all(instance_dir(&self.instance));
         }
         // The daemon's event log and path state.
-        let _ = std::fs::remove_dir_all(Path::new("/run/mptcp-agent").join(&self.instance));
+        let _ = std::fs::remove_dir_all(run_dir(&self.instance));
     }
 }
