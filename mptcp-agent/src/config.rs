@@ -272,18 +272,15 @@ impl From<XdpModeName> for XdpAttachMode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{}{source}", in_file(path))]
-    Parse {
-        path: Option<String>,
-        #[source]
-        source: toml::de::Error,
-    },
+    /// The TOML error is the whole message (it names the line): shown, not chained.
+    #[error("{}{error}", in_file(path))]
+    Parse { path: Option<String>, error: toml::de::Error },
     #[error("{}{key} (line {line}): {message}", in_file(path))]
     Invalid { path: Option<String>, key: &'static str, line: usize, message: String },
 }
@@ -314,8 +311,7 @@ impl AgentConfig {
     }
 
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let config: Self =
-            toml::from_str(text).map_err(|source| ConfigError::Parse { path: None, source })?;
+        let config: Self = toml::from_str(text).map_err(|error| ConfigError::Parse { path: None, error })?;
         if let Some(paths) = &config.paths {
             paths.get_ref().validate(paths.span()).map_err(|invalid| ConfigError::Invalid {
                 path: None,

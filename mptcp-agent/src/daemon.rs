@@ -25,6 +25,7 @@ use crate::{
     dataplane::events::Processor,
     dataplane::tables::Tables,
     paths::{PathInput, PathManager},
+    report::Chain,
 };
 
 /// Where the daemon of `instance` logs the events it processed, one JSON object per line.
@@ -88,7 +89,7 @@ impl ReadyFile {
 impl Drop for ReadyFile {
     fn drop(&mut self) {
         if let Err(error) = fs::remove_file(&self.0) {
-            log::warn!("removing {}: {error}", self.0.display());
+            log::warn!("removing {}: {}", self.0.display(), Chain(&error));
         }
     }
 }
@@ -162,7 +163,7 @@ pub async fn run(
     match processor.verify_pending() {
         Ok(0) => {}
         Ok(recovered) => log::info!("{name}: judged {recovered} join(s) left pending by a previous run"),
-        Err(error) => log::warn!("{name}: judging joins left pending: {error:#}"),
+        Err(error) => log::warn!("{name}: judging joins left pending: {}", Chain(&error)),
     }
     let mut terminate = signal(SignalKind::terminate())?;
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -188,7 +189,7 @@ pub async fn run(
             _ = tick.tick() => {
                 // A failed scan is retried on the next tick; events keep being judged meanwhile.
                 if let Err(error) = processor.verify_pending() {
-                    log::warn!("{name}: judging pending joins: {error:#}");
+                    log::warn!("{name}: judging pending joins: {}", Chain(&error));
                 }
             }
             _ = cc_tick.tick(), if controller.is_some() => {

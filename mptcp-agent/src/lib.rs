@@ -14,3 +14,4 @@ pub mod daemon;
 pub mod dataplane;
 pub mod lb;
 pub mod paths;
+pub mod report;

@@ -15,6 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use crate::report::Chain;
 use aya::{
     Ebpf, EbpfError, EbpfLoader,
     maps::{Map, MapData, MapError},
@@ -361,10 +362,10 @@ impl Drop for Rollback {
     fn drop(&mut self) {
         if self.armed {
             if let Err(error) = detach_dir(&self.iface_dir) {
-                log::warn!("rolling back {}: {error}", self.iface_dir.display());
+                log::warn!("rolling back {}: {}", self.iface_dir.display(), Chain(&error));
             }
             if let Err(error) = remove_unused(&self.instance) {
-                log::warn!("rolling back {}: {error}", self.iface_dir.display());
+                log::warn!("rolling back {}: {}", self.iface_dir.display(), Chain(&error));
             }
         }
     }
@@ -591,13 +592,13 @@ impl Drop for Claim {
             let undo = || -> Result<(), LoaderError> {
                 for iface in self.instance.interfaces()? {
                     if let Err(error) = detach_dir(&self.instance.iface_dir(&iface)?) {
-                        log::warn!("rolling back {iface}: {error}");
+                        log::warn!("rolling back {iface}: {}", Chain(&error));
                     }
                 }
                 remove_instance(&self.instance)
             };
             if let Err(error) = undo() {
-                log::warn!("rolling back instance {}: {error}", self.instance.name);
+                log::warn!("rolling back instance {}: {}", self.instance.name, Chain(&error));
             }
         }
     }

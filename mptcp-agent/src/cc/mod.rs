@@ -163,7 +163,7 @@ fn balia(paths: &[Path]) -> Vec<Decision> {
 pub enum CongestionError {
     #[error(transparent)]
     Loader(#[from] LoaderError),
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]

@@ -14,6 +14,7 @@ use crate::{
     bpf::maps,
     dataplane::handshake,
     dataplane::tables::{TableError, Tables, fallback_name, hmac_name, ip, map_error},
+    report::Chain,
 };
 
 /// An event as the agent records it (`events --json`, the daemon's log).
@@ -102,7 +103,7 @@ pub fn join_verdict(subflow: &Subflow, connection: Option<&Connection>) -> u8 {
 /// event is then judged as if the entry were missing.
 fn logged<V>(map: &str, read: Result<Option<V>, aya::maps::MapError>) -> Option<V> {
     read.unwrap_or_else(|error| {
-        log::warn!("reading {map}: {error}");
+        log::warn!("reading {map}: {}", Chain(&error));
         None
     })
 }
@@ -135,13 +136,13 @@ impl<'t> Processor<'t> {
         let mut checks = match self.tables.checks(token) {
             Ok(checks) => checks,
             Err(error) => {
-                log::warn!("reading checks of connection {token:#010x}: {error}");
+                log::warn!("reading checks of connection {token:#010x}: {}", Chain(&error));
                 return;
             }
         };
         update(&mut checks);
         if let Err(error) = self.tables.checks.insert(token, checks, 0) {
-            log::warn!("recording checks of connection {token:#010x}: {error}");
+            log::warn!("recording checks of connection {token:#010x}: {}", Chain(&error));
         }
     }
 
@@ -154,7 +155,7 @@ impl<'t> Processor<'t> {
         }
         let verdict = join_verdict(&subflow, self.connection(subflow.conn_token).as_ref());
         if let Err(error) = self.tables.verdicts.insert(key, verdict, 0) {
-            log::warn!("recording an HMAC verdict: {error}");
+            log::warn!("recording an HMAC verdict: {}", Chain(&error));
         }
         Some(verdict)
     }

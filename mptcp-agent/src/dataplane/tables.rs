@@ -16,7 +16,7 @@ use crate::bpf::{loader::LoaderError, maps};
 /// Why a table could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TableError {
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]

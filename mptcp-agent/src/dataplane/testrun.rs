@@ -24,7 +24,7 @@ pub enum TestRunError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Table(#[from] TableError),
-    #[error("BPF_PROG_TEST_RUN of {program}: {source}")]
+    #[error("BPF_PROG_TEST_RUN of {program}")]
     Run {
         program: &'static str,
         #[source]

@@ -46,21 +46,18 @@ const LB_TC_PROGRAM: &str = "mptcp_lb_tc";
 pub enum SteeringError {
     #[error(transparent)]
     Loader(#[from] LoaderError),
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     ReadConfig {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
-    ParseConfig {
-        path: String,
-        #[source]
-        source: toml::de::Error,
-    },
+    /// The TOML error is the whole message (it names the line): shown, not chained.
+    #[error("{path}: {error}")]
+    ParseConfig { path: String, error: toml::de::Error },
     #[error("configuration: {0}")]
     Config(String),
-    #[error("map {name}: {source}")]
+    #[error("map {name}")]
     Map {
         name: &'static str,
         #[source]
@@ -157,7 +154,7 @@ impl LbConfig {
     /// Parses and checks the text of `lb.toml`; `path` names it in errors.
     fn parse(text: &str, path: &str) -> Result<Self, SteeringError> {
         let config: Self = toml::from_str(text)
-            .map_err(|source| SteeringError::ParseConfig { path: path.to_owned(), source })?;
+            .map_err(|error| SteeringError::ParseConfig { path: path.to_owned(), error })?;
         config.validate()?;
         Ok(config)
     }

@@ -1,0 +1,104 @@
+//! `conns` and `subflows`: the tracking tables for operators, as JSON or as text tables.
+
+use serde::Serialize;
+
+use crate::{
+    cc::SubflowCc,
+    dataplane::tables::{ConnectionView, SubflowView, Token},
+};
+
+/// One row of `conns --json`: the connection and the congestion state of its subflows.
+#[derive(Serialize)]
+pub struct ConnectionRow<'a> {
+    #[serde(flatten)]
+    pub connection: &'a ConnectionView,
+    pub subflow_cc: Vec<&'a SubflowCc>,
+}
+
+/// Pairs each connection with its subflows' congestion state, by token.
+pub fn connection_rows<'a>(
+    views: &'a [ConnectionView],
+    congestion: &'a [SubflowCc],
+) -> Vec<ConnectionRow<'a>> {
+    views
+        .iter()
+        .map(|connection| ConnectionRow {
+            connection,
+            subflow_cc: congestion.iter().filter(|cc| cc.token == connection.server_token).collect(),
+        })
+        .collect()
+}
+
+pub fn connections_text(rows: &[ConnectionRow<'_>]) -> String {
+    let mut out = format!(
+        "{:<10} {:<10} {:>3} {:>8} {:>12} {:>12} {:>6} {:<10}\n",
+        "token", "client-tok", "sub", "fallback", "data-c2s", "data-s2c", "reinj", "closing"
+    );
+    for ConnectionRow { connection: view, subflow_cc } in rows {
+        let closing = [
+            (view.data_fin.c2s || view.data_fin.s2c, "data-fin"),
+            (view.fastclose, "fastclose"),
+            (view.tcprst, "tcprst"),
+        ];
+        let closing: Vec<&str> = closing.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect();
+        out += &format!(
+            "{:<10} {:<10} {:>3} {:>8} {:>12} {:>12} {:>6} {:<10}\n",
+            view.server_token.to_string(),
+            Token::or_dash(view.client_token),
+            view.subflows,
+            view.fallback.unwrap_or("no"),
+            view.data_bytes.c2s,
+            view.data_bytes.s2c,
+            view.reinjections,
+            closing.join(",")
+        );
+        for cc in subflow_cc {
+            out += &format!("  {}\n", cc_line(cc));
+        }
+    }
+    out
+}
+
+fn cc_line(cc: &SubflowCc) -> String {
+    let decision = match (cc.increase, cc.decrease) {
+        (Some(increase), Some(decrease)) => {
+            format!("{} {increase:+.4} pkt/acked pkt, -{:.0}% on loss", cc.algorithm, 100.0 * decrease)
+        }
+        _ => format!("{} (no current decision)", cc.algorithm),
+    };
+    format!(
+        "{} <-> {}  cwnd {} ssthresh {} srtt {} us coupled {} losses {}  {decision}",
+        cc.ends[0],
+        cc.ends[1],
+        cc.cwnd,
+        cc.ssthresh,
+        cc.srtt_us,
+        cc.coupled_cwnd.map_or("-".to_owned(), |w| w.to_string()),
+        cc.loss_events
+    )
+}
+
+pub fn subflows_text(views: &[SubflowView]) -> String {
+    let line = |cells: [&str; 9]| {
+        format!(
+            "{:<46} {:<46} {:<7} {:<12} {:<10} {:<6} {:<9} {:>9} {:>9}\n",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5], cells[6], cells[7], cells[8]
+        )
+    };
+    let mut out =
+        line(["client", "server", "kind", "state", "token", "backup", "hmac", "pkts-c2s", "pkts-s2c"]);
+    for view in views {
+        out += &line([
+            &view.client.to_string(),
+            &view.server.to_string(),
+            view.kind,
+            view.state,
+            &Token::or_dash(view.connection_token),
+            &view.backup.to_string(),
+            view.hmac,
+            &view.c2s.packets.to_string(),
+            &view.s2c.packets.to_string(),
+        ]);
+    }
+    out
+}
