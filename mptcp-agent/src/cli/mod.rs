@@ -48,8 +48,9 @@ impl InstanceArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Load the programs, attach XDP (ingress) and TC (tcx egress) to an interface and pin them
-    /// under /sys/fs/bpf/mptcp/IFACE so they stay attached after this command exits.
+    /// Load the tracker, attach its ingress (XDP, or tcx on veth) and tcx egress programs to an
+    /// interface and pin them under /sys/fs/bpf/mptcp/INSTANCE/ifaces/IFACE, so they stay
+    /// attached after this command exits.
     Attach {
         #[command(flatten)]
         instance: InstanceArg,
@@ -80,6 +81,8 @@ pub enum Command {
         /// MP_JOIN SYNs per second accepted from one source address (0: no limit).
         #[arg(long)]
         join_rate: Option<u32>,
+        /// MP_JOIN SYNs one source may send at once before the rate applies (default: the rate,
+        /// at least 1).
         #[arg(long)]
         join_burst: Option<u32>,
         #[arg(long, value_enum)]
