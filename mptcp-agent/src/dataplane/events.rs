@@ -1,67 +1,153 @@
 //! Handshake events from the programs: what the agent makes of them (MP_JOIN and ADD_ADDR HMAC
 //! verdicts, key cross-checks) and how they are recorded. The daemon and `replay` share it.
 
-use std::net::SocketAddr;
+use std::{
+    borrow::Cow,
+    net::{IpAddr, SocketAddr},
+};
 
 use mptcp_common::maps::{
     CONNECTIONS_MAP, Connection, ConnectionChecks, Event, FlowKey, HMAC_VERDICTS_MAP, SUBFLOWS_MAP, Subflow,
     addr_words, connection_flags, event_flags, event_kind, hmac_verdict, subflow_kind,
 };
-use serde::Serialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::{
     bpf::maps,
     dataplane::handshake,
-    dataplane::tables::{TableError, Tables, fallback_name, hmac_name, ip, map_error},
+    dataplane::tables::{Hex64, TableError, Tables, Token, fallback_name, hmac_name, ip, map_error},
     report::Chain,
 };
 
-/// An event as the agent records it (`events --json`, the daemon's log).
-#[derive(Debug, Serialize)]
+/// An event as the agent records it (`events --json`, the daemon's log, which `events` reads
+/// back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub time_ns: u64,
-    pub kind: &'static str,
-    pub hook: &'static str,
+    /// What the event is, under `kind`, and what the agent made of it.
+    #[serde(flatten)]
+    pub details: EventDetails,
+    pub hook: Hook,
     pub src: SocketAddr,
     pub dst: SocketAddr,
     /// Server token of the subflow's connection, when known.
-    pub token: Option<String>,
-    #[serde(flatten)]
-    pub details: serde_json::Map<String, Value>,
+    pub token: Option<Token>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Ingress,
+    Egress,
+}
+
+/// The per-kind part of an [`EventRecord`]. Keys are hex (`0x` and 16 digits), HMACs hex bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventDetails {
+    MpCapable {
+        sender_key: Hex64,
+        receiver_key: Option<Hex64>,
+        /// The programs' tokens and IDSNs of the keys equal the agent's own SHA-256 of them.
+        tokens_checked: Option<bool>,
+    },
+    JoinSyn {
+        join_token: Token,
+        nonce: Token,
+        addr_id: u8,
+        backup: bool,
+    },
+    JoinSynack {
+        hmac: String,
+        nonce: Token,
+        addr_id: u8,
+        backup: bool,
+    },
+    JoinAck {
+        hmac: String,
+        verdict: Option<Cow<'static, str>>,
+    },
+    AddAddr {
+        addr: IpAddr,
+        port: Option<u16>,
+        addr_id: u8,
+        echo: bool,
+        hmac: Option<String>,
+        verdict: Option<Cow<'static, str>>,
+    },
+    RemoveAddr {
+        addr_ids: Vec<u8>,
+    },
+    MpPrio {
+        backup: bool,
+    },
+    MpFail {
+        dsn: u64,
+    },
+    MpFastclose {
+        receiver_key: Hex64,
+    },
+    MpTcprst {
+        reason: u8,
+        flags: u8,
+    },
+    Fallback {
+        reason: Option<Cow<'static, str>>,
+    },
+    Unknown,
 }
 
 impl EventRecord {
     /// One line for humans.
     pub fn line(&self) -> String {
-        let details: Vec<String> = self.details.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let details = match serde_json::to_value(&self.details) {
+            Ok(Value::Object(fields)) => fields
+                .iter()
+                .filter(|(key, value)| key.as_str() != "kind" && !value.is_null())
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>(),
+            _ => Vec::new(),
+        };
         format!(
-            "{:>16} {:<12} {:<7} {} -> {} {} {}",
+            "{:>16} {:<12} {:<7} {} -> {} token={} {}",
             self.time_ns,
-            self.kind,
-            self.hook,
+            self.details.kind(),
+            self.hook.name(),
             self.src,
             self.dst,
-            self.token.as_deref().unwrap_or("-"),
+            Token::or_dash(self.token),
             details.join(" ")
         )
     }
 }
 
-pub fn kind_name(kind: u8) -> &'static str {
-    match kind {
-        event_kind::MP_CAPABLE => "mp_capable",
-        event_kind::JOIN_SYN => "join_syn",
-        event_kind::JOIN_SYNACK => "join_synack",
-        event_kind::JOIN_ACK => "join_ack",
-        event_kind::ADD_ADDR => "add_addr",
-        event_kind::REMOVE_ADDR => "remove_addr",
-        event_kind::MP_PRIO => "mp_prio",
-        event_kind::MP_FAIL => "mp_fail",
-        event_kind::MP_FASTCLOSE => "mp_fastclose",
-        event_kind::MP_TCPRST => "mp_tcprst",
-        event_kind::FALLBACK => "fallback",
-        _ => "unknown",
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Ingress => "ingress",
+            Hook::Egress => "egress",
+        }
+    }
+}
+
+impl EventDetails {
+    /// The `kind` the record is logged under.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventDetails::MpCapable { .. } => "mp_capable",
+            EventDetails::JoinSyn { .. } => "join_syn",
+            EventDetails::JoinSynack { .. } => "join_synack",
+            EventDetails::JoinAck { .. } => "join_ack",
+            EventDetails::AddAddr { .. } => "add_addr",
+            EventDetails::RemoveAddr { .. } => "remove_addr",
+            EventDetails::MpPrio { .. } => "mp_prio",
+            EventDetails::MpFail { .. } => "mp_fail",
+            EventDetails::MpFastclose { .. } => "mp_fastclose",
+            EventDetails::MpTcprst { .. } => "mp_tcprst",
+            EventDetails::Fallback { .. } => "fallback",
+            EventDetails::Unknown => "unknown",
+        }
     }
 }
 
@@ -229,65 +315,98 @@ impl<'t> Processor<'t> {
     pub fn process(&mut self, event: &Event) -> EventRecord {
         let backup = event.flags & event_flags::BACKUP != 0;
         let details = match event.kind {
-            event_kind::MP_CAPABLE => {
-                let checked = self.check_keys(event.token);
-                json!({
-                    "sender_key": format!("0x{:016x}", event.keys[0]),
-                    "receiver_key": (event.keys[1] != 0).then(|| format!("0x{:016x}", event.keys[1])),
-                    "tokens_checked": checked,
-                })
-            }
-            event_kind::JOIN_SYN => json!({
-                "join_token": format!("0x{:08x}", event.token),
-                "nonce": format!("0x{:08x}", event.nonce),
-                "addr_id": event.addr_id,
-                "backup": backup,
-            }),
-            event_kind::JOIN_SYNACK => json!({
-                "hmac": hex(&event.hmac[..8]),
-                "nonce": format!("0x{:08x}", event.nonce),
-                "addr_id": event.addr_id,
-                "backup": backup,
-            }),
-            event_kind::JOIN_ACK => {
-                let verdict = self.verify_join(&event_key(event));
-                json!({ "hmac": hex(&event.hmac), "verdict": verdict.map(hmac_name) })
-            }
-            event_kind::ADD_ADDR => {
-                let verified = self.verify_add_addr(event);
-                json!({
-                    "addr": ip(event.count, event.addr),
-                    "port": (event.port != 0).then_some(event.port),
-                    "addr_id": event.addr_id,
-                    "echo": event.flags & event_flags::ECHO != 0,
-                    "hmac": (event.hmac[..8] != [0; 8]).then(|| hex(&event.hmac[..8])),
-                    "verdict": verified.map(|ok| if ok { "verified" } else { "failed" }),
-                })
-            }
+            event_kind::MP_CAPABLE => EventDetails::MpCapable {
+                tokens_checked: self.check_keys(event.token),
+                sender_key: Hex64(event.keys[0]),
+                receiver_key: (event.keys[1] != 0).then_some(Hex64(event.keys[1])),
+            },
+            event_kind::JOIN_SYN => EventDetails::JoinSyn {
+                join_token: Token(event.token),
+                nonce: Token(event.nonce),
+                addr_id: event.addr_id,
+                backup,
+            },
+            event_kind::JOIN_SYNACK => EventDetails::JoinSynack {
+                hmac: hex(&event.hmac[..8]),
+                nonce: Token(event.nonce),
+                addr_id: event.addr_id,
+                backup,
+            },
+            event_kind::JOIN_ACK => EventDetails::JoinAck {
+                verdict: self.verify_join(&event_key(event)).map(|verdict| hmac_name(verdict).into()),
+                hmac: hex(&event.hmac),
+            },
+            event_kind::ADD_ADDR => EventDetails::AddAddr {
+                verdict: self.verify_add_addr(event).map(|ok| if ok { "verified" } else { "failed" }.into()),
+                addr: ip(event.count, event.addr),
+                port: (event.port != 0).then_some(event.port),
+                addr_id: event.addr_id,
+                echo: event.flags & event_flags::ECHO != 0,
+                hmac: (event.hmac[..8] != [0; 8]).then(|| hex(&event.hmac[..8])),
+            },
             event_kind::REMOVE_ADDR => {
-                json!({ "addr_ids": event.addr[..usize::from(event.count).min(16)].to_vec() })
+                EventDetails::RemoveAddr { addr_ids: event.addr[..usize::from(event.count).min(16)].to_vec() }
             }
-            event_kind::MP_PRIO => json!({ "backup": backup }),
-            event_kind::MP_FAIL => json!({ "dsn": event.keys[0] }),
-            event_kind::MP_FASTCLOSE => json!({ "receiver_key": format!("0x{:016x}", event.keys[0]) }),
-            event_kind::MP_TCPRST => json!({ "reason": event.reason, "flags": event.flags }),
-            event_kind::FALLBACK => json!({ "reason": fallback_name(event.reason) }),
-            _ => json!({}),
+            event_kind::MP_PRIO => EventDetails::MpPrio { backup },
+            event_kind::MP_FAIL => EventDetails::MpFail { dsn: event.keys[0] },
+            event_kind::MP_FASTCLOSE => EventDetails::MpFastclose { receiver_key: Hex64(event.keys[0]) },
+            event_kind::MP_TCPRST => EventDetails::MpTcprst { reason: event.reason, flags: event.flags },
+            event_kind::FALLBACK => {
+                EventDetails::Fallback { reason: fallback_name(event.reason).map(Into::into) }
+            }
+            _ => EventDetails::Unknown,
         };
         // The join token travels in `token` for a join SYN; otherwise it is the connection's.
-        let token = (event.kind != event_kind::JOIN_SYN && event.token != 0)
-            .then(|| format!("0x{:08x}", event.token));
+        let token = (event.kind != event_kind::JOIN_SYN && event.token != 0).then_some(Token(event.token));
         EventRecord {
             time_ns: event.timestamp_ns,
-            kind: kind_name(event.kind),
-            hook: if event.hook == 0 { "ingress" } else { "egress" },
+            details,
+            hook: if event.hook == 0 { Hook::Ingress } else { Hook::Egress },
             src: SocketAddr::new(ip(event.family, event.src), event.sport),
             dst: SocketAddr::new(ip(event.family, event.dst), event.dport),
             token,
-            details: match details {
-                Value::Object(map) => map,
-                _ => serde_json::Map::new(),
-            },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_as_written_with_the_logged_shape() {
+        let record = EventRecord {
+            time_ns: 42,
+            details: EventDetails::JoinSyn {
+                join_token: Token(0xdead_beef),
+                nonce: Token(7),
+                addr_id: 2,
+                backup: true,
+            },
+            hook: Hook::Ingress,
+            src: "198.51.100.1:40000".parse().unwrap(),
+            dst: "203.0.113.2:80".parse().unwrap(),
+            token: None,
+        };
+        let line = serde_json::to_string(&record).unwrap();
+        let json: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(json["kind"], "join_syn");
+        assert_eq!(json["join_token"], "0xdeadbeef");
+        assert_eq!(json["nonce"], "0x00000007");
+        assert_eq!(json["hook"], "ingress");
+        assert_eq!(serde_json::from_str::<EventRecord>(&line).unwrap(), record);
+        let capable = EventRecord {
+            details: EventDetails::MpCapable {
+                sender_key: Hex64(1),
+                receiver_key: None,
+                tokens_checked: Some(true),
+            },
+            token: Some(Token(0x0102_0304)),
+            ..record
+        };
+        let line = serde_json::to_string(&capable).unwrap();
+        assert!(line.contains(r#""sender_key":"0x0000000000000001""#), "{line}");
+        assert_eq!(serde_json::from_str::<EventRecord>(&line).unwrap(), capable);
+        assert!(serde_json::from_str::<Token>(r#""12""#).is_err());
     }
 }

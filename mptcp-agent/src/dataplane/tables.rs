@@ -143,32 +143,50 @@ pub fn fallback_name(reason: u8) -> Option<&'static str> {
     }
 }
 
-fn hex64(value: u64, known: bool) -> Option<String> {
-    known.then(|| format!("0x{value:016x}"))
+/// Integers operators read in hex: shown as `0x` and every digit of the width, compared and
+/// joined as the integer, read back from the same text.
+macro_rules! hex_integer {
+    ($(#[$meta:meta])* $name:ident($int:ty), $digits:literal) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub $int);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{:#0width$x}", self.0, width = $digits + 2)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                text.strip_prefix("0x")
+                    .and_then(|digits| <$int>::from_str_radix(digits, 16).ok())
+                    .map($name)
+                    .ok_or_else(|| serde::de::Error::custom(format!("{text:?} is not a 0x-prefixed hex integer")))
+            }
+        }
+    };
 }
 
-/// An MPTCP token: joined and compared as the integer, shown as `0x` and eight hex digits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Token(pub u32);
-
-impl std::fmt::Display for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "0x{:08x}", self.0)
-    }
-}
-
-impl Serialize for Token {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
+hex_integer!(
+    /// A 32-bit MPTCP token (or nonce).
+    Token(u32),
+    8
+);
+hex_integer!(
+    /// A 64-bit MPTCP key or IDSN.
+    Hex64(u64),
+    16
+);
 
 impl Token {
-    /// The token if `known`, for fields that are zero until learned.
-    pub fn known(value: u32, known: bool) -> Option<Self> {
-        known.then_some(Self(value))
-    }
-
     /// `-` where no token is known, for tables.
     pub fn or_dash(token: Option<Self>) -> String {
         token.map_or_else(|| "-".to_owned(), |token| token.to_string())
@@ -243,8 +261,8 @@ impl SubflowView {
             server,
             kind: kind_name(subflow.kind),
             state: state_name(subflow.state),
-            connection_token: Token::known(subflow.conn_token, subflow.conn_token != 0),
-            join_token: Token::known(subflow.join_token, subflow.kind == subflow_kind::JOIN),
+            connection_token: (subflow.conn_token != 0).then_some(Token(subflow.conn_token)),
+            join_token: (subflow.kind == subflow_kind::JOIN).then_some(Token(subflow.join_token)),
             server_initiated: subflow.server_initiated != 0,
             backup: backup_flags & direction_flags::BACKUP != 0,
             hmac: hmac_name(subflow.hmac),
@@ -262,10 +280,10 @@ impl SubflowView {
 pub struct ConnectionView {
     pub server_token: Token,
     pub client_token: Option<Token>,
-    pub client_key: Option<String>,
-    pub server_key: Option<String>,
-    pub client_idsn: Option<String>,
-    pub server_idsn: Option<String>,
+    pub client_key: Option<Hex64>,
+    pub server_key: Option<Hex64>,
+    pub client_idsn: Option<Hex64>,
+    pub server_idsn: Option<Hex64>,
     pub version: u8,
     pub subflows: u32,
     pub fallback: Option<&'static str>,
@@ -304,11 +322,11 @@ impl ConnectionView {
         let server = has(connection_flags::SERVER_KEY);
         Self {
             server_token: Token(connection.server_token),
-            client_token: Token::known(connection.client_token, client),
-            client_key: hex64(connection.client_key, client),
-            server_key: hex64(connection.server_key, server),
-            client_idsn: hex64(connection.client_idsn, client),
-            server_idsn: hex64(connection.server_idsn, server),
+            client_token: client.then_some(Token(connection.client_token)),
+            client_key: client.then_some(Hex64(connection.client_key)),
+            server_key: server.then_some(Hex64(connection.server_key)),
+            client_idsn: client.then_some(Hex64(connection.client_idsn)),
+            server_idsn: server.then_some(Hex64(connection.server_idsn)),
             version: connection.version,
             subflows: connection.subflows,
             fallback: fallback_name(connection.fallback),
