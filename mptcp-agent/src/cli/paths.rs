@@ -1,0 +1,146 @@
+//! `mptcp-agent paths`: the path report, as JSON or for humans.
+
+use std::fmt::Write as _;
+
+use crate::{bpf::loader::Instance, dataplane::tables::Tables, paths::Report};
+use anyhow::Result;
+use serde_json::Value;
+
+/// Prints the report of `instance`'s paths; `tables` when the dataplane is attached.
+pub fn print(instance: &Instance, tables: Option<&Tables>, json: bool) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let report = runtime.block_on(crate::paths::report(instance, tables))?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        print!("{}", to_text(&report));
+    }
+    Ok(())
+}
+
+/// The report for humans.
+fn to_text(report: &Report) -> String {
+    let mut out = String::new();
+    let pm = match report.pm_type {
+        Some(0) => "in-kernel",
+        Some(1) => "userspace",
+        _ => "unknown",
+    };
+    let _ = writeln!(
+        out,
+        "path manager: {pm} (net.mptcp.pm_type = {})",
+        report.pm_type.map_or("?".into(), |t| t.to_string())
+    );
+    match &report.daemon {
+        Some(daemon) => {
+            let policy = &daemon["policy"];
+            // JSON strings without their quotes.
+            let plain = |value: &Value| value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+            let _ = writeln!(
+                out,
+                "policy: pm {}, mode {}, server {}, ndiffports {}, max-subflows {}, make-before-break {}, primary {}",
+                plain(&policy["pm"]),
+                plain(&policy["mode"]),
+                policy["server"],
+                policy["ndiffports"],
+                policy["max_subflows"],
+                policy["make_before_break"],
+                plain(&daemon["primary"])
+            );
+        }
+        None => out.push_str("policy: none (no daemon with a [paths] table runs for this instance)\n"),
+    }
+    let _ = writeln!(
+        out,
+        "limits: subflows {}, add_addr_accepted {}",
+        report.limits.subflows, report.limits.add_addr_accepted
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:<5} {:<8} {:<7} {:<40} routes (default in tables)",
+        "interface", "state", "role", "primary", "addresses"
+    );
+    for interface in &report.interfaces {
+        let state = if interface.up && interface.carrier { "up" } else { "down" };
+        let role = interface.role.map_or("-".to_owned(), |r| format!("{r:?}").to_lowercase());
+        let tables: Vec<String> = interface.routes.default_route_tables.iter().map(u32::to_string).collect();
+        let _ = writeln!(
+            out,
+            "{:<16} {:<5} {:<8} {:<7} {:<40} {} ({})",
+            interface.name,
+            state,
+            role,
+            if interface.primary { "yes" } else { "" },
+            interface.addresses.join(" "),
+            interface.routes.routes,
+            tables.join(",")
+        );
+    }
+    let _ = writeln!(out, "\n{:<4} {:<40} {:<6} {:<24} dev", "id", "endpoint", "port", "flags");
+    for view in &report.endpoints {
+        let endpoint = &view.endpoint;
+        let _ = writeln!(
+            out,
+            "{:<4} {:<40} {:<6} {:<24} {}",
+            endpoint.id,
+            endpoint.addr,
+            endpoint.port.map_or(String::new(), |p| p.to_string()),
+            endpoint.flags.names().join(","),
+            view.iface.as_deref().unwrap_or("-")
+        );
+    }
+    match &report.subflows {
+        Some(subflows) => {
+            let _ = writeln!(
+                out,
+                "\n{:<16} {:<46} {:<46} {:<10} {:<12} {:<6} {:>12} {:>12}",
+                "path", "local", "remote", "token", "state", "backup", "bytes-sent", "bytes-recv"
+            );
+            for subflow in subflows {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<46} {:<46} {:<10} {:<12} {:<6} {:>12} {:>12}",
+                    subflow.iface.as_deref().unwrap_or("-"),
+                    subflow.local.to_string(),
+                    subflow.remote.to_string(),
+                    subflow.token.as_deref().unwrap_or("-"),
+                    subflow.state,
+                    subflow.backup,
+                    subflow.bytes_sent,
+                    subflow.bytes_received
+                );
+            }
+        }
+        None => out.push_str("\nsubflows: the dataplane instance is not attached here\n"),
+    }
+    if let Some(connections) = report.daemon.as_ref().and_then(|d| d["connections"].as_array()) {
+        let _ = writeln!(
+            out,
+            "\nconnections (path manager events){}",
+            if connections.is_empty() { ": none open" } else { "" }
+        );
+        for connection in connections {
+            let subflows: Vec<String> = connection["subflows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| {
+                    format!(
+                        "{}->{}{}",
+                        s["local"].as_str().unwrap_or("?"),
+                        s["remote"].as_str().unwrap_or("?"),
+                        if s["backup"] == true { " (backup)" } else { "" }
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {} {} {}",
+                connection["token"].as_str().unwrap_or("?"),
+                if connection["server_side"] == true { "server" } else { "client" },
+                subflows.join(", ")
+            );
+        }
+    }
+    out
+}
