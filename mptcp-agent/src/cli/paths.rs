@@ -1,10 +1,9 @@
 //! `mptcp-agent paths`: the path report, as JSON or for humans.
 
-use std::fmt::Write as _;
+use anyhow::Result;
+use serde::Serialize;
 
 use crate::{bpf::loader::Instance, dataplane::tables::Tables, paths::Report};
-use anyhow::Result;
-use serde_json::Value;
 
 /// Prints the report of `instance`'s paths; `tables` when the dataplane is attached.
 pub fn print(instance: &Instance, tables: Option<&Tables>, json: bool) -> Result<()> {
@@ -13,13 +12,20 @@ pub fn print(instance: &Instance, tables: Option<&Tables>, json: bool) -> Result
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print!("{}", to_text(&report));
+        print!("{}", to_text(&report)?);
     }
     Ok(())
 }
 
+/// A value as the configuration spells it: its serde name, without JSON's quotes.
+fn spelled(value: impl Serialize) -> serde_json::Result<String> {
+    let value = serde_json::to_value(value)?;
+    Ok(value.as_str().map_or_else(|| value.to_string(), str::to_owned))
+}
+
 /// The report for humans.
-fn to_text(report: &Report) -> String {
+fn to_text(report: &Report) -> serde_json::Result<String> {
+    use std::fmt::Write as _;
     let mut out = String::new();
     let pm = match report.pm_type {
         Some(0) => "in-kernel",
@@ -33,19 +39,17 @@ fn to_text(report: &Report) -> String {
     );
     match &report.daemon {
         Some(daemon) => {
-            let policy = &daemon["policy"];
-            // JSON strings without their quotes.
-            let plain = |value: &Value| value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+            let policy = &daemon.policy;
             let _ = writeln!(
                 out,
                 "policy: pm {}, mode {}, server {}, ndiffports {}, max-subflows {}, make-before-break {}, primary {}",
-                plain(&policy["pm"]),
-                plain(&policy["mode"]),
-                policy["server"],
-                policy["ndiffports"],
-                policy["max_subflows"],
-                policy["make_before_break"],
-                plain(&daemon["primary"])
+                spelled(policy.pm)?,
+                spelled(policy.mode)?,
+                policy.server,
+                policy.ndiffports,
+                policy.max_subflows,
+                policy.make_before_break,
+                daemon.primary.as_deref().unwrap_or("null")
             );
         }
         None => out.push_str("policy: none (no daemon with a [paths] table runs for this instance)\n"),
@@ -113,34 +117,28 @@ fn to_text(report: &Report) -> String {
         }
         None => out.push_str("\nsubflows: the dataplane instance is not attached here\n"),
     }
-    if let Some(connections) = report.daemon.as_ref().and_then(|d| d["connections"].as_array()) {
+    if let Some(daemon) = &report.daemon {
+        let connections = &daemon.connections;
         let _ = writeln!(
             out,
             "\nconnections (path manager events){}",
             if connections.is_empty() { ": none open" } else { "" }
         );
-        for connection in connections {
-            let subflows: Vec<String> = connection["subflows"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| {
-                    format!(
-                        "{}->{}{}",
-                        s["local"].as_str().unwrap_or("?"),
-                        s["remote"].as_str().unwrap_or("?"),
-                        if s["backup"] == true { " (backup)" } else { "" }
-                    )
-                })
+        for state in connections {
+            let subflows: Vec<String> = state
+                .connection
+                .subflows
+                .iter()
+                .map(|s| format!("{}->{}{}", s.local, s.remote, if s.backup { " (backup)" } else { "" }))
                 .collect();
             let _ = writeln!(
                 out,
                 "  {} {} {}",
-                connection["token"].as_str().unwrap_or("?"),
-                if connection["server_side"] == true { "server" } else { "client" },
+                state.token,
+                if state.connection.server_side { "server" } else { "client" },
                 subflows.join(", ")
             );
         }
     }
-    out
+    Ok(out)
 }

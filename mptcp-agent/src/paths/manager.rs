@@ -4,7 +4,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs,
     net::IpAddr,
     path::PathBuf,
     time::Duration,
@@ -18,7 +17,7 @@ use super::{
     policy::{self, Action, Attempt, ConnectionInfo, SubflowInfo},
     record::{PathRecord, outcome, record},
     rtnl::{NetEvent, NetState, Rtnl},
-    state::{policy_json, state_path},
+    state::{ConnectionState, PathState, Policy, state_path},
     sysctl::set_pm_type,
 };
 use crate::{
@@ -118,7 +117,7 @@ impl PathManager {
                 None => log::warn!("paths: interface {} does not exist (yet)", interface.name()),
             }
         }
-        records.push(record("paths_started", json!({ "policy": policy_json(&manager.config) })));
+        records.push(record("paths_started", json!({ "policy": Policy::new(&manager.config) })));
         // A start is a reconcile against endpoints a previous run (or an operator) left.
         manager.update_primary(&mut records);
         if manager.config.pm == PmKind::Kernel {
@@ -497,30 +496,21 @@ impl PathManager {
     }
 
     fn write_state(&self) -> Result<(), PathError> {
-        let connections: Vec<Value> = self
+        let connections = self
             .connections
             .iter()
-            .map(|(token, connection)| {
-                let mut value = serde_json::to_value(connection).unwrap_or(Value::Null);
-                if let Value::Object(map) = &mut value {
-                    map.insert("token".into(), Value::String(hex_token(*token)));
-                }
-                value
+            .map(|(token, connection)| ConnectionState {
+                token: hex_token(*token),
+                connection: connection.clone(),
             })
             .collect();
-        let state = json!({
-            "updated_ns": monotonic_ns(),
-            "policy": policy_json(&self.config),
-            "primary": self.primary,
-            "connections": connections,
-        });
-        let error = |source| PathError::State { path: self.state_path.clone(), source };
-        if let Some(dir) = self.state_path.parent() {
-            fs::create_dir_all(dir).map_err(error)?;
-        }
-        let partial = self.state_path.with_extension("json.partial");
-        fs::write(&partial, serde_json::to_vec_pretty(&state).unwrap_or_default()).map_err(error)?;
-        fs::rename(&partial, &self.state_path).map_err(error)
+        let state = PathState {
+            updated_ns: monotonic_ns(),
+            policy: Policy::new(&self.config),
+            primary: self.primary.clone(),
+            connections,
+        };
+        state.write(&self.state_path)
     }
 }
 

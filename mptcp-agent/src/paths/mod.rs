@@ -23,7 +23,7 @@ pub use self::{
     manager::{PathInput, PathManager},
     record::PathRecord,
     report::{EndpointView, InterfaceView, PathSubflow, Report, report},
-    state::state_path,
+    state::{ConnectionState, InterfacePolicy, PathState, Policy, state_path},
     sysctl::{check_mptcp, pm_type},
 };
 use self::{pm::PmError, rtnl::RtnlError};

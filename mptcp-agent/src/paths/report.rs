@@ -1,17 +1,16 @@
 //! What `mptcp-agent paths` shows: the kernel's path manager, the interfaces, the daemon's state
 //! and the dataplane's subflows, gathered in one [`Report`].
 
-use std::{collections::BTreeMap, fs, net::SocketAddr};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use serde::Serialize;
-use serde_json::Value;
 
 use super::{
     PathError, check_mptcp, hex_token,
     pm::{self, PmClient},
     pm_type,
     rtnl::{self, NetState, Rtnl},
-    state::state_path,
+    state::{PathState, state_path},
 };
 use crate::{
     bpf::loader::Instance,
@@ -65,7 +64,7 @@ pub struct Report {
     pub endpoints: Vec<EndpointView>,
     pub interfaces: Vec<InterfaceView>,
     /// The daemon's policy and per-connection state, when a daemon with `[paths]` runs.
-    pub daemon: Option<Value>,
+    pub daemon: Option<PathState>,
     /// Subflows from the dataplane's tables, when the instance is attached.
     pub subflows: Option<Vec<PathSubflow>>,
 }
@@ -81,16 +80,13 @@ pub async fn report(instance: &Instance, tables: Option<&Tables>) -> Result<Repo
     let rtnl = Rtnl::connect(false)?;
     let net = rtnl.snapshot().await?;
     let routes = rtnl.routes().await?;
-    let daemon: Option<Value> =
-        fs::read(state_path(instance)).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
-    let roles: BTreeMap<String, Role> = daemon
-        .as_ref()
-        .and_then(|d| serde_json::from_value::<Vec<RoleEntry>>(d["policy"]["interfaces"].clone()).ok())
-        .into_iter()
-        .flatten()
-        .map(|entry| (entry.name, entry.role))
+    let daemon = PathState::read(&state_path(instance));
+    let roles: BTreeMap<&str, Role> = daemon
+        .iter()
+        .flat_map(|d| &d.policy.interfaces)
+        .map(|interface| (interface.name.as_str(), interface.role))
         .collect();
-    let primary = daemon.as_ref().and_then(|d| d["primary"].as_str().map(str::to_owned));
+    let primary = daemon.as_ref().and_then(|d| d.primary.as_deref());
     let name = |index: Option<u32>| index.and_then(|i| net.links.get(&i)).map(|l| l.name.clone());
     let interfaces = net
         .links
@@ -101,8 +97,8 @@ pub async fn report(instance: &Instance, tables: Option<&Tables>) -> Result<Repo
             index: link.index,
             up: link.up,
             carrier: link.carrier,
-            role: roles.get(&link.name).copied(),
-            primary: primary.as_deref() == Some(link.name.as_str()),
+            role: roles.get(link.name.as_str()).copied(),
+            primary: primary == Some(link.name.as_str()),
             addresses: net.addresses_of(link.index).map(|a| format!("{}/{}", a.addr, a.prefix_len)).collect(),
             routes: routes.get(&link.index).cloned().unwrap_or_default(),
         })
@@ -116,12 +112,6 @@ pub async fn report(instance: &Instance, tables: Option<&Tables>) -> Result<Repo
         .collect();
     let subflows = tables.map(|tables| dataplane_subflows(tables, &net));
     Ok(Report { pm_type: pm_type(), limits, endpoints, interfaces, daemon, subflows })
-}
-
-#[derive(serde::Deserialize)]
-struct RoleEntry {
-    name: String,
-    role: Role,
 }
 
 /// The dataplane's subflows, each oriented from this host: sent is what the local end sent, and
