@@ -9,13 +9,11 @@ use std::{
     time::Duration,
 };
 
-use serde_json::{Value, json};
-
 use super::{
     PathError, check_mptcp, hex_token, monotonic_ns,
     pm::{self, EventKind, LocalAddr, PmClient, PmError, PmEvent, PmEvents},
     policy::{self, Action, Attempt, ConnectionInfo, SubflowInfo},
-    record::{PathRecord, outcome, record},
+    record::{PathEvent, PathRecord, Request},
     rtnl::{NetEvent, NetState, Rtnl},
     state::{ConnectionState, PathState, Policy, state_path},
     sysctl::set_pm_type,
@@ -83,7 +81,7 @@ impl PathManager {
         let events = pm.subscribe()?;
         let mut records = Vec::new();
         if set_pm_type(config.pm)? {
-            records.push(record("pm_type_set", json!({ "pm": config.pm })));
+            records.push(PathRecord::now(PathEvent::PmTypeSet { pm: config.pm }));
         }
         if config.pm == PmKind::Kernel {
             let limits = pm::Limits {
@@ -91,7 +89,7 @@ impl PathManager {
                 add_addr_accepted: u32::from(config.add_addr_accepted()),
             };
             pm.set_limits(limits).await?;
-            records.push(record("limits_set", json!(limits)));
+            records.push(PathRecord::now(PathEvent::LimitsSet(limits)));
         }
         let net = rtnl.snapshot().await?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -117,7 +115,7 @@ impl PathManager {
                 None => log::warn!("paths: interface {} does not exist (yet)", interface.name()),
             }
         }
-        records.push(record("paths_started", json!({ "policy": Policy::new(&manager.config) })));
+        records.push(PathRecord::now(PathEvent::PathsStarted { policy: Policy::new(&manager.config) }));
         // A start is a reconcile against endpoints a previous run (or an operator) left.
         manager.update_primary(&mut records);
         if manager.config.pm == PmKind::Kernel {
@@ -172,8 +170,8 @@ impl PathManager {
     fn update_primary(&mut self, records: &mut Vec<PathRecord>) {
         let primary = policy::primary(&self.config, &self.net).map(|i| i.name().to_owned());
         if primary != self.primary {
-            records.push(record("path_primary", json!({ "iface": primary, "previous": self.primary })));
-            self.primary = primary;
+            let previous = std::mem::replace(&mut self.primary, primary.clone());
+            records.push(PathRecord::now(PathEvent::PathPrimary { iface: primary, previous }));
         }
     }
 
@@ -203,17 +201,17 @@ impl PathManager {
         let name = self.net.links.get(&index).map(|l| l.name.clone()).or(name_before);
         let usable_now = was_usable(&self.net, index);
         match &event {
-            NetEvent::Link(_) | NetEvent::LinkGone(_) if usable_before != usable_now => records.push(record(
-                if usable_now { "path_link_up" } else { "path_link_down" },
-                json!({ "iface": name, "index": index }),
-            )),
-            NetEvent::AddressAdded(address) => records.push(record(
-                "path_address_added",
-                json!({ "iface": name, "addr": address.addr, "prefix_len": address.prefix_len, "usable": address.usable() }),
-            )),
-            NetEvent::AddressGone(address) => {
-                records.push(record("path_address_removed", json!({ "iface": name, "addr": address.addr })))
+            NetEvent::Link(_) | NetEvent::LinkGone(_) if usable_before != usable_now => {
+                records.push(PathRecord::now(PathEvent::PathLink { up: usable_now, iface: name, index }))
             }
+            NetEvent::AddressAdded(address) => records.push(PathRecord::now(PathEvent::PathAddressAdded {
+                iface: name,
+                addr: address.addr,
+                prefix_len: address.prefix_len,
+                usable: address.usable(),
+            })),
+            NetEvent::AddressGone(address) => records
+                .push(PathRecord::now(PathEvent::PathAddressRemoved { iface: name, addr: address.addr })),
             _ => {}
         }
         let after = self.usable_addresses();
@@ -269,8 +267,13 @@ impl PathManager {
         }
         for (endpoint, wanted) in flag_changes {
             let result = sent_at(self.pm.set_endpoint_flags(endpoint.id, wanted.flags)).await;
-            let details = json!({ "id": endpoint.id, "addr": endpoint.addr, "flags": wanted.flags, "previous": endpoint.flags });
-            records.push(outcome("endpoint_flags", "set-flags", details, result));
+            let request = Request::EndpointFlags {
+                id: endpoint.id,
+                addr: endpoint.addr,
+                flags: wanted.flags,
+                previous: endpoint.flags,
+            };
+            records.push(PathRecord::outcome(request, result));
         }
         for wanted in &desired {
             let present = current.iter().any(|e| e.addr == wanted.addr);
@@ -278,8 +281,9 @@ impl PathManager {
                 continue;
             }
             let result = sent_at(self.pm.add_endpoint(wanted.addr, wanted.flags, wanted.if_index)).await;
-            let details = json!({ "addr": wanted.addr, "flags": wanted.flags, "iface": self.iface_name(Some(wanted.if_index)) });
-            records.push(outcome("endpoint_added", "add-addr", details, result));
+            let iface = self.iface_name(Some(wanted.if_index));
+            let request = Request::EndpointAdded { addr: wanted.addr, flags: wanted.flags, iface };
+            records.push(PathRecord::outcome(request, result));
         }
         for endpoint in &dropped {
             self.remove_endpoint(endpoint, records).await;
@@ -287,8 +291,7 @@ impl PathManager {
         for addr in lost {
             if !current.iter().any(|e| e.addr == *addr) {
                 let result = sent_at(self.pm.del_endpoint(0, *addr)).await;
-                let details = json!({ "addr": addr });
-                records.push(outcome("initial_subflows_closed", "del-addr id 0", details, result));
+                records.push(PathRecord::outcome(Request::InitialSubflowsClosed { addr: *addr }, result));
             }
         }
         Ok(())
@@ -300,9 +303,9 @@ impl PathManager {
 
     async fn remove_endpoint(&mut self, endpoint: &pm::Endpoint, records: &mut Vec<PathRecord>) {
         let result = sent_at(self.pm.del_endpoint(endpoint.id, endpoint.addr)).await;
-        let details =
-            json!({ "id": endpoint.id, "addr": endpoint.addr, "iface": self.iface_name(endpoint.if_index) });
-        records.push(outcome("endpoint_removed", "del-addr", details, result));
+        let iface = self.iface_name(endpoint.if_index);
+        let request = Request::EndpointRemoved { id: endpoint.id, addr: endpoint.addr, iface };
+        records.push(PathRecord::outcome(request, result));
     }
 
     async fn on_pm_event(
@@ -311,12 +314,7 @@ impl PathManager {
         records: &mut Vec<PathRecord>,
     ) -> Result<bool, PathError> {
         let kind = event.kind.unwrap_or(EventKind::Unknown);
-        let mut details = serde_json::to_value(&event).unwrap_or(Value::Null);
-        if let (Some(token), Value::Object(map)) = (event.token, &mut details) {
-            map.insert("token".into(), Value::String(hex_token(token)));
-            map.retain(|_, value| !value.is_null());
-        }
-        records.push(record(kind.log_name(), details));
+        records.push(PathRecord::now(PathEvent::Pm(event.clone())));
         let Some(token) = event.token else { return Ok(false) };
         let mut act = false;
         match kind {
@@ -423,15 +421,14 @@ impl PathManager {
                 && withdrawn.insert(*local_id)
             {
                 let result = sent_at(self.pm.remove(token, *local_id)).await;
-                let details = json!({ "token": token_hex, "addr": local.ip(), "id": local_id });
-                records.push(outcome("address_withdrawn", "remove", details, result));
+                let request =
+                    Request::AddressWithdrawn { token: token_hex.clone(), addr: local.ip(), id: *local_id };
+                records.push(PathRecord::outcome(request, result));
             }
-            let (kind, op, result) = match &action {
-                Action::Destroy { local, remote, .. } => (
-                    "subflow_destroyed",
-                    "subflow-destroy",
-                    sent_at(self.pm.destroy_subflow(token, *local, *remote)).await,
-                ),
+            let result = match &action {
+                Action::Destroy { local, remote, .. } => {
+                    sent_at(self.pm.destroy_subflow(token, *local, *remote)).await
+                }
                 Action::Create { local, if_index, backup } => {
                     let Some(remote) = remote else { continue };
                     let local = LocalAddr {
@@ -440,17 +437,11 @@ impl PathManager {
                         backup: *backup,
                         if_index: Some(*if_index),
                     };
-                    (
-                        "subflow_created",
-                        "subflow-create",
-                        sent_at(self.pm.create_subflow(token, local, remote)).await,
-                    )
+                    sent_at(self.pm.create_subflow(token, local, remote)).await
                 }
-                Action::SetBackup { local, remote, backup } => (
-                    "subflow_priority",
-                    "set-flags",
-                    sent_at(self.pm.set_subflow_backup(token, *local, *remote, *backup)).await,
-                ),
+                Action::SetBackup { local, remote, backup } => {
+                    sent_at(self.pm.set_subflow_backup(token, *local, *remote, *backup)).await
+                }
                 Action::Announce { addr, if_index } => {
                     let local = LocalAddr {
                         addr: *addr,
@@ -458,19 +449,13 @@ impl PathManager {
                         backup: false,
                         if_index: Some(*if_index),
                     };
-                    ("address_announced", "announce", sent_at(self.pm.announce(token, local)).await)
+                    sent_at(self.pm.announce(token, local)).await
                 }
-                Action::Withdraw { addr } => {
-                    ("address_withdrawn", "remove", sent_at(self.pm.remove(token, self.ids.id(*addr))).await)
-                }
+                Action::Withdraw { addr } => sent_at(self.pm.remove(token, self.ids.id(*addr))).await,
             };
             let ok = result.1.is_ok();
-            let mut details = serde_json::to_value(&action).unwrap_or(Value::Null);
-            if let Value::Object(map) = &mut details {
-                map.insert("token".into(), Value::String(token_hex.clone()));
-                map.remove("action");
-            }
-            records.push(outcome(kind, op, details, result));
+            let request = Request::Action { token: token_hex.clone(), action: action.clone() };
+            records.push(PathRecord::outcome(request, result));
             let Some(connection) = self.connections.get_mut(&token) else { return };
             let now = monotonic_ns();
             match action {

@@ -21,7 +21,7 @@ use std::{io, path::PathBuf};
 
 pub use self::{
     manager::{PathInput, PathManager},
-    record::PathRecord,
+    record::{PathEvent, PathRecord, Request},
     report::{EndpointView, InterfaceView, PathSubflow, Report, report},
     state::{ConnectionState, InterfacePolicy, PathState, Policy, state_path},
     sysctl::{check_mptcp, pm_type},

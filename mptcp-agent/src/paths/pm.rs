@@ -217,23 +217,39 @@ impl EventKind {
     }
 }
 
-/// One path manager event (`mptcp_event_attr`); attributes the event lacks are `None`.
+/// One path manager event (`mptcp_event_attr`); attributes the event lacks are `None`, and
+/// left out of its record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PmEvent {
     #[serde(skip)]
     pub kind: Option<EventKind>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "hex_token")]
     pub token: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub local_id: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_id: Option<u8>,
     /// saddr:sport (for ANNOUNCED, the kernel leaves it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<SocketAddr>,
     /// daddr:dport; for ANNOUNCED, the announced address.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub if_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_side: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reset_reason: Option<u32>,
+}
+
+/// Tokens show in hex, as `ss -M` and the dataplane's tables show them.
+fn hex_token<S: serde::Serializer>(token: &Option<u32>, serializer: S) -> Result<S::Ok, S::Error> {
+    token.map(super::hex_token).serialize(serializer)
 }
 
 /// `mptcp_event_attr` numbers.

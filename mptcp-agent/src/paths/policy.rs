@@ -130,7 +130,8 @@ pub struct ConnectionInfo {
 
 /// What the userspace path manager should do on one connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
+// Serialized as its fields alone: the kind of its record names the action.
+#[serde(untagged)]
 pub enum Action {
     /// Close a subflow (its interface went down, or it is surplus once the wanted ones are up).
     Destroy { local: SocketAddr, remote: SocketAddr, local_id: u8, reason: &'static str },
