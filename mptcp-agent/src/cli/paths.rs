@@ -1,5 +1,7 @@
 //! `mptcp-agent paths`: the path report, as JSON or for humans.
 
+use std::fmt::Write as _;
+
 use anyhow::Result;
 use serde::Serialize;
 
@@ -24,23 +26,22 @@ fn spelled(value: impl Serialize) -> serde_json::Result<String> {
 }
 
 /// The report for humans.
-fn to_text(report: &Report) -> serde_json::Result<String> {
-    use std::fmt::Write as _;
+fn to_text(report: &Report) -> Result<String> {
     let mut out = String::new();
     let pm = match report.pm_type {
         Some(0) => "in-kernel",
         Some(1) => "userspace",
         _ => "unknown",
     };
-    let _ = writeln!(
+    writeln!(
         out,
         "path manager: {pm} (net.mptcp.pm_type = {})",
         report.pm_type.map_or("?".into(), |t| t.to_string())
-    );
+    )?;
     match &report.daemon {
         Some(daemon) => {
             let policy = &daemon.policy;
-            let _ = writeln!(
+            writeln!(
                 out,
                 "policy: pm {}, mode {}, server {}, ndiffports {}, max-subflows {}, make-before-break {}, primary {}",
                 spelled(policy.pm)?,
@@ -50,25 +51,25 @@ fn to_text(report: &Report) -> serde_json::Result<String> {
                 policy.max_subflows,
                 policy.make_before_break,
                 daemon.primary.as_deref().unwrap_or("null")
-            );
+            )?;
         }
         None => out.push_str("policy: none (no daemon with a [paths] table runs for this instance)\n"),
     }
-    let _ = writeln!(
+    writeln!(
         out,
         "limits: subflows {}, add_addr_accepted {}",
         report.limits.subflows, report.limits.add_addr_accepted
-    );
-    let _ = writeln!(
+    )?;
+    writeln!(
         out,
         "\n{:<16} {:<5} {:<8} {:<7} {:<40} routes (default in tables)",
         "interface", "state", "role", "primary", "addresses"
-    );
+    )?;
     for interface in &report.interfaces {
         let state = if interface.up && interface.carrier { "up" } else { "down" };
         let role = interface.role.map_or("-".to_owned(), |r| format!("{r:?}").to_lowercase());
         let tables: Vec<String> = interface.routes.default_route_tables.iter().map(u32::to_string).collect();
-        let _ = writeln!(
+        writeln!(
             out,
             "{:<16} {:<5} {:<8} {:<7} {:<40} {} ({})",
             interface.name,
@@ -78,12 +79,12 @@ fn to_text(report: &Report) -> serde_json::Result<String> {
             interface.addresses.join(" "),
             interface.routes.routes,
             tables.join(",")
-        );
+        )?;
     }
-    let _ = writeln!(out, "\n{:<4} {:<40} {:<6} {:<24} dev", "id", "endpoint", "port", "flags");
+    writeln!(out, "\n{:<4} {:<40} {:<6} {:<24} dev", "id", "endpoint", "port", "flags")?;
     for view in &report.endpoints {
         let endpoint = &view.endpoint;
-        let _ = writeln!(
+        writeln!(
             out,
             "{:<4} {:<40} {:<6} {:<24} {}",
             endpoint.id,
@@ -91,17 +92,17 @@ fn to_text(report: &Report) -> serde_json::Result<String> {
             endpoint.port.map_or(String::new(), |p| p.to_string()),
             endpoint.flags.names().join(","),
             view.iface.as_deref().unwrap_or("-")
-        );
+        )?;
     }
     match &report.subflows {
         Some(subflows) => {
-            let _ = writeln!(
+            writeln!(
                 out,
                 "\n{:<16} {:<46} {:<46} {:<10} {:<12} {:<6} {:>12} {:>12}",
                 "path", "local", "remote", "token", "state", "backup", "bytes-sent", "bytes-recv"
-            );
+            )?;
             for subflow in subflows {
-                let _ = writeln!(
+                writeln!(
                     out,
                     "{:<16} {:<46} {:<46} {:<10} {:<12} {:<6} {:>12} {:>12}",
                     subflow.iface.as_deref().unwrap_or("-"),
@@ -112,18 +113,18 @@ fn to_text(report: &Report) -> serde_json::Result<String> {
                     subflow.backup,
                     subflow.bytes_sent,
                     subflow.bytes_received
-                );
+                )?;
             }
         }
         None => out.push_str("\nsubflows: the dataplane instance is not attached here\n"),
     }
     if let Some(daemon) = &report.daemon {
         let connections = &daemon.connections;
-        let _ = writeln!(
+        writeln!(
             out,
             "\nconnections (path manager events){}",
             if connections.is_empty() { ": none open" } else { "" }
-        );
+        )?;
         for state in connections {
             let subflows: Vec<String> = state
                 .connection
@@ -131,13 +132,13 @@ fn to_text(report: &Report) -> serde_json::Result<String> {
                 .iter()
                 .map(|s| format!("{}->{}{}", s.local, s.remote, if s.backup { " (backup)" } else { "" }))
                 .collect();
-            let _ = writeln!(
+            writeln!(
                 out,
                 "  {} {} {}",
                 state.token,
                 if state.connection.server_side { "server" } else { "client" },
                 subflows.join(", ")
-            );
+            )?;
         }
     }
     Ok(out)

@@ -38,6 +38,7 @@ impl AddressIds {
             return *id;
         }
         let used: BTreeSet<u8> = self.0.values().copied().collect();
+        // IDs are a u8 on the wire: past 255 addresses the last one is shared.
         let id = (1..=u8::MAX).find(|id| !used.contains(id)).unwrap_or(u8::MAX);
         self.0.insert(addr, id);
         id

@@ -35,7 +35,8 @@ const PROC_MPTCP: &str = "/proc/sys/net/mptcp";
 /// and dataplane events order in one log.
 pub fn monotonic_ns() -> u64 {
     let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec.
+    // SAFETY: clock_gettime writes one timespec. It cannot fail for CLOCK_MONOTONIC, whose
+    // fields are never negative: hence no checks.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     u64::try_from(now.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(now.tv_nsec).unwrap_or(0)
 }
@@ -58,6 +59,12 @@ pub enum PathError {
     Pm(#[from] PmError),
     #[error(transparent)]
     Rtnl(#[from] RtnlError),
+    #[error("reading {path}: {source}")]
+    Sysctl {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("setting net.mptcp.pm_type to {value} (pm = {pm:?}): {source}")]
     PmType {
         value: u8,
@@ -67,6 +74,12 @@ pub enum PathError {
     },
     #[error("writing the path state {path}: {source}")]
     State {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("reading the path state {path}: {source}")]
+    StateRead {
         path: PathBuf,
         #[source]
         source: io::Error,

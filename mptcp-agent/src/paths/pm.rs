@@ -471,6 +471,7 @@ fn address_attrs(
     attrs.extend(id.map(AddrAttr::Id));
     attrs.extend(port.filter(|&p| p != 0).map(AddrAttr::Port));
     attrs.extend(flags.map(|f| AddrAttr::Flags(f.to_attr())));
+    // Interface indexes are positive C ints: they always fit.
     attrs.extend(if_index.and_then(|i| i32::try_from(i).ok()).map(AddrAttr::IfIndex));
     attrs
 }
@@ -575,6 +576,7 @@ impl PmClient {
             .try_collect()
             .await
             .map_err(|error| PmError::from_crate("get-addr", error))?;
+        // The kernel sends each endpoint with its address: a reply without one describes none.
         Ok(messages.iter().filter_map(|message| endpoint(&message.payload.nlas)).collect())
     }
 
@@ -720,6 +722,7 @@ fn endpoint(nlas: &[MptcpPathManagerAttr]) -> Option<Endpoint> {
             AddrAttr::Addr6(v6) => (endpoint.addr, has_addr) = (IpAddr::V6(*v6), true),
             AddrAttr::Port(port) => endpoint.port = (*port != 0).then_some(*port),
             AddrAttr::Flags(flags) => endpoint.flags = EndpointFlags::from_attr(flags),
+            // 0 (or below): the endpoint has no interface.
             AddrAttr::IfIndex(index) => endpoint.if_index = u32::try_from(*index).ok().filter(|&i| i != 0),
             _ => {}
         }

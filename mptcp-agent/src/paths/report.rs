@@ -80,7 +80,7 @@ pub async fn report(instance: &Instance, tables: Option<&Tables>) -> Result<Repo
     let rtnl = Rtnl::connect(false)?;
     let net = rtnl.snapshot().await?;
     let routes = rtnl.routes().await?;
-    let daemon = PathState::read(&state_path(instance));
+    let daemon = PathState::read(&state_path(instance))?;
     let roles: BTreeMap<&str, Role> = daemon
         .iter()
         .flat_map(|d| &d.policy.interfaces)
@@ -111,7 +111,7 @@ pub async fn report(instance: &Instance, tables: Option<&Tables>) -> Result<Repo
         })
         .collect();
     let subflows = tables.map(|tables| dataplane_subflows(tables, &net));
-    Ok(Report { pm_type: pm_type(), limits, endpoints, interfaces, daemon, subflows })
+    Ok(Report { pm_type: pm_type()?, limits, endpoints, interfaces, daemon, subflows })
 }
 
 /// The dataplane's subflows, each oriented from this host: sent is what the local end sent, and

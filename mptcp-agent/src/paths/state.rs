@@ -2,7 +2,7 @@
 //! `mptcp-agent paths` reads it back.
 
 use std::{
-    fs,
+    fs, io,
     path::{Path, PathBuf},
 };
 
@@ -85,13 +85,20 @@ impl PathState {
             fs::create_dir_all(dir).map_err(error)?;
         }
         let partial = path.with_extension("json.partial");
-        fs::write(&partial, serde_json::to_vec_pretty(self).unwrap_or_default()).map_err(error)?;
+        fs::write(&partial, serde_json::to_vec_pretty(self).map_err(io::Error::from).map_err(error)?)
+            .map_err(error)?;
         fs::rename(&partial, path).map_err(error)
     }
 
     /// The file; `None` when there is none: no daemon with `[paths]` runs.
-    pub fn read(path: &Path) -> Option<Self> {
-        fs::read(path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok())
+    pub fn read(path: &Path) -> Result<Option<Self>, PathError> {
+        let error = |source| PathError::StateRead { path: path.to_owned(), source };
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(source) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(error(source)),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| error(e.into()))
     }
 }
 
@@ -135,11 +142,22 @@ mod tests {
     fn the_file_reads_back_as_written() {
         let dir = std::env::temp_dir().join(format!("mptcp-agent-state-{}", std::process::id()));
         let path = dir.join("paths.json");
-        assert_eq!(PathState::read(&path), None);
+        assert_eq!(PathState::read(&path).unwrap(), None);
         state().write(&path).unwrap();
-        let read = PathState::read(&path);
+        let read = PathState::read(&path).unwrap();
         fs::remove_dir_all(&dir).unwrap();
         assert_eq!(read, Some(state()));
+    }
+
+    #[test]
+    fn a_file_that_does_not_parse_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("mptcp-agent-bad-state-{}", std::process::id()));
+        let path = dir.join("paths.json");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(&path, "{\"policy\": 1}").unwrap();
+        let read = PathState::read(&path);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(matches!(read, Err(PathError::StateRead { .. })), "{read:?}");
     }
 
     #[test]

@@ -5,16 +5,33 @@ use std::{fs, io, path::Path};
 use super::{PROC_MPTCP, PathError};
 use crate::config::PmKind;
 
-/// Fails unless MPTCP exists and is enabled in the caller's network namespace.
-pub fn check_mptcp() -> Result<(), PathError> {
-    let enabled =
-        fs::read_to_string(Path::new(PROC_MPTCP).join("enabled")).map_err(|_| PathError::NoMptcp)?;
-    if enabled.trim() == "0" { Err(PathError::MptcpDisabled) } else { Ok(()) }
+/// A switch's value; `None` when the kernel does not have it.
+fn read(name: &str) -> Result<Option<String>, PathError> {
+    let path = Path::new(PROC_MPTCP).join(name);
+    match fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(PathError::Sysctl { path, source }),
+    }
 }
 
-/// `net.mptcp.pm_type` of the caller's network namespace: 0 in-kernel, 1 userspace.
-pub fn pm_type() -> Option<u8> {
-    fs::read_to_string(Path::new(PROC_MPTCP).join("pm_type")).ok()?.trim().parse().ok()
+/// Fails unless MPTCP exists and is enabled in the caller's network namespace.
+pub fn check_mptcp() -> Result<(), PathError> {
+    match read("enabled")?.as_deref() {
+        None => Err(PathError::NoMptcp),
+        Some("0") => Err(PathError::MptcpDisabled),
+        Some(_) => Ok(()),
+    }
+}
+
+/// `net.mptcp.pm_type`: 0 in-kernel, 1 userspace; `None` before Linux 5.19, which has only the
+/// in-kernel path manager and no such switch.
+pub fn pm_type() -> Result<Option<u8>, PathError> {
+    let Some(text) = read("pm_type")? else { return Ok(None) };
+    text.parse().map(Some).map_err(|error| PathError::Sysctl {
+        path: Path::new(PROC_MPTCP).join("pm_type"),
+        source: io::Error::new(io::ErrorKind::InvalidData, format!("{text:?}: {error}")),
+    })
 }
 
 /// Selects the kernel's path manager; returns whether it changed.
@@ -23,7 +40,7 @@ pub(super) fn set_pm_type(pm: PmKind) -> Result<bool, PathError> {
         PmKind::Kernel => 0,
         PmKind::Userspace => 1,
     };
-    if pm_type() == Some(value) {
+    if pm_type()? == Some(value) {
         return Ok(false);
     }
     let path = Path::new(PROC_MPTCP).join("pm_type");
