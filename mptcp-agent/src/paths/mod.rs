@@ -46,6 +46,7 @@ fn hex_token(token: u32) -> String {
     format!("0x{token:08x}")
 }
 
+/// Messages leave the cause to the source chain, which the command line prints.
 #[derive(Debug, thiserror::Error)]
 pub enum PathError {
     #[error("the kernel has no MPTCP ({PROC_MPTCP} is missing): it needs CONFIG_MPTCP")]
@@ -59,26 +60,26 @@ pub enum PathError {
     Pm(#[from] PmError),
     #[error(transparent)]
     Rtnl(#[from] RtnlError),
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Sysctl {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("setting net.mptcp.pm_type to {value} (pm = {pm:?}): {source}")]
+    #[error("setting net.mptcp.pm_type to {value} (pm = {pm:?})")]
     PmType {
         value: u8,
         pm: PmKind,
         #[source]
         source: io::Error,
     },
-    #[error("writing the path state {path}: {source}")]
+    #[error("writing the path state {path}")]
     State {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("reading the path state {path}: {source}")]
+    #[error("reading the path state {path}")]
     StateRead {
         path: PathBuf,
         #[source]
