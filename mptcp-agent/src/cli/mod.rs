@@ -22,8 +22,9 @@ use crate::{
     dataplane::stats,
     dataplane::tables::{Snapshot, SubflowView, Tables},
     lb::steering::{self, BackendConfig, LbConfig, Steering},
-    paths,
 };
+
+mod paths;
 
 #[derive(Debug, Parser)]
 #[command(name = "mptcp-agent", version, about = "eBPF/XDP-accelerated Multipath TCP dataplane")]
@@ -325,13 +326,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let instance = instance.get()?;
             // Bytes per subflow need the dataplane; without it the rest still tells a lot.
             let tables = if instance.exists() { Some(open_tables(&instance)?) } else { None };
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let report = runtime.block_on(paths::report(&instance, tables.as_ref()))?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", paths::to_text(&report));
-            }
+            paths::print(&instance, tables.as_ref(), json)?;
         }
         Command::Lb { instance, command } => run_lb(&Instance::new(&instance.instance)?, command)?,
     }

@@ -217,23 +217,39 @@ impl EventKind {
     }
 }
 
-/// One path manager event (`mptcp_event_attr`); attributes the event lacks are `None`.
+/// One path manager event (`mptcp_event_attr`); attributes the event lacks are `None`, and
+/// left out of its record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct PmEvent {
     #[serde(skip)]
     pub kind: Option<EventKind>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "hex_token")]
     pub token: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub local_id: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub remote_id: Option<u8>,
     /// saddr:sport (for ANNOUNCED, the kernel leaves it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub local: Option<SocketAddr>,
     /// daddr:dport; for ANNOUNCED, the announced address.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub remote: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backup: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub if_index: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_side: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reset_reason: Option<u32>,
+}
+
+/// Tokens show in hex, as `ss -M` and the dataplane's tables show them.
+fn hex_token<S: serde::Serializer>(token: &Option<u32>, serializer: S) -> Result<S::Ok, S::Error> {
+    token.map(super::hex_token).serialize(serializer)
 }
 
 /// `mptcp_event_attr` numbers.
@@ -455,6 +471,7 @@ fn address_attrs(
     attrs.extend(id.map(AddrAttr::Id));
     attrs.extend(port.filter(|&p| p != 0).map(AddrAttr::Port));
     attrs.extend(flags.map(|f| AddrAttr::Flags(f.to_attr())));
+    // Interface indexes are positive C ints: they always fit.
     attrs.extend(if_index.and_then(|i| i32::try_from(i).ok()).map(AddrAttr::IfIndex));
     attrs
 }
@@ -559,6 +576,7 @@ impl PmClient {
             .try_collect()
             .await
             .map_err(|error| PmError::from_crate("get-addr", error))?;
+        // The kernel sends each endpoint with its address: a reply without one describes none.
         Ok(messages.iter().filter_map(|message| endpoint(&message.payload.nlas)).collect())
     }
 
@@ -704,6 +722,7 @@ fn endpoint(nlas: &[MptcpPathManagerAttr]) -> Option<Endpoint> {
             AddrAttr::Addr6(v6) => (endpoint.addr, has_addr) = (IpAddr::V6(*v6), true),
             AddrAttr::Port(port) => endpoint.port = (*port != 0).then_some(*port),
             AddrAttr::Flags(flags) => endpoint.flags = EndpointFlags::from_attr(flags),
+            // 0 (or below): the endpoint has no interface.
             AddrAttr::IfIndex(index) => endpoint.if_index = u32::try_from(*index).ok().filter(|&i| i != 0),
             _ => {}
         }

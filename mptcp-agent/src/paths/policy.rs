@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     pm::EndpointFlags,
@@ -93,7 +93,7 @@ pub fn endpoints(config: &PathsConfig, net: &NetState) -> Vec<DesiredEndpoint> {
 }
 
 /// A subflow of a connection as the path manager knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubflowInfo {
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -103,7 +103,7 @@ pub struct SubflowInfo {
 }
 
 /// A subflow asked for from a local address, or one that failed, and when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     pub addr: IpAddr,
     /// Asked for as a backup: the kernel's events carry the peer's backup bit, not this one.
@@ -112,7 +112,7 @@ pub struct Attempt {
 }
 
 /// A connection as the userspace path manager sees it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionInfo {
     /// The initial subflow's ends.
     pub local: Option<SocketAddr>,
@@ -130,7 +130,8 @@ pub struct ConnectionInfo {
 
 /// What the userspace path manager should do on one connection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
+// Serialized as its fields alone: the kind of its record names the action.
+#[serde(untagged)]
 pub enum Action {
     /// Close a subflow (its interface went down, or it is surplus once the wanted ones are up).
     Destroy { local: SocketAddr, remote: SocketAddr, local_id: u8, reason: &'static str },

@@ -45,6 +45,7 @@ impl Link {
                 LinkAttribute::IfName(name) => Some(name.clone()),
                 _ => None,
             })
+            // The kernel sends IFLA_IFNAME with every link.
             .unwrap_or_default();
         Self {
             index: message.header.index,
@@ -226,6 +227,7 @@ impl Rtnl {
             .try_collect()
             .await
             .map_err(|source| RtnlError::Request { what: "address dump", source })?;
+        // A message without IFA_LOCAL or IFA_ADDRESS carries no address to follow.
         Ok(messages.iter().filter_map(Address::from_message).collect())
     }
 
