@@ -19,8 +19,8 @@ use crate::{
     cc,
     config::{Admission, AgentConfig},
     daemon,
-    dataplane::stats,
     dataplane::tables::{Snapshot, SubflowView, Tables},
+    dataplane::{events::EventRecord, stats},
     lb::steering::{self, BackendConfig, LbConfig, Steering},
 };
 
@@ -426,42 +426,31 @@ fn print_events(instance: &Instance, follow: bool, json: bool) -> Result<()> {
         if json {
             print!("{line}");
         } else {
-            let record: serde_json::Value = serde_json::from_str(&line)?;
-            println!("{}", human_event(&record));
+            println!("{}", human_event(&line)?);
         }
     }
 }
 
-/// One event line for humans, from its logged JSON: a dataplane event (with a hook and
-/// addresses) or a path event.
-fn human_event(record: &serde_json::Value) -> String {
-    let text = |key: &str| record[key].as_str().map(str::to_owned).unwrap_or_else(|| record[key].to_string());
-    let details = |shown: &[&str]| -> Vec<String> {
-        record
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter(|(key, value)| !shown.contains(&key.as_str()) && !value.is_null())
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect()
-    };
-    if record.get("hook").is_none() {
-        return format!(
-            "{:>16} {:<22} {}",
-            text("time_ns"),
-            text("kind"),
-            details(&["time_ns", "kind"]).join(" ")
-        );
+/// One event line for humans, from its logged JSON: a dataplane event, read back as the
+/// daemon wrote it, or a path event, shown field by field.
+fn human_event(line: &str) -> Result<String> {
+    if let Ok(record) = serde_json::from_str::<EventRecord>(line) {
+        return Ok(record.line());
     }
-    let details = details(&["time_ns", "kind", "hook", "src", "dst", "token"]);
-    format!(
-        "{:>16} {:<12} {:<7} {} -> {} token={} {}",
-        text("time_ns"),
-        text("kind"),
-        text("hook"),
-        text("src"),
-        text("dst"),
-        text("token"),
+    let record: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(line).with_context(|| format!("an event log line that is not JSON: {line}"))?;
+    let text = |key: &str| {
+        record.get(key).map(|value| value.as_str().map_or_else(|| value.to_string(), str::to_owned))
+    };
+    let details: Vec<String> = record
+        .iter()
+        .filter(|(key, value)| !["time_ns", "kind"].contains(&key.as_str()) && !value.is_null())
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    Ok(format!(
+        "{:>16} {:<22} {}",
+        text("time_ns").unwrap_or_default(),
+        text("kind").unwrap_or_default(),
         details.join(" ")
-    )
+    ))
 }
