@@ -1,5 +1,7 @@
 //! Command line: one subcommand per operator task.
 
+mod decode;
+
 use std::{
     io::{BufRead as _, BufReader, Seek as _},
     path::PathBuf,
@@ -11,7 +13,6 @@ use clap::{Parser, Subcommand};
 use mptcp_common::lb::backend_state;
 
 use crate::{
-    analysis::decode,
     analysis::replay,
     bpf::loader::{self, Instance, Privilege, XdpAttachMode, check_privileges},
     cc,
@@ -279,8 +280,12 @@ pub fn run(cli: Cli) -> Result<()> {
             write_stdout(&text)?;
         }
         Command::Decode { file, json, packets } => {
-            let report = decode::decode_file(&file, packets)?;
-            let text = if json { decode::to_json(&report)? + "\n" } else { decode::to_text(&report) };
+            let report = crate::analysis::decode::decode_file(&file, packets)?;
+            let text = if json {
+                crate::analysis::decode::to_json(&report)? + "\n"
+            } else {
+                decode::to_text(&report)?
+            };
             write_stdout(&text)?;
         }
         Command::Conns { instance, json } => {
