@@ -337,12 +337,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Table { instance } => {
             let tables = open_tables(&instance.get()?)?;
-            println!(
-                "{}",
-                serde_json::to_string(
-                    &serde_json::json!({ "connections": replay::connections_json(&tables) })
-                )?
-            );
+            println!("{}", serde_json::to_string(&replay::table(&tables))?);
         }
         Command::Subflows { instance, json } => {
             let tables = open_tables(&instance.get()?)?;

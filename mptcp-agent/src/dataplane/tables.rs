@@ -136,11 +136,13 @@ pub fn fallback_name(reason: u8) -> Option<&'static str> {
     }
 }
 
-fn hex64(value: u64, known: bool) -> Option<String> {
+/// `value` in hex, zero-padded, when it is `known`.
+pub fn hex64(value: u64, known: bool) -> Option<String> {
     known.then(|| format!("0x{value:016x}"))
 }
 
-fn hex32(value: u32, known: bool) -> Option<String> {
+/// `value` in hex, zero-padded, when it is `known`.
+pub fn hex32(value: u32, known: bool) -> Option<String> {
     known.then(|| format!("0x{value:08x}"))
 }
 
