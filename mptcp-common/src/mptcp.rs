@@ -9,6 +9,9 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use crate::options::kind;
 use crate::wire::{EncodeError, Reader, Writer};
 
+#[cfg(feature = "serde")]
+mod ser;
+
 /// MPTCP option subtypes (RFC 8684 section 7.2, IANA "MPTCP Option Subtypes").
 pub mod subtype {
     pub const MP_CAPABLE: u8 = 0x0;
@@ -91,6 +94,7 @@ impl core::fmt::Display for MptcpError {
 /// packet, with a checksum when the checksum is negotiated). Version 0 (RFC 6824) has only the
 /// 12- and 20-byte shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "subtype", rename = "mp_capable"))]
 pub struct MpCapable {
     pub version: u8,
     /// See [`capable_flags`].
@@ -103,13 +107,20 @@ pub struct MpCapable {
 
 /// MP_JOIN, one shape per handshake step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "subtype"))]
 pub enum MpJoin {
     /// The SYN: the receiver's token and the sender's nonce.
+    #[cfg_attr(feature = "serde", serde(rename = "mp_join_syn"))]
     Syn { backup: bool, addr_id: u8, token: u32, nonce: u32 },
     /// The SYN-ACK: the leftmost 64 bits of the sender's HMAC and its nonce.
+    #[cfg_attr(feature = "serde", serde(rename = "mp_join_syn_ack"))]
     SynAck { backup: bool, addr_id: u8, truncated_hmac: u64, nonce: u32 },
     /// The third ACK: the leftmost 160 bits of the sender's HMAC.
-    Ack { hmac: [u8; 20] },
+    #[cfg_attr(feature = "serde", serde(rename = "mp_join_ack"))]
+    Ack {
+        #[cfg_attr(feature = "serde", serde(serialize_with = "ser::hex"))]
+        hmac: [u8; 20],
+    },
 }
 
 /// A DSS data ACK; `wide` is true when it was sent as 8 bytes.
@@ -149,6 +160,7 @@ pub struct Dss {
 /// ADD_ADDR. Version 1 options carry either the echo flag or a truncated HMAC; a version 0
 /// option (RFC 6824) has neither.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "subtype", rename = "add_addr"))]
 pub struct AddAddr {
     pub echo: bool,
     pub addr_id: u8,
@@ -201,6 +213,12 @@ impl OptionBytes {
     }
 }
 
+impl AsRef<[u8]> for OptionBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 impl core::fmt::Debug for OptionBytes {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         self.as_slice().fmt(f)
@@ -209,12 +227,14 @@ impl core::fmt::Debug for OptionBytes {
 
 /// REMOVE_ADDR: the address IDs removed (at least one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "subtype", rename = "remove_addr"))]
 pub struct RemoveAddr {
     pub ids: OptionBytes,
 }
 
 /// MP_PRIO; version 0 may name the address ID it applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "subtype", rename = "mp_prio"))]
 pub struct MpPrio {
     pub backup: bool,
     pub addr_id: Option<u8>,
@@ -222,18 +242,21 @@ pub struct MpPrio {
 
 /// MP_FAIL with the data sequence number where the checksum failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "subtype", rename = "mp_fail"))]
 pub struct MpFail {
     pub dsn: u64,
 }
 
 /// MP_FASTCLOSE with the option receiver's key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "subtype", rename = "mp_fastclose"))]
 pub struct MpFastClose {
     pub receiver_key: u64,
 }
 
 /// MP_TCPRST; `flags` are the four bits of [`tcprst_flags`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "subtype", rename = "mp_tcprst"))]
 pub struct MpTcpRst {
     pub flags: u8,
     pub reason: u8,
@@ -241,8 +264,10 @@ pub struct MpTcpRst {
 
 /// MP_EXPERIMENTAL: the low nibble of the subtype byte and the bytes after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(tag = "subtype", rename = "mp_experimental"))]
 pub struct MpExperimental {
     pub nibble: u8,
+    #[cfg_attr(feature = "serde", serde(serialize_with = "ser::hex"))]
     pub payload: OptionBytes,
 }
 
@@ -251,7 +276,11 @@ pub struct MpExperimental {
 /// Each subtype's type also parses on its own (`Dss::parse`, ...): the eBPF programs dispatch on
 /// the subtype first and parse into that one type, because LLVM turns a value of this enum,
 /// whose variants share storage, into code the verifier rejects.
+///
+/// With the `serde` feature it serializes as its subtype's type, which names itself in a
+/// `subtype` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize), serde(untagged))]
 pub enum MptcpOption {
     Capable(MpCapable),
     Join(MpJoin),

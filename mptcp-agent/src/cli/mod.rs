@@ -1,5 +1,7 @@
 //! Command line: one subcommand per operator task.
 
+mod decode;
+
 use std::{
     io::{BufRead as _, BufReader, Seek as _},
     path::PathBuf,
@@ -13,7 +15,6 @@ use mptcp_common::lb::backend_state;
 mod tables;
 
 use crate::{
-    analysis::decode,
     analysis::replay,
     bpf::loader::{self, Instance, Privilege, XdpAttachMode, check_privileges},
     cc,
@@ -285,8 +286,12 @@ pub fn run(cli: Cli) -> Result<()> {
             write_stdout(&text)?;
         }
         Command::Decode { file, json, packets } => {
-            let report = decode::decode_file(&file, packets)?;
-            let text = if json { decode::to_json(&report)? + "\n" } else { decode::to_text(&report) };
+            let report = crate::analysis::decode::decode_file(&file, packets)?;
+            let text = if json {
+                crate::analysis::decode::to_json(&report)? + "\n"
+            } else {
+                decode::to_text(&report)?
+            };
             write_stdout(&text)?;
         }
         Command::Conns { instance, json } => {
@@ -303,12 +308,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Table { instance } => {
             let tables = open_tables(&instance.get()?)?;
-            println!(
-                "{}",
-                serde_json::to_string(
-                    &serde_json::json!({ "connections": replay::connections_json(&tables)? })
-                )?
-            );
+            println!("{}", serde_json::to_string(&replay::table(&tables)?)?);
         }
         Command::Subflows { instance, json } => {
             let tables = open_tables(&instance.get()?)?;

@@ -1,0 +1,363 @@
+//! Offline checks of the grouping, orientation and verdict logic on synthetic captures. The
+//! HMAC values come from [`handshake`] (checked against independent vectors there); the
+//! integration test `tests/tests/decode.rs` checks everything against kernel traffic.
+
+use std::{
+    borrow::Cow,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::atomic::{AtomicU32, Ordering},
+    time::Duration,
+};
+
+use etherparse::PacketBuilder;
+use mptcp_common::mptcp::{
+    AddAddr, DataAck, Dss, DssMapping, MpCapable, MpExperimental, MpJoin, MpPrio, MptcpOption, OptionBytes,
+    RemoveAddr,
+};
+use pcap_file::{
+    DataLink,
+    pcap::{PcapHeader, PcapPacket, PcapWriter},
+    pcapng::{
+        PcapNgWriter,
+        blocks::{enhanced_packet::EnhancedPacketBlock, interface_description::InterfaceDescriptionBlock},
+    },
+};
+
+use super::{hmac::hex, *};
+use crate::{analysis::capture_file::CaptureFileError, dataplane::handshake};
+
+const CLIENT_KEY: u64 = 0x0102_0304_0506_0708;
+const SERVER_KEY: u64 = 0x1112_1314_1516_1718;
+const CLIENT_NONCE: u32 = 0x0102_0304;
+const SERVER_NONCE: u32 = 0x0a0b_0c0d;
+const CLIENT: [u8; 4] = [192, 0, 2, 1];
+const CLIENT_2: [u8; 4] = [198, 51, 100, 1];
+const SERVER: [u8; 4] = [192, 0, 2, 2];
+const SERVER_2: [u8; 4] = [198, 51, 100, 2];
+
+#[derive(Clone, Copy)]
+enum Flags {
+    Syn,
+    SynAck,
+    Ack,
+}
+
+/// An IPv4 TCP packet carrying `options` (padded with NOPs) and 8 payload bytes.
+fn packet(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: Flags, options: &[MptcpOption]) -> Vec<u8> {
+    let mut area = Vec::new();
+    for option in options {
+        let mut buf = [0u8; 40];
+        let len = option.encode(&mut buf).unwrap();
+        area.extend_from_slice(&buf[..len]);
+    }
+    while area.len() % 4 != 0 {
+        area.push(1);
+    }
+    packet_with_area(src, dst, flags, &area)
+}
+
+/// An IPv4 TCP packet with a raw option area (a multiple of 4 bytes) and 8 payload bytes.
+fn packet_with_area(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: Flags, area: &[u8]) -> Vec<u8> {
+    let mut builder = PacketBuilder::ipv4(src.0, dst.0, 64).tcp(src.1, dst.1, 1, 1000);
+    builder = match flags {
+        Flags::Syn => builder.syn(),
+        Flags::SynAck => builder.syn().ack(1),
+        Flags::Ack => builder.ack(1),
+    };
+    let builder = builder.options_raw(area).unwrap();
+    let mut out = Vec::new();
+    builder.write(&mut out, &[0x5a; 8]).unwrap();
+    out
+}
+
+fn capable(sender_key: Option<u64>, receiver_key: Option<u64>) -> MptcpOption {
+    MptcpOption::Capable(MpCapable {
+        version: 1,
+        flags: 0x01,
+        sender_key,
+        receiver_key,
+        data_len: None,
+        checksum: None,
+    })
+}
+
+/// A connection with an ADD_ADDR from the server and a join from the client's second address.
+fn handshake_packets(join_ack_hmac: [u8; 20]) -> Vec<Vec<u8>> {
+    let (c, s) = ((CLIENT, 40000), (SERVER, 80));
+    let (c2, s1) = ((CLIENT_2, 40001), (SERVER, 80));
+    let announced = IpAddr::from(SERVER_2);
+    let add_addr = AddAddr {
+        echo: false,
+        addr_id: 1,
+        addr: announced,
+        port: None,
+        hmac: Some(handshake::add_addr_hmac(SERVER_KEY, CLIENT_KEY, 1, announced, None)),
+    };
+    let dss = Dss {
+        data_fin: false,
+        data_ack: Some(DataAck { value: 7, wide: true }),
+        mapping: Some(DssMapping { dsn: 9, dsn_wide: true, subflow_seq: 1, data_len: 8, checksum: None }),
+    };
+    let synack_hmac = handshake::join_synack_hmac(SERVER_KEY, CLIENT_KEY, SERVER_NONCE, CLIENT_NONCE);
+    let token = handshake::token(SERVER_KEY);
+    vec![
+        packet(c, s, Flags::Syn, &[capable(None, None)]),
+        packet(s, c, Flags::SynAck, &[capable(Some(SERVER_KEY), None)]),
+        packet(c, s, Flags::Ack, &[capable(Some(CLIENT_KEY), Some(SERVER_KEY))]),
+        packet(s, c, Flags::Ack, &[MptcpOption::AddAddr(add_addr)]),
+        packet(
+            c2,
+            s1,
+            Flags::Syn,
+            &[MptcpOption::Join(MpJoin::Syn { backup: true, addr_id: 2, token, nonce: CLIENT_NONCE })],
+        ),
+        packet(
+            s1,
+            c2,
+            Flags::SynAck,
+            &[MptcpOption::Join(MpJoin::SynAck {
+                backup: false,
+                addr_id: 0,
+                truncated_hmac: synack_hmac,
+                nonce: SERVER_NONCE,
+            })],
+        ),
+        packet(c2, s1, Flags::Ack, &[MptcpOption::Join(MpJoin::Ack { hmac: join_ack_hmac })]),
+        packet(c, s, Flags::Ack, &[MptcpOption::Dss(dss)]),
+    ]
+}
+
+fn good_join_ack() -> [u8; 20] {
+    handshake::join_ack_hmac(CLIENT_KEY, SERVER_KEY, CLIENT_NONCE, SERVER_NONCE)
+}
+
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    /// A file name unique to this process and call, so tests can run in parallel.
+    fn new(name: &str) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        Self(std::env::temp_dir().join(format!("mptcp-decode-{}-{n}-{name}", std::process::id())))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn write_pcap(name: &str, link_type: DataLink, frames: &[Vec<u8>]) -> Scratch {
+    let header = PcapHeader { datalink: link_type, ..PcapHeader::default() };
+    let mut writer = PcapWriter::with_header(Vec::new(), header).unwrap();
+    for frame in frames {
+        writer.write_packet(&PcapPacket::new(Duration::ZERO, frame.len() as u32, frame)).unwrap();
+    }
+    let scratch = Scratch::new(name);
+    std::fs::write(&scratch.0, writer.into_writer()).unwrap();
+    scratch
+}
+
+fn decode(frames: &[Vec<u8>]) -> Report {
+    let file = write_pcap("raw", DataLink::RAW, frames);
+    decode_file(&file.0, true).unwrap()
+}
+
+#[test]
+fn a_whole_connection_is_grouped_and_every_hmac_verifies() {
+    let report = decode(&handshake_packets(good_join_ack()));
+    assert_eq!(report.read_error, None);
+    assert_eq!(report.summary.mptcp_packets, 8);
+    assert_eq!(report.connections.len(), 1);
+    let connection = &report.connections[0];
+    assert_eq!(connection.initiator_key, Some(CLIENT_KEY));
+    assert_eq!(connection.responder_key, Some(SERVER_KEY));
+    assert_eq!(connection.responder_token, Some(handshake::token(SERVER_KEY)));
+    assert_eq!(connection.initiator_idsn, Some(handshake::idsn(CLIENT_KEY)));
+    assert_eq!(connection.subflows, [0, 1]);
+    let join = report.subflows[1].join.as_ref().unwrap();
+    assert_eq!((join.initiator_addr_id, join.responder_addr_id), (2, Some(0)));
+    assert_eq!((join.initiator_backup, join.responder_backup), (true, Some(false)));
+    let verdicts: Vec<_> = report.hmac_checks.iter().map(|c| (c.frame, c.option, c.verdict)).collect();
+    assert_eq!(
+        verdicts,
+        [
+            (4, HmacOption::AddAddr, Verdict::Verified),
+            (6, HmacOption::MpJoinSynAck, Verdict::Verified),
+            (7, HmacOption::MpJoinAck, Verdict::Verified),
+        ]
+    );
+    assert_eq!(report.summary.fallbacks, 0);
+    let packets = report.packets.unwrap();
+    assert_eq!(packets.len(), 8);
+    assert!(matches!(
+        packets[7].options[0].option,
+        MptcpOption::Dss(Dss {
+            data_ack: Some(DataAck { value: 7, .. }),
+            mapping: Some(DssMapping { dsn: 9, .. }),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_wrong_hmac_fails_and_missing_keys_are_unknown() {
+    let mut bad = good_join_ack();
+    bad[3] ^= 0x80;
+    let report = decode(&handshake_packets(bad));
+    assert_eq!((report.summary.hmac_verified, report.summary.hmac_failed), (2, 1));
+    let failed = report.hmac_checks.iter().find(|c| c.verdict == Verdict::Failed).unwrap();
+    assert_eq!((failed.frame, failed.option), (7, HmacOption::MpJoinAck));
+    assert_eq!(failed.expected.as_deref(), Some(hex(&good_join_ack()).as_str()));
+
+    // Without the MP_CAPABLE handshake the join belongs to no known connection.
+    let report = decode(&handshake_packets(good_join_ack())[4..]);
+    assert_eq!(report.connections.len(), 0);
+    assert_eq!(report.summary.hmac_unknown, 2);
+    assert!(report.hmac_checks.iter().all(|c| c.reason.is_some()));
+
+    // Captured from the SYN-ACK on, the subflows are still oriented from their initiators.
+    let report = decode(&handshake_packets(good_join_ack())[1..]);
+    assert_eq!(report.summary.hmac_verified, 3);
+    assert_eq!(report.subflows[0].kind, SubflowKind::Unknown);
+    assert_eq!(report.subflows[0].initiator, SocketAddr::from((CLIENT, 40000)));
+}
+
+#[test]
+fn fallback_malformed_options_and_broken_frames_are_reported() {
+    let (c, s) = ((CLIENT, 40000), (SERVER, 80));
+    let mut frames = vec![
+        packet(c, s, Flags::Syn, &[capable(None, None)]),
+        packet(s, c, Flags::SynAck, &[]),
+        packet(c, s, Flags::Ack, &[]),
+    ];
+    // An MP_JOIN of 13 bytes, padded with NOPs: a malformed option.
+    let bad_join = [30, 13, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1];
+    frames.push(packet_with_area(c, s, Flags::Ack, &bad_join));
+    // A frame cut inside its TCP header.
+    frames.push(packet(c, s, Flags::Ack, &[])[..30].to_vec());
+    // Not TCP: a UDP datagram.
+    let mut udp = Vec::new();
+    PacketBuilder::ipv4(CLIENT, SERVER, 64).udp(1, 2).write(&mut udp, &[0; 4]).unwrap();
+    frames.push(udp);
+
+    let report = decode(&frames);
+    assert_eq!(report.summary.frames, 6);
+    assert_eq!(report.summary.non_tcp_frames, 1);
+    assert_eq!(report.undecodable_frames.len(), 1);
+    assert_eq!(report.undecodable_frames[0].frame, 5);
+    assert_eq!(report.malformed_options.len(), 1);
+    assert_eq!(report.malformed_options[0].frame, 4);
+    assert_eq!(report.subflows.len(), 1);
+    assert!(report.subflows[0].fallback.as_deref().unwrap().contains("SYN-ACK carries no MP_CAPABLE"));
+    assert_eq!(report.summary.fallbacks, 1);
+}
+
+#[test]
+fn pcapng_with_ethernet_frames_decodes_like_pcap() {
+    let frames: Vec<Vec<u8>> = handshake_packets(good_join_ack())
+        .into_iter()
+        .map(|ip| {
+            let mut ethernet = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+            ethernet.extend_from_slice(&ip);
+            ethernet
+        })
+        .collect();
+    let mut writer = PcapNgWriter::new(Vec::new()).unwrap();
+    writer
+        .write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: DataLink::ETHERNET,
+            snaplen: 0,
+            options: vec![],
+        })
+        .unwrap();
+    for frame in &frames {
+        writer
+            .write_pcapng_block(EnhancedPacketBlock {
+                interface_id: 0,
+                timestamp: Duration::ZERO,
+                original_len: frame.len() as u32,
+                data: Cow::Borrowed(frame),
+                options: vec![],
+            })
+            .unwrap();
+    }
+    let file = Scratch::new("ng");
+    std::fs::write(&file.0, writer.into_inner()).unwrap();
+    let report = decode_file(&file.0, false).unwrap();
+    assert_eq!(report.summary.hmac_verified, 3);
+    assert_eq!(report.connections.len(), 1);
+    assert!(report.packets.is_none());
+}
+
+#[test]
+fn bad_files_are_clear_errors_and_a_cut_file_keeps_its_frames() {
+    let missing = decode_file(Path::new("/nonexistent/capture.pcap"), false).unwrap_err();
+    assert!(matches!(missing, CaptureFileError::Io { .. }), "{missing}");
+    let garbage = Scratch::new("garbage");
+    std::fs::write(&garbage.0, b"this is not a capture file at all").unwrap();
+    let error = decode_file(&garbage.0, false).unwrap_err();
+    assert!(matches!(error, CaptureFileError::Format { .. }), "{error}");
+
+    let file = write_pcap("cut", DataLink::RAW, &handshake_packets(good_join_ack()));
+    let mut bytes = std::fs::read(&file.0).unwrap();
+    bytes.truncate(bytes.len() - 10);
+    std::fs::write(&file.0, bytes).unwrap();
+    let report = decode_file(&file.0, false).unwrap();
+    assert!(report.read_error.is_some());
+    assert_eq!(report.summary.frames, 7);
+    assert_eq!(report.summary.hmac_verified, 3);
+}
+
+/// The codec's option and the derived fields make one flat object, `null` for what is absent.
+#[test]
+fn options_keep_their_json_shape() {
+    let options = [
+        (
+            capable(Some(SERVER_KEY), None),
+            r#"{"subtype":"mp_capable","version":1,"flags":1,"sender_key":1230066625199609624,"receiver_key":null,"data_len":null,"checksum":null,"sender_token":3433907628,"sender_idsn":6006656914258689166}"#,
+        ),
+        (
+            MptcpOption::Join(MpJoin::Ack { hmac: [0xab; 20] }),
+            r#"{"subtype":"mp_join_ack","hmac":"abababababababababababababababababababab"}"#,
+        ),
+        (
+            MptcpOption::Dss(Dss {
+                data_fin: true,
+                data_ack: Some(DataAck { value: 70000, wide: false }),
+                mapping: None,
+            }),
+            r#"{"subtype":"dss","data_fin":true,"data_ack":70000,"data_ack_wide":false,"dsn":null,"dsn_wide":null,"subflow_seq":null,"data_len":null,"checksum":null,"infinite_mapping":false}"#,
+        ),
+        (
+            MptcpOption::AddAddr(AddAddr {
+                echo: false,
+                addr_id: 4,
+                addr: IpAddr::from(SERVER_2),
+                port: None,
+                hmac: None,
+            }),
+            r#"{"subtype":"add_addr","echo":false,"addr_id":4,"addr":"198.51.100.2","port":null,"hmac":null,"v0":true}"#,
+        ),
+        (
+            MptcpOption::RemoveAddr(RemoveAddr { ids: OptionBytes::new(&[1, 2, 3]).unwrap() }),
+            r#"{"subtype":"remove_addr","ids":[1,2,3]}"#,
+        ),
+        (
+            MptcpOption::Prio(MpPrio { backup: true, addr_id: None }),
+            r#"{"subtype":"mp_prio","backup":true,"addr_id":null}"#,
+        ),
+        (
+            MptcpOption::Experimental(MpExperimental {
+                nibble: 2,
+                payload: OptionBytes::new(&[0xde, 0xad, 0x01]).unwrap(),
+            }),
+            r#"{"subtype":"mp_experimental","nibble":2,"payload":"dead01"}"#,
+        ),
+    ];
+    for (option, json) in options {
+        assert_eq!(serde_json::to_string(&OptionRecord::from(&option)).unwrap(), json);
+    }
+}

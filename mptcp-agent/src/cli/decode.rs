@@ -1,0 +1,170 @@
+//! `mptcp-agent decode` as text.
+
+use crate::analysis::decode::{Report, Subflow};
+
+fn opt<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "?".to_owned(), |v| v.to_string())
+}
+
+fn hex_opt<T: std::fmt::LowerHex>(value: Option<T>) -> String {
+    value.map_or_else(|| "?".to_owned(), |v| format!("{v:#x}"))
+}
+
+/// `decode` without `--json`: a summary for people; `--packets` lists each packet's options as
+/// compact JSON, the shape `--json` gives them.
+pub fn to_text(report: &Report) -> serde_json::Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let s = &report.summary;
+    let _ = writeln!(
+        out,
+        "{}: {} frames, {} TCP packets, {} with MPTCP options, {} not TCP, {} undecodable, {} malformed options",
+        report.file,
+        s.frames,
+        s.tcp_packets,
+        s.mptcp_packets,
+        s.non_tcp_frames,
+        s.undecodable_frames,
+        s.malformed_options
+    );
+    if let Some(error) = &report.read_error {
+        let _ = writeln!(out, "reading stopped early: {error}");
+    }
+    let subflow_line = |out: &mut String, subflow: &Subflow| {
+        let _ = write!(
+            out,
+            "  subflow {}: {} -> {}, {:?}, {} packets from frame {}",
+            subflow.id,
+            subflow.initiator,
+            subflow.responder,
+            subflow.kind,
+            subflow.packets,
+            subflow.first_frame
+        );
+        if let Some(join) = &subflow.join {
+            let _ = write!(
+                out,
+                ", token {:#010x}, address IDs {} -> {}, backup {} / {}",
+                join.token,
+                join.initiator_addr_id,
+                opt(join.responder_addr_id),
+                join.initiator_backup,
+                opt(join.responder_backup)
+            );
+        }
+        if let Some(reason) = &subflow.fallback {
+            let _ = write!(out, ", FELL BACK: {reason}");
+        }
+        out.push('\n');
+    };
+    for connection in &report.connections {
+        let _ = writeln!(
+            out,
+            "connection {} (MPTCP v{}): initiator key {} token {} IDSN {}; responder key {} token {} IDSN {}",
+            connection.id,
+            connection.version,
+            hex_opt(connection.initiator_key),
+            hex_opt(connection.initiator_token),
+            opt(connection.initiator_idsn),
+            hex_opt(connection.responder_key),
+            hex_opt(connection.responder_token),
+            opt(connection.responder_idsn),
+        );
+        for subflow in connection.subflows.iter().filter_map(|&id| report.subflows.get(id)) {
+            subflow_line(&mut out, subflow);
+        }
+    }
+    let loose: Vec<&Subflow> = report.subflows.iter().filter(|s| s.connection.is_none()).collect();
+    if !loose.is_empty() {
+        let _ = writeln!(out, "subflows of no known connection:");
+        loose.into_iter().for_each(|subflow| subflow_line(&mut out, subflow));
+    }
+    for add in &report.add_addrs {
+        let _ = writeln!(
+            out,
+            "ADD_ADDR frame {} from {}: id {} {}{}{}",
+            add.frame,
+            add.sender,
+            add.addr_id,
+            add.addr,
+            add.port.map(|p| format!(" port {p}")).unwrap_or_default(),
+            if add.echo { " (echo)" } else { "" }
+        );
+    }
+    for check in &report.hmac_checks {
+        let _ = writeln!(
+            out,
+            "HMAC {:?} frame {} (subflow {}): {:?}{}",
+            check.option,
+            check.frame,
+            check.subflow,
+            check.verdict,
+            check.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "HMACs: {} verified, {} failed, {} unknown; {} connections, {} subflows, {} fell back",
+        s.hmac_verified, s.hmac_failed, s.hmac_unknown, s.connections, s.subflows, s.fallbacks
+    );
+    for problem in report.undecodable_frames.iter().chain(&report.malformed_options) {
+        let _ = writeln!(out, "frame {}: {}", problem.frame, problem.error);
+    }
+    if let Some(packets) = &report.packets {
+        for packet in packets {
+            let _ = writeln!(
+                out,
+                "frame {} {} -> {} [{}] {}{}",
+                packet.frame,
+                packet.src,
+                packet.dst,
+                packet.flags,
+                serde_json::to_string(&packet.options)?,
+                if packet.errors.is_empty() { String::new() } else { format!(" errors {:?}", packet.errors) }
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::decode::{Subflow, SubflowKind, Summary};
+
+    #[test]
+    fn a_fallback_is_shown() {
+        let subflow = Subflow {
+            id: 0,
+            connection: None,
+            initiator: "192.0.2.1:40000".parse().unwrap(),
+            responder: "192.0.2.2:80".parse().unwrap(),
+            kind: SubflowKind::MpCapable,
+            first_frame: 1,
+            packets: 3,
+            version: Some(1),
+            join: None,
+            fallback: Some("the SYN-ACK carries no MP_CAPABLE".to_owned()),
+        };
+        let report = Report {
+            file: "capture.pcap".to_owned(),
+            read_error: None,
+            summary: Summary { subflows: 1, fallbacks: 1, ..Summary::default() },
+            connections: Vec::new(),
+            subflows: vec![subflow],
+            add_addrs: Vec::new(),
+            hmac_checks: Vec::new(),
+            undecodable_frames: Vec::new(),
+            malformed_options: Vec::new(),
+            packets: None,
+        };
+        let text = to_text(&report).unwrap();
+        assert!(
+            text.contains(
+                "subflow 0: 192.0.2.1:40000 -> 192.0.2.2:80, MpCapable, 3 packets from frame 1, FELL BACK"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("1 subflows, 1 fell back"), "{text}");
+    }
+}
