@@ -24,13 +24,17 @@ use aya::{
         links::FdLink, tc::TcAttachOptions,
     },
 };
-use mptcp_common::{
-    lb::{LB_FLOWS_MAP, LB_MAGLEV_MAP, LB_TOKENS_MAP},
-    maps::{COUNTERS_MAP, SHARED_MAP_NAMES},
-};
+use mptcp_common::maps::{COUNTERS_MAP, SHARED_MAP_NAMES};
 
-/// The programs, built by build.rs for bpfel-unknown-none with BTF.
-pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcp-ebpf"));
+// The eBPF objects, built by build.rs for bpfel-unknown-none with BTF, one per product: loading
+// one creates only its own maps.
+/// The tracker: ingress, egress and sock_ops programs and the tracking tables.
+pub(crate) static TRACKER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracker"));
+/// The load balancer (see `steering`).
+pub(crate) static BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer"));
+/// The benchmarks' reference programs (see `bench`).
+pub(crate) static REFERENCE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reference"));
 
 /// Where the BPF filesystem must be mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -413,8 +417,8 @@ pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<A
     Ok(Attached { dir: iface_dir, hook })
 }
 
-/// Loads the object for the tracking programs of `instance`: its shared maps reused (or created
-/// and pinned), the interface's counters pinned at `counters`.
+/// Loads the tracker's object for `instance`: its shared maps reused (or created and pinned), the
+/// interface's counters pinned at `counters`.
 fn load_instance(instance: &Instance, counters: Option<&Path>) -> Result<Ebpf, LoaderError> {
     let mut loader = EbpfLoader::new();
     for name in SHARED_MAP_NAMES {
@@ -423,11 +427,7 @@ fn load_instance(instance: &Instance, counters: Option<&Path>) -> Result<Ebpf, L
     if let Some(path) = counters {
         loader.map_pin_path(COUNTERS_MAP, path);
     }
-    // The balancer's big tables (megabytes, preallocated) are not used by the tracking programs.
-    for name in [LB_MAGLEV_MAP, LB_FLOWS_MAP, LB_TOKENS_MAP] {
-        loader.map_max_entries(name, 1);
-    }
-    loader.load(EBPF_OBJECT).map_err(LoaderError::Load)
+    loader.load(TRACKER_OBJECT).map_err(LoaderError::Load)
 }
 
 /// The root of the cgroup v2 hierarchy, from /proc/self/mounts.

@@ -21,7 +21,7 @@ use crate::{
 /// Replays `path` and returns the table as JSON (see the README for the format).
 pub fn replay(path: &Path) -> Result<Value> {
     let capture = capture_file::read(path)?;
-    let mut harness = TestHarness::load()?;
+    let mut harness = TestHarness::tracker()?;
     let mut skipped = 0u64;
     for frame in &capture.frames {
         // Test runs of XDP need at least an Ethernet header.
