@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     loader::{
-        self, BALANCER_OBJECT, IngressHook, Instance, LB_TC_LINK, LB_XDP_LINK, LoaderError, Privilege,
-        XdpAttachMode, check_bpffs, check_privileges,
+        self, BALANCER_OBJECT, IngressHook, Instance, LoaderError, Privilege, XdpAttachMode, check_bpffs,
+        check_privileges,
     },
     maglev,
 };
@@ -40,6 +40,9 @@ use crate::{
 /// The balancer's programs: XDP, and the tcx classifier for interfaces where XDP does not pay.
 pub(crate) const LB_XDP_PROGRAM: &str = "mptcp_lb";
 const LB_TC_PROGRAM: &str = "mptcp_lb_tc";
+/// Their links, per interface (`detach` takes whatever links an interface's directory holds).
+const LB_XDP_LINK: &str = "lb_xdp";
+const LB_TC_LINK: &str = "lb_tc";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SteeringError {
