@@ -11,8 +11,8 @@ pub struct Scratch {
 }
 
 /// What the tables need to know about the packet being processed. It lives in per-CPU map
-/// memory ([`crate::maps::SCRATCH`], in [`Scratch`]), not on the stack, which must leave room for the option
-/// handler and the key digest it calls.
+/// memory ([`crate::maps::SCRATCH`], in [`Scratch`]), not on the stack, which must leave room for
+/// the option handler and the key digest it calls.
 pub struct PacketState {
     pub segment: TcpSegment,
     /// Where the MPTCP options are in the option buffer (see `observe`).
