@@ -20,7 +20,6 @@ use mptcp_common::{
     },
     options::TCP_OPTION_SPACE,
 };
-
 use mptcp_ebpf::packet::tcp_flags;
 
 use crate::{
