@@ -1,6 +1,7 @@
-//! Builds the eBPF programs (mptcp-ebpf, for bpfel-unknown-none with BTF, by the nightly
-//! toolchain and bpf-linker that `cargo xtask setup` installs) into OUT_DIR, where
-//! `src/loader.rs` embeds them, so the agent binary is self-contained.
+//! Builds the eBPF objects (mptcp-ebpf's binary targets `tracker`, `balancer` and `reference`, for
+//! bpfel-unknown-none with BTF, by the nightly toolchain and bpf-linker that `cargo xtask setup`
+//! installs) into OUT_DIR, each under its target's name, where `src/loader.rs` embeds them, so
+//! the agent binary is self-contained.
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {

@@ -20,7 +20,9 @@ use serde_json::json;
 use crate::{
     bpf::loader::XDP_PROGRAM,
     dataplane::handshake,
-    dataplane::testrun::TestHarness,
+    dataplane::testrun::{
+        BASELINE_FLOW_LOOKUP, BASELINE_FLOWS_MAP, BASELINE_PASS, TestHarness, TrackerHarness,
+    },
     lb::steering::{
         BackendConfig, LB_XDP_PROGRAM, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig,
     },
@@ -110,7 +112,7 @@ fn capable(sender: Option<u64>, receiver: Option<u64>) -> MptcpOption {
 /// Opens an MPTCP connection between `client` and the server (and a join from CLIENT2),
 /// through the program; returns the server token.
 fn handshake(
-    harness: &mut TestHarness,
+    harness: &mut TrackerHarness,
     client: ([u8; 4], u16),
     client_key: u64,
     server_key: u64,
@@ -131,6 +133,17 @@ fn handshake(
 fn median(mut samples: Vec<f64>) -> f64 {
     samples.sort_by(f64::total_cmp);
     samples[samples.len() / 2]
+}
+
+/// Puts the benchmarks' established flow (client port 40000 to the server) in the lookup
+/// baseline's table: the baseline finds the flow the tracker or the balancer finds.
+fn baseline_flow(reference: &mut TestHarness) -> Result<()> {
+    let (key, _) = FlowKey::new(4, ipv4_mapped(CLIENT), 40_000, ipv4_mapped(SERVER), 80);
+    let mut flows: HashMap<_, FlowKey, u64> = HashMap::try_from(
+        reference.map_mut(BASELINE_FLOWS_MAP).with_context(|| format!("{BASELINE_FLOWS_MAP} map"))?,
+    )?;
+    flows.insert(key, 0, 0)?;
+    Ok(())
 }
 
 /// Median ns/packet of `program` on `frame`.
@@ -172,7 +185,8 @@ pub fn run(suite: Suite) -> Result<()> {
 }
 
 fn dataplane() -> Result<()> {
-    let mut harness = TestHarness::load()?;
+    let mut harness = TestHarness::tracker()?;
+    let mut reference = TestHarness::reference()?;
     let client = (CLIENT, 40_000);
     let token = handshake(&mut harness, client, 0x1111_2222_3333_4444, 0x5555_6666_7777_8888)?;
 
@@ -193,13 +207,9 @@ fn dataplane() -> Result<()> {
     let data_frame = data.frame()?;
 
     // The lookup baseline finds the same flow the dataplane finds.
-    let (key, _) = FlowKey::new(4, ipv4_mapped(CLIENT), 40_000, ipv4_mapped(SERVER), 80);
-    let mut flows: HashMap<_, FlowKey, u64> =
-        HashMap::try_from(harness.map_mut("BASELINE_FLOWS").context("BASELINE_FLOWS map")?)?;
-    flows.insert(key, 0, 0)?;
-
-    let pass = ns_per_packet(&mut harness, "baseline_pass", &data_frame)?;
-    let lookup = ns_per_packet(&mut harness, "baseline_flow_lookup", &data_frame)?;
+    baseline_flow(&mut reference)?;
+    let pass = ns_per_packet(&mut reference, BASELINE_PASS, &data_frame)?;
+    let lookup = ns_per_packet(&mut reference, BASELINE_FLOW_LOOKUP, &data_frame)?;
     let row = |case: &str, value: f64, unit: &str, note: &str| row("dataplane", case, value, unit, note);
     row("baseline: XDP_PASS only", pass, "ns/packet", "test-run, DSS data frame, median of 7 x 100k");
     row("baseline: 4-tuple hash lookup", lookup, "ns/packet", "parse to TCP + one hash lookup (hit)");
@@ -221,7 +231,7 @@ fn dataplane() -> Result<()> {
 
 /// Handshake events through the agent's processor: MP_CAPABLE (key cross-check), and joins
 /// (HMAC verification), read from the ring buffer in batches that fit it.
-fn events_per_second(harness: &mut TestHarness) -> Result<()> {
+fn events_per_second(harness: &mut TrackerHarness) -> Result<()> {
     const CONNECTIONS: u16 = 1500;
     const BATCH: u16 = 300;
     // Start from an empty ring: the runs above left their events in it.
@@ -268,7 +278,7 @@ fn events_per_second(harness: &mut TestHarness) -> Result<()> {
 
 /// The token of a connection is in the table as soon as the program has handled the third ACK
 /// (it computes the token itself): the delay is that one program run.
-fn token_delay(harness: &mut TestHarness) -> Result<()> {
+fn token_delay(harness: &mut TrackerHarness) -> Result<()> {
     let mut samples = Vec::new();
     for n in 0..500u16 {
         let client = (CLIENT, 20_000 + n);
@@ -302,7 +312,8 @@ fn token_delay(harness: &mut TestHarness) -> Result<()> {
 /// the token; against the 4-tuple lookup baseline on the same frames.
 fn balancer() -> Result<()> {
     const SINGLE_RUNS: u16 = 500;
-    let mut harness = TestHarness::load()?;
+    let mut harness = TestHarness::balancer()?;
+    let mut reference = TestHarness::reference()?;
     let mut maps = LbMaps::open(|name| {
         harness.take_map(name).ok_or_else(|| SteeringError::Config(format!("map {name} missing")))
     })?;
@@ -357,11 +368,8 @@ fn balancer() -> Result<()> {
     redirected(&mut harness, &join_syn.frame()?)?;
     redirected(&mut harness, &data_frame)?;
 
-    let (key, _) = FlowKey::new(4, ipv4_mapped(CLIENT), 40_000, ipv4_mapped(SERVER), 80);
-    let mut flows: HashMap<_, FlowKey, u64> =
-        HashMap::try_from(harness.map_mut("BASELINE_FLOWS").context("BASELINE_FLOWS map")?)?;
-    flows.insert(key, 0, 0)?;
-    let lookup = ns_per_packet(&mut harness, "baseline_flow_lookup", &data_frame)?;
+    baseline_flow(&mut reference)?;
+    let lookup = ns_per_packet(&mut reference, BASELINE_FLOW_LOOKUP, &data_frame)?;
     row(
         "baseline: 4-tuple hash lookup",
         lookup,
@@ -377,7 +385,7 @@ fn balancer() -> Result<()> {
     }
 
     // New flows and third ACKs change state: one run each, distinct flows.
-    let single_lookup = ns_single_runs(&mut harness, "baseline_flow_lookup", &vec![data_frame.clone(); 500])?;
+    let single_lookup = ns_single_runs(&mut reference, BASELINE_FLOW_LOOKUP, &vec![data_frame.clone(); 500])?;
     row("baseline: 4-tuple hash lookup, single runs", single_lookup, "ns/packet", "median of 500 runs of 1");
     let mut syns = Vec::new();
     let mut acks = Vec::new();

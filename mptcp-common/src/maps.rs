@@ -485,6 +485,50 @@ pub struct RateBucket {
     pub last_ns: u64,
 }
 
+impl RateBucket {
+    /// Millitokens one join takes.
+    pub const JOIN: u64 = 1000;
+
+    /// The bucket's capacity in millitokens: `burst` joins, at least one.
+    #[inline(always)]
+    pub fn capacity(burst: u32) -> u64 {
+        // Cannot wrap: under 2^42. Not a checked multiply, which the BPF target lowers to a
+        // 128-bit library call it does not have.
+        u64::from(burst.max(1)).wrapping_mul(Self::JOIN)
+    }
+
+    /// The bucket of a source's first join at `now_ns`: full, less that join.
+    #[inline(always)]
+    pub fn first_join(now_ns: u64, burst: u32) -> Self {
+        Self { millitokens: Self::capacity(burst).saturating_sub(Self::JOIN), last_ns: now_ns }
+    }
+
+    /// Refills the bucket for the whole milliseconds since it was last refilled, at
+    /// `rate_per_sec` joins per second (= millitokens per millisecond) up to `burst` joins, then
+    /// takes one join from it. False, with nothing taken, when less than one join is left.
+    #[inline(always)]
+    pub fn admit(&mut self, now_ns: u64, rate_per_sec: u32, burst: u32) -> bool {
+        // Capped at 2^32 - 1 ms (49 days), so that the product cannot wrap (see `capacity`).
+        let elapsed_ms = (now_ns.saturating_sub(self.last_ns) / 1_000_000).min(u64::from(u32::MAX));
+        let refill = elapsed_ms.wrapping_mul(u64::from(rate_per_sec));
+        let tokens = self.millitokens.saturating_add(refill).min(Self::capacity(burst));
+        // The part of a millisecond not refilled yet stays owed: the stamp only moves on a refill.
+        if refill > 0 {
+            self.last_ns = now_ns;
+        }
+        match tokens.checked_sub(Self::JOIN) {
+            Some(left) => {
+                self.millitokens = left;
+                true
+            }
+            None => {
+                self.millitokens = tokens;
+                false
+            }
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] structs of integers, no padding, valid for any bit pattern.
@@ -518,5 +562,59 @@ mod tests {
         let mut sum = counters;
         sum.accumulate(&counters);
         assert_eq!(sum.values().map(|v| v / 2), counters.values());
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn a_first_join_leaves_the_rest_of_the_burst() {
+        assert_eq!(RateBucket::first_join(7, 3), RateBucket { millitokens: 2000, last_ns: 7 });
+        // A burst of 0 still lets one join through.
+        assert_eq!(RateBucket::first_join(7, 0).millitokens, 0);
+    }
+
+    #[test]
+    fn an_empty_bucket_drops_until_refilled() {
+        // One join per second, burst 1: the first join empties the bucket.
+        let mut bucket = RateBucket::first_join(0, 1);
+        assert!(!bucket.admit(500 * MS, 1, 1));
+        assert_eq!(bucket.millitokens, 500);
+        assert_eq!(bucket.last_ns, 500 * MS);
+        assert!(!bucket.admit(999 * MS, 1, 1));
+        assert!(bucket.admit(1000 * MS, 1, 1));
+        assert_eq!(bucket.millitokens, 0);
+    }
+
+    #[test]
+    fn refill_counts_whole_milliseconds_only() {
+        let mut bucket = RateBucket { millitokens: 0, last_ns: 0 };
+        // 10 joins/s = 10 millitokens per ms; under a millisecond nothing is refilled and the
+        // stamp stays, so the fraction is not lost.
+        assert!(!bucket.admit(MS - 1, 10, 5));
+        assert_eq!(bucket, RateBucket { millitokens: 0, last_ns: 0 });
+        assert!(!bucket.admit(99 * MS + MS / 2, 10, 5));
+        assert_eq!(bucket.millitokens, 990);
+        assert!(bucket.admit(100 * MS + MS / 2, 10, 5));
+        assert_eq!(bucket.millitokens, 0);
+    }
+
+    #[test]
+    fn refill_stops_at_the_burst() {
+        let mut bucket = RateBucket::first_join(0, 3);
+        // An hour idle refills three joins, no more.
+        assert!(bucket.admit(3_600_000 * MS, 100, 3));
+        assert_eq!(bucket.millitokens, 2000);
+        assert!(bucket.admit(3_600_000 * MS, 100, 3));
+        assert!(bucket.admit(3_600_000 * MS, 100, 3));
+        assert!(!bucket.admit(3_600_000 * MS, 100, 3));
+    }
+
+    #[test]
+    fn time_going_backwards_or_huge_rates_do_not_overflow() {
+        let mut bucket = RateBucket { millitokens: u64::MAX - 1, last_ns: u64::MAX };
+        assert!(bucket.admit(0, u32::MAX, u32::MAX));
+        let mut bucket = RateBucket { millitokens: 0, last_ns: 0 };
+        assert!(bucket.admit(u64::MAX, u32::MAX, u32::MAX));
+        assert_eq!(bucket.millitokens, RateBucket::capacity(u32::MAX) - 1000);
     }
 }

@@ -147,6 +147,34 @@ impl DssMapping {
     pub fn is_infinite(&self) -> bool {
         self.data_len == 0
     }
+
+    /// The 64-bit DSN of the mapping, a 4-byte one widened against `previous` (see
+    /// [`widen_sequence`]).
+    #[inline(always)]
+    pub fn wide_dsn(&self, previous: u64) -> u64 {
+        if self.dsn_wide { self.dsn } else { widen_sequence(self.dsn as u32, previous) }
+    }
+}
+
+impl DataAck {
+    /// The 64-bit data ACK, a 4-byte one widened against `previous` (see [`widen_sequence`]).
+    #[inline(always)]
+    pub fn wide_value(&self, previous: u64) -> u64 {
+        if self.wide { self.value } else { widen_sequence(self.value as u32, previous) }
+    }
+}
+
+/// The 64-bit data sequence number a 4-byte one (its low 32 bits) stands for, given `previous`,
+/// the last 64-bit number seen in that sequence space: the one nearest `previous` (serial
+/// arithmetic, as Linux's `__mptcp_expand_seq`). That takes the high 32 bits of `previous`, one
+/// more when the low bits wrapped forward past 2^32, one less when they are from just before a
+/// wrap `previous` already went past. Nothing seen yet (`previous` 0) gives the high bits 0.
+#[inline(always)]
+pub fn widen_sequence(low: u32, previous: u64) -> u64 {
+    let same_high = (previous & !0xffff_ffff) | u64::from(low);
+    // How far `low` is from `previous`'s low bits, either way, within half the 32-bit space.
+    let delta = low.wrapping_sub(previous as u32) as i32;
+    previous.checked_add_signed(i64::from(delta)).unwrap_or(same_high)
 }
 
 /// DSS: data ACK, mapping and DATA_FIN, each optional.

@@ -1,9 +1,15 @@
-//! Header parsing shared by both attach points: Ethernet, one 802.1Q/802.1ad tag, IPv4 or IPv6
-//! (with up to [`MAX_IPV6_EXT_HEADERS`] extension headers), then TCP.
+//! Header parsing shared by every attach point: Ethernet, one 802.1Q/802.1ad tag, IPv4 or IPv6
+//! (with up to [`MAX_IPV6_EXT_HEADERS`] extension headers), then TCP; the option area copied out
+//! of the packet and searched.
 
+use aya_ebpf::{
+    helpers::generated::{bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    programs::{TcContext, XdpContext},
+};
 use mptcp_common::{
     maps::{AddrWords, ipv4_mapped},
-    options::TCP_OPTION_SPACE,
+    mptcp::subtype_of,
+    options::{OptionWalker, TCP_OPTION_SPACE, kind},
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr, vlan::VlanHdr};
 
@@ -18,7 +24,7 @@ const IPV6_DEST_OPTS: u8 = 60;
 /// IPv6 extension headers skipped before giving up on finding TCP.
 const MAX_IPV6_EXT_HEADERS: usize = 3;
 
-/// What both attach points offer: direct access to the linear part of the packet and copy
+/// What the XDP and TC attach points offer: direct access to the linear part of the packet and copy
 /// helpers that also reach fragments.
 pub trait Packet {
     fn data(&self) -> usize;
@@ -181,4 +187,68 @@ pub fn load_options<'a>(
         return None;
     }
     Some(area)
+}
+
+/// The first MPTCP option in `area` (an option area [`load_options`] copied) with subtype
+/// `wanted`; `None` as well when the walk meets a malformed option first.
+#[inline(always)]
+pub fn find_mptcp_option(area: &[u8], wanted: u8) -> Option<&[u8]> {
+    let mut walker = OptionWalker::new(area);
+    loop {
+        let raw = walker.next_raw()?.ok()?;
+        if raw.kind == kind::MPTCP && subtype_of(raw.bytes) == Some(wanted) {
+            return Some(raw.bytes);
+        }
+    }
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn load_bytes(&self, offset: usize, dst: *mut u8, len: usize) -> bool {
+        // SAFETY: the caller provides `len` writable bytes at dst.
+        unsafe { bpf_xdp_load_bytes(self.ctx, offset as u32, dst.cast(), len as u32) == 0 }
+    }
+
+    #[inline(always)]
+    fn store_bytes(&self, offset: usize, src: &[u8]) -> bool {
+        // SAFETY: the helper reads src.len() bytes from src.
+        unsafe { bpf_xdp_store_bytes(self.ctx, offset as u32, src.as_ptr() as *mut _, src.len() as u32) == 0 }
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn load_bytes(&self, offset: usize, dst: *mut u8, len: usize) -> bool {
+        // SAFETY: the caller provides `len` writable bytes at dst.
+        unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), offset as u32, dst.cast(), len as u32) == 0 }
+    }
+
+    #[inline(always)]
+    fn store_bytes(&self, offset: usize, src: &[u8]) -> bool {
+        // SAFETY: the helper reads src.len() bytes from src.
+        unsafe {
+            bpf_skb_store_bytes(self.skb.skb.cast(), offset as u32, src.as_ptr().cast(), src.len() as u32, 0)
+                == 0
+        }
+    }
 }

@@ -75,7 +75,7 @@ pub struct TableSubflow {
 /// Replays `path` and returns the resulting table.
 pub fn replay(path: &Path) -> Result<Replay> {
     let capture = capture_file::read(path)?;
-    let mut harness = TestHarness::load()?;
+    let mut harness = TestHarness::tracker()?;
     let mut skipped = 0u64;
     for frame in &capture.frames {
         // Test runs of XDP need at least an Ethernet header.

@@ -25,13 +25,17 @@ use aya::{
         links::FdLink, tc::TcAttachOptions,
     },
 };
-use mptcp_common::{
-    lb::{LB_FLOWS_MAP, LB_MAGLEV_MAP, LB_TOKENS_MAP},
-    maps::{COUNTERS_MAP, SHARED_MAP_NAMES},
-};
+use mptcp_common::maps::{COUNTERS_MAP, SHARED_MAP_NAMES};
 
-/// The programs, built by build.rs for bpfel-unknown-none with BTF.
-pub(crate) static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mptcp-ebpf"));
+// The eBPF objects, built by build.rs for bpfel-unknown-none with BTF, one per product: loading
+// one creates only its own maps.
+/// The tracker: ingress, egress and sock_ops programs and the tracking tables.
+pub(crate) static TRACKER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracker"));
+/// The load balancer (see `steering`).
+pub(crate) static BALANCER_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer"));
+/// The benchmarks' reference programs (see `bench`).
+pub(crate) static REFERENCE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/reference"));
 
 /// Where the BPF filesystem must be mounted.
 pub const BPFFS: &str = "/sys/fs/bpf";
@@ -47,9 +51,6 @@ pub(crate) const TC_PROGRAM: &str = "mptcp_tc_egress";
 const SOCK_OPS_PROGRAM: &str = "mptcp_sock_ops";
 const TC_INGRESS_PROGRAM: &str = "mptcp_tc_ingress";
 const XDP_LINK: &str = "xdp_ingress";
-/// The load balancer's links (see `steering`).
-pub(crate) const LB_XDP_LINK: &str = "lb_xdp";
-pub(crate) const LB_TC_LINK: &str = "lb_tc";
 const TC_INGRESS_LINK: &str = "tc_ingress";
 const TC_LINK: &str = "tc_egress";
 
@@ -428,8 +429,8 @@ pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<A
     Ok(Attached { dir: iface_dir, hook })
 }
 
-/// Loads the object for the tracking programs of `instance`: its shared maps reused (or created
-/// and pinned), the interface's counters pinned at `counters`.
+/// Loads the tracker's object for `instance`: its shared maps reused (or created and pinned), the
+/// interface's counters pinned at `counters`.
 fn load_instance(instance: &Instance, counters: Option<&Path>) -> Result<Ebpf, LoaderError> {
     let mut loader = EbpfLoader::new();
     for name in SHARED_MAP_NAMES {
@@ -438,11 +439,7 @@ fn load_instance(instance: &Instance, counters: Option<&Path>) -> Result<Ebpf, L
     if let Some(path) = counters {
         loader.map_pin_path(COUNTERS_MAP, path);
     }
-    // The balancer's big tables (megabytes, preallocated) are not used by the tracking programs.
-    for name in [LB_MAGLEV_MAP, LB_FLOWS_MAP, LB_TOKENS_MAP] {
-        loader.map_max_entries(name, 1);
-    }
-    loader.load(EBPF_OBJECT).map_err(LoaderError::Load)
+    loader.load(TRACKER_OBJECT).map_err(LoaderError::Load)
 }
 
 /// The root of the cgroup v2 hierarchy, from /proc/self/mounts.
@@ -659,17 +656,22 @@ fn remove_unused(instance: &Instance) -> Result<(), LoaderError> {
 }
 
 /// Detaches every link pinned in an interface's directory at once (even if a running agent still
-/// holds it), then removes the whole directory.
+/// holds it), whichever program it is of (the tracker's, the balancer's), then removes the whole
+/// directory.
 fn detach_dir(dir: &Path) -> Result<(), LoaderError> {
-    for name in [XDP_LINK, TC_INGRESS_LINK, TC_LINK, LB_XDP_LINK, LB_TC_LINK] {
-        let path = dir.join(name);
-        if path.exists() {
-            bpf_sys::link_detach(&path).map_err(|source| LoaderError::Io {
-                what: "detaching link",
-                path,
-                source,
-            })?;
-        }
+    let io_error = |what: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| LoaderError::Io { what, path, source }
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        // A rollback may come before the directory was made.
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(io_error("reading", dir)(error)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io_error("reading", dir))?.path();
+        bpf_sys::detach_if_link(&path).map_err(io_error("detaching link", &path))?;
     }
     fs::remove_dir_all(dir).map_err(|source| LoaderError::Io {
         what: "removing",
@@ -709,15 +711,33 @@ mod bpf_sys {
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
     }
 
-    /// Detaches the link pinned at `path` (BPF_LINK_DETACH) and removes the pin.
-    pub(super) fn link_detach(path: &Path) -> io::Result<()> {
+    /// Opens the object pinned at `path` (BPF_OBJ_GET).
+    fn obj_get(path: &Path) -> io::Result<OwnedFd> {
         use std::os::unix::ffi::OsStrExt as _;
         let c_path = CString::new(path.as_os_str().as_bytes())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let mut get = ObjGetAttr { pathname: c_path.as_ptr() as u64, ..Default::default() };
         let fd = bpf(BPF_OBJ_GET, &mut get)?;
         // SAFETY: BPF_OBJ_GET returned a new descriptor that we now own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Detaches the link pinned at `path` (BPF_LINK_DETACH) and removes the pin.
+    pub(super) fn link_detach(path: &Path) -> io::Result<()> {
+        let fd = obj_get(path)?;
+        let mut detach = LinkDetachAttr { link_fd: fd.as_raw_fd() as u32, ..Default::default() };
+        bpf(BPF_LINK_DETACH, &mut detach)?;
+        fs::remove_file(path)
+    }
+
+    /// Detaches and unpins `path` if it pins a link; anything else (a map) it leaves alone. A
+    /// link's fdinfo names its link type, a map's its map type.
+    pub(super) fn detach_if_link(path: &Path) -> io::Result<()> {
+        let fd = obj_get(path)?;
+        let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+        if !info.lines().any(|line| line.starts_with("link_type:")) {
+            return Ok(());
+        }
         let mut detach = LinkDetachAttr { link_fd: fd.as_raw_fd() as u32, ..Default::default() };
         bpf(BPF_LINK_DETACH, &mut detach)?;
         fs::remove_file(path)

@@ -1,7 +1,12 @@
 //! The programs loaded privately (nothing attached, nothing pinned) and driven frame by frame
-//! with BPF_PROG_TEST_RUN: for `replay` and the benchmarks.
+//! with BPF_PROG_TEST_RUN: for `replay` and the benchmarks. A harness holds one object, with
+//! only that object's maps; a benchmark may hold two (the tracker or the balancer, and the
+//! reference programs).
 
-use std::time::Duration;
+use std::{
+    ops::{Deref, DerefMut},
+    time::Duration,
+};
 
 use aya::{
     Ebpf,
@@ -11,12 +16,21 @@ use aya::{
 use mptcp_common::maps::{COUNTERS_MAP, EVENTS_MAP, Event};
 
 use crate::{
-    bpf::loader::{self, EBPF_OBJECT, LoaderError, Privilege, TC_PROGRAM, XDP_PROGRAM, check_privileges},
+    bpf::loader::{
+        self, BALANCER_OBJECT, LoaderError, Privilege, REFERENCE_OBJECT, TC_PROGRAM, TRACKER_OBJECT,
+        XDP_PROGRAM, check_privileges,
+    },
     dataplane::events::{EventRecord, Processor},
     dataplane::stats::{self, InterfaceCounters},
     dataplane::tables::{TableError, Tables},
     lb::steering::LB_XDP_PROGRAM,
 };
+
+/// The reference object's programs (see `bench`): XDP_PASS only, and parse to TCP plus one hash
+/// lookup in [`BASELINE_FLOWS_MAP`].
+pub(crate) const BASELINE_PASS: &str = "baseline_pass";
+pub(crate) const BASELINE_FLOW_LOOKUP: &str = "baseline_flow_lookup";
+pub(crate) const BASELINE_FLOWS_MAP: &str = "BASELINE_FLOWS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestRunError {
@@ -40,28 +54,46 @@ pub struct RunResult {
     pub duration: Duration,
 }
 
-/// A private copy of the dataplane: programs loaded, maps fresh.
+/// A private copy of one object: its programs loaded, its maps fresh.
 pub struct TestHarness {
     ebpf: Ebpf,
-    pub tables: Tables,
-    events: RingBuf<MapData>,
 }
 
 impl TestHarness {
-    pub fn load() -> Result<Self, TestRunError> {
-        check_privileges(Privilege::Attach)?;
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(LoaderError::Load)?;
-        for name in [XDP_PROGRAM, LB_XDP_PROGRAM, "baseline_pass", "baseline_flow_lookup"] {
-            let xdp: &mut Xdp = loader::program(&mut ebpf, name)?;
-            xdp.load().map_err(|source| TestRunError::Run { program: "loading an XDP program", source })?;
-        }
-        let tc: &mut SchedClassifier = loader::program(&mut ebpf, TC_PROGRAM)?;
-        tc.load().map_err(|source| TestRunError::Run { program: TC_PROGRAM, source })?;
-        let tables = Tables::open(|name| ebpf.take_map(name).ok_or(TableError::Missing(name)))?;
-        let events = ebpf.take_map(EVENTS_MAP).ok_or(TableError::Missing(EVENTS_MAP))?;
+    /// The tracker, its ingress XDP and egress TC programs loaded, with the agent's view of its
+    /// tables and events.
+    pub fn tracker() -> Result<TrackerHarness, TestRunError> {
+        let mut harness = Self::load(TRACKER_OBJECT, &[XDP_PROGRAM], &[TC_PROGRAM])?;
+        let tables = Tables::open(|name| harness.ebpf.take_map(name).ok_or(TableError::Missing(name)))?;
+        let events = harness.ebpf.take_map(EVENTS_MAP).ok_or(TableError::Missing(EVENTS_MAP))?;
         let events =
             RingBuf::try_from(events).map_err(|source| TableError::Map { name: EVENTS_MAP, source })?;
-        Ok(Self { ebpf, tables, events })
+        Ok(TrackerHarness { harness, tables, events })
+    }
+
+    /// The load balancer's XDP program.
+    pub fn balancer() -> Result<Self, TestRunError> {
+        Self::load(BALANCER_OBJECT, &[LB_XDP_PROGRAM], &[])
+    }
+
+    /// The benchmarks' reference programs ([`BASELINE_PASS`], [`BASELINE_FLOW_LOOKUP`]).
+    pub fn reference() -> Result<Self, TestRunError> {
+        Self::load(REFERENCE_OBJECT, &[BASELINE_PASS, BASELINE_FLOW_LOOKUP], &[])
+    }
+
+    /// Loads `object` and, of its programs, the XDP ones `xdp` and the TC classifiers `tc`.
+    fn load(object: &[u8], xdp: &[&'static str], tc: &[&'static str]) -> Result<Self, TestRunError> {
+        check_privileges(Privilege::Attach)?;
+        let mut ebpf = Ebpf::load(object).map_err(LoaderError::Load)?;
+        for &name in xdp {
+            let program: &mut Xdp = loader::program(&mut ebpf, name)?;
+            program.load().map_err(|source| TestRunError::Run { program: name, source })?;
+        }
+        for &name in tc {
+            let program: &mut SchedClassifier = loader::program(&mut ebpf, name)?;
+            program.load().map_err(|source| TestRunError::Run { program: name, source })?;
+        }
+        Ok(Self { ebpf })
     }
 
     /// Runs the XDP program `name` on `frame`, `repeat` times.
@@ -78,6 +110,40 @@ impl TestHarness {
         Ok(RunResult { action: result.return_value, duration: result.duration })
     }
 
+    /// A map of the private copy by name (the baselines' maps, say).
+    pub fn map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.ebpf.map_mut(name)
+    }
+
+    /// Takes a map of the private copy (the balancer's, say).
+    pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.ebpf.take_map(name)
+    }
+}
+
+/// The tracker's private copy: a [`TestHarness`] with the agent's view of the tracking tables
+/// and its event processing.
+pub struct TrackerHarness {
+    harness: TestHarness,
+    pub tables: Tables,
+    events: RingBuf<MapData>,
+}
+
+impl Deref for TrackerHarness {
+    type Target = TestHarness;
+
+    fn deref(&self) -> &TestHarness {
+        &self.harness
+    }
+}
+
+impl DerefMut for TrackerHarness {
+    fn deref_mut(&mut self) -> &mut TestHarness {
+        &mut self.harness
+    }
+}
+
+impl TrackerHarness {
     /// Hands every pending event to the processor and returns what it made of them.
     pub fn process_events(&mut self) -> Vec<EventRecord> {
         let mut processor = Processor::new(&mut self.tables);
@@ -92,19 +158,9 @@ impl TestHarness {
         records
     }
 
-    /// A map of the private copy by name (the baselines' maps, say).
-    pub fn map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
-        self.ebpf.map_mut(name)
-    }
-
-    /// Takes a map of the private copy (the balancer's, say).
-    pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
-        self.ebpf.take_map(name)
-    }
-
     /// The counters of the private copy, summed over CPUs.
     pub fn counters(&self) -> Result<InterfaceCounters, TestRunError> {
-        let map = self.ebpf.map(COUNTERS_MAP).ok_or(TableError::Missing(COUNTERS_MAP))?;
+        let map = self.harness.ebpf.map(COUNTERS_MAP).ok_or(TableError::Missing(COUNTERS_MAP))?;
         Ok(stats::sum_counters(map).map_err(|source| TableError::Map { name: COUNTERS_MAP, source })?)
     }
 }

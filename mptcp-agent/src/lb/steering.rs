@@ -21,7 +21,7 @@ use mptcp_common::{
         LB_COUNTER_NAMES, LB_COUNTERS_MAP, LB_MAGLEV_MAP, LB_MAP_NAMES, LB_VIPS_MAP, LbCounters, MAGLEV_SIZE,
         MAX_BACKENDS, MAX_VIPS, NO_BACKEND, Vip, VipKey, backend_state, steering,
     },
-    maps::{COUNTERS_MAP, EVENTS_MAP, SHARED_MAP_NAMES, addr_bytes, ipv4_mapped},
+    maps::{addr_bytes, ipv4_mapped},
 };
 use rtnetlink::packet_route::{
     link::LinkAttribute,
@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     bpf::loader::{
-        self, EBPF_OBJECT, IngressHook, Instance, LB_TC_LINK, LB_XDP_LINK, LoaderError, Privilege,
-        XdpAttachMode, check_bpffs, check_privileges,
+        self, BALANCER_OBJECT, IngressHook, Instance, LoaderError, Privilege, XdpAttachMode, check_bpffs,
+        check_privileges,
     },
     bpf::maps as bpf_maps,
     lb::maglev,
@@ -41,6 +41,9 @@ use crate::{
 /// The balancer's programs: XDP, and the tcx classifier for interfaces where XDP does not pay.
 pub(crate) const LB_XDP_PROGRAM: &str = "mptcp_lb";
 const LB_TC_PROGRAM: &str = "mptcp_lb_tc";
+/// Their links, per interface (`detach` takes whatever links an interface's directory holds).
+const LB_XDP_LINK: &str = "lb_xdp";
+const LB_TC_LINK: &str = "lb_tc";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SteeringError {
@@ -459,12 +462,6 @@ impl LbMaps {
     }
 }
 
-/// The tracking programs' tables, which a balancer does not use: shrunk to one entry when the
-/// shared object is loaded for a balancer (the ring buffer keeps its size, which must be pages).
-fn unused_by_balancer() -> impl Iterator<Item = &'static str> {
-    SHARED_MAP_NAMES.into_iter().filter(|name| *name != EVENTS_MAP).chain([COUNTERS_MAP, "BASELINE_FLOWS"])
-}
-
 /// Loads the balancer, fills its maps from `config` and attaches it to the configured interfaces.
 pub async fn start(
     instance: &Instance,
@@ -488,10 +485,7 @@ pub async fn start(
     for (name, path) in &paths {
         ebpf_loader.map_pin_path(name, path.as_path());
     }
-    for name in unused_by_balancer() {
-        ebpf_loader.map_max_entries(name, 1);
-    }
-    let mut ebpf = ebpf_loader.load(EBPF_OBJECT).map_err(LoaderError::Load)?;
+    let mut ebpf = ebpf_loader.load(BALANCER_OBJECT).map_err(LoaderError::Load)?;
     let mut maps =
         LbMaps::open(|name| ebpf.take_map(name).ok_or(SteeringError::Config(format!("map {name} missing"))))?;
 

@@ -458,3 +458,47 @@ fn each_subtype_parses_on_its_own_and_rejects_the_others() {
     assert_eq!(MpJoin::parse(&dss), Err(MptcpError::WrongSubtype { expected: 1, found: 2 }));
     assert_eq!(Dss::parse(&dss[..4]), Err(MptcpError::NotMptcp));
 }
+
+#[test]
+fn a_4_byte_sequence_number_takes_the_high_bits_seen_before() {
+    assert_eq!(widen_sequence(0x2000, 0x3_0000_1000), 0x3_0000_2000);
+    // A little behind, as a retransmission or a reordered ACK is.
+    assert_eq!(widen_sequence(0x0800, 0x3_0000_1000), 0x3_0000_0800);
+    // Nothing seen yet: the high bits are 0, whatever the low ones.
+    assert_eq!(widen_sequence(0xffff_fff0, 0), 0xffff_fff0);
+    assert_eq!(widen_sequence(0x10, 0), 0x10);
+}
+
+#[test]
+fn a_4_byte_sequence_number_wraps_into_the_next_high_word() {
+    // Forward past 2^32: the next high word.
+    assert_eq!(widen_sequence(0x10, 0x1_ffff_fff0), 0x2_0000_0010);
+    // From just before a wrap already passed: the previous high word.
+    assert_eq!(widen_sequence(0xffff_fff0, 0x2_0000_0010), 0x1_ffff_fff0);
+    // Close to 0 there is no earlier high word to go back to.
+    assert_eq!(widen_sequence(0xffff_fff0, 0x10), 0xffff_fff0);
+    // Nor a later one at the top of the space.
+    assert_eq!(widen_sequence(0x10, u64::MAX - 0xf), 0xffff_ffff_0000_0010);
+}
+
+#[test]
+fn wide_sequence_numbers_are_taken_as_they_are() {
+    let ack = DataAck { value: 0x7_0000_0001, wide: true };
+    assert_eq!(ack.wide_value(0x1_0000_0000), 0x7_0000_0001);
+    let ack = DataAck { value: 0x5, wide: false };
+    assert_eq!(ack.wide_value(0x1_ffff_fff0), 0x2_0000_0005);
+    let mapping =
+        DssMapping { dsn: 0x9_0000_0000, dsn_wide: true, subflow_seq: 1, data_len: 10, checksum: None };
+    assert_eq!(mapping.wide_dsn(0), 0x9_0000_0000);
+    let mapping = DssMapping { dsn: 0xffff_ff00, dsn_wide: false, ..mapping };
+    assert_eq!(mapping.wide_dsn(0x4_0000_0100), 0x3_ffff_ff00);
+}
+
+proptest! {
+    #[test]
+    fn widening_keeps_the_low_bits_and_stays_near(low: u32, previous in 1u64 << 33..u64::MAX >> 1) {
+        let wide = widen_sequence(low, previous);
+        prop_assert_eq!(wide as u32, low);
+        prop_assert!(wide.abs_diff(previous) <= 1 << 31);
+    }
+}

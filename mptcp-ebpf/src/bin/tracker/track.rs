@@ -10,8 +10,8 @@ use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use mptcp_common::{
     keys::{KeyDigest, key_digest_in},
     maps::{
-        AddrKey, Connection, Direction, Event, FlowKey, PacketCounters, RateBucket, Subflow, addr_bytes,
-        admission, connection_flags, direction_flags, event_flags, event_kind, fallback_reason, hmac_verdict,
+        AddrKey, Connection, Direction, Event, PacketCounters, RateBucket, Subflow, addr_bytes, admission,
+        connection_flags, direction_flags, event_flags, event_kind, fallback_reason, hmac_verdict,
         ipv4_mapped, subflow_kind, subflow_state,
     },
     mptcp::{
@@ -20,13 +20,14 @@ use mptcp_common::{
     },
     options::TCP_OPTION_SPACE,
 };
+use mptcp_ebpf::packet::tcp_flags;
 
 use crate::{
     maps::{
         CLIENT_TOKENS, CONNECTIONS, DIGEST_SCHEDULE, EVENTS, HMAC_VERDICTS, JOIN_RATE, SUBFLOWS, config,
         counters, scratch,
     },
-    packet::{TcpSegment, tcp_flags},
+    state::PacketState,
 };
 
 /// What the XDP program does with the packet.
@@ -79,26 +80,6 @@ fn atomic_add(target: &mut u64, value: u64) {
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(target, value) };
 }
 
-/// What the tables need to know about the packet being processed. It lives in per-CPU map
-/// memory ([`crate::maps::SCRATCH`]), not on the stack, which must leave room for the option
-/// handler and the key digest it calls.
-pub struct PacketState {
-    pub segment: TcpSegment,
-    /// Where the MPTCP options are in the option buffer (see `observe`).
-    pub option_offsets: [u8; MAX_PARSED_MPTCP_OPTIONS],
-    pub option_lengths: [u8; MAX_PARSED_MPTCP_OPTIONS],
-    key: FlowKey,
-    hook: Direction,
-    from_a: bool,
-    saw_dss: bool,
-    saw_capable: bool,
-}
-
-/// MPTCP options per packet that get fully parsed; Linux sends at most three (DSS with
-/// ADD_ADDR, MP_PRIO or MP_FAIL; MP_FASTCLOSE with MP_TCPRST). Every option still counts under
-/// its subtype.
-pub const MAX_PARSED_MPTCP_OPTIONS: usize = 3;
-
 /// XDP/TC return values of the global functions below (they may only return scalars).
 const PASS: u32 = 0;
 const DROP: u32 = 1;
@@ -114,18 +95,6 @@ impl Verdict {
     pub fn from_code(code: u32) -> Self {
         if code == DROP { Verdict::Drop } else { Verdict::Pass }
     }
-}
-
-/// Prepares this CPU's [`PacketState`] for the packet whose segment `observe` parsed.
-#[inline(always)]
-pub fn start(state: &mut PacketState, hook: Direction) {
-    let segment = &state.segment;
-    let (key, from_a) = FlowKey::new(segment.family, segment.src, segment.sport, segment.dst, segment.dport);
-    state.key = key;
-    state.from_a = from_a;
-    state.hook = hook;
-    state.saw_dss = false;
-    state.saw_capable = false;
 }
 
 /// Parses and handles MPTCP option `index` of the packet in this CPU's scratch memory, then,
@@ -559,9 +528,8 @@ impl Tracker {
         let source = AddrKey { addr: addr_bytes(self.state.segment.src) };
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        let burst = u64::from(config.join_burst.max(1)) * 1000;
         let Some(bucket) = JOIN_RATE.get_ptr_mut(&source) else {
-            let bucket = RateBucket { millitokens: burst - 1000, last_ns: now };
+            let bucket = RateBucket::first_join(now, config.join_burst);
             if JOIN_RATE.insert(&source, &bucket, 0).is_err() {
                 self.counters().table_errors += 1;
             }
@@ -569,18 +537,10 @@ impl Tracker {
         };
         // SAFETY: map value pointer from a successful lookup.
         let bucket = unsafe { &mut *bucket };
-        // Rate joins per second = rate millitokens per millisecond.
-        let refill = now.saturating_sub(bucket.last_ns) / 1_000_000 * u64::from(config.join_rate_per_sec);
-        let tokens = (bucket.millitokens + refill).min(burst);
-        if refill > 0 {
-            bucket.last_ns = now;
-        }
-        if tokens < 1000 {
-            bucket.millitokens = tokens;
+        if !bucket.admit(now, config.join_rate_per_sec, config.join_burst) {
             self.counters().joins_dropped_rate_limit += 1;
             return Verdict::Drop;
         }
-        bucket.millitokens = tokens - 1000;
         Verdict::Pass
     }
 
@@ -597,8 +557,8 @@ impl Tracker {
         let direction = &mut subflow.dir[index];
         direction.flags |= direction_flags::MPTCP;
         if let Some(ack) = dss.data_ack {
-            // A 4-byte data ACK carries the low bits; keep the high ones already seen.
-            let value = if ack.wide { ack.value } else { (direction.data_ack & !0xffff_ffff) | ack.value };
+            // A 4-byte data ACK carries the low bits; the high ones come from the ACKs seen.
+            let value = ack.wide_value(direction.data_ack);
             if value > direction.data_ack {
                 direction.data_ack = value;
                 // This side acknowledges the other side's data.
@@ -638,14 +598,14 @@ impl Tracker {
     /// its own keeps LLVM's register use simple enough for the verifier.
     #[inline(never)]
     fn account_mapping(&mut self, index: usize, mapping: &DssMapping, data_fin: bool) {
-        let DssMapping { dsn, dsn_wide, subflow_seq: ssn, data_len, .. } = *mapping;
+        let DssMapping { subflow_seq: ssn, data_len, .. } = *mapping;
         let Some(subflow) = self.subflow() else {
             return;
         };
         let Some(direction) = subflow.dir.get_mut(index) else {
             return;
         };
-        direction.map_dsn = dsn;
+        direction.map_dsn = mapping.dsn;
         direction.map_ssn = ssn;
         direction.map_len = data_len;
         // Every segment a mapping covers repeats it: only a range beyond what this side already
@@ -657,7 +617,7 @@ impl Tracker {
         }
         direction.ssn_end = ssn_end;
         // A 4-byte DSN takes its high bits from what this side mapped before.
-        let dsn = if dsn_wide { dsn } else { (direction.dsn_end & !0xffff_ffff) | dsn };
+        let dsn = mapping.wide_dsn(direction.dsn_end);
         // The DATA_FIN occupies one data sequence number of the mapping but carries no byte.
         let end = dsn + u64::from(data_len) - u64::from(data_fin);
         let went_back = dsn < direction.dsn_end;

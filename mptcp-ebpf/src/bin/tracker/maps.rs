@@ -1,7 +1,8 @@
-//! The BTF maps the programs share with each other and the agent; layouts live in mptcp-common.
+//! The tracker's BTF maps, shared by its programs and with the agent; layouts live in
+//! mptcp-common.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use mptcp_common::maps::{
@@ -9,14 +10,9 @@ use mptcp_common::maps::{
     MAX_CONNECTIONS, MAX_RATE_SOURCES, MAX_SUBFLOWS, PacketCounters, RateBucket, Subflow,
 };
 
-use mptcp_common::lb::{
-    Backend, BackendCounters, LbCounters, LbFlow, MAGLEV_SIZE, MAX_BACKENDS, MAX_LB_FLOWS, MAX_LB_TOKENS,
-    MAX_VIPS, Vip, VipKey,
-};
-
 use mptcp_common::cc::{CcDecision, CcSubflow, MAX_CC_SUBFLOWS};
 
-use crate::{packet::OptionBuffer, track::PacketState};
+use crate::state::Scratch;
 
 /// Per-direction counters ([`mptcp_common::maps::COUNTERS_MAP`]).
 #[btf_map]
@@ -48,12 +44,6 @@ pub static CONNECTION_CHECKS: LruHashMap<u32, ConnectionChecks, MAX_CONNECTIONS>
 #[btf_map]
 pub static JOIN_RATE: LruHashMap<AddrKey, RateBucket, MAX_RATE_SOURCES> = LruHashMap::new();
 
-/// Per-packet working memory, kept off the 512-byte stack.
-pub struct Scratch {
-    pub options: OptionBuffer,
-    pub packet: PacketState,
-}
-
 #[btf_map]
 pub static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
@@ -68,45 +58,6 @@ pub static CC_SUBFLOWS: LruHashMap<FlowKey, CcSubflow, MAX_CC_SUBFLOWS> = LruHas
 
 #[btf_map]
 pub static CC_DECISIONS: LruHashMap<FlowKey, CcDecision, MAX_CC_SUBFLOWS> = LruHashMap::new();
-
-// The load balancer's maps (see mptcp_common::lb).
-
-#[btf_map]
-pub static LB_VIPS: HashMap<VipKey, Vip, MAX_VIPS> = HashMap::new();
-
-#[btf_map]
-pub static LB_BACKENDS: Array<Backend, MAX_BACKENDS> = Array::new();
-
-/// One Maglev table per VIP, back to back: backend slot per entry.
-#[btf_map]
-pub static LB_MAGLEV: Array<u32, { MAX_VIPS * MAGLEV_SIZE }> = Array::new();
-
-#[btf_map]
-pub static LB_FLOWS: LruHashMap<FlowKey, LbFlow, MAX_LB_FLOWS> = LruHashMap::new();
-
-/// Server token -> backend slot.
-#[btf_map]
-pub static LB_TOKENS: LruHashMap<u32, u32, MAX_LB_TOKENS> = LruHashMap::new();
-
-#[btf_map]
-pub static LB_COUNTERS: PerCpuArray<LbCounters, 1> = PerCpuArray::new();
-
-#[btf_map]
-pub static LB_BACKEND_COUNTERS: PerCpuArray<BackendCounters, MAX_BACKENDS> = PerCpuArray::new();
-
-/// This CPU's balancer counters.
-#[inline(always)]
-pub fn lb_counters() -> Option<&'static mut LbCounters> {
-    // SAFETY: as for `counters`.
-    LB_COUNTERS.get_ptr_mut(0).map(|ptr| unsafe { &mut *ptr })
-}
-
-/// This CPU's counters of backend slot `index`.
-#[inline(always)]
-pub fn backend_counters(index: u32) -> Option<&'static mut BackendCounters> {
-    // SAFETY: as for `counters`.
-    LB_BACKEND_COUNTERS.get_ptr_mut(index).map(|ptr| unsafe { &mut *ptr })
-}
 
 /// This CPU's counters of `direction`.
 #[inline(always)]

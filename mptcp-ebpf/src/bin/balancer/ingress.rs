@@ -8,13 +8,6 @@
 //! an MP_JOIN SYN goes where its token says, the token having been computed here from the
 //! connection's MP_CAPABLE third ACK.
 
-use crate::{
-    maps::{
-        DIGEST_SCHEDULE, LB_BACKENDS, LB_FLOWS, LB_MAGLEV, LB_TOKENS, LB_VIPS, backend_counters, lb_counters,
-        scratch,
-    },
-    packet::{Packet, load_options, parse_tcp, tcp_flags},
-};
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
     helpers::generated::bpf_redirect,
@@ -25,8 +18,13 @@ use mptcp_common::{
     keys::key_digest_in,
     lb::{LbFlow, MAGLEV_SIZE, NO_BACKEND, VipKey, backend_state, flow_kind, maglev_slot, steering},
     maps::{FlowKey, addr_bytes},
-    mptcp::{MpCapable, MpJoin, subtype, subtype_of},
-    options::{OptionWalker, kind},
+    mptcp::{MpCapable, MpJoin, subtype},
+};
+use mptcp_ebpf::packet::{Packet, find_mptcp_option, load_options, parse_tcp, tcp_flags};
+
+use crate::maps::{
+    DIGEST_SCHEDULE, LB_BACKENDS, LB_FLOWS, LB_MAGLEV, LB_TOKENS, LB_VIPS, backend_counters, lb_counters,
+    scratch,
 };
 
 /// What to do with a packet.
@@ -70,7 +68,7 @@ fn classify(ctx: &impl Packet) -> Option<u32> {
     let counters = lb_counters()?;
     counters.packets += 1;
     let scratch = scratch()?;
-    let segment = &mut scratch.packet.segment;
+    let segment = &mut scratch.segment;
     parse_tcp(ctx, segment)?;
     let vip_key =
         VipKey { addr: addr_bytes(segment.dst), port: segment.dport, family: segment.family, _pad: [0; 5] };
@@ -92,7 +90,7 @@ fn classify(ctx: &impl Packet) -> Option<u32> {
             if flow.kind == flow_kind::INITIAL
                 && flow.token_learned == 0
                 && vip.steering == steering::TOKEN
-                && load_options(ctx, &scratch.packet.segment, &mut scratch.options).is_some()
+                && load_options(ctx, &scratch.segment, &mut scratch.options).is_some()
                 && mptcp_lb_learn_token(flow.backend) != 0
             {
                 flow.token_learned = 1;
@@ -100,7 +98,7 @@ fn classify(ctx: &impl Packet) -> Option<u32> {
             flow.backend
         }
         _ => {
-            load_options(ctx, &scratch.packet.segment, &mut scratch.options)?;
+            load_options(ctx, &scratch.segment, &mut scratch.options)?;
             mptcp_lb_place(vip.index, vip.steering, u32::from(syn))
         }
     };
@@ -131,18 +129,6 @@ fn forward(packet: &impl Packet, index: u32) -> Action {
     Action::Redirect(backend.ifindex)
 }
 
-/// The first MPTCP option of the packet in scratch memory with subtype `wanted`.
-#[inline(always)]
-fn find_option(area: &[u8], wanted: u8) -> Option<&[u8]> {
-    let mut walker = OptionWalker::new(area);
-    loop {
-        let raw = walker.next_raw()?.ok()?;
-        if raw.kind == kind::MPTCP && subtype_of(raw.bytes) == Some(wanted) {
-            return Some(raw.bytes);
-        }
-    }
-}
-
 /// The Maglev choice of VIP slot `vip` for the flow in scratch memory.
 #[inline(always)]
 fn maglev(vip: u32, key: &FlowKey) -> u32 {
@@ -153,18 +139,21 @@ fn maglev(vip: u32, key: &FlowKey) -> u32 {
 /// Places a flow the table does not know: an MP_JOIN SYN by its token, anything else by the
 /// Maglev table; records it in the flow table. Returns the backend slot.
 ///
-/// A global BPF function: the verifier checks it once on its own (see `track.rs`).
+/// A global BPF function: the verifier checks it once on its own (see the tracker's `track.rs`).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn mptcp_lb_place(vip: u32, steering_mode: u32, syn: u32) -> u32 {
     let (Some(scratch), Some(counters)) = (scratch(), lb_counters()) else {
         return NO_BACKEND;
     };
-    let segment = &scratch.packet.segment;
+    let segment = &scratch.segment;
     let (key, _) = FlowKey::new(segment.family, segment.src, segment.sport, segment.dst, segment.dport);
     let area = scratch.options.0.get(..segment.options_len.min(40)).unwrap_or(&[]);
-    let join =
-        if syn != 0 { find_option(area, subtype::MP_JOIN).and_then(|o| MpJoin::parse(o).ok()) } else { None };
+    let join = if syn != 0 {
+        find_mptcp_option(area, subtype::MP_JOIN).and_then(|o| MpJoin::parse(o).ok())
+    } else {
+        None
+    };
     let (backend, kind) = match join {
         Some(MpJoin::Syn { token, .. }) if steering_mode == steering::TOKEN => {
             match LB_TOKENS.get_ptr(token) {
@@ -185,7 +174,7 @@ pub extern "C" fn mptcp_lb_place(vip: u32, steering_mode: u32, syn: u32) -> u32 
         }
         None => {
             counters.flows_hashed += 1;
-            let capable = syn != 0 && find_option(area, subtype::MP_CAPABLE).is_some();
+            let capable = syn != 0 && find_mptcp_option(area, subtype::MP_CAPABLE).is_some();
             (maglev(vip, &key), if capable { flow_kind::INITIAL } else { flow_kind::PLAIN })
         }
     };
@@ -217,8 +206,9 @@ pub extern "C" fn mptcp_lb_learn_token(backend: u32) -> u32 {
     else {
         return 0;
     };
-    let area = scratch.options.0.get(..scratch.packet.segment.options_len.min(40)).unwrap_or(&[]);
-    let Some(capable) = find_option(area, subtype::MP_CAPABLE).and_then(|o| MpCapable::parse(o).ok()) else {
+    let area = scratch.options.0.get(..scratch.segment.options_len.min(40)).unwrap_or(&[]);
+    let Some(capable) = find_mptcp_option(area, subtype::MP_CAPABLE).and_then(|o| MpCapable::parse(o).ok())
+    else {
         return 0;
     };
     let Some(server_key) = capable.receiver_key else {

@@ -7,10 +7,12 @@ use mptcp_common::{
     options::{OptionWalker, kind},
 };
 
+use mptcp_ebpf::packet::{Packet, load_options, parse_tcp};
+
 use crate::{
     maps::{counters, scratch},
-    packet::{Packet, load_options, parse_tcp},
-    track::{MAX_PARSED_MPTCP_OPTIONS, Verdict, mptcp_track_finish, mptcp_track_option, start},
+    state::{MAX_PARSED_MPTCP_OPTIONS, start},
+    track::{Verdict, mptcp_track_finish, mptcp_track_option},
 };
 
 #[inline(always)]

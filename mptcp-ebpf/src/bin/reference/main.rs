@@ -1,11 +1,17 @@
 //! Reference programs for `cargo xtask bench`, never attached: an XDP program that only
 //! passes, and one that parses to TCP and does a single 4-tuple hash lookup, the floor any
-//! flow-aware program pays. The dataplane is measured against both in the same run.
+//! flow-aware program pays. The tracker and the balancer are measured against them in the same
+//! run (the agent loads this object beside theirs).
+#![no_std]
+#![no_main]
+// Map keys and values go by reference: by value they would be copied onto the 512-byte stack.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 use aya_ebpf::{bindings::xdp_action, btf_maps::HashMap, macros::btf_map, macros::xdp, programs::XdpContext};
 use mptcp_common::maps::FlowKey;
+use mptcp_ebpf::packet::{TcpSegment, parse_tcp};
 
-use crate::packet::{TcpSegment, parse_tcp};
+mptcp_ebpf::program_object!();
 
 #[btf_map]
 static BASELINE_FLOWS: HashMap<FlowKey, u64, 1024> = HashMap::new();
