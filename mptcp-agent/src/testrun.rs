@@ -1,6 +1,8 @@
 //! The programs loaded privately (nothing attached, nothing pinned) and driven frame by frame
 //! with BPF_PROG_TEST_RUN: for `replay` and the benchmarks.
 
+pub mod frames;
+
 use std::time::Duration;
 
 use aya::{
@@ -17,6 +19,11 @@ use crate::{
     steering::LB_XDP_PROGRAM,
     tables::{TableError, Tables},
 };
+
+/// The tracker's XDP program, as the harness names it.
+pub const TRACKER_XDP: &str = XDP_PROGRAM;
+/// The balancer's XDP program, as the harness names it.
+pub const BALANCER_XDP: &str = LB_XDP_PROGRAM;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestRunError {
@@ -76,6 +83,27 @@ impl TestHarness {
             .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
             .map_err(|source| TestRunError::Run { program: name, source })?;
         Ok(RunResult { action: result.return_value, duration: result.duration })
+    }
+
+    /// Runs the XDP program `name` once on `frame`; also returns the frame as the program left
+    /// it (rewritten addresses, say).
+    pub fn run_xdp_output(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+    ) -> Result<(RunResult, Vec<u8>), TestRunError> {
+        let program: &mut Xdp = loader::program(&mut self.ebpf, name)?;
+        // XDP may grow the frame by its headroom; 256 bytes more than the input is ample.
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| TestRunError::Run { program: name, source })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((RunResult { action: result.return_value, duration: result.duration }, out))
     }
 
     /// Hands every pending event to the processor and returns what it made of them.
