@@ -518,6 +518,7 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
                 expect!("state", s.state, subflow_state::SYN_RECEIVED);
                 expect!("conn_token", s.conn_token, server_token());
                 expect!("server packets", s.dir[1].packets, 1);
+                expect!("server MPTCP flag", s.dir[1].flags & direction_flags::MPTCP, direction_flags::MPTCP);
                 let c = t.connection()?;
                 expect!("server_key", c.server_key, SERVER_KEY);
                 expect!("server_token", c.server_token, server_token());

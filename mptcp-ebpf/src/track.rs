@@ -372,6 +372,8 @@ impl Tracker {
         let Some(subflow) = self.subflow_or_create(subflow_kind::INITIAL, !syn_ack) else {
             return;
         };
+        let sender = usize::from(!self.sent_by_client(subflow));
+        subflow.dir[sender].flags |= direction_flags::MPTCP;
         let reached = if syn_ack { subflow_state::SYN_RECEIVED } else { subflow_state::ESTABLISHED };
         if subflow.state < reached {
             subflow.state = reached;
