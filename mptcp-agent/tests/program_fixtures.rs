@@ -30,7 +30,7 @@ use mptcp_common::{
         RateBucket, Subflow, addr_bytes, admission, connection_flags, direction_flags, fallback_reason,
         hmac_verdict, ipv4_mapped, subflow_kind, subflow_state,
     },
-    mptcp::{DataAck, Dss, DssMapping, MpFail, MpFastClose, MpJoin, MpTcpRst, MptcpOption},
+    mptcp::{DataAck, Dss, DssMapping, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst, MptcpOption},
 };
 
 const XDP_DROP: u32 = 1;
@@ -670,6 +670,64 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
             },
         },
         Case {
+            name: "DSS mapping back in data sequence on its subflow: reinjection counted",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let dsn = client_dsn();
+                let mut steps = capable_handshake();
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER).with(dss(Some((dsn, 1, 1000)), None, false)).payload(1000),
+                    XDP_PASS,
+                ));
+                // The same data again, at new subflow sequence numbers.
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER)
+                        .with(dss(Some((dsn, 1001, 1000)), None, false))
+                        .payload(1000),
+                    XDP_PASS,
+                ));
+                Ok(steps)
+            },
+            check: |t| {
+                let c = t.connection()?;
+                expect!("data_bytes[0]", c.data_bytes[0], 1000);
+                expect!("mapped_bytes[0]", c.mapped_bytes[0], 2000);
+                expect!("reinjections", c.reinjections, 1);
+                expect!("client bytes", t.subflow(CLIENT, SERVER)?.dir[0].bytes, 2000);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_PRIO: the sender's backup flag set, then cleared",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let prio = |backup| MptcpOption::Prio(MpPrio { backup, addr_id: None });
+                let mut steps = capable_handshake();
+                steps.push(frame(Segment::new(SERVER, CLIENT).with(prio(true)), XDP_PASS));
+                steps.push(Step::Do(|t: &mut Tracker| {
+                    let s = t.subflow(CLIENT, SERVER)?;
+                    expect!(
+                        "server BACKUP flag",
+                        s.dir[1].flags & direction_flags::BACKUP,
+                        direction_flags::BACKUP
+                    );
+                    expect!("client BACKUP flag", s.dir[0].flags & direction_flags::BACKUP, 0);
+                    Ok(())
+                }));
+                steps.push(frame(Segment::new(SERVER, CLIENT).with(prio(false)), XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!(
+                    "server BACKUP flag",
+                    t.subflow(CLIENT, SERVER)?.dir[1].flags & direction_flags::BACKUP,
+                    0
+                );
+                expect!("mp_prio", t.counters()?.mp_prio, 2);
+                Ok(())
+            },
+        },
+        Case {
             name: "DSS infinite mapping: fallback recorded on subflow and connection",
             setup: || Tracker::new(config(admission::ALLOW)),
             steps: |_| {
@@ -1080,6 +1138,26 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
                 expect!("drained backend packets", s.packets, 3);
                 expect!("drained backend connections", s.connections, 1);
                 expect!("drained backend subflows", s.subflows, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "flow met mid-stream: placed by Maglev, recorded as a plain flow",
+            setup: Balancer::token,
+            steps: |b| {
+                Ok(vec![
+                    to_backend(Segment::new(CLIENT, SERVER).payload(100), b.pick(CLIENT)),
+                    to_backend(Segment::new(CLIENT, SERVER).payload(100), b.pick(CLIENT)),
+                ])
+            },
+            check: |b| {
+                let pick = b.pick(CLIENT);
+                lb_flow(&b.flow(CLIENT)?, pick, flow_kind::PLAIN, 2, 0)?;
+                expect!("flows_hashed", b.maps.counters()?.flows_hashed, 1);
+                let s = b.maps.backend_counters(pick)?;
+                // Not a new connection: only SYNs count as flows of a backend.
+                expect!("backend plain_flows", s.plain_flows, 0);
+                expect!("backend packets", s.packets, 2);
                 Ok(())
             },
         },
