@@ -154,8 +154,9 @@ fn run_case<F: Fixture>(case: &Case<F>) -> Result<()> {
 fn run<F: Fixture>(group: &str, cases: &[Case<F>]) {
     let mut failures = Vec::new();
     for case in cases {
+        let start = std::time::Instant::now();
         match run_case(case) {
-            Ok(()) => println!("{group}: {} ... ok", case.name),
+            Ok(()) => println!("{group}: {} ... ok ({} ms)", case.name, start.elapsed().as_millis()),
             Err(error) => failures.push(format!("{group}: {}: {error:#}", case.name)),
         }
     }
@@ -506,6 +507,85 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
                 expect!("subflows_created", c.subflows_created, 1);
                 expect!("connections_created", c.connections_created, 0);
                 expect!("mp_capable", c.mp_capable, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_CAPABLE SYN on a 4-tuple reused after RST: a new connection",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(frame(Segment::new(SERVER, CLIENT).rst(), XDP_PASS));
+                steps.push(frame(Segment::syn(CLIENT, SERVER).with(capable(None, None)), XDP_PASS));
+                steps.push(frame(Segment::syn_ack(SERVER, CLIENT).with(capable(Some(0x99), None)), XDP_PASS));
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER).with(capable(Some(0x77), Some(0x99))),
+                    XDP_PASS,
+                ));
+                Ok(steps)
+            },
+            check: |t| {
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("state", s.state, subflow_state::ESTABLISHED);
+                expect!("conn_token", s.conn_token, handshake::token(0x99));
+                let c = t
+                    .harness
+                    .tables
+                    .connections
+                    .get(&handshake::token(0x99), 0)
+                    .context("no new connection")?;
+                expect!("client_key", c.client_key, 0x77);
+                expect!("packets", s.dir[0].packets, 2);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_CAPABLE SYN retransmitted, before and after the SYN-ACK: the same subflow",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let syn = Segment::syn(CLIENT, SERVER).with(capable(None, None));
+                let mut steps = vec![frame(syn.clone(), XDP_PASS)];
+                steps.extend(capable_handshake().into_iter().take(2));
+                steps.push(frame(syn, XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("state", s.state, subflow_state::SYN_RECEIVED);
+                expect!("conn_token", s.conn_token, server_token());
+                expect!("client packets", s.dir[0].packets, 3);
+                expect!("subflows_created", t.counters()?.subflows_created, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_JOIN SYN on a 4-tuple reused after FIN: linked to the new token's connection",
+            setup: || {
+                let mut t = Tracker::with_connection(config(admission::ALLOW))?;
+                let other = Connection {
+                    server_key: 0x99,
+                    server_token: handshake::token(0x99),
+                    subflows: 1,
+                    ..Connection::default()
+                };
+                t.harness.tables.connections.insert(handshake::token(0x99), other, 0)?;
+                Ok(t)
+            },
+            steps: |_| {
+                let mut steps = join_handshake(server_token());
+                steps.push(frame(Segment::new(CLIENT2, SERVER).fin(), XDP_PASS));
+                steps.extend(join_handshake(handshake::token(0x99)));
+                Ok(steps)
+            },
+            check: |t| {
+                let s = t.subflow(CLIENT2, SERVER)?;
+                expect!("conn_token", s.conn_token, handshake::token(0x99));
+                expect!("join_token", s.join_token, handshake::token(0x99));
+                expect!("state", s.state, subflow_state::ESTABLISHED);
+                expect!("client FIN flag", s.dir[0].flags & direction_flags::FIN, 0);
+                let other = t.harness.tables.connections.get(&handshake::token(0x99), 0)?;
+                expect!("new connection's subflows", other.subflows, 2);
+                expect!("subflows_created", t.counters()?.subflows_created, 2);
                 Ok(())
             },
         },
