@@ -9,11 +9,9 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use aya::maps::HashMap;
-use etherparse::PacketBuilder;
 use mptcp_common::{
     maps::{FlowKey, ipv4_mapped},
-    mptcp::{DataAck, Dss, DssMapping, MpCapable, MpJoin, MptcpOption, capable_flags},
-    options::TcpOption,
+    mptcp::{DataAck, Dss, DssMapping, MpJoin, MptcpOption},
 };
 use serde_json::json;
 
@@ -22,6 +20,7 @@ use crate::{
     dataplane::handshake,
     dataplane::testrun::{
         BASELINE_FLOW_LOOKUP, BASELINE_FLOWS_MAP, BASELINE_PASS, TestHarness, TrackerHarness,
+        frames::{Segment, capable},
     },
     lb::steering::{
         BackendConfig, LB_XDP_PROGRAM, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig,
@@ -36,48 +35,6 @@ const REPEAT: u32 = 100_000;
 const CLIENT: [u8; 4] = [192, 0, 2, 1];
 const CLIENT2: [u8; 4] = [198, 51, 100, 1];
 const SERVER: [u8; 4] = [192, 0, 2, 2];
-
-/// A TCP segment of a benchmark flow.
-struct Segment {
-    src: ([u8; 4], u16),
-    dst: ([u8; 4], u16),
-    syn: bool,
-    ack: bool,
-    mptcp: Option<MptcpOption>,
-    payload: usize,
-}
-
-impl Segment {
-    fn new(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Self {
-        Self { src, dst, syn: false, ack: true, mptcp: None, payload: 0 }
-    }
-
-    /// Ethernet/IPv4/TCP with the options Linux sends: timestamps, then the MPTCP option.
-    fn frame(&self) -> Result<Vec<u8>> {
-        let mut options = [0u8; 40];
-        let mut len = TcpOption::Nop.encode(&mut options)?;
-        len += TcpOption::Nop.encode(&mut options[len..])?;
-        len += TcpOption::Timestamps { value: 1, echo: 2 }.encode(&mut options[len..])?;
-        if let Some(option) = self.mptcp {
-            len += option.encode(&mut options[len..])?;
-        }
-        while len % 4 != 0 {
-            len += TcpOption::Nop.encode(&mut options[len..])?;
-        }
-        let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-            .ipv4(self.src.0, self.dst.0, 64)
-            .tcp(self.src.1, self.dst.1, 1000, 65535);
-        let builder = match (self.syn, self.ack) {
-            (true, false) => builder.syn(),
-            (true, true) => builder.syn().ack(1),
-            (false, true) => builder.ack(1),
-            (false, false) => builder,
-        };
-        let mut frame = Vec::new();
-        builder.options_raw(&options[..len])?.write_to_vec(&mut frame, &vec![0x5a; self.payload])?;
-        Ok(frame)
-    }
-}
 
 /// 1400 bytes of data from `client` to the server with a DSS option as Linux sends it: an
 /// 8-byte data ACK and a mapping.
@@ -96,17 +53,6 @@ fn dss_data(client: ([u8; 4], u16)) -> Segment {
         }),
     }));
     data
-}
-
-fn capable(sender: Option<u64>, receiver: Option<u64>) -> MptcpOption {
-    MptcpOption::Capable(MpCapable {
-        version: 1,
-        flags: capable_flags::HMAC_SHA256,
-        sender_key: sender,
-        receiver_key: receiver,
-        data_len: None,
-        checksum: None,
-    })
 }
 
 /// Opens an MPTCP connection between `client` and the server (and a join from CLIENT2),

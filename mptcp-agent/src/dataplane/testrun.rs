@@ -3,6 +3,8 @@
 //! only that object's maps; a benchmark may hold two (the tracker or the balancer, and the
 //! reference programs).
 
+pub mod frames;
+
 use std::{
     ops::{Deref, DerefMut},
     time::Duration,
@@ -31,6 +33,11 @@ use crate::{
 pub(crate) const BASELINE_PASS: &str = "baseline_pass";
 pub(crate) const BASELINE_FLOW_LOOKUP: &str = "baseline_flow_lookup";
 pub(crate) const BASELINE_FLOWS_MAP: &str = "BASELINE_FLOWS";
+
+/// The tracker's XDP program, as the harness names it.
+pub const TRACKER_XDP: &str = XDP_PROGRAM;
+/// The balancer's XDP program, as the harness names it.
+pub const BALANCER_XDP: &str = LB_XDP_PROGRAM;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestRunError {
@@ -108,6 +115,27 @@ impl TestHarness {
             .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
             .map_err(|source| TestRunError::Run { program: name, source })?;
         Ok(RunResult { action: result.return_value, duration: result.duration })
+    }
+
+    /// Runs the XDP program `name` once on `frame`; also returns the frame as the program left
+    /// it (rewritten addresses, say).
+    pub fn run_xdp_output(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+    ) -> Result<(RunResult, Vec<u8>), TestRunError> {
+        let program: &mut Xdp = loader::program(&mut self.ebpf, name)?;
+        // XDP may grow the frame by its headroom; 256 bytes more than the input is ample.
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::new()
+            })
+            .map_err(|source| TestRunError::Run { program: name, source })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((RunResult { action: result.return_value, duration: result.duration }, out))
     }
 
     /// A map of the private copy by name (the baselines' maps, say).

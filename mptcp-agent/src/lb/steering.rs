@@ -444,6 +444,28 @@ impl LbMaps {
         self.backends.set(slot, backend, 0).map_err(map_error(LB_BACKENDS_MAP))
     }
 
+    /// Drains (no new flows; existing flows and MPTCP connections stay) or removes the backend
+    /// `name`, and rebuilds the Maglev tables.
+    pub fn set_backend_state(&mut self, name: &str, state: u32) -> Result<(), SteeringError> {
+        let slot = self.slot_of(name)?;
+        let mut backend = self.backends.get(&slot, 0).map_err(map_error(LB_BACKENDS_MAP))?;
+        backend.state = state;
+        if state == backend_state::UNUSED {
+            backend = Backend::default();
+        }
+        self.set_backend(slot, &backend)?;
+        self.rebuild()
+    }
+
+    /// One backend slot's counters, summed over CPUs.
+    pub fn backend_counters(&self, slot: u32) -> Result<BackendCounters, SteeringError> {
+        let mut total = BackendCounters::default();
+        for cpu in self.backend_counters.get(&slot, 0).map_err(map_error(LB_BACKEND_COUNTERS_MAP))?.iter() {
+            total.accumulate(cpu);
+        }
+        Ok(total)
+    }
+
     /// The balancer's counters, summed over CPUs.
     pub fn counters(&self) -> Result<LbCounters, SteeringError> {
         let mut total = LbCounters::default();
@@ -565,15 +587,7 @@ pub async fn add_backend(
 
 /// Drains (no new flows; existing flows and MPTCP connections stay) or removes a backend.
 pub fn set_backend_state(instance: &Instance, name: &str, state: u32) -> Result<(), SteeringError> {
-    let mut maps = LbMaps::pinned(instance)?;
-    let slot = maps.slot_of(name)?;
-    let mut backend = maps.backends.get(&slot, 0).map_err(map_error(LB_BACKENDS_MAP))?;
-    backend.state = state;
-    if state == backend_state::UNUSED {
-        backend = Backend::default();
-    }
-    maps.set_backend(slot, &backend)?;
-    maps.rebuild()
+    LbMaps::pinned(instance)?.set_backend_state(name, state)
 }
 
 /// The balancer's statistics.
@@ -645,10 +659,7 @@ pub fn stats(instance: &Instance) -> Result<LbStats, SteeringError> {
         if backend.state == backend_state::UNUSED {
             continue;
         }
-        let mut counters = BackendCounters::default();
-        for cpu in maps.backend_counters.get(&slot, 0).map_err(map_error(LB_BACKEND_COUNTERS_MAP))?.iter() {
-            counters.accumulate(cpu);
-        }
+        let counters = maps.backend_counters(slot)?;
         let owned: usize = tables.iter().map(|t| t.iter().filter(|&&e| e == slot).count()).sum();
         let entries = tables.len().max(1) * MAGLEV_SIZE;
         let ip = std::net::Ipv6Addr::from(backend.addr);

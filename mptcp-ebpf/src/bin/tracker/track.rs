@@ -207,6 +207,21 @@ impl Tracker {
         self.subflow()
     }
 
+    /// Before a SYN opens a subflow: an entry past the handshake belongs to an earlier subflow
+    /// on the same 4-tuple (reused after it closed, or first met mid-stream), whose connection,
+    /// keys and counts are not the new subflow's. It goes; the SYN creates a fresh one. A
+    /// retransmitted SYN finds SYN_SENT or SYN_RECEIVED and keeps its entry.
+    #[inline(always)]
+    fn reopen(&mut self) {
+        if let Some(subflow) = self.subflow()
+            && !matches!(subflow.state, subflow_state::SYN_SENT | subflow_state::SYN_RECEIVED)
+        {
+            let _ = SUBFLOWS.remove(&self.state.key);
+            self.subflow = null_mut();
+            self.connection = null_mut();
+        }
+    }
+
     #[inline(always)]
     fn subflow(&self) -> Option<&'static mut Subflow> {
         // SAFETY: null or a map value pointer from a successful lookup.
@@ -325,8 +340,11 @@ impl Tracker {
     fn capable(&mut self, capable: &MpCapable) {
         self.state.saw_capable = true;
         if self.is_syn() {
+            self.reopen();
             if let Some(subflow) = self.subflow_or_create(subflow_kind::INITIAL, true) {
-                subflow.state = subflow_state::SYN_SENT;
+                if subflow.state < subflow_state::SYN_SENT {
+                    subflow.state = subflow_state::SYN_SENT;
+                }
                 subflow.dir[0].flags |= direction_flags::MPTCP;
             }
             return;
@@ -341,6 +359,8 @@ impl Tracker {
         let Some(subflow) = self.subflow_or_create(subflow_kind::INITIAL, !syn_ack) else {
             return;
         };
+        let sender = usize::from(!self.sent_by_client(subflow));
+        subflow.dir[sender].flags |= direction_flags::MPTCP;
         let reached = if syn_ack { subflow_state::SYN_RECEIVED } else { subflow_state::ESTABLISHED };
         if subflow.state < reached {
             subflow.state = reached;
@@ -446,8 +466,11 @@ impl Tracker {
                     }
                     self.counters().joins_admitted += 1;
                 }
+                self.reopen();
                 if let Some(subflow) = self.subflow_or_create(subflow_kind::JOIN, true) {
-                    subflow.state = subflow_state::SYN_SENT;
+                    if subflow.state < subflow_state::SYN_SENT {
+                        subflow.state = subflow_state::SYN_SENT;
+                    }
                     subflow.join_token = token;
                     subflow.join_nonce_client = nonce;
                     subflow.server_initiated = u8::from(server_initiated);

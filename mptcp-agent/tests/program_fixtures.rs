@@ -1,0 +1,1318 @@
+//! Program fixtures, in the manner of Katran's lib/testing and Cilium's bpf/tests: each case is
+//! (maps set up, frames) -> (verdict per frame, map and counter state after), run through
+//! BPF_PROG_TEST_RUN on a private copy of the programs (nothing attached, nothing pinned).
+//!
+//! Three tables: join admission and tracking (the tracker's `mptcp_xdp_ingress`) and the
+//! balancer (`mptcp_lb`). Adding a case is adding a row: a name, a setup (configuration and map
+//! entries), the frames with the XDP action each must get, and the state to find afterwards.
+//!
+//! Needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): without it every case fails, naming what is
+//! missing; nothing is skipped.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context as _, Result, ensure};
+use aya::maps::{HashMap, MapData};
+use mptcp_agent::{
+    dataplane::{
+        handshake,
+        testrun::{
+            BALANCER_XDP, TRACKER_XDP, TestHarness, TrackerHarness,
+            frames::{Segment, capable},
+        },
+    },
+    lb::{
+        maglev,
+        steering::{BackendConfig, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig},
+    },
+};
+use mptcp_common::{
+    lb::{
+        LB_FLOWS_MAP, LB_TOKENS_MAP, LbFlow, MAGLEV_SIZE, NO_BACKEND, backend_state, flow_kind, maglev_slot,
+    },
+    maps::{
+        AddrKey, CLIENT_TOKENS_MAP, Connection, DataplaneConfig, FlowKey, JOIN_RATE_MAP, PacketCounters,
+        RateBucket, Subflow, addr_bytes, admission, connection_flags, direction_flags, fallback_reason,
+        hmac_verdict, ipv4_mapped, subflow_kind, subflow_state,
+    },
+    mptcp::{DataAck, Dss, DssMapping, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst, MptcpOption},
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+type Endpoint = ([u8; 4], u16);
+
+const CLIENT: Endpoint = ([192, 0, 2, 1], 40_000);
+/// The client's second address, for joins.
+const CLIENT2: Endpoint = ([198, 51, 100, 1], 50_000);
+const SERVER: Endpoint = ([192, 0, 2, 2], 80);
+const CLIENT_KEY: u64 = 0x1111_2222_3333_4444;
+const SERVER_KEY: u64 = 0x5555_6666_7777_8888;
+
+fn port(endpoint: Endpoint, port: u16) -> Endpoint {
+    (endpoint.0, port)
+}
+
+fn key(a: Endpoint, b: Endpoint) -> FlowKey {
+    FlowKey::new(4, ipv4_mapped(a.0), a.1, ipv4_mapped(b.0), b.1).0
+}
+
+/// The server's token (RFC 8684 3.2: the most significant 32 bits of SHA-256 of its key), by
+/// the agent's own SHA-256, not the programs'.
+fn server_token() -> u32 {
+    handshake::token(SERVER_KEY)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness, behind these two functions only: when the programs move into objects of their
+// own, each becomes that object's constructor.
+
+fn tracker_harness() -> Result<TrackerHarness> {
+    TestHarness::tracker()
+        .context("loading the tracker's programs (needs root: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)")
+}
+
+fn balancer_harness() -> Result<TestHarness> {
+    TestHarness::balancer()
+        .context("loading the balancer's program (needs root: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The runner.
+
+/// One step of a case: a frame and the action it must get (and for the balancer, the backend
+/// slot whose MAC the frame must leave with), or something done to the maps between frames.
+enum Step<F> {
+    Frame { segment: Segment, action: u32, backend: Option<u32> },
+    Do(fn(&mut F) -> Result<()>),
+}
+
+fn frame<F>(segment: Segment, action: u32) -> Step<F> {
+    Step::Frame { segment, action, backend: None }
+}
+
+fn to_backend<F>(segment: Segment, backend: u32) -> Step<F> {
+    Step::Frame { segment, action: XDP_REDIRECT, backend: Some(backend) }
+}
+
+struct Case<F> {
+    name: &'static str,
+    /// The harness with its configuration and map entries.
+    setup: fn() -> Result<F>,
+    /// The steps, which may depend on the set-up (a Maglev pick, say).
+    steps: fn(&F) -> Result<Vec<Step<F>>>,
+    /// The state after the steps, asserted field by field.
+    check: fn(&mut F) -> Result<()>,
+}
+
+trait Fixture {
+    const PROGRAM: &'static str;
+    fn harness(&mut self) -> &mut TestHarness;
+    /// The destination MAC frames to backend `slot` leave with.
+    fn backend_mac(&self, _slot: u32) -> Option<[u8; 6]> {
+        None
+    }
+}
+
+fn action_name(action: u32) -> String {
+    match action {
+        0 => "XDP_ABORTED".into(),
+        XDP_DROP => "XDP_DROP".into(),
+        XDP_PASS => "XDP_PASS".into(),
+        3 => "XDP_TX".into(),
+        XDP_REDIRECT => "XDP_REDIRECT".into(),
+        other => format!("action {other}"),
+    }
+}
+
+fn run_case<F: Fixture>(case: &Case<F>) -> Result<()> {
+    let mut fixture = (case.setup)()?;
+    let steps = (case.steps)(&fixture)?;
+    for (i, step) in steps.into_iter().enumerate() {
+        match step {
+            Step::Frame { segment, action, backend } => {
+                let (result, out) = fixture.harness().run_xdp_output(F::PROGRAM, &segment.frame()?)?;
+                ensure!(
+                    result.action == action,
+                    "step {i}: {} where {} was expected",
+                    action_name(result.action),
+                    action_name(action)
+                );
+                if let Some(slot) = backend {
+                    let mac = fixture.backend_mac(slot).context("no MAC for the backend")?;
+                    let got = out.get(..6).context("no frame out of the program")?;
+                    ensure!(
+                        got == mac,
+                        "step {i}: sent to MAC {got:02x?}, expected backend {slot}'s {mac:02x?}"
+                    );
+                }
+            }
+            Step::Do(action) => action(&mut fixture).with_context(|| format!("step {i}"))?,
+        }
+    }
+    (case.check)(&mut fixture)
+}
+
+/// Runs every case (each on a fresh harness) and fails with the list of those that failed.
+fn run<F: Fixture>(group: &str, cases: &[Case<F>]) {
+    let mut failures = Vec::new();
+    for case in cases {
+        let start = std::time::Instant::now();
+        match run_case(case) {
+            Ok(()) => println!("{group}: {} ... ok ({} ms)", case.name, start.elapsed().as_millis()),
+            Err(error) => failures.push(format!("{group}: {}: {error:#}", case.name)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// `ensure!` that a value equals the expected one, naming it.
+macro_rules! expect {
+    ($what:expr, $actual:expr, $expected:expr) => {{
+        let (actual, expected) = ($actual, $expected);
+        ensure!(actual == expected, "{}: {:?}, expected {:?}", $what, actual, expected);
+    }};
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tracker.
+
+struct Tracker {
+    harness: TrackerHarness,
+    client_tokens: HashMap<MapData, u32, u32>,
+    join_rate: HashMap<MapData, AddrKey, RateBucket>,
+}
+
+impl Fixture for Tracker {
+    const PROGRAM: &'static str = TRACKER_XDP;
+    fn harness(&mut self) -> &mut TestHarness {
+        &mut self.harness
+    }
+}
+
+impl Tracker {
+    fn new(config: DataplaneConfig) -> Result<Self> {
+        let mut harness = tracker_harness()?;
+        harness.tables.write_config(&config)?;
+        let client_tokens =
+            HashMap::try_from(harness.take_map(CLIENT_TOKENS_MAP).context(CLIENT_TOKENS_MAP)?)?;
+        let join_rate = HashMap::try_from(harness.take_map(JOIN_RATE_MAP).context(JOIN_RATE_MAP)?)?;
+        Ok(Self { harness, client_tokens, join_rate })
+    }
+
+    /// With the connection of SERVER_KEY (and CLIENT_KEY) in the tables, as the handshake
+    /// leaves it.
+    fn with_connection(config: DataplaneConfig) -> Result<Self> {
+        let mut tracker = Self::new(config)?;
+        let token = server_token();
+        let connection = Connection {
+            server_key: SERVER_KEY,
+            client_key: CLIENT_KEY,
+            server_token: token,
+            client_token: handshake::token(CLIENT_KEY),
+            flags: connection_flags::SERVER_KEY | connection_flags::CLIENT_KEY,
+            subflows: 1,
+            version: 1,
+            ..Connection::default()
+        };
+        tracker.harness.tables.connections.insert(token, connection, 0)?;
+        tracker.client_tokens.insert(handshake::token(CLIENT_KEY), token, 0)?;
+        Ok(tracker)
+    }
+
+    fn counters(&self) -> Result<PacketCounters> {
+        Ok(self.harness.counters()?.ingress)
+    }
+
+    fn subflow(&self, a: Endpoint, b: Endpoint) -> Result<Subflow> {
+        self.harness.tables.subflows.get(&key(a, b), 0).with_context(|| format!("no subflow {a:?} {b:?}"))
+    }
+
+    fn has_subflow(&self, a: Endpoint, b: Endpoint) -> bool {
+        self.harness.tables.subflows.get(&key(a, b), 0).is_ok()
+    }
+
+    fn connection(&self) -> Result<Connection> {
+        self.harness
+            .tables
+            .connections
+            .get(&server_token(), 0)
+            .context("no connection under the server token")
+    }
+
+    fn set_verdict(&mut self, a: Endpoint, b: Endpoint, verdict: u8) -> Result<()> {
+        Ok(self.harness.tables.verdicts.insert(key(a, b), verdict, 0)?)
+    }
+}
+
+fn config(admission: u32) -> DataplaneConfig {
+    DataplaneConfig { admission, ..DataplaneConfig::default() }
+}
+
+fn join_syn(from: Endpoint, to: Endpoint, token: u32) -> Segment {
+    Segment::syn(from, to).with(MptcpOption::Join(MpJoin::Syn { backup: false, addr_id: 1, token, nonce: 7 }))
+}
+
+fn join_syn_ack(from: Endpoint, to: Endpoint) -> Segment {
+    Segment::syn_ack(from, to).with(MptcpOption::Join(MpJoin::SynAck {
+        backup: false,
+        addr_id: 0,
+        truncated_hmac: 0x0102_0304_0506_0708,
+        nonce: 9,
+    }))
+}
+
+fn join_ack(from: Endpoint, to: Endpoint) -> Segment {
+    Segment::new(from, to).with(MptcpOption::Join(MpJoin::Ack { hmac: [4; 20] }))
+}
+
+/// The three frames of an MP_JOIN handshake from CLIENT2 to SERVER, each passed.
+fn join_handshake<F>(token: u32) -> Vec<Step<F>> {
+    vec![
+        frame(join_syn(CLIENT2, SERVER, token), XDP_PASS),
+        frame(join_syn_ack(SERVER, CLIENT2), XDP_PASS),
+        frame(join_ack(CLIENT2, SERVER), XDP_PASS),
+    ]
+}
+
+/// The three frames of the MP_CAPABLE handshake between CLIENT and SERVER, each passed.
+fn capable_handshake<F>() -> Vec<Step<F>> {
+    vec![
+        frame(Segment::syn(CLIENT, SERVER).with(capable(None, None)), XDP_PASS),
+        frame(Segment::syn_ack(SERVER, CLIENT).with(capable(Some(SERVER_KEY), None)), XDP_PASS),
+        frame(Segment::new(CLIENT, SERVER).with(capable(Some(CLIENT_KEY), Some(SERVER_KEY))), XDP_PASS),
+    ]
+}
+
+fn dss(mapping: Option<(u64, u32, u16)>, data_ack: Option<u64>, data_fin: bool) -> MptcpOption {
+    MptcpOption::Dss(Dss {
+        data_fin,
+        data_ack: data_ack.map(|value| DataAck { value, wide: true }),
+        mapping: mapping.map(|(dsn, subflow_seq, data_len)| DssMapping {
+            dsn,
+            dsn_wide: true,
+            subflow_seq,
+            data_len,
+            checksum: None,
+        }),
+    })
+}
+
+/// The client's first data sequence number: right after its IDSN (RFC 8684 3.3).
+fn client_dsn() -> u64 {
+    handshake::idsn(CLIENT_KEY).wrapping_add(1)
+}
+
+/// After a join from CLIENT2 whose HMAC the agent found `verdict`, the data from CLIENT2.
+fn data_after_verdict<const VERDICT: u8>(_: &Tracker) -> Result<Vec<Step<Tracker>>> {
+    let mut steps = join_handshake(server_token());
+    steps.push(Step::Do(|t: &mut Tracker| t.set_verdict(CLIENT2, SERVER, VERDICT)));
+    Ok(steps)
+}
+
+fn data_from_join() -> Segment {
+    Segment::new(CLIENT2, SERVER).with(dss(Some((client_dsn(), 1, 100)), None, false)).payload(100)
+}
+
+fn admission_cases() -> Vec<Case<Tracker>> {
+    vec![
+        Case {
+            name: "known-token: MP_JOIN SYN with an unknown token dropped",
+            setup: || Tracker::new(config(admission::KNOWN_TOKEN)),
+            steps: |_| Ok(vec![frame(join_syn(CLIENT2, SERVER, 0xdead_beef), XDP_DROP)]),
+            check: |t| {
+                let c = t.counters()?;
+                expect!("joins_dropped_unknown_token", c.joins_dropped_unknown_token, 1);
+                expect!("joins_admitted", c.joins_admitted, 0);
+                expect!("mp_join", c.mp_join, 1);
+                expect!("subflows_created", c.subflows_created, 0);
+                expect!("subflow entry", t.has_subflow(CLIENT2, SERVER), false);
+                Ok(())
+            },
+        },
+        Case {
+            name: "verified: MP_JOIN SYN with an unknown token dropped",
+            setup: || Tracker::new(config(admission::VERIFIED)),
+            steps: |_| Ok(vec![frame(join_syn(CLIENT2, SERVER, 0xdead_beef), XDP_DROP)]),
+            check: |t| {
+                expect!("joins_dropped_unknown_token", t.counters()?.joins_dropped_unknown_token, 1);
+                expect!("subflow entry", t.has_subflow(CLIENT2, SERVER), false);
+                Ok(())
+            },
+        },
+        Case {
+            name: "known-token: MP_JOIN SYN with the server's token admitted",
+            setup: || Tracker::with_connection(config(admission::KNOWN_TOKEN)),
+            steps: |_| Ok(vec![frame(join_syn(CLIENT2, SERVER, server_token()), XDP_PASS)]),
+            check: |t| {
+                let c = t.counters()?;
+                expect!("joins_admitted", c.joins_admitted, 1);
+                expect!("joins_dropped_unknown_token", c.joins_dropped_unknown_token, 0);
+                let s = t.subflow(CLIENT2, SERVER)?;
+                expect!("kind", s.kind, subflow_kind::JOIN);
+                expect!("state", s.state, subflow_state::SYN_SENT);
+                expect!("conn_token", s.conn_token, server_token());
+                expect!("connection subflows", t.connection()?.subflows, 2);
+                Ok(())
+            },
+        },
+        Case {
+            name: "known-token: MP_JOIN SYN from the server with the client's token admitted",
+            setup: || Tracker::with_connection(config(admission::KNOWN_TOKEN)),
+            steps: |_| {
+                Ok(vec![frame(join_syn(port(SERVER, 8080), CLIENT2, handshake::token(CLIENT_KEY)), XDP_PASS)])
+            },
+            check: |t| {
+                expect!("joins_admitted", t.counters()?.joins_admitted, 1);
+                let s = t.subflow(port(SERVER, 8080), CLIENT2)?;
+                expect!("conn_token", s.conn_token, server_token());
+                expect!("join_token", s.join_token, handshake::token(CLIENT_KEY));
+                expect!("server_initiated", s.server_initiated, 1);
+                expect!("connection subflows", t.connection()?.subflows, 2);
+                Ok(())
+            },
+        },
+        Case {
+            name: "rate limit: the burst+1-th MP_JOIN SYN from one source dropped and counted",
+            setup: || {
+                Tracker::new(DataplaneConfig {
+                    admission: admission::ALLOW,
+                    join_rate_per_sec: 1,
+                    join_burst: 2,
+                    ..DataplaneConfig::default()
+                })
+            },
+            steps: |_| {
+                Ok(vec![
+                    frame(join_syn(port(CLIENT2, 50_000), SERVER, 1), XDP_PASS),
+                    frame(join_syn(port(CLIENT2, 50_001), SERVER, 1), XDP_PASS),
+                    frame(join_syn(port(CLIENT2, 50_002), SERVER, 1), XDP_DROP),
+                    // Another source has a bucket of its own.
+                    frame(join_syn(port(CLIENT, 50_003), SERVER, 1), XDP_PASS),
+                ])
+            },
+            check: |t| {
+                let c = t.counters()?;
+                expect!("joins_dropped_rate_limit", c.joins_dropped_rate_limit, 1);
+                expect!("joins_admitted", c.joins_admitted, 3);
+                expect!("subflows_created", c.subflows_created, 3);
+                expect!("dropped join's subflow", t.has_subflow(port(CLIENT2, 50_002), SERVER), false);
+                let source = AddrKey { addr: addr_bytes(ipv4_mapped(CLIENT2.0)) };
+                let bucket = t.join_rate.get(&source, 0).context("no rate bucket for the source")?;
+                // Less than one join left (the refill of a few milliseconds at 1/s is below 1000).
+                ensure!(bucket.millitokens < 1000, "{} millitokens left after the burst", bucket.millitokens);
+                Ok(())
+            },
+        },
+        Case {
+            name: "verified: a subflow whose HMAC failed has its later packets dropped",
+            setup: || Tracker::with_connection(config(admission::VERIFIED)),
+            steps: |t| {
+                let mut steps = data_after_verdict::<{ hmac_verdict::FAILED }>(t)?;
+                steps.push(frame(data_from_join(), XDP_DROP));
+                steps.push(frame(Segment::new(SERVER, CLIENT2), XDP_DROP));
+                Ok(steps)
+            },
+            check: |t| {
+                let c = t.counters()?;
+                expect!("packets_dropped_hmac", c.packets_dropped_hmac, 2);
+                expect!("joins_admitted", c.joins_admitted, 1);
+                expect!("subflow hmac", t.subflow(CLIENT2, SERVER)?.hmac, hmac_verdict::FAILED);
+                Ok(())
+            },
+        },
+        Case {
+            name: "verified: HMAC pending until the agent's verdict, then verified passes",
+            setup: || Tracker::with_connection(config(admission::VERIFIED)),
+            steps: |_| {
+                let mut steps = join_handshake(server_token());
+                steps.push(Step::Do(|t: &mut Tracker| {
+                    expect!(
+                        "hmac before the verdict",
+                        t.subflow(CLIENT2, SERVER)?.hmac,
+                        hmac_verdict::PENDING
+                    );
+                    t.set_verdict(CLIENT2, SERVER, hmac_verdict::VERIFIED)
+                }));
+                steps.push(frame(data_from_join(), XDP_PASS));
+                steps.push(frame(Segment::new(SERVER, CLIENT2), XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!("packets_dropped_hmac", t.counters()?.packets_dropped_hmac, 0);
+                expect!("subflow hmac", t.subflow(CLIENT2, SERVER)?.hmac, hmac_verdict::VERIFIED);
+                Ok(())
+            },
+        },
+        Case {
+            name: "known-token: a failed HMAC is recorded, not enforced",
+            setup: || Tracker::with_connection(config(admission::KNOWN_TOKEN)),
+            steps: |t| {
+                let mut steps = data_after_verdict::<{ hmac_verdict::FAILED }>(t)?;
+                steps.push(frame(data_from_join(), XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!("packets_dropped_hmac", t.counters()?.packets_dropped_hmac, 0);
+                expect!("subflow hmac", t.subflow(CLIENT2, SERVER)?.hmac, hmac_verdict::FAILED);
+                Ok(())
+            },
+        },
+        Case {
+            name: "observe only: unknown token, failed HMAC and join bursts all pass",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |t| {
+                // An unknown token (no connection set up), then a failed verdict.
+                let mut steps = data_after_verdict::<{ hmac_verdict::FAILED }>(t)?;
+                steps.push(frame(data_from_join(), XDP_PASS));
+                for p in 1..=5 {
+                    steps.push(frame(join_syn(port(CLIENT2, 50_000 + p), SERVER, 0xdead_beef), XDP_PASS));
+                }
+                Ok(steps)
+            },
+            check: |t| {
+                let c = t.counters()?;
+                expect!("joins_admitted", c.joins_admitted, 6);
+                expect!("joins_dropped_unknown_token", c.joins_dropped_unknown_token, 0);
+                expect!("joins_dropped_rate_limit", c.joins_dropped_rate_limit, 0);
+                expect!("packets_dropped_hmac", c.packets_dropped_hmac, 0);
+                let s = t.subflow(CLIENT2, SERVER)?;
+                expect!("conn_token", s.conn_token, 0);
+                expect!("subflow hmac", s.hmac, hmac_verdict::FAILED);
+                Ok(())
+            },
+        },
+    ]
+}
+
+fn tracking_cases() -> Vec<Case<Tracker>> {
+    vec![
+        Case {
+            name: "MP_CAPABLE SYN: initial subflow in SYN_SENT, no connection yet",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| Ok(vec![frame(Segment::syn(CLIENT, SERVER).with(capable(None, None)), XDP_PASS)]),
+            check: |t| {
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("kind", s.kind, subflow_kind::INITIAL);
+                expect!("state", s.state, subflow_state::SYN_SENT);
+                expect!("conn_token", s.conn_token, 0);
+                // CLIENT sorts before SERVER: side a of the key sent the SYN.
+                expect!("client_is_b", s.client_is_b, 0);
+                expect!("client MPTCP flag", s.dir[0].flags & direction_flags::MPTCP, direction_flags::MPTCP);
+                expect!("client packets", s.dir[0].packets, 1);
+                let c = t.counters()?;
+                expect!("subflows_created", c.subflows_created, 1);
+                expect!("connections_created", c.connections_created, 0);
+                expect!("mp_capable", c.mp_capable, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_CAPABLE SYN on a 4-tuple reused after RST: a new connection",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(frame(Segment::new(SERVER, CLIENT).rst(), XDP_PASS));
+                steps.push(frame(Segment::syn(CLIENT, SERVER).with(capable(None, None)), XDP_PASS));
+                steps.push(frame(Segment::syn_ack(SERVER, CLIENT).with(capable(Some(0x99), None)), XDP_PASS));
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER).with(capable(Some(0x77), Some(0x99))),
+                    XDP_PASS,
+                ));
+                Ok(steps)
+            },
+            check: |t| {
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("state", s.state, subflow_state::ESTABLISHED);
+                expect!("conn_token", s.conn_token, handshake::token(0x99));
+                let c = t
+                    .harness
+                    .tables
+                    .connections
+                    .get(&handshake::token(0x99), 0)
+                    .context("no new connection")?;
+                expect!("client_key", c.client_key, 0x77);
+                expect!("packets", s.dir[0].packets, 2);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_CAPABLE SYN retransmitted, before and after the SYN-ACK: the same subflow",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let syn = Segment::syn(CLIENT, SERVER).with(capable(None, None));
+                let mut steps = vec![frame(syn.clone(), XDP_PASS)];
+                steps.extend(capable_handshake().into_iter().take(2));
+                steps.push(frame(syn, XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("state", s.state, subflow_state::SYN_RECEIVED);
+                expect!("conn_token", s.conn_token, server_token());
+                expect!("client packets", s.dir[0].packets, 3);
+                expect!("subflows_created", t.counters()?.subflows_created, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_JOIN SYN on a 4-tuple reused after FIN: linked to the new token's connection",
+            setup: || {
+                let mut t = Tracker::with_connection(config(admission::ALLOW))?;
+                let other = Connection {
+                    server_key: 0x99,
+                    server_token: handshake::token(0x99),
+                    subflows: 1,
+                    ..Connection::default()
+                };
+                t.harness.tables.connections.insert(handshake::token(0x99), other, 0)?;
+                Ok(t)
+            },
+            steps: |_| {
+                let mut steps = join_handshake(server_token());
+                steps.push(frame(Segment::new(CLIENT2, SERVER).fin(), XDP_PASS));
+                steps.extend(join_handshake(handshake::token(0x99)));
+                Ok(steps)
+            },
+            check: |t| {
+                let s = t.subflow(CLIENT2, SERVER)?;
+                expect!("conn_token", s.conn_token, handshake::token(0x99));
+                expect!("join_token", s.join_token, handshake::token(0x99));
+                expect!("state", s.state, subflow_state::ESTABLISHED);
+                expect!("client FIN flag", s.dir[0].flags & direction_flags::FIN, 0);
+                let other = t.harness.tables.connections.get(&handshake::token(0x99), 0)?;
+                expect!("new connection's subflows", other.subflows, 2);
+                expect!("subflows_created", t.counters()?.subflows_created, 2);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_CAPABLE SYN-ACK: the server's key creates the connection",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| Ok(capable_handshake().into_iter().take(2).collect()),
+            check: |t| {
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("state", s.state, subflow_state::SYN_RECEIVED);
+                expect!("conn_token", s.conn_token, server_token());
+                expect!("server packets", s.dir[1].packets, 1);
+                expect!("server MPTCP flag", s.dir[1].flags & direction_flags::MPTCP, direction_flags::MPTCP);
+                let c = t.connection()?;
+                expect!("server_key", c.server_key, SERVER_KEY);
+                expect!("server_token", c.server_token, server_token());
+                expect!("server_idsn", c.server_idsn, handshake::idsn(SERVER_KEY));
+                expect!("data_start[1]", c.data_start[1], handshake::idsn(SERVER_KEY).wrapping_add(1));
+                expect!("client_key", c.client_key, 0);
+                expect!("flags", c.flags, connection_flags::SERVER_KEY);
+                expect!("version", c.version, 1);
+                expect!("subflows", c.subflows, 1);
+                expect!("connections_created", t.counters()?.connections_created, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_CAPABLE third ACK: the client's key completes the connection",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| Ok(capable_handshake()),
+            check: |t| {
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("state", s.state, subflow_state::ESTABLISHED);
+                expect!("kind", s.kind, subflow_kind::INITIAL);
+                expect!("fallback", s.fallback, fallback_reason::NONE);
+                expect!("client packets", s.dir[0].packets, 2);
+                let c = t.connection()?;
+                expect!("client_key", c.client_key, CLIENT_KEY);
+                expect!("client_token", c.client_token, handshake::token(CLIENT_KEY));
+                expect!("client_idsn", c.client_idsn, handshake::idsn(CLIENT_KEY));
+                expect!("data_start[0]", c.data_start[0], client_dsn());
+                expect!("server_key", c.server_key, SERVER_KEY);
+                expect!("flags", c.flags, connection_flags::SERVER_KEY | connection_flags::CLIENT_KEY);
+                expect!("subflows", c.subflows, 1);
+                expect!(
+                    "CLIENT_TOKENS entry",
+                    t.client_tokens.get(&handshake::token(CLIENT_KEY), 0).ok(),
+                    Some(server_token())
+                );
+                let n = t.counters()?;
+                expect!("connections_created", n.connections_created, 1);
+                expect!("subflows_created", n.subflows_created, 1);
+                expect!("mp_capable", n.mp_capable, 3);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_CAPABLE third ACK alone (SYN-ACK unseen) creates the connection with both keys",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.remove(1);
+                Ok(steps)
+            },
+            check: |t| {
+                expect!("state", t.subflow(CLIENT, SERVER)?.state, subflow_state::ESTABLISHED);
+                let c = t.connection()?;
+                expect!("server_key", c.server_key, SERVER_KEY);
+                expect!("client_key", c.client_key, CLIENT_KEY);
+                expect!("flags", c.flags, connection_flags::SERVER_KEY | connection_flags::CLIENT_KEY);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_JOIN handshake links the subflow to its connection",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(frame(
+                    Segment::syn(CLIENT2, SERVER).with(MptcpOption::Join(MpJoin::Syn {
+                        backup: true,
+                        addr_id: 1,
+                        token: server_token(),
+                        nonce: 7,
+                    })),
+                    XDP_PASS,
+                ));
+                steps.extend(join_handshake(server_token()).into_iter().skip(1));
+                Ok(steps)
+            },
+            check: |t| {
+                let s = t.subflow(CLIENT2, SERVER)?;
+                expect!("kind", s.kind, subflow_kind::JOIN);
+                expect!("state", s.state, subflow_state::ESTABLISHED);
+                expect!("conn_token", s.conn_token, server_token());
+                expect!("join_token", s.join_token, server_token());
+                expect!("join_nonce_client", s.join_nonce_client, 7);
+                expect!("join_nonce_server", s.join_nonce_server, 9);
+                expect!("join_synack_hmac", s.join_synack_hmac, 0x0102_0304_0506_0708);
+                expect!("join_ack_hmac", s.join_ack_hmac, [4; 20]);
+                expect!("hmac", s.hmac, hmac_verdict::PENDING);
+                expect!("server_initiated", s.server_initiated, 0);
+                expect!("client addr_id", s.dir[0].addr_id, 1);
+                expect!("server addr_id", s.dir[1].addr_id, 0);
+                expect!(
+                    "client flags",
+                    s.dir[0].flags & (direction_flags::MPTCP | direction_flags::BACKUP),
+                    direction_flags::MPTCP | direction_flags::BACKUP
+                );
+                expect!("server flags", s.dir[1].flags & direction_flags::BACKUP, 0);
+                expect!("connection subflows", t.connection()?.subflows, 2);
+                expect!("subflows_created", t.counters()?.subflows_created, 2);
+                Ok(())
+            },
+        },
+        Case {
+            name: "DSS mappings count each data byte once; the data ACK is recorded",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let dsn = client_dsn();
+                let mut steps = capable_handshake();
+                // A 2800-byte mapping over two segments (each repeats it), then a new one.
+                for _ in 0..2 {
+                    steps.push(frame(
+                        Segment::new(CLIENT, SERVER)
+                            .with(dss(Some((dsn, 1, 2800)), None, false))
+                            .payload(1400),
+                        XDP_PASS,
+                    ));
+                }
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER)
+                        .with(dss(Some((dsn + 2800, 2801, 1000)), None, false))
+                        .payload(1000),
+                    XDP_PASS,
+                ));
+                steps.push(frame(
+                    Segment::new(SERVER, CLIENT).with(dss(None, Some(dsn + 3800), false)),
+                    XDP_PASS,
+                ));
+                Ok(steps)
+            },
+            check: |t| {
+                let dsn = client_dsn();
+                let c = t.connection()?;
+                expect!("data_bytes[0]", c.data_bytes[0], 3800);
+                expect!("mapped_bytes[0]", c.mapped_bytes[0], 3800);
+                expect!("mapped_end[0]", c.mapped_end[0], dsn + 3800);
+                expect!("data_bytes[1]", c.data_bytes[1], 0);
+                expect!("reinjections", c.reinjections, 0);
+                expect!("data_ack[0]", c.data_ack[0], dsn + 3800);
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("client bytes", s.dir[0].bytes, 3800);
+                expect!("client packets", s.dir[0].packets, 5);
+                expect!("map_dsn", s.dir[0].map_dsn, dsn + 2800);
+                expect!("map_ssn", s.dir[0].map_ssn, 2801);
+                expect!("map_len", s.dir[0].map_len, 1000);
+                expect!("dsn_end", s.dir[0].dsn_end, dsn + 3800);
+                expect!("server data_ack", s.dir[1].data_ack, dsn + 3800);
+                expect!("fallback", s.fallback, fallback_reason::NONE);
+                Ok(())
+            },
+        },
+        Case {
+            name: "DSS mapping back in data sequence on its subflow: reinjection counted",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let dsn = client_dsn();
+                let mut steps = capable_handshake();
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER).with(dss(Some((dsn, 1, 1000)), None, false)).payload(1000),
+                    XDP_PASS,
+                ));
+                // The same data again, at new subflow sequence numbers.
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER)
+                        .with(dss(Some((dsn, 1001, 1000)), None, false))
+                        .payload(1000),
+                    XDP_PASS,
+                ));
+                Ok(steps)
+            },
+            check: |t| {
+                let c = t.connection()?;
+                expect!("data_bytes[0]", c.data_bytes[0], 1000);
+                expect!("mapped_bytes[0]", c.mapped_bytes[0], 2000);
+                expect!("reinjections", c.reinjections, 1);
+                expect!("client bytes", t.subflow(CLIENT, SERVER)?.dir[0].bytes, 2000);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_PRIO: the sender's backup flag set, then cleared",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let prio = |backup| MptcpOption::Prio(MpPrio { backup, addr_id: None });
+                let mut steps = capable_handshake();
+                steps.push(frame(Segment::new(SERVER, CLIENT).with(prio(true)), XDP_PASS));
+                steps.push(Step::Do(|t: &mut Tracker| {
+                    let s = t.subflow(CLIENT, SERVER)?;
+                    expect!(
+                        "server BACKUP flag",
+                        s.dir[1].flags & direction_flags::BACKUP,
+                        direction_flags::BACKUP
+                    );
+                    expect!("client BACKUP flag", s.dir[0].flags & direction_flags::BACKUP, 0);
+                    Ok(())
+                }));
+                steps.push(frame(Segment::new(SERVER, CLIENT).with(prio(false)), XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!(
+                    "server BACKUP flag",
+                    t.subflow(CLIENT, SERVER)?.dir[1].flags & direction_flags::BACKUP,
+                    0
+                );
+                expect!("mp_prio", t.counters()?.mp_prio, 2);
+                Ok(())
+            },
+        },
+        Case {
+            name: "DSS infinite mapping: fallback recorded on subflow and connection",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER)
+                        .with(dss(Some((client_dsn(), 1, 0)), None, false))
+                        .payload(100),
+                    XDP_PASS,
+                ));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!(
+                    "subflow fallback",
+                    t.subflow(CLIENT, SERVER)?.fallback,
+                    fallback_reason::INFINITE_MAPPING
+                );
+                let c = t.connection()?;
+                expect!("connection fallback", c.fallback, fallback_reason::INFINITE_MAPPING);
+                expect!("FALLBACK flag", c.flags & connection_flags::FALLBACK, connection_flags::FALLBACK);
+                expect!("data_bytes[0]", c.data_bytes[0], 0);
+                Ok(())
+            },
+        },
+        Case {
+            name: "SYN-ACK without MP_CAPABLE: fallback, no connection",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                Ok(vec![
+                    frame(Segment::syn(CLIENT, SERVER).with(capable(None, None)), XDP_PASS),
+                    frame(Segment::syn_ack(SERVER, CLIENT), XDP_PASS),
+                ])
+            },
+            check: |t| {
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("fallback", s.fallback, fallback_reason::NO_MP_CAPABLE_REPLY);
+                expect!("conn_token", s.conn_token, 0);
+                expect!("server MPTCP flag", s.dir[1].flags & direction_flags::MPTCP, 0);
+                expect!("connections_created", t.counters()?.connections_created, 0);
+                expect!("connection", t.connection().is_err(), true);
+                Ok(())
+            },
+        },
+        Case {
+            name: "data without DSS after the handshake: options vanished, fallback",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(frame(Segment::new(CLIENT, SERVER).payload(100), XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!(
+                    "subflow fallback",
+                    t.subflow(CLIENT, SERVER)?.fallback,
+                    fallback_reason::OPTIONS_VANISHED
+                );
+                let c = t.connection()?;
+                expect!("connection fallback", c.fallback, fallback_reason::OPTIONS_VANISHED);
+                expect!("FALLBACK flag", c.flags & connection_flags::FALLBACK, connection_flags::FALLBACK);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_FAIL: fallback recorded",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(frame(
+                    Segment::new(SERVER, CLIENT).with(MptcpOption::Fail(MpFail { dsn: client_dsn() })),
+                    XDP_PASS,
+                ));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!("subflow fallback", t.subflow(CLIENT, SERVER)?.fallback, fallback_reason::MP_FAIL);
+                expect!("connection fallback", t.connection()?.fallback, fallback_reason::MP_FAIL);
+                expect!("mp_fail", t.counters()?.mp_fail, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_FASTCLOSE then RST: connection fast-closed, subflow closed",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER)
+                        .with(MptcpOption::FastClose(MpFastClose { receiver_key: SERVER_KEY })),
+                    XDP_PASS,
+                ));
+                steps.push(frame(Segment::new(SERVER, CLIENT).rst(), XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                let c = t.connection()?;
+                expect!("FASTCLOSE flag", c.flags & connection_flags::FASTCLOSE, connection_flags::FASTCLOSE);
+                expect!("FALLBACK flag", c.flags & connection_flags::FALLBACK, 0);
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("state", s.state, subflow_state::CLOSED);
+                expect!("server RST flag", s.dir[1].flags & direction_flags::RST, direction_flags::RST);
+                expect!("client RST flag", s.dir[0].flags & direction_flags::RST, 0);
+                expect!("mp_fastclose", t.counters()?.mp_fastclose, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "RST with MP_TCPRST: connection marked, subflow closed",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(frame(
+                    Segment::new(SERVER, CLIENT)
+                        .rst()
+                        .with(MptcpOption::TcpRst(MpTcpRst { flags: 0, reason: 1 })),
+                    XDP_PASS,
+                ));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!(
+                    "TCPRST flag",
+                    t.connection()?.flags & connection_flags::TCPRST,
+                    connection_flags::TCPRST
+                );
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("state", s.state, subflow_state::CLOSED);
+                expect!("server RST flag", s.dir[1].flags & direction_flags::RST, direction_flags::RST);
+                Ok(())
+            },
+        },
+        Case {
+            name: "DATA_FIN and FIN: connection half-closed, subflow closing",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                // The DATA_FIN alone: a one-byte mapping at the first DSN, no payload.
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER).fin().with(dss(Some((client_dsn(), 0, 1)), None, true)),
+                    XDP_PASS,
+                ));
+                Ok(steps)
+            },
+            check: |t| {
+                let c = t.connection()?;
+                expect!(
+                    "DATA_FIN_C2S",
+                    c.flags & connection_flags::DATA_FIN_C2S,
+                    connection_flags::DATA_FIN_C2S
+                );
+                expect!("DATA_FIN_S2C", c.flags & connection_flags::DATA_FIN_S2C, 0);
+                expect!("data_bytes[0]", c.data_bytes[0], 0);
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("state", s.state, subflow_state::CLOSING);
+                expect!(
+                    "client flags",
+                    s.dir[0].flags & (direction_flags::FIN | direction_flags::DATA_FIN),
+                    direction_flags::FIN | direction_flags::DATA_FIN
+                );
+                Ok(())
+            },
+        },
+    ]
+}
+
+#[test]
+fn admission() {
+    run("admission", &admission_cases());
+}
+
+#[test]
+fn tracking() {
+    run("tracking", &tracking_cases());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The balancer.
+
+const BACKENDS: [&str; 3] = ["backend1", "backend2", "backend3"];
+/// Not a VIP.
+const ELSEWHERE: Endpoint = ([192, 0, 2, 99], 80);
+
+struct Balancer {
+    harness: TestHarness,
+    maps: LbMaps,
+    flows: HashMap<MapData, FlowKey, LbFlow>,
+    tokens: HashMap<MapData, u32, u32>,
+    /// The VIP's Maglev table as configured.
+    table: Vec<u32>,
+}
+
+impl Fixture for Balancer {
+    const PROGRAM: &'static str = BALANCER_XDP;
+    fn harness(&mut self) -> &mut TestHarness {
+        &mut self.harness
+    }
+    fn backend_mac(&self, slot: u32) -> Option<[u8; 6]> {
+        Some(link(slot).mac)
+    }
+}
+
+fn link(slot: u32) -> Link {
+    Link { ifindex: 1, own_mac: [2, 0, 0, 0, 0, 9], mac: [2, 0, 0, 0, 1, slot as u8] }
+}
+
+impl Balancer {
+    /// One VIP (SERVER) served by `backends` of BACKENDS, configured as `mptcp-agent lb` does.
+    fn new(steering: Steering, backends: &[&str]) -> Result<Self> {
+        let mut harness = balancer_harness()?;
+        let mut maps = LbMaps::open(|name| {
+            harness.take_map(name).ok_or_else(|| SteeringError::Config(format!("map {name} missing")))
+        })?;
+        let config = LbConfig {
+            interfaces: Vec::new(),
+            xdp_mode: None,
+            vips: vec![VipConfig {
+                address: SocketAddr::from(SERVER),
+                steering,
+                backends: backends.iter().map(|n| (*n).to_owned()).collect(),
+            }],
+            backends: BACKENDS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| BackendConfig {
+                    name: (*name).to_owned(),
+                    address: IpAddr::from([203, 0, 113, 1 + i as u8]),
+                    interface: "lo".into(),
+                    mac: None,
+                    weight: 1,
+                })
+                .collect(),
+        };
+        let links: Vec<Link> = (0..BACKENDS.len() as u32).map(link).collect();
+        maps.configure(&config, &links, None)?;
+        let flows = HashMap::try_from(harness.take_map(LB_FLOWS_MAP).context(LB_FLOWS_MAP)?)?;
+        let tokens = HashMap::try_from(harness.take_map(LB_TOKENS_MAP).context(LB_TOKENS_MAP)?)?;
+        let members: Vec<maglev::Member<'_>> = BACKENDS
+            .iter()
+            .enumerate()
+            .filter(|(_, name)| backends.contains(name))
+            .map(|(slot, name)| maglev::Member { slot: slot as u32, name, weight: 1 })
+            .collect();
+        let table = maglev::table(&members, MAGLEV_SIZE, NO_BACKEND);
+        Ok(Self { harness, maps, flows, tokens, table })
+    }
+
+    fn token() -> Result<Self> {
+        Self::new(Steering::Token, &BACKENDS)
+    }
+
+    /// The backend Maglev picks for the flow between `client` and the VIP.
+    fn pick(&self, client: Endpoint) -> u32 {
+        self.table[maglev_slot(&key(client, SERVER)) as usize]
+    }
+
+    /// A backend other than the one Maglev picks for `client`.
+    fn other_than_pick(&self, client: Endpoint) -> u32 {
+        (self.pick(client) + 1) % BACKENDS.len() as u32
+    }
+
+    fn flow(&self, client: Endpoint) -> Result<LbFlow> {
+        self.flows.get(&key(client, SERVER), 0).with_context(|| format!("no LB_FLOWS entry for {client:?}"))
+    }
+}
+
+fn lb_join_syn(client: Endpoint, token: u32) -> Segment {
+    join_syn(client, SERVER, token)
+}
+
+fn lb_flow(f: &LbFlow, backend: u32, kind: u32, packets: u64, token_learned: u32) -> Result<()> {
+    expect!("flow backend", f.backend, backend);
+    expect!("flow kind", f.kind, kind);
+    expect!("flow packets", f.packets, packets);
+    expect!("flow token_learned", f.token_learned, token_learned);
+    Ok(())
+}
+
+fn balancer_cases() -> Vec<Case<Balancer>> {
+    vec![
+        Case {
+            name: "MP_CAPABLE SYN: new flow placed by Maglev, recorded in LB_FLOWS",
+            setup: Balancer::token,
+            steps: |b| {
+                Ok(vec![to_backend(Segment::syn(CLIENT, SERVER).with(capable(None, None)), b.pick(CLIENT))])
+            },
+            check: |b| {
+                let pick = b.pick(CLIENT);
+                lb_flow(&b.flow(CLIENT)?, pick, flow_kind::INITIAL, 1, 0)?;
+                let c = b.maps.counters()?;
+                expect!("packets", c.packets, 1);
+                expect!("flows_hashed", c.flows_hashed, 1);
+                expect!("forwarded", c.forwarded, 1);
+                let s = b.maps.backend_counters(pick)?;
+                expect!("backend connections", s.connections, 1);
+                expect!("backend packets", s.packets, 1);
+                expect!("backend plain_flows", s.plain_flows, 0);
+                Ok(())
+            },
+        },
+        Case {
+            name: "plain TCP SYN: new flow placed by Maglev as a plain flow",
+            setup: Balancer::token,
+            steps: |b| Ok(vec![to_backend(Segment::syn(CLIENT, SERVER), b.pick(CLIENT))]),
+            check: |b| {
+                let pick = b.pick(CLIENT);
+                lb_flow(&b.flow(CLIENT)?, pick, flow_kind::PLAIN, 1, 0)?;
+                expect!("backend plain_flows", b.maps.backend_counters(pick)?.plain_flows, 1);
+                expect!("backend connections", b.maps.backend_counters(pick)?.connections, 0);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_JOIN SYN steered by its token (LB_TOKENS), not by Maglev",
+            setup: || {
+                let mut b = Balancer::token()?;
+                let owner = b.other_than_pick(CLIENT2);
+                b.tokens.insert(server_token(), owner, 0)?;
+                Ok(b)
+            },
+            steps: |b| Ok(vec![to_backend(lb_join_syn(CLIENT2, server_token()), b.other_than_pick(CLIENT2))]),
+            check: |b| {
+                let owner = b.other_than_pick(CLIENT2);
+                lb_flow(&b.flow(CLIENT2)?, owner, flow_kind::JOIN, 1, 0)?;
+                let c = b.maps.counters()?;
+                expect!("joins_steered_by_token", c.joins_steered_by_token, 1);
+                expect!("joins_unknown_token", c.joins_unknown_token, 0);
+                expect!("flows_hashed", c.flows_hashed, 0);
+                expect!("backend subflows", b.maps.backend_counters(owner)?.subflows, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_JOIN SYN with an unknown token: hashed by Maglev, counted",
+            setup: Balancer::token,
+            steps: |b| Ok(vec![to_backend(lb_join_syn(CLIENT2, 0xdead_beef), b.pick(CLIENT2))]),
+            check: |b| {
+                let pick = b.pick(CLIENT2);
+                lb_flow(&b.flow(CLIENT2)?, pick, flow_kind::JOIN, 1, 0)?;
+                let c = b.maps.counters()?;
+                expect!("joins_unknown_token", c.joins_unknown_token, 1);
+                expect!("joins_steered_by_token", c.joins_steered_by_token, 0);
+                expect!("backend subflows", b.maps.backend_counters(pick)?.subflows, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "hash-only VIP: MP_JOIN SYN hashed although its token is known",
+            setup: || {
+                let mut b = Balancer::new(Steering::HashOnly, &BACKENDS)?;
+                let other = b.other_than_pick(CLIENT2);
+                b.tokens.insert(server_token(), other, 0)?;
+                Ok(b)
+            },
+            steps: |b| Ok(vec![to_backend(lb_join_syn(CLIENT2, server_token()), b.pick(CLIENT2))]),
+            check: |b| {
+                lb_flow(&b.flow(CLIENT2)?, b.pick(CLIENT2), flow_kind::JOIN, 1, 0)?;
+                let c = b.maps.counters()?;
+                expect!("joins_hashed", c.joins_hashed, 1);
+                expect!("joins_steered_by_token", c.joins_steered_by_token, 0);
+                expect!("joins_unknown_token", c.joins_unknown_token, 0);
+                Ok(())
+            },
+        },
+        Case {
+            name: "draining backend: keeps its flows and joins, gets no new flow",
+            setup: Balancer::token,
+            steps: |b| {
+                let drained = b.pick(CLIENT);
+                // A new client Maglev sent to the drained backend before it drained.
+                let newcomer = (41_000..)
+                    .map(|p| port(CLIENT, p))
+                    .find(|c| b.pick(*c) == drained)
+                    .context("no port Maglev maps to the backend")?;
+                Ok(vec![
+                    to_backend(Segment::syn(CLIENT, SERVER).with(capable(None, None)), drained),
+                    Step::Do(|b| {
+                        let owner = b.pick(CLIENT);
+                        b.tokens.insert(server_token(), owner, 0)?;
+                        Ok(b.maps
+                            .set_backend_state(BACKENDS[b.pick(CLIENT) as usize], backend_state::DRAINING)?)
+                    }),
+                    to_backend(Segment::new(CLIENT, SERVER).payload(100), drained),
+                    to_backend(lb_join_syn(CLIENT2, server_token()), drained),
+                    frame(Segment::syn(newcomer, SERVER).with(capable(None, None)), XDP_REDIRECT),
+                    Step::Do(|b| {
+                        let drained = b.pick(CLIENT);
+                        let newcomer = (41_000..).map(|p| port(CLIENT, p)).find(|c| b.pick(*c) == drained);
+                        let newcomer = newcomer.context("no newcomer")?;
+                        let placed = b.flow(newcomer)?.backend;
+                        ensure!(placed != drained, "a new flow went to the drained backend {drained}");
+                        let table = b.maps.maglev_table(0)?;
+                        expect!(
+                            "new flow's backend",
+                            placed,
+                            table[maglev_slot(&key(newcomer, SERVER)) as usize]
+                        );
+                        ensure!(!table.contains(&drained), "the Maglev table still has the drained backend");
+                        Ok(())
+                    }),
+                ])
+            },
+            check: |b| {
+                let drained = b.pick(CLIENT);
+                lb_flow(&b.flow(CLIENT)?, drained, flow_kind::INITIAL, 2, 0)?;
+                lb_flow(&b.flow(CLIENT2)?, drained, flow_kind::JOIN, 1, 0)?;
+                let s = b.maps.backend_counters(drained)?;
+                expect!("drained backend packets", s.packets, 3);
+                expect!("drained backend connections", s.connections, 1);
+                expect!("drained backend subflows", s.subflows, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "flow met mid-stream: placed by Maglev, recorded as a plain flow",
+            setup: Balancer::token,
+            steps: |b| {
+                Ok(vec![
+                    to_backend(Segment::new(CLIENT, SERVER).payload(100), b.pick(CLIENT)),
+                    to_backend(Segment::new(CLIENT, SERVER).payload(100), b.pick(CLIENT)),
+                ])
+            },
+            check: |b| {
+                let pick = b.pick(CLIENT);
+                lb_flow(&b.flow(CLIENT)?, pick, flow_kind::PLAIN, 2, 0)?;
+                expect!("flows_hashed", b.maps.counters()?.flows_hashed, 1);
+                let s = b.maps.backend_counters(pick)?;
+                // Not a new connection: only SYNs count as flows of a backend.
+                expect!("backend plain_flows", s.plain_flows, 0);
+                expect!("backend packets", s.packets, 2);
+                Ok(())
+            },
+        },
+        Case {
+            name: "no active backend: XDP_DROP, counted, no flow recorded",
+            setup: || Balancer::new(Steering::Token, &[]),
+            steps: |_| Ok(vec![frame(Segment::syn(CLIENT, SERVER).with(capable(None, None)), XDP_DROP)]),
+            check: |b| {
+                let c = b.maps.counters()?;
+                expect!("no_backend", c.no_backend, 1);
+                expect!("forwarded", c.forwarded, 0);
+                expect!("LB_FLOWS entry", b.flow(CLIENT).is_err(), true);
+                Ok(())
+            },
+        },
+        Case {
+            name: "not a VIP (other address, other port): XDP_PASS, counted",
+            setup: Balancer::token,
+            steps: |_| {
+                Ok(vec![
+                    frame(Segment::syn(CLIENT, ELSEWHERE).with(capable(None, None)), XDP_PASS),
+                    frame(Segment::syn(CLIENT, port(SERVER, 8080)), XDP_PASS),
+                ])
+            },
+            check: |b| {
+                let c = b.maps.counters()?;
+                expect!("packets", c.packets, 2);
+                expect!("not_vip", c.not_vip, 2);
+                expect!("forwarded", c.forwarded, 0);
+                expect!("flows_hashed", c.flows_hashed, 0);
+                expect!("LB_FLOWS entries", b.flows.keys().count(), 0);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_CAPABLE third ACK teaches the server's token; the join then follows it",
+            setup: Balancer::token,
+            steps: |b| {
+                let pick = b.pick(CLIENT);
+                Ok(vec![
+                    to_backend(Segment::syn(CLIENT, SERVER).with(capable(None, None)), pick),
+                    to_backend(
+                        Segment::new(CLIENT, SERVER).with(capable(Some(CLIENT_KEY), Some(SERVER_KEY))),
+                        pick,
+                    ),
+                    // Later packets do not learn again.
+                    to_backend(
+                        Segment::new(CLIENT, SERVER)
+                            .with(capable(Some(CLIENT_KEY), Some(SERVER_KEY)))
+                            .payload(10),
+                        pick,
+                    ),
+                    to_backend(lb_join_syn(CLIENT2, server_token()), pick),
+                ])
+            },
+            check: |b| {
+                let pick = b.pick(CLIENT);
+                expect!("LB_TOKENS entry", b.tokens.get(&server_token(), 0).ok(), Some(pick));
+                expect!("LB_TOKENS entries", b.tokens.keys().count(), 1);
+                lb_flow(&b.flow(CLIENT)?, pick, flow_kind::INITIAL, 3, 1)?;
+                let c = b.maps.counters()?;
+                expect!("tokens_learned", c.tokens_learned, 1);
+                expect!("joins_steered_by_token", c.joins_steered_by_token, 1);
+                Ok(())
+            },
+        },
+    ]
+}
+
+#[test]
+fn balancer() {
+    run("balancer", &balancer_cases());
+}
