@@ -5,7 +5,6 @@
 //! `cli` is the operator's surface.
 
 pub mod analysis;
-pub mod bench;
 pub mod bpf;
 pub mod cc;
 pub mod cli;

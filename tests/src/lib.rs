@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod balancer;
+pub mod bench;
 pub mod capture;
 pub mod congestion;
 pub mod craft;

@@ -8,7 +8,7 @@ mod failover;
 use std::fmt::Write as _;
 
 use anyhow::{Context as _, Result, bail};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use mptcp_tests::{
     agent::Dataplane,
@@ -21,16 +21,7 @@ use crate::{
     util::{build_agent, cargo, output, workspace_root},
 };
 
-/// One measured value.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Row {
-    pub suite: String,
-    pub case: String,
-    pub value: f64,
-    pub unit: String,
-    /// What exactly was measured, and how.
-    pub note: String,
-}
+pub use mptcp_tests::bench::Row;
 
 struct Suite {
     name: &'static str,
@@ -128,10 +119,11 @@ fn balancer() -> Result<Vec<Row>> {
     agent_bench("lb")
 }
 
+/// The agent's benchmark program (`mptcp-agent/benches/dataplane.rs`, optimised, run as root).
 fn agent_bench(suite: &str) -> Result<Vec<Row>> {
     setup()?;
-    let agent = build_agent(true)?;
-    let stdout = output(std::process::Command::new(&agent).args(["bench", suite]))?;
+    let stdout =
+        output(cargo().args(["bench", "-q", "-p", "mptcp-agent", "--bench", "dataplane", "--", suite]))?;
     stdout
         .lines()
         .filter(|line| line.starts_with('{'))

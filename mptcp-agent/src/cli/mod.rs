@@ -143,13 +143,6 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Measure the programs with BPF_PROG_TEST_RUN and the agent's event processing (JSON rows;
-    /// `cargo xtask bench` runs it).
-    #[command(hide = true)]
-    Bench {
-        #[arg(value_enum, default_value = "dataplane")]
-        suite: crate::bench::Suite,
-    },
     /// Feed a capture (pcap or pcapng) frame by frame through a private copy of the XDP
     /// program with BPF_PROG_TEST_RUN, process its events like the daemon, and print the
     /// resulting connection table.
@@ -279,7 +272,6 @@ pub fn run(cli: Cli) -> Result<()> {
                 print!("{}", stats::to_table(&iface, &counters));
             }
         }
-        Command::Bench { suite } => crate::bench::run(suite)?,
         Command::Replay { file, json } => {
             let report = replay::replay(&file)?;
             let text = if json { serde_json::to_string(&report)? + "\n" } else { replay::to_text(&report)? };

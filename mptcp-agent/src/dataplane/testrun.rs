@@ -30,9 +30,9 @@ use crate::{
 
 /// The reference object's programs (see `bench`): XDP_PASS only, and parse to TCP plus one hash
 /// lookup in [`BASELINE_FLOWS_MAP`].
-pub(crate) const BASELINE_PASS: &str = "baseline_pass";
-pub(crate) const BASELINE_FLOW_LOOKUP: &str = "baseline_flow_lookup";
-pub(crate) const BASELINE_FLOWS_MAP: &str = "BASELINE_FLOWS";
+pub const BASELINE_PASS: &str = "baseline_pass";
+pub const BASELINE_FLOW_LOOKUP: &str = "baseline_flow_lookup";
+pub const BASELINE_FLOWS_MAP: &str = "BASELINE_FLOWS";
 
 /// The tracker's XDP program, as the harness names it.
 pub const TRACKER_XDP: &str = XDP_PROGRAM;

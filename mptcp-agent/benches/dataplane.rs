@@ -1,6 +1,6 @@
-//! `mptcp-agent bench`: the fast path measured with BPF_PROG_TEST_RUN against two baselines in
-//! the same run, and the agent's event processing. Prints one JSON row per measurement;
-//! `cargo xtask bench` collects them.
+//! The fast path measured with BPF_PROG_TEST_RUN against two baselines in the same run, and the
+//! agent's event processing: `cargo bench -p mptcp-agent --bench dataplane -- dataplane|lb` (as
+//! root). Prints one JSON row ([`Row`]) per measurement; `cargo xtask bench` collects them.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -9,23 +9,20 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use aya::maps::HashMap;
+use mptcp_agent::{
+    dataplane::handshake,
+    dataplane::testrun::{
+        BALANCER_XDP as LB_XDP_PROGRAM, BASELINE_FLOW_LOOKUP, BASELINE_FLOWS_MAP, BASELINE_PASS,
+        TRACKER_XDP as XDP_PROGRAM, TestHarness, TrackerHarness,
+        frames::{Segment, capable},
+    },
+    lb::steering::{BackendConfig, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig},
+};
 use mptcp_common::{
     maps::{FlowKey, ipv4_mapped},
     mptcp::{DataAck, Dss, DssMapping, MpJoin, MptcpOption},
 };
-use serde_json::json;
-
-use crate::{
-    bpf::loader::XDP_PROGRAM,
-    dataplane::handshake,
-    dataplane::testrun::{
-        BASELINE_FLOW_LOOKUP, BASELINE_FLOWS_MAP, BASELINE_PASS, TestHarness, TrackerHarness,
-        frames::{Segment, capable},
-    },
-    lb::steering::{
-        BackendConfig, LB_XDP_PROGRAM, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig,
-    },
-};
+use mptcp_tests::bench::Row;
 
 /// XDP_REDIRECT, the balancer's verdict on a frame it forwards.
 const XDP_REDIRECT: u32 = 4;
@@ -101,7 +98,11 @@ fn ns_per_packet(harness: &mut TestHarness, program: &'static str, frame: &[u8])
 }
 
 fn row(suite: &str, case: &str, value: f64, unit: &str, note: &str) {
-    println!("{}", json!({ "suite": suite, "case": case, "value": value, "unit": unit, "note": note }));
+    let row = Row { suite: suite.into(), case: case.into(), value, unit: unit.into(), note: note.into() };
+    match serde_json::to_string(&row) {
+        Ok(line) => println!("{line}"),
+        Err(error) => eprintln!("{case}: {error}"),
+    }
 }
 
 /// Median of single test runs (repeat 1) of `program`, one per frame: for packets that change
@@ -114,20 +115,19 @@ fn ns_single_runs(harness: &mut TestHarness, program: &'static str, frames: &[Ve
     Ok(median(samples))
 }
 
-/// Which measurements `mptcp-agent bench` makes.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Suite {
-    /// The tracking programs and the agent's event processing.
-    Dataplane,
-    /// The load balancer's program.
-    Lb,
-}
-
-pub fn run(suite: Suite) -> Result<()> {
-    match suite {
-        Suite::Dataplane => dataplane(),
-        Suite::Lb => balancer(),
+/// `dataplane`: the tracking programs and the agent's event processing; `lb`: the balancer's
+/// program. `cargo bench` adds `--bench` to the arguments.
+fn main() -> Result<()> {
+    let suites: Vec<String> = std::env::args().skip(1).filter(|arg| !arg.starts_with("--")).collect();
+    ensure!(!suites.is_empty(), "name a suite: dataplane, lb");
+    for suite in suites {
+        match suite.as_str() {
+            "dataplane" => dataplane()?,
+            "lb" => balancer()?,
+            other => anyhow::bail!("no suite {other:?}: dataplane, lb"),
+        }
     }
+    Ok(())
 }
 
 fn dataplane() -> Result<()> {
