@@ -10,7 +10,7 @@ use mptcp_common::maps::{DataplaneConfig, admission};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::{bpf::loader::XdpAttachMode, cc::Algorithm};
+use crate::{bpf::XdpAttachMode, cc::Algorithm};
 
 /// Join admission policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]

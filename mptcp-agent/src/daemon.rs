@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use crate::{
-    bpf::loader::{self, Instance, XdpAttachMode},
+    bpf::{self, Instance, XdpAttachMode},
     cc::{Controller, monotonic_ns},
     config::AgentConfig,
     dataplane::events::Processor,
@@ -107,7 +107,7 @@ pub async fn run(
     let name = &instance.name;
     if config.paths().is_some() {
         // Before anything is attached: what the path manager lacks is the operator's to fix.
-        loader::check_privileges(loader::Privilege::ManagePaths)?;
+        bpf::check_privileges(bpf::Privilege::ManagePaths)?;
         crate::paths::check_mptcp()?;
     }
     let attached = instance.interfaces()?;
@@ -115,7 +115,7 @@ pub async fn run(
         if attached.contains(iface) {
             log::info!("{name}: found {iface} attached, resuming");
         } else {
-            loader::attach(instance, iface, xdp_mode)?;
+            bpf::attach(instance, iface, xdp_mode)?;
             log::info!("{name}: attached {iface}");
         }
     }
@@ -143,9 +143,9 @@ pub async fn run(
         Some(algorithm) => {
             let cgroup = match &config.cc_cgroup {
                 Some(path) => path.clone(),
-                None => loader::cgroup2_root()?,
+                None => bpf::cgroup2_root()?,
             };
-            let verb = if loader::attach_sock_ops(instance, &cgroup)? { "attached" } else { "found" };
+            let verb = if bpf::attach_sock_ops(instance, &cgroup)? { "attached" } else { "found" };
             log::info!(
                 "{name}: congestion control {algorithm:?}, sock_ops {verb} on cgroup {}",
                 cgroup.display()

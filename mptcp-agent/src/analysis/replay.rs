@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     analysis::capture_file,
-    bpf::loader::XDP_PROGRAM,
+    bpf::XDP_PROGRAM,
     dataplane::stats,
     dataplane::tables::{DataBytes, Hex64, Snapshot, TableError, Tables, Token, endpoints, state_name},
     dataplane::testrun::TestHarness,

@@ -19,10 +19,7 @@ use mptcp_common::{
 use serde::Serialize;
 
 use crate::{
-    bpf::{
-        loader::{Instance, LoaderError},
-        maps,
-    },
+    bpf::{Instance, LoaderError, maps},
     dataplane::tables::{Token, ip},
 };
 

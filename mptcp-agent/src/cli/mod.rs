@@ -16,7 +16,7 @@ mod tables;
 
 use crate::{
     analysis::replay,
-    bpf::loader::{self, Instance, Privilege, XdpAttachMode, check_privileges},
+    bpf::{self, Instance, Privilege, XdpAttachMode, check_privileges},
     cc,
     config::{Admission, AgentConfig},
     daemon,
@@ -38,7 +38,7 @@ pub struct Cli {
 #[derive(Debug, clap::Args)]
 pub struct InstanceArg {
     /// The instance: interfaces attached to one instance share its connection tables.
-    #[arg(long, default_value = loader::DEFAULT_INSTANCE)]
+    #[arg(long, default_value = bpf::DEFAULT_INSTANCE)]
     pub instance: String,
 }
 
@@ -236,10 +236,10 @@ pub enum BackendCommand {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Attach { instance, iface, xdp_mode } => {
-            let attached = loader::attach(&instance.get()?, &iface, xdp_mode)?;
+            let attached = bpf::attach(&instance.get()?, &iface, xdp_mode)?;
             let hook = match attached.hook {
-                loader::IngressHook::Xdp(mode) => format!("XDP ({mode:?})"),
-                loader::IngressHook::Tc => "tcx".to_owned(),
+                bpf::IngressHook::Xdp(mode) => format!("XDP ({mode:?})"),
+                bpf::IngressHook::Tc => "tcx".to_owned(),
             };
             println!(
                 "attached to {iface} (ingress {hook}, egress tcx); pinned under {}",
@@ -247,7 +247,7 @@ pub fn run(cli: Cli) -> Result<()> {
             );
         }
         Command::Detach { instance, iface } => {
-            loader::detach(&instance.get()?, &iface)?;
+            bpf::detach(&instance.get()?, &iface)?;
             println!("detached from {iface}");
         }
         Command::Run { instance, iface, config, admission, join_rate, join_burst, xdp_mode, cc, cgroup } => {

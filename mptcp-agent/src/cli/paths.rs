@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{bpf::loader::Instance, dataplane::tables::Tables, paths::Report};
+use crate::{bpf::Instance, dataplane::tables::Tables, paths::Report};
 
 /// Prints the report of `instance`'s paths; `tables` when the dataplane is attached.
 pub fn print(instance: &Instance, tables: Option<&Tables>, json: bool) -> Result<()> {

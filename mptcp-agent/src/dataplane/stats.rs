@@ -3,7 +3,7 @@
 use aya::maps::{Map, MapData, MapError, PerCpuArray};
 use mptcp_common::maps::{COUNTERS_MAP, Direction, PACKET_COUNTER_NAMES, PacketCounters};
 
-use crate::bpf::loader::{Instance, LoaderError, Privilege, check_privileges};
+use crate::bpf::{Instance, LoaderError, Privilege, check_privileges};
 
 /// The counters of one interface, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

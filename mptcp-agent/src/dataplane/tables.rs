@@ -11,7 +11,7 @@ use mptcp_common::maps::{
 };
 use serde::Serialize;
 
-use crate::bpf::{loader::LoaderError, maps};
+use crate::bpf::{LoaderError, maps};
 
 /// Why a table could not be used.
 #[derive(Debug, thiserror::Error)]

@@ -18,7 +18,7 @@ use aya::{
 use mptcp_common::maps::{COUNTERS_MAP, EVENTS_MAP, Event};
 
 use crate::{
-    bpf::loader::{
+    bpf::{
         self, BALANCER_OBJECT, LoaderError, Privilege, REFERENCE_OBJECT, TC_PROGRAM, TRACKER_OBJECT,
         XDP_PROGRAM, check_privileges,
     },
@@ -93,11 +93,11 @@ impl TestHarness {
         check_privileges(Privilege::Attach)?;
         let mut ebpf = Ebpf::load(object).map_err(LoaderError::Load)?;
         for &name in xdp {
-            let program: &mut Xdp = loader::program(&mut ebpf, name)?;
+            let program: &mut Xdp = bpf::program(&mut ebpf, name)?;
             program.load().map_err(|source| TestRunError::Run { program: name, source })?;
         }
         for &name in tc {
-            let program: &mut SchedClassifier = loader::program(&mut ebpf, name)?;
+            let program: &mut SchedClassifier = bpf::program(&mut ebpf, name)?;
             program.load().map_err(|source| TestRunError::Run { program: name, source })?;
         }
         Ok(Self { ebpf })
@@ -110,7 +110,7 @@ impl TestHarness {
         frame: &[u8],
         repeat: u32,
     ) -> Result<RunResult, TestRunError> {
-        let program: &mut Xdp = loader::program(&mut self.ebpf, name)?;
+        let program: &mut Xdp = bpf::program(&mut self.ebpf, name)?;
         let result = program
             .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
             .map_err(|source| TestRunError::Run { program: name, source })?;
@@ -124,7 +124,7 @@ impl TestHarness {
         name: &'static str,
         frame: &[u8],
     ) -> Result<(RunResult, Vec<u8>), TestRunError> {
-        let program: &mut Xdp = loader::program(&mut self.ebpf, name)?;
+        let program: &mut Xdp = bpf::program(&mut self.ebpf, name)?;
         // XDP may grow the frame by its headroom; 256 bytes more than the input is ample.
         let mut out = vec![0u8; frame.len() + 256];
         let result = program

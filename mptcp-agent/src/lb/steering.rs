@@ -30,11 +30,11 @@ use rtnetlink::packet_route::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bpf::loader::{
+    bpf::maps as bpf_maps,
+    bpf::{
         self, BALANCER_OBJECT, IngressHook, Instance, LoaderError, Privilege, XdpAttachMode, check_bpffs,
         check_privileges,
     },
-    bpf::maps as bpf_maps,
     lb::maglev,
 };
 
@@ -500,7 +500,7 @@ pub async fn start(
         links.push(Link::resolve(backend).await?);
     }
     let mode: XdpAttachMode = config.xdp_mode.map(Into::into).unwrap_or(XdpAttachMode::Auto);
-    let guard = loader::Claim::new(instance)?;
+    let guard = bpf::Claim::new(instance)?;
     let mut ebpf_loader = EbpfLoader::new();
     let paths: Vec<(&str, PathBuf)> =
         LB_MAP_NAMES.iter().map(|name| (*name, instance.map_path(name))).collect();
@@ -521,16 +521,16 @@ pub async fn start(
         })?;
         match mode.hook(iface) {
             IngressHook::Xdp(xdp_mode) => {
-                let xdp: &mut Xdp = loader::program(&mut ebpf, LB_XDP_PROGRAM)?;
+                let xdp: &mut Xdp = bpf::program(&mut ebpf, LB_XDP_PROGRAM)?;
                 if xdp.fd().is_err() {
                     xdp.load().map_err(|source| LoaderError::Program {
                         what: "loading the balancer".into(),
                         source,
                     })?;
                 }
-                loader::attach_xdp(xdp, iface, xdp_mode, &dir.join(LB_XDP_LINK))?;
+                bpf::attach_xdp(xdp, iface, xdp_mode, &dir.join(LB_XDP_LINK))?;
             }
-            IngressHook::Tc => loader::attach_tcx(
+            IngressHook::Tc => bpf::attach_tcx(
                 &mut ebpf,
                 LB_TC_PROGRAM,
                 iface,
@@ -549,9 +549,9 @@ pub fn stop(instance: &Instance) -> Result<(), SteeringError> {
         return Err(SteeringError::NotRunning(instance.name.clone()));
     }
     for iface in instance.interfaces()? {
-        loader::detach(instance, &iface)?;
+        bpf::detach(instance, &iface)?;
     }
-    loader::remove_instance(instance)?;
+    bpf::remove_instance(instance)?;
     Ok(())
 }
 

@@ -19,7 +19,7 @@ use super::{
     sysctl::set_pm_type,
 };
 use crate::{
-    bpf::loader::Instance,
+    bpf::Instance,
     config::{PathsConfig, PmKind},
 };
 

@@ -13,7 +13,7 @@ use super::{
     state::{PathState, state_path},
 };
 use crate::{
-    bpf::loader::Instance,
+    bpf::Instance,
     config::Role,
     dataplane::tables::{SubflowView, TableError, Tables},
 };

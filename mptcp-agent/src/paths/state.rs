@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{PathError, policy::ConnectionInfo};
 use crate::{
-    bpf::loader::Instance,
+    bpf::Instance,
     config::{PathMode, PathsConfig, PmKind, Role},
 };
 
