@@ -16,7 +16,7 @@ use mptcp_agent::{
         TRACKER_XDP as XDP_PROGRAM, TestHarness, TrackerHarness,
         frames::{Segment, capable},
     },
-    lb::steering::{BackendConfig, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig},
+    lb::{BackendConfig, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig},
 };
 use mptcp_common::{
     maps::{FlowKey, ipv4_mapped},

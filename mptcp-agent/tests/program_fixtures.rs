@@ -21,10 +21,7 @@ use mptcp_agent::{
             frames::{Segment, capable},
         },
     },
-    lb::{
-        maglev,
-        steering::{BackendConfig, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig},
-    },
+    lb::{BackendConfig, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig, maglev},
 };
 use mptcp_common::{
     lb::{

@@ -1,6 +1,10 @@
-//! Command line: one subcommand per operator task.
+//! Command line: one subcommand per operator task; the rendering of each domain sits beside
+//! this file.
 
 mod decode;
+mod lb;
+mod paths;
+mod tables;
 
 use std::{
     io::{BufRead as _, BufReader, Seek as _},
@@ -12,8 +16,6 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use mptcp_common::lb::backend_state;
 
-mod tables;
-
 use crate::{
     analysis::replay,
     bpf::{self, Instance, Privilege, XdpAttachMode, check_privileges},
@@ -22,10 +24,8 @@ use crate::{
     daemon,
     dataplane::tables::{Snapshot, SubflowView, Tables},
     dataplane::{events::EventRecord, stats},
-    lb::steering::{self, BackendConfig, LbConfig, Steering},
+    lb::{BackendConfig, LbConfig, Steering},
 };
-
-mod paths;
 
 #[derive(Debug, Parser)]
 #[command(name = "mptcp-agent", version, about = "eBPF/XDP-accelerated Multipath TCP dataplane")]
@@ -331,7 +331,7 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
     match command {
         LbCommand::Start { config, steering: steering_mode } => {
             let settings = LbConfig::load(&config)?;
-            runtime()?.block_on(steering::start(instance, &settings, steering_mode))?;
+            runtime()?.block_on(crate::lb::start(instance, &settings, steering_mode))?;
             println!(
                 "balancer {} attached to {}; pinned under {}",
                 instance.name,
@@ -340,33 +340,33 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
             );
         }
         LbCommand::Stop => {
-            steering::stop(instance)?;
+            crate::lb::stop(instance)?;
             println!("balancer {} stopped", instance.name);
         }
         LbCommand::Stats { json } => {
-            let stats = steering::stats(instance)?;
+            let stats = crate::lb::stats(instance)?;
             if json {
                 println!("{}", serde_json::to_string(&stats)?);
             } else {
-                print!("{}", steering::stats_table(&stats));
+                print!("{}", lb::stats_table(&stats));
             }
         }
         LbCommand::Backend { command } => match command {
             BackendCommand::Add { name, address, interface, mac, weight, vip } => {
                 let backend = BackendConfig { name: name.clone(), address, interface, mac, weight };
-                runtime()?.block_on(steering::add_backend(instance, &backend, &vip))?;
+                runtime()?.block_on(crate::lb::add_backend(instance, &backend, &vip))?;
                 println!("backend {name} added");
             }
             BackendCommand::Drain { name } => {
-                steering::set_backend_state(instance, &name, backend_state::DRAINING)?;
+                crate::lb::set_backend_state(instance, &name, backend_state::DRAINING)?;
                 println!("backend {name} draining");
             }
             BackendCommand::Activate { name } => {
-                steering::set_backend_state(instance, &name, backend_state::ACTIVE)?;
+                crate::lb::set_backend_state(instance, &name, backend_state::ACTIVE)?;
                 println!("backend {name} active");
             }
             BackendCommand::Remove { name } => {
-                steering::set_backend_state(instance, &name, backend_state::UNUSED)?;
+                crate::lb::set_backend_state(instance, &name, backend_state::UNUSED)?;
                 println!("backend {name} removed");
             }
         },

@@ -25,7 +25,7 @@ use crate::{
     dataplane::events::{EventRecord, Processor},
     dataplane::stats::{self, InterfaceCounters},
     dataplane::tables::{TableError, Tables},
-    lb::steering::LB_XDP_PROGRAM,
+    lb::LB_XDP_PROGRAM,
 };
 
 /// The reference object's programs (see `bench`): XDP_PASS only, and parse to TCP plus one hash
