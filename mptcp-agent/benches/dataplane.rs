@@ -3,7 +3,7 @@
 //! root). Prints one JSON row ([`Row`]) per measurement; `cargo xtask bench` collects them.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
@@ -13,10 +13,10 @@ use mptcp_agent::{
     dataplane::handshake,
     dataplane::testrun::{
         BALANCER_XDP as LB_XDP_PROGRAM, BASELINE_FLOW_LOOKUP, BASELINE_FLOWS_MAP, BASELINE_PASS,
-        TRACKER_XDP as XDP_PROGRAM, TestHarness, TrackerHarness,
+        BalancerHarness, TRACKER_XDP as XDP_PROGRAM, TestHarness, TrackerHarness,
         frames::{Segment, capable},
     },
-    lb::{BackendConfig, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig},
+    lb::Steering,
 };
 use mptcp_common::{
     maps::{FlowKey, ipv4_mapped},
@@ -258,36 +258,10 @@ fn token_delay(harness: &mut TrackerHarness) -> Result<()> {
 /// the token; against the 4-tuple lookup baseline on the same frames.
 fn balancer() -> Result<()> {
     const SINGLE_RUNS: u16 = 500;
-    let mut harness = TestHarness::balancer()?;
-    let mut reference = TestHarness::reference()?;
-    let mut maps = LbMaps::open(|name| {
-        harness.take_map(name).ok_or_else(|| SteeringError::Config(format!("map {name} missing")))
-    })?;
     let names = ["backend1", "backend2", "backend3"];
-    let config = LbConfig {
-        interfaces: Vec::new(),
-        xdp_mode: None,
-        vips: vec![VipConfig {
-            address: SocketAddr::from((SERVER, 80)),
-            steering: Steering::Token,
-            backends: names.iter().map(|n| (*n).to_owned()).collect(),
-        }],
-        backends: names
-            .iter()
-            .enumerate()
-            .map(|(i, name)| BackendConfig {
-                name: (*name).to_owned(),
-                address: IpAddr::from([203, 0, 113, 1 + i as u8]),
-                interface: "lo".into(),
-                mac: None,
-                weight: 1,
-            })
-            .collect(),
-    };
-    let links: Vec<Link> = (0..names.len())
-        .map(|i| Link { ifindex: 1, own_mac: [2, 0, 0, 0, 0, 9], mac: [2, 0, 0, 0, 1, i as u8] })
-        .collect();
-    maps.configure(&config, &links, None)?;
+    let BalancerHarness { mut harness, maps } =
+        BalancerHarness::new(SocketAddr::from((SERVER, 80)), Steering::Token, &names, &names)?;
+    let mut reference = TestHarness::reference()?;
     let row = |case: &str, value: f64, unit: &str, note: &str| row("lb", case, value, unit, note);
     let redirected = |harness: &mut TestHarness, frame: &[u8]| -> Result<()> {
         let action = harness.run_xdp(LB_XDP_PROGRAM, frame, 1)?.action;

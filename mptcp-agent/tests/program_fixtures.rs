@@ -9,7 +9,7 @@
 //! Needs root (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): without it every case fails, naming what is
 //! missing; nothing is skipped.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result, ensure};
 use aya::maps::{HashMap, MapData};
@@ -17,11 +17,12 @@ use mptcp_agent::{
     dataplane::{
         handshake,
         testrun::{
-            BALANCER_XDP, TRACKER_XDP, TestHarness, TrackerHarness,
+            BALANCER_XDP, BalancerHarness, TRACKER_XDP, TestHarness, TrackerHarness,
             frames::{Segment, capable},
+            synthetic_link,
         },
     },
-    lb::{BackendConfig, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig, maglev},
+    lb::{LbMaps, Steering, maglev},
 };
 use mptcp_common::{
     lb::{
@@ -71,8 +72,8 @@ fn tracker_harness() -> Result<TrackerHarness> {
         .context("loading the tracker's programs (needs root: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)")
 }
 
-fn balancer_harness() -> Result<TestHarness> {
-    TestHarness::balancer()
+fn balancer_harness(steering: Steering, backends: &[&str]) -> Result<BalancerHarness> {
+    BalancerHarness::new(SocketAddr::from(SERVER), steering, &BACKENDS, backends)
         .context("loading the balancer's program (needs root: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN)")
 }
 
@@ -1008,43 +1009,14 @@ impl Fixture for Balancer {
         &mut self.harness
     }
     fn backend_mac(&self, slot: u32) -> Option<[u8; 6]> {
-        Some(link(slot).mac)
+        Some(synthetic_link(slot).mac)
     }
-}
-
-fn link(slot: u32) -> Link {
-    Link { ifindex: 1, own_mac: [2, 0, 0, 0, 0, 9], mac: [2, 0, 0, 0, 1, slot as u8] }
 }
 
 impl Balancer {
     /// One VIP (SERVER) served by `backends` of BACKENDS, configured as `mptcp-agent lb` does.
     fn new(steering: Steering, backends: &[&str]) -> Result<Self> {
-        let mut harness = balancer_harness()?;
-        let mut maps = LbMaps::open(|name| {
-            harness.take_map(name).ok_or_else(|| SteeringError::Config(format!("map {name} missing")))
-        })?;
-        let config = LbConfig {
-            interfaces: Vec::new(),
-            xdp_mode: None,
-            vips: vec![VipConfig {
-                address: SocketAddr::from(SERVER),
-                steering,
-                backends: backends.iter().map(|n| (*n).to_owned()).collect(),
-            }],
-            backends: BACKENDS
-                .iter()
-                .enumerate()
-                .map(|(i, name)| BackendConfig {
-                    name: (*name).to_owned(),
-                    address: IpAddr::from([203, 0, 113, 1 + i as u8]),
-                    interface: "lo".into(),
-                    mac: None,
-                    weight: 1,
-                })
-                .collect(),
-        };
-        let links: Vec<Link> = (0..BACKENDS.len() as u32).map(link).collect();
-        maps.configure(&config, &links, None)?;
+        let BalancerHarness { mut harness, maps } = balancer_harness(steering, backends)?;
         let flows = HashMap::try_from(harness.take_map(LB_FLOWS_MAP).context(LB_FLOWS_MAP)?)?;
         let tokens = HashMap::try_from(harness.take_map(LB_TOKENS_MAP).context(LB_TOKENS_MAP)?)?;
         let members: Vec<maglev::Member<'_>> = BACKENDS

@@ -6,6 +6,7 @@
 pub mod frames;
 
 use std::{
+    net::{IpAddr, SocketAddr},
     ops::{Deref, DerefMut},
     time::Duration,
 };
@@ -25,7 +26,7 @@ use crate::{
     dataplane::events::{EventRecord, Processor},
     dataplane::stats::{self, InterfaceCounters},
     dataplane::tables::{TableError, Tables},
-    lb::LB_XDP_PROGRAM,
+    lb::{BackendConfig, LB_XDP_PROGRAM, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig},
 };
 
 /// The reference object's programs (see `bench`): XDP_PASS only, and parse to TCP plus one hash
@@ -45,6 +46,8 @@ pub enum TestRunError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Table(#[from] TableError),
+    #[error(transparent)]
+    Balancer(#[from] SteeringError),
     #[error("BPF_PROG_TEST_RUN of {program}")]
     Run {
         program: &'static str,
@@ -146,6 +149,58 @@ impl TestHarness {
     /// Takes a map of the private copy (the balancer's, say).
     pub fn take_map(&mut self, name: &str) -> Option<aya::maps::Map> {
         self.ebpf.take_map(name)
+    }
+}
+
+/// The balancer's private copy with its maps filled as `lb start` fills them: one VIP served by
+/// some of a list of backends, all on loopback and reached through [`synthetic_link`]. What the
+/// benchmarks and the program fixtures run.
+pub struct BalancerHarness {
+    pub harness: TestHarness,
+    pub maps: LbMaps,
+}
+
+/// The link of backend slot `slot` in a [`BalancerHarness`]: its MAC ends in the slot.
+pub fn synthetic_link(slot: u32) -> Link {
+    Link { ifindex: 1, own_mac: [2, 0, 0, 0, 0, 9], mac: [2, 0, 0, 0, 1, slot as u8] }
+}
+
+impl BalancerHarness {
+    /// `vip` with `steering`, served by those of `backends` (slot = position, address
+    /// 203.0.113.(slot + 1)) that `vip_backends` names.
+    pub fn new(
+        vip: SocketAddr,
+        steering: Steering,
+        backends: &[&str],
+        vip_backends: &[&str],
+    ) -> Result<Self, TestRunError> {
+        let mut harness = TestHarness::balancer()?;
+        let mut maps = LbMaps::open(|name| {
+            harness.take_map(name).ok_or_else(|| SteeringError::Config(format!("map {name} missing")))
+        })?;
+        let config = LbConfig {
+            interfaces: Vec::new(),
+            xdp_mode: None,
+            vips: vec![VipConfig {
+                address: vip,
+                steering,
+                backends: vip_backends.iter().map(|name| (*name).to_owned()).collect(),
+            }],
+            backends: backends
+                .iter()
+                .enumerate()
+                .map(|(slot, name)| BackendConfig {
+                    name: (*name).to_owned(),
+                    address: IpAddr::from([203, 0, 113, 1 + slot as u8]),
+                    interface: "lo".into(),
+                    mac: None,
+                    weight: 1,
+                })
+                .collect(),
+        };
+        let links: Vec<Link> = (0..backends.len() as u32).map(synthetic_link).collect();
+        maps.configure(&config, &links, None)?;
+        Ok(Self { harness, maps })
     }
 }
 
