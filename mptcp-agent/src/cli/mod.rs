@@ -10,6 +10,7 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use mptcp_common::lb::backend_state;
 
+mod daemon_status;
 mod tables;
 
 use crate::{
@@ -128,6 +129,14 @@ pub enum Command {
     /// addresses and routes, the daemon's policy and connections, and the subflows per path
     /// with the bytes the dataplane counted. Run it in the namespace the daemon manages.
     Paths {
+        #[command(flatten)]
+        instance: InstanceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the daemon's own health: per part (event processing, event log, path manager,
+    /// congestion control) the errors met and retries made; the log records written and dropped.
+    DaemonStatus {
         #[command(flatten)]
         instance: InstanceArg,
         #[arg(long)]
@@ -321,6 +330,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 print!("{}", tables::subflows_text(&views));
             }
         }
+        Command::DaemonStatus { instance, json } => daemon_status::print(&instance.get()?, json)?,
         Command::Events { instance, follow, json } => print_events(&instance.get()?, follow, json)?,
         Command::Paths { instance, json } => {
             let instance = instance.get()?;
