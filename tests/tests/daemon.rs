@@ -17,7 +17,8 @@ use mptcp_tests::{
 };
 use serde_json::Value;
 
-/// Crafted packets over the client's second path to the server's first address, the way the client's own joins go.
+/// Crafted packets over the client's second path to the server's first address, the way the
+/// client's own joins go.
 fn second_path<'a>(lab: &'a DualHomedLab) -> Result<Path<'a>> {
     let path = &lab.paths[1];
     Ok(Path {
