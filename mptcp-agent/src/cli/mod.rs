@@ -1,6 +1,7 @@
 //! Command line: one subcommand per operator task; the rendering of each domain sits beside
 //! this file.
 
+mod daemon_status;
 mod decode;
 mod lb;
 mod paths;
@@ -129,6 +130,14 @@ pub enum Command {
     /// addresses and routes, the daemon's policy and connections, and the subflows per path
     /// with the bytes the dataplane counted. Run it in the namespace the daemon manages.
     Paths {
+        #[command(flatten)]
+        instance: InstanceArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the daemon's own health: per part (event processing, event log, path manager,
+    /// congestion control) the errors met and retries made; the log records written and dropped.
+    DaemonStatus {
         #[command(flatten)]
         instance: InstanceArg,
         #[arg(long)]
@@ -313,6 +322,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 print!("{}", tables::subflows_text(&views));
             }
         }
+        Command::DaemonStatus { instance, json } => daemon_status::print(&instance.get()?, json)?,
         Command::Events { instance, follow, json } => print_events(&instance.get()?, follow, json)?,
         Command::Paths { instance, json } => {
             let instance = instance.get()?;
