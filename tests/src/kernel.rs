@@ -223,3 +223,15 @@ pub fn nstat(ns: &Netns) -> Result<BTreeMap<String, u64>> {
         })
         .collect())
 }
+
+/// IDs and names of every BPF map loaded on the host (`bpftool map show`): diffed around a load,
+/// what an object created.
+pub fn loaded_maps() -> Result<Vec<(u64, String)>> {
+    let out =
+        crate::netns::run_stdout(std::process::Command::new("bpftool").args(["map", "show", "--json"]))?;
+    let maps: Vec<serde_json::Value> = serde_json::from_str(&out).context("bpftool map show --json")?;
+    Ok(maps
+        .iter()
+        .filter_map(|map| Some((map["id"].as_u64()?, map["name"].as_str().unwrap_or("").to_owned())))
+        .collect())
+}

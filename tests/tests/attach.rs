@@ -6,6 +6,7 @@ use std::process::Command;
 use anyhow::{Context as _, Result};
 use mptcp_tests::{
     agent::{self, Dataplane, iface_dir, instance_dir},
+    kernel,
     lock::LabLock,
     netns::{Netns, run_stdout, unique_name, veth},
 };
@@ -31,16 +32,6 @@ fn program_loaded(id: u64) -> bool {
         .is_ok_and(|out| out.status.success())
 }
 
-/// IDs and names of every map loaded on the host (`bpftool map show`).
-fn loaded_maps() -> Result<Vec<(u64, String)>> {
-    let out = run_stdout(Command::new("bpftool").args(["map", "show", "--json"]))?;
-    let maps: Vec<serde_json::Value> = serde_json::from_str(&out)?;
-    Ok(maps
-        .iter()
-        .filter_map(|map| Some((map["id"].as_u64()?, map["name"].as_str().unwrap_or("").to_owned())))
-        .collect())
-}
-
 fn bpftool_dump(path: &std::path::Path) -> Result<String> {
     run_stdout(Command::new("bpftool").args(["map", "dump", "pinned"]).arg(path))
 }
@@ -51,12 +42,15 @@ fn pins_outlive_the_agent_and_dump_with_field_names() -> Result<()> {
     let ns = Netns::new("att")?;
     let peer = Netns::new("peer")?;
     let (iface, _) = veth(&ns, "a", &peer, "b")?;
-    let before: Vec<u64> = loaded_maps()?.into_iter().map(|(id, _)| id).collect();
+    let before: Vec<u64> = kernel::loaded_maps()?.into_iter().map(|(id, _)| id).collect();
     // Native XDP explicitly: on veth, auto attaches the ingress program at tcx instead.
     let dataplane = Dataplane::attach_with(&ns, &[&iface], &["--xdp-mode", "native"])?;
     // The tracker's object brings only its own maps: none of the balancer's or the benchmarks'.
-    let created: Vec<String> =
-        loaded_maps()?.into_iter().filter(|(id, _)| !before.contains(id)).map(|(_, name)| name).collect();
+    let created: Vec<String> = kernel::loaded_maps()?
+        .into_iter()
+        .filter(|(id, _)| !before.contains(id))
+        .map(|(_, name)| name)
+        .collect();
     assert!(created.iter().any(|name| name == "SUBFLOWS"), "no tracker maps among {created:?}");
     assert!(
         !created.iter().any(|name| name.starts_with("LB_") || name.starts_with("BASELINE")),

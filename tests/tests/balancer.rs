@@ -104,7 +104,21 @@ const BYTES: u64 = 20_000;
 fn token_steering_puts_every_join_on_the_owning_backend() -> Result<()> {
     let _lock = LabLock::acquire()?;
     let lab = BalancerLab::new(BalancerLabOptions::default())?;
+    let before: Vec<u64> = kernel::loaded_maps()?.into_iter().map(|(id, _)| id).collect();
     let balancer = Balancer::start(&lab, "token")?;
+    // The balancer's object brings only its own maps: none of the tracker's.
+    let created: Vec<String> = kernel::loaded_maps()?
+        .into_iter()
+        .filter(|(id, _)| !before.contains(id))
+        .map(|(_, name)| name)
+        .collect();
+    assert!(created.iter().any(|name| name == "LB_TOKENS"), "no balancer maps among {created:?}");
+    assert!(
+        !created
+            .iter()
+            .any(|name| ["SUBFLOWS", "CONNECTIONS", "EVENTS", "BASELINE_FLOWS"].contains(&name.as_str())),
+        "lb start created maps of other objects: {created:?}"
+    );
     let servers = start_servers(&lab, Proto::Mptcp)?;
     let per_family = 100;
     let total = 2 * per_family;
