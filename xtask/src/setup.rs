@@ -20,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "mptcpd",
+    "mptcpize",
     "python3-scapy",
     "tcpdump",
     "tshark",
