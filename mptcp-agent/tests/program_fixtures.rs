@@ -856,7 +856,7 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
             },
         },
         Case {
-            name: "data without DSS after the handshake: options vanished, fallback",
+            name: "first data segment without DSS or MP_CAPABLE data: fallback",
             setup: || Tracker::new(config(admission::ALLOW)),
             steps: |_| {
                 let mut steps = capable_handshake();
@@ -876,6 +876,70 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
             },
         },
         Case {
+            name: "one 3000-byte mapping in the first of three 1000-byte segments: no fallback",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                // ISN 1000 (the SYN's), so relative subflow sequence 1 is TCP sequence 1001.
+                let mut steps = capable_handshake();
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER)
+                        .seq(1001)
+                        .with(dss(Some((client_dsn(), 1, 3000)), None, false))
+                        .payload(1000),
+                    XDP_PASS,
+                ));
+                steps.push(frame(Segment::new(CLIENT, SERVER).seq(2001).payload(1000), XDP_PASS));
+                // A data ACK alone from the server, then the third segment with nothing MPTCP.
+                steps.push(frame(
+                    Segment::new(SERVER, CLIENT).with(dss(None, Some(client_dsn() + 2000), false)),
+                    XDP_PASS,
+                ));
+                steps.push(frame(Segment::new(CLIENT, SERVER).seq(3001).payload(1000), XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("subflow fallback", s.fallback, fallback_reason::NONE);
+                expect!("client ISN", s.dir[0].isn, 1000);
+                expect!("client bytes", s.dir[0].bytes, 3000);
+                let c = t.connection()?;
+                expect!("connection fallback", c.fallback, fallback_reason::NONE);
+                expect!("FALLBACK flag", c.flags & connection_flags::FALLBACK, 0);
+                expect!("data_bytes[0]", c.data_bytes[0], 3000);
+                Ok(())
+            },
+        },
+        Case {
+            name: "a segment beyond its mapping without DSS: fallback",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER)
+                        .seq(1001)
+                        .with(dss(Some((client_dsn(), 1, 2000)), None, false))
+                        .payload(1000),
+                    XDP_PASS,
+                ));
+                steps.push(frame(Segment::new(CLIENT, SERVER).seq(2001).payload(1000), XDP_PASS));
+                steps.push(Step::Do(|t: &mut Tracker| {
+                    expect!("fallback", t.subflow(CLIENT, SERVER)?.fallback, fallback_reason::NONE);
+                    Ok(())
+                }));
+                steps.push(frame(Segment::new(CLIENT, SERVER).seq(3001).payload(1000), XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!(
+                    "subflow fallback",
+                    t.subflow(CLIENT, SERVER)?.fallback,
+                    fallback_reason::OPTIONS_VANISHED
+                );
+                expect!("connection fallback", t.connection()?.fallback, fallback_reason::OPTIONS_VANISHED);
+                Ok(())
+            },
+        },
+        Case {
             name: "MP_FAIL: fallback recorded",
             setup: || Tracker::new(config(admission::ALLOW)),
             steps: |_| {
@@ -890,6 +954,27 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
                 expect!("subflow fallback", t.subflow(CLIENT, SERVER)?.fallback, fallback_reason::MP_FAIL);
                 expect!("connection fallback", t.connection()?.fallback, fallback_reason::MP_FAIL);
                 expect!("mp_fail", t.counters()?.mp_fail, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_FAIL on one of two subflows: that subflow falls back, the connection does not",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.extend(join_handshake(server_token()));
+                steps.push(frame(
+                    Segment::new(SERVER, CLIENT2).with(MptcpOption::Fail(MpFail { dsn: client_dsn() })),
+                    XDP_PASS,
+                ));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!("join fallback", t.subflow(CLIENT2, SERVER)?.fallback, fallback_reason::MP_FAIL);
+                expect!("initial fallback", t.subflow(CLIENT, SERVER)?.fallback, fallback_reason::NONE);
+                let c = t.connection()?;
+                expect!("connection fallback", c.fallback, fallback_reason::NONE);
+                expect!("FALLBACK flag", c.flags & connection_flags::FALLBACK, 0);
                 Ok(())
             },
         },
