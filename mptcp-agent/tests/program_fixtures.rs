@@ -1072,6 +1072,80 @@ fn tracking() {
     run("tracking", &tracking_cases());
 }
 
+/// One MPTCP connection from CLIENT's `client_port` with its own keys: the handshake, then
+/// `data` from the client and a DSS data ACK alone from the server after the first segment.
+fn crafted_connection(client_port: u16, keys: (u64, u64), data: &[Segment]) -> Vec<Segment> {
+    let (client, (client_key, server_key)) = (port(CLIENT, client_port), keys);
+    let mut segments = vec![
+        Segment::syn(client, SERVER).with(capable(None, None)),
+        Segment::syn_ack(SERVER, client).seq(5000).with(capable(Some(server_key), None)),
+        Segment::new(client, SERVER).seq(1001).with(capable(Some(client_key), Some(server_key))),
+    ];
+    for (i, segment) in data.iter().enumerate() {
+        segments.push(Segment { src: client, dst: SERVER, ..segment.clone() });
+        if i == 0 {
+            segments.push(Segment::new(SERVER, client).seq(5001).with(dss(None, Some(1000), false)));
+        }
+    }
+    segments
+}
+
+/// decode and replay read one crafted capture and agree on which connection fell back: the
+/// one whose 3000-byte mapping covers three segments did not, the one whose first data carries
+/// no DSS did (RFC 8684 3.3.1, 3.7), although its peer sends DSS data ACKs.
+#[test]
+fn decode_and_replay_agree_on_fallback() -> Result<()> {
+    use std::collections::BTreeMap;
+
+    use mptcp_agent::analysis::{decode, replay};
+    use pcap_file::{
+        DataLink,
+        pcap::{PcapHeader, PcapPacket, PcapWriter},
+    };
+
+    let covered = crafted_connection(
+        40_001,
+        (CLIENT_KEY, SERVER_KEY),
+        &[
+            Segment::new(CLIENT, SERVER).seq(1001).with(dss(Some((1, 1, 3000)), None, false)).payload(1000),
+            Segment::new(CLIENT, SERVER).seq(2001).payload(1000),
+            Segment::new(CLIENT, SERVER).seq(3001).payload(1000),
+        ],
+    );
+    let unmapped = crafted_connection(
+        40_002,
+        (CLIENT_KEY ^ 1, SERVER_KEY ^ 1),
+        &[
+            Segment::new(CLIENT, SERVER).seq(1001).payload(1000),
+            Segment::new(CLIENT, SERVER).seq(2001).payload(1000),
+        ],
+    );
+    let header = PcapHeader { datalink: DataLink::ETHERNET, ..PcapHeader::default() };
+    let mut writer = PcapWriter::with_header(Vec::new(), header)?;
+    for segment in covered.iter().chain(&unmapped) {
+        let frame = segment.frame()?;
+        writer.write_packet(&PcapPacket::new(std::time::Duration::ZERO, frame.len() as u32, &frame))?;
+    }
+    let path = std::env::temp_dir().join(format!("fallback-agreement-{}.pcap", std::process::id()));
+    std::fs::write(&path, writer.into_writer())?;
+    let decoded = decode::decode_file(&path, false);
+    let replayed = replay::replay(&path);
+    std::fs::remove_file(&path)?;
+
+    let decoded: BTreeMap<SocketAddr, bool> =
+        decoded?.subflows.iter().map(|s| (s.initiator, s.fallback.is_some())).collect();
+    let replayed: BTreeMap<SocketAddr, bool> = replayed?
+        .connections
+        .iter()
+        .flat_map(|c| c.subflows.iter().map(move |s| (s.client, c.fallback)))
+        .collect();
+    let addr = |p: u16| SocketAddr::from((CLIENT.0, p));
+    let expected = BTreeMap::from([(addr(40_001), false), (addr(40_002), true)]);
+    ensure!(decoded == expected, "decode: {decoded:?}, expected {expected:?}");
+    ensure!(replayed == expected, "replay: {replayed:?}, expected {expected:?}");
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // The balancer.
 
