@@ -856,7 +856,7 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
             },
         },
         Case {
-            name: "data without DSS after the handshake: options vanished, fallback",
+            name: "first data segment without DSS or MP_CAPABLE data: fallback",
             setup: || Tracker::new(config(admission::ALLOW)),
             steps: |_| {
                 let mut steps = capable_handshake();
@@ -876,6 +876,70 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
             },
         },
         Case {
+            name: "one 3000-byte mapping in the first of three 1000-byte segments: no fallback",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                // ISN 1000 (the SYN's), so relative subflow sequence 1 is TCP sequence 1001.
+                let mut steps = capable_handshake();
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER)
+                        .seq(1001)
+                        .with(dss(Some((client_dsn(), 1, 3000)), None, false))
+                        .payload(1000),
+                    XDP_PASS,
+                ));
+                steps.push(frame(Segment::new(CLIENT, SERVER).seq(2001).payload(1000), XDP_PASS));
+                // A data ACK alone from the server, then the third segment with nothing MPTCP.
+                steps.push(frame(
+                    Segment::new(SERVER, CLIENT).with(dss(None, Some(client_dsn() + 2000), false)),
+                    XDP_PASS,
+                ));
+                steps.push(frame(Segment::new(CLIENT, SERVER).seq(3001).payload(1000), XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                let s = t.subflow(CLIENT, SERVER)?;
+                expect!("subflow fallback", s.fallback, fallback_reason::NONE);
+                expect!("client ISN", s.dir[0].isn, 1000);
+                expect!("client bytes", s.dir[0].bytes, 3000);
+                let c = t.connection()?;
+                expect!("connection fallback", c.fallback, fallback_reason::NONE);
+                expect!("FALLBACK flag", c.flags & connection_flags::FALLBACK, 0);
+                expect!("data_bytes[0]", c.data_bytes[0], 3000);
+                Ok(())
+            },
+        },
+        Case {
+            name: "a segment beyond its mapping without DSS: fallback",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(frame(
+                    Segment::new(CLIENT, SERVER)
+                        .seq(1001)
+                        .with(dss(Some((client_dsn(), 1, 2000)), None, false))
+                        .payload(1000),
+                    XDP_PASS,
+                ));
+                steps.push(frame(Segment::new(CLIENT, SERVER).seq(2001).payload(1000), XDP_PASS));
+                steps.push(Step::Do(|t: &mut Tracker| {
+                    expect!("fallback", t.subflow(CLIENT, SERVER)?.fallback, fallback_reason::NONE);
+                    Ok(())
+                }));
+                steps.push(frame(Segment::new(CLIENT, SERVER).seq(3001).payload(1000), XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!(
+                    "subflow fallback",
+                    t.subflow(CLIENT, SERVER)?.fallback,
+                    fallback_reason::OPTIONS_VANISHED
+                );
+                expect!("connection fallback", t.connection()?.fallback, fallback_reason::OPTIONS_VANISHED);
+                Ok(())
+            },
+        },
+        Case {
             name: "MP_FAIL: fallback recorded",
             setup: || Tracker::new(config(admission::ALLOW)),
             steps: |_| {
@@ -890,6 +954,27 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
                 expect!("subflow fallback", t.subflow(CLIENT, SERVER)?.fallback, fallback_reason::MP_FAIL);
                 expect!("connection fallback", t.connection()?.fallback, fallback_reason::MP_FAIL);
                 expect!("mp_fail", t.counters()?.mp_fail, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "MP_FAIL on one of two subflows: that subflow falls back, the connection does not",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.extend(join_handshake(server_token()));
+                steps.push(frame(
+                    Segment::new(SERVER, CLIENT2).with(MptcpOption::Fail(MpFail { dsn: client_dsn() })),
+                    XDP_PASS,
+                ));
+                Ok(steps)
+            },
+            check: |t| {
+                expect!("join fallback", t.subflow(CLIENT2, SERVER)?.fallback, fallback_reason::MP_FAIL);
+                expect!("initial fallback", t.subflow(CLIENT, SERVER)?.fallback, fallback_reason::NONE);
+                let c = t.connection()?;
+                expect!("connection fallback", c.fallback, fallback_reason::NONE);
+                expect!("FALLBACK flag", c.flags & connection_flags::FALLBACK, 0);
                 Ok(())
             },
         },
@@ -985,6 +1070,80 @@ fn admission() {
 #[test]
 fn tracking() {
     run("tracking", &tracking_cases());
+}
+
+/// One MPTCP connection from CLIENT's `client_port` with its own keys: the handshake, then
+/// `data` from the client and a DSS data ACK alone from the server after the first segment.
+fn crafted_connection(client_port: u16, keys: (u64, u64), data: &[Segment]) -> Vec<Segment> {
+    let (client, (client_key, server_key)) = (port(CLIENT, client_port), keys);
+    let mut segments = vec![
+        Segment::syn(client, SERVER).with(capable(None, None)),
+        Segment::syn_ack(SERVER, client).seq(5000).with(capable(Some(server_key), None)),
+        Segment::new(client, SERVER).seq(1001).with(capable(Some(client_key), Some(server_key))),
+    ];
+    for (i, segment) in data.iter().enumerate() {
+        segments.push(Segment { src: client, dst: SERVER, ..segment.clone() });
+        if i == 0 {
+            segments.push(Segment::new(SERVER, client).seq(5001).with(dss(None, Some(1000), false)));
+        }
+    }
+    segments
+}
+
+/// decode and replay read one crafted capture and agree on which connection fell back: the
+/// one whose 3000-byte mapping covers three segments did not, the one whose first data carries
+/// no DSS did (RFC 8684 3.3.1, 3.7), although its peer sends DSS data ACKs.
+#[test]
+fn decode_and_replay_agree_on_fallback() -> Result<()> {
+    use std::collections::BTreeMap;
+
+    use mptcp_agent::analysis::{decode, replay};
+    use pcap_file::{
+        DataLink,
+        pcap::{PcapHeader, PcapPacket, PcapWriter},
+    };
+
+    let covered = crafted_connection(
+        40_001,
+        (CLIENT_KEY, SERVER_KEY),
+        &[
+            Segment::new(CLIENT, SERVER).seq(1001).with(dss(Some((1, 1, 3000)), None, false)).payload(1000),
+            Segment::new(CLIENT, SERVER).seq(2001).payload(1000),
+            Segment::new(CLIENT, SERVER).seq(3001).payload(1000),
+        ],
+    );
+    let unmapped = crafted_connection(
+        40_002,
+        (CLIENT_KEY ^ 1, SERVER_KEY ^ 1),
+        &[
+            Segment::new(CLIENT, SERVER).seq(1001).payload(1000),
+            Segment::new(CLIENT, SERVER).seq(2001).payload(1000),
+        ],
+    );
+    let header = PcapHeader { datalink: DataLink::ETHERNET, ..PcapHeader::default() };
+    let mut writer = PcapWriter::with_header(Vec::new(), header)?;
+    for segment in covered.iter().chain(&unmapped) {
+        let frame = segment.frame()?;
+        writer.write_packet(&PcapPacket::new(std::time::Duration::ZERO, frame.len() as u32, &frame))?;
+    }
+    let path = std::env::temp_dir().join(format!("fallback-agreement-{}.pcap", std::process::id()));
+    std::fs::write(&path, writer.into_writer())?;
+    let decoded = decode::decode_file(&path, false);
+    let replayed = replay::replay(&path);
+    std::fs::remove_file(&path)?;
+
+    let decoded: BTreeMap<SocketAddr, bool> =
+        decoded?.subflows.iter().map(|s| (s.initiator, s.fallback.is_some())).collect();
+    let replayed: BTreeMap<SocketAddr, bool> = replayed?
+        .connections
+        .iter()
+        .flat_map(|c| c.subflows.iter().map(move |s| (s.client, c.fallback)))
+        .collect();
+    let addr = |p: u16| SocketAddr::from((CLIENT.0, p));
+    let expected = BTreeMap::from([(addr(40_001), false), (addr(40_002), true)]);
+    ensure!(decoded == expected, "decode: {decoded:?}, expected {expected:?}");
+    ensure!(replayed == expected, "replay: {replayed:?}, expected {expected:?}");
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 //!
 //! * [`options`]: the bounded TCP option walk.
 //! * [`mptcp`]: the MPTCP option codec (RFC 8684, RFC 6824 where v0 differs), parser and encoder.
+//! * [`fallback`]: when a subflow falls back to TCP (RFC 8684 3.3.1, 3.7), for programs and decode.
 //! * [`cc`]: coupled congestion control: subflow state, decisions, per-ACK window arithmetic.
 //! * [`keys`]: token and IDSN of a key (SHA-256), for the programs.
 //! * [`lb`]: the token-steering load balancer's map layouts and hashes.
@@ -52,6 +53,7 @@ macro_rules! counters {
 }
 
 pub mod cc;
+pub mod fallback;
 pub mod keys;
 pub mod lb;
 pub mod maps;

@@ -240,7 +240,8 @@ pub mod fallback_reason {
     pub const NONE: u8 = 0;
     /// The SYN carried MP_CAPABLE, the SYN-ACK did not.
     pub const NO_MP_CAPABLE_REPLY: u8 = 1;
-    /// Data flowed on an MPTCP subflow without a DSS option.
+    /// Data outside any mapping: the first data segment without DSS mapping or MP_CAPABLE
+    /// data, or a later one beyond the last mapping (RFC 8684 3.3.1, 3.7).
     pub const OPTIONS_VANISHED: u8 = 2;
     /// A DSS infinite mapping (data-level length 0).
     pub const INFINITE_MAPPING: u8 = 3;
@@ -257,6 +258,8 @@ pub mod direction_flags {
     pub const BACKUP: u16 = 1 << 3;
     /// This side sent MPTCP options on the subflow.
     pub const MPTCP: u16 = 1 << 4;
+    /// [`SubflowDirection::isn`] is this side's SYN or SYN-ACK sequence number.
+    pub const ISN_KNOWN: u16 = 1 << 5;
 }
 
 /// What one side of a subflow sent.
@@ -283,9 +286,12 @@ pub struct SubflowDirection {
     /// End of the highest data range this side mapped on the subflow: a scheduler hands each
     /// subflow increasing data sequence numbers, so a mapping below it sends data again.
     pub dsn_end: u64,
+    /// This side's initial sequence number: relates segments to mappings' subflow sequence.
+    pub isn: u32,
+    pub _pad2: [u8; 4],
 }
 
-const _: () = assert!(size_of::<SubflowDirection>() == 56);
+const _: () = assert!(size_of::<SubflowDirection>() == 64);
 
 /// One TCP subflow, keyed by [`FlowKey`]. The "client" of a subflow is the side that sent its
 /// SYN; `dir[0]` is what it sent, `dir[1]` what the other side sent.
@@ -321,7 +327,7 @@ pub struct Subflow {
     pub dir: [SubflowDirection; 2],
 }
 
-const _: () = assert!(size_of::<Subflow>() == 184);
+const _: () = assert!(size_of::<Subflow>() == 200);
 
 /// Connection flags ([`Connection::flags`]).
 pub mod connection_flags {

@@ -71,6 +71,8 @@ pub struct TcpSegment {
     pub flags: u8,
     /// TCP payload bytes, from the IP length fields.
     pub payload_len: u32,
+    /// TCP sequence number.
+    pub seq: u32,
 }
 
 impl TcpSegment {
@@ -160,6 +162,7 @@ pub fn parse_tcp(packet: &impl Packet, out: &mut TcpSegment) -> Option<()> {
         dport: u16::from_be_bytes(tcp.dest),
         flags,
         payload_len: l4_len.saturating_sub(header_len) as u32,
+        seq: u32::from_be_bytes(tcp.seq),
     };
     Some(())
 }

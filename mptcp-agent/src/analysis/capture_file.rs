@@ -63,6 +63,8 @@ pub struct TcpSegment<'a> {
     pub rst: bool,
     /// Captured payload bytes (may be fewer than sent when the snap length cut the frame).
     pub payload_len: usize,
+    /// TCP sequence number.
+    pub seq: u32,
     /// The TCP option area.
     pub options: &'a [u8],
 }
@@ -222,6 +224,7 @@ impl Frame {
                 fin: tcp.fin(),
                 rst: tcp.rst(),
                 payload_len: tcp.payload().len(),
+                seq: tcp.sequence_number(),
                 // The fixed header is 20 bytes; etherparse checked the data offset covers it.
                 options: tcp.header_slice().get(20..).unwrap_or_default(),
             }),

@@ -4,6 +4,8 @@
 use std::{collections::HashMap, net::SocketAddr};
 
 use mptcp_common::{
+    fallback::{MappingState, SegmentFacts},
+    maps::fallback_reason,
     mptcp::{AddAddr, MpJoin, MptcpOption},
     options::{OptionWalker, TcpOption},
 };
@@ -21,13 +23,12 @@ use crate::analysis::capture_file::{Frame, FrameError, TcpSegment};
 struct Tracked {
     subflow: Subflow,
     syn_ack_seen: bool,
-    mp_capable_syn_ack: bool,
     initiator_key: Option<u64>,
     responder_key: Option<u64>,
-    /// Frames after the handshake that carried any MPTCP option, and that carried payload.
-    mptcp_after_handshake: u64,
-    payload_after_handshake: u64,
-    infinite_mapping_frame: Option<u64>,
+    /// The shared fallback rule's state per sender (initiator, responder), and its first
+    /// verdict with the frame that gave it.
+    mappings: [MappingState; 2],
+    fallback: Option<(u8, u64)>,
 }
 
 #[derive(Default)]
@@ -139,12 +140,10 @@ impl Analysis {
                 fallback: None,
             },
             syn_ack_seen: false,
-            mp_capable_syn_ack: false,
             initiator_key: None,
             responder_key: None,
-            mptcp_after_handshake: 0,
-            payload_after_handshake: 0,
-            infinite_mapping_frame: None,
+            mappings: [MappingState::default(); 2],
+            fallback: None,
         });
         self.by_tuple.insert(tuple, id);
         self.by_tuple.insert((segment.dst, segment.src), id);
@@ -161,26 +160,19 @@ impl Analysis {
         if is_syn_ack {
             tracked.syn_ack_seen = true;
         }
-        // The third ACK still carries handshake options; count what comes after it.
-        let handshake_option = options.iter().any(|o| {
-            matches!(o, MptcpOption::Join(_))
-                || matches!(o, MptcpOption::Capable(c) if c.receiver_key.is_some() && c.data_len.is_none())
-        });
-        if handshake_done && !handshake_option {
-            if !options.is_empty() {
-                tracked.mptcp_after_handshake += 1;
-            }
-            if segment.payload_len > 0 {
-                tracked.payload_after_handshake += 1;
+        if tracked.fallback.is_none() {
+            let initial = subflow.kind == SubflowKind::MpCapable;
+            let negotiated = initial || subflow.kind == SubflowKind::MpJoin;
+            let facts = segment_facts(segment, options, initial, negotiated && handshake_done);
+            let sender = usize::from(!from_initiator);
+            if let Some(reason) = tracked.mappings[sender].on_segment(&facts) {
+                tracked.fallback = Some((reason, frame));
             }
         }
         for option in options {
             match *option {
                 MptcpOption::Capable(capable) => {
                     subflow.version = Some(capable.version);
-                    if is_syn_ack {
-                        tracked.mp_capable_syn_ack = true;
-                    }
                     // SYN-ACK: the responder's key; third ACK and first data: both, sender first.
                     let (own, peer) = (capable.sender_key, capable.receiver_key);
                     let (initiator_key, responder_key) =
@@ -206,9 +198,6 @@ impl Analysis {
                     self.hmacs.join_synacks.push((frame, id, truncated_hmac));
                 }
                 MptcpOption::Join(MpJoin::Ack { hmac }) => self.hmacs.join_acks.push((frame, id, hmac)),
-                MptcpOption::Dss(dss) if dss.mapping.is_some_and(|m| m.is_infinite()) => {
-                    tracked.infinite_mapping_frame.get_or_insert(frame);
-                }
                 MptcpOption::AddAddr(AddAddr { echo, addr_id, addr, port, hmac }) => {
                     self.add_addrs.push(AddAddrRecord {
                         frame,
@@ -298,17 +287,43 @@ impl Analysis {
     }
 }
 
+/// What the shared fallback rule needs of a packet: the programs feed it the same.
+fn segment_facts(
+    segment: &TcpSegment<'_>,
+    options: &[MptcpOption],
+    initial: bool,
+    established: bool,
+) -> SegmentFacts {
+    let dss_mapping = options.iter().find_map(|o| match o {
+        MptcpOption::Dss(dss) => dss.mapping.map(|m| (m.subflow_seq, m.data_len)),
+        _ => None,
+    });
+    // MP_CAPABLE with data maps it from subflow sequence 1.
+    let capable_mapping = options.iter().find_map(|o| match o {
+        MptcpOption::Capable(c) => c.data_len.map(|len| (1, len)),
+        _ => None,
+    });
+    SegmentFacts {
+        syn: segment.syn,
+        ack: segment.ack,
+        seq: segment.seq,
+        payload_len: u32::try_from(segment.payload_len).unwrap_or(u32::MAX),
+        initial,
+        established,
+        mp_capable: options.iter().any(|o| matches!(o, MptcpOption::Capable(_))),
+        mapping: dss_mapping.or(capable_mapping),
+        mp_fail: options.iter().any(|o| matches!(o, MptcpOption::Fail(_))),
+    }
+}
+
 fn fallback_reason(tracked: &Tracked) -> Option<String> {
-    let kind = tracked.subflow.kind;
-    if kind == SubflowKind::MpCapable && tracked.syn_ack_seen && !tracked.mp_capable_syn_ack {
-        return Some("the SYN-ACK carries no MP_CAPABLE: the responder does not do MPTCP".to_owned());
-    }
-    if let Some(frame) = tracked.infinite_mapping_frame {
-        return Some(format!("infinite mapping in frame {frame}"));
-    }
-    let negotiated = matches!(kind, SubflowKind::MpCapable | SubflowKind::MpJoin) && tracked.syn_ack_seen;
-    if negotiated && tracked.payload_after_handshake > 0 && tracked.mptcp_after_handshake == 0 {
-        return Some("no MPTCP option after the handshake although data flowed".to_owned());
-    }
-    None
+    let (reason, frame) = tracked.fallback?;
+    Some(match reason {
+        fallback_reason::NO_MP_CAPABLE_REPLY => {
+            "the SYN-ACK carries no MP_CAPABLE: the responder does not do MPTCP".to_owned()
+        }
+        fallback_reason::INFINITE_MAPPING => format!("infinite mapping in frame {frame}"),
+        fallback_reason::MP_FAIL => format!("MP_FAIL in frame {frame}"),
+        _ => format!("data in frame {frame} not covered by a DSS mapping"),
+    })
 }

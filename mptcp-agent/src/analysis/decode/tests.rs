@@ -43,7 +43,8 @@ enum Flags {
     Ack,
 }
 
-/// An IPv4 TCP packet carrying `options` (padded with NOPs) and 8 payload bytes.
+/// An IPv4 TCP packet carrying `options` (padded with NOPs), with as many payload bytes as its
+/// DSS mapping maps (none without one: data outside a mapping is a fallback).
 fn packet(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: Flags, options: &[MptcpOption]) -> Vec<u8> {
     let mut area = Vec::new();
     for option in options {
@@ -54,12 +55,31 @@ fn packet(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: Flags, options: &[Mpt
     while area.len() % 4 != 0 {
         area.push(1);
     }
-    packet_with_area(src, dst, flags, &area)
+    let payload = options
+        .iter()
+        .find_map(|o| match o {
+            MptcpOption::Dss(Dss { mapping: Some(m), .. }) => Some(usize::from(m.data_len)),
+            _ => None,
+        })
+        .unwrap_or(0);
+    segment(src, dst, flags, 1, &area, payload)
 }
 
 /// An IPv4 TCP packet with a raw option area (a multiple of 4 bytes) and 8 payload bytes.
 fn packet_with_area(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: Flags, area: &[u8]) -> Vec<u8> {
-    let mut builder = PacketBuilder::ipv4(src.0, dst.0, 64).tcp(src.1, dst.1, 1, 1000);
+    segment(src, dst, flags, 1, area, 8)
+}
+
+/// An IPv4 TCP packet at sequence number `seq` with a raw option area and `payload` bytes.
+fn segment(
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    flags: Flags,
+    seq: u32,
+    area: &[u8],
+    payload: usize,
+) -> Vec<u8> {
+    let mut builder = PacketBuilder::ipv4(src.0, dst.0, 64).tcp(src.1, dst.1, seq, 1000);
     builder = match flags {
         Flags::Syn => builder.syn(),
         Flags::SynAck => builder.syn().ack(1),
@@ -67,7 +87,7 @@ fn packet_with_area(src: ([u8; 4], u16), dst: ([u8; 4], u16), flags: Flags, area
     };
     let builder = builder.options_raw(area).unwrap();
     let mut out = Vec::new();
-    builder.write(&mut out, &[0x5a; 8]).unwrap();
+    builder.write(&mut out, &vec![0x5a; payload]).unwrap();
     out
 }
 

@@ -26,12 +26,14 @@ pub struct Segment {
     pub mptcp: Option<MptcpOption>,
     /// Payload bytes.
     pub payload: usize,
+    /// TCP sequence number (the SYN's is the ISN).
+    pub seq: u32,
 }
 
 impl Segment {
     /// A pure ACK without MPTCP option.
     pub fn new(src: ([u8; 4], u16), dst: ([u8; 4], u16)) -> Self {
-        Self { src, dst, syn: false, ack: true, fin: false, rst: false, mptcp: None, payload: 0 }
+        Self { src, dst, syn: false, ack: true, fin: false, rst: false, mptcp: None, payload: 0, seq: 1000 }
     }
 
     /// A SYN (no ACK flag).
@@ -53,6 +55,12 @@ impl Segment {
     /// The segment with `bytes` of payload.
     pub fn payload(mut self, bytes: usize) -> Self {
         self.payload = bytes;
+        self
+    }
+
+    /// The segment at TCP sequence number `seq`.
+    pub fn seq(mut self, seq: u32) -> Self {
+        self.seq = seq;
         self
     }
 
@@ -82,7 +90,7 @@ impl Segment {
         }
         let mut builder = PacketBuilder::ethernet2(SRC_MAC, DST_MAC)
             .ipv4(self.src.0, self.dst.0, 64)
-            .tcp(self.src.1, self.dst.1, 1000, 65535);
+            .tcp(self.src.1, self.dst.1, self.seq, 65535);
         if self.syn {
             builder = builder.syn();
         }

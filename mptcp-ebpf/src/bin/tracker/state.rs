@@ -21,8 +21,13 @@ pub struct PacketState {
     pub key: FlowKey,
     pub hook: Direction,
     pub from_a: bool,
-    pub saw_dss: bool,
     pub saw_capable: bool,
+    /// The segment's mapping (DSS, or MP_CAPABLE data; length 0: infinite) and MP_FAIL, for the
+    /// fallback rule in `finish`.
+    pub saw_mapping: bool,
+    pub saw_fail: bool,
+    pub map_ssn: u32,
+    pub map_len: u16,
 }
 
 /// MPTCP options per packet that get fully parsed; Linux sends at most three (DSS with
@@ -38,6 +43,7 @@ pub fn start(state: &mut PacketState, hook: Direction) {
     state.key = key;
     state.from_a = from_a;
     state.hook = hook;
-    state.saw_dss = false;
     state.saw_capable = false;
+    state.saw_mapping = false;
+    state.saw_fail = false;
 }

@@ -8,6 +8,7 @@ use core::{
 
 use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use mptcp_common::{
+    fallback::{MappingState, SegmentFacts, falls_back_connection},
     keys::{KeyDigest, key_digest_in},
     maps::{
         AddrKey, Connection, Direction, Event, PacketCounters, RateBucket, Subflow, addr_bytes, admission,
@@ -303,7 +304,7 @@ impl Tracker {
 
     #[inline(always)]
     fn fail(&mut self, fail: &MpFail) -> Verdict {
-        self.fall_back(fallback_reason::MP_FAIL);
+        self.state.saw_fail = true;
         if let Some(event) = self.event(event_kind::MP_FAIL) {
             event.keys[0] = fail.dsn;
             self.submit(event);
@@ -373,6 +374,9 @@ impl Tracker {
         }
         // The client's first data may ride on MP_CAPABLE: an implicit mapping of its data
         // sequence space, which starts right after its IDSN, from subflow sequence 1.
+        if let Some(data_len) = capable.data_len {
+            self.saw_mapping(1, data_len);
+        }
         if let (Some(data_len), Some(idsn)) = (capable.data_len, self.connection().map(|c| c.client_idsn)) {
             let mapping = DssMapping {
                 dsn: idsn.wrapping_add(1),
@@ -569,7 +573,6 @@ impl Tracker {
 
     #[inline(always)]
     fn dss(&mut self, dss: &Dss) {
-        self.state.saw_dss = true;
         let Some(subflow) = self
             .subflow_or_create(subflow_kind::UNKNOWN, self.state.segment.sport > self.state.segment.dport)
         else {
@@ -603,8 +606,9 @@ impl Tracker {
         let Some(mapping) = dss.mapping else {
             return;
         };
+        self.saw_mapping(mapping.subflow_seq, mapping.data_len);
+        // An infinite mapping maps nothing; `finish` falls back.
         if mapping.is_infinite() {
-            self.fall_back(fallback_reason::INFINITE_MAPPING);
             return;
         }
         // Every segment a mapping covers repeats it: skip the accounting for the repeats.
@@ -673,6 +677,14 @@ impl Tracker {
         }
     }
 
+    /// The packet's mapping, for the fallback rule in `finish`.
+    #[inline(always)]
+    fn saw_mapping(&mut self, ssn: u32, len: u16) {
+        self.state.saw_mapping = true;
+        self.state.map_ssn = ssn;
+        self.state.map_len = len;
+    }
+
     /// Out of line for the same reason as `account_mapping`.
     #[inline(never)]
     fn add_addr(&mut self, add: &AddAddr) {
@@ -707,7 +719,9 @@ impl Tracker {
             return;
         }
         subflow.fallback = reason;
-        if let Some(connection) = self.connection() {
+        if let Some(connection) = self.connection()
+            && falls_back_connection(reason, connection.subflows > 1)
+        {
             connection.flags |= connection_flags::FALLBACK;
             if connection.fallback == fallback_reason::NONE {
                 connection.fallback = reason;
@@ -719,7 +733,7 @@ impl Tracker {
         }
     }
 
-    /// After the options: per-subflow accounting, TCP state, fallback by silence, and the
+    /// After the options: per-subflow accounting, TCP state, the fallback rule, and the
     /// `verified` admission policy.
     #[inline(always)]
     fn finish(&mut self) -> Verdict {
@@ -748,17 +762,10 @@ impl Tracker {
             subflow.hmac = unsafe { *verdict };
         }
 
-        let opened_mptcp = subflow.kind != subflow_kind::UNKNOWN;
-        if opened_mptcp && subflow.fallback == fallback_reason::NONE {
-            if self.is_syn_ack() && subflow.kind == subflow_kind::INITIAL && !self.state.saw_capable {
-                self.fall_back(fallback_reason::NO_MP_CAPABLE_REPLY);
-            } else if self.state.segment.payload_len > 0
-                && subflow.state >= subflow_state::ESTABLISHED
-                && !self.state.saw_dss
-                && !self.state.saw_capable
-            {
-                self.fall_back(fallback_reason::OPTIONS_VANISHED);
-            }
+        if subflow.fallback == fallback_reason::NONE
+            && let Some(reason) = self.fallback_rule()
+        {
+            self.fall_back(reason);
         }
         if self.enforce() && subflow.hmac == hmac_verdict::FAILED && config().admission == admission::VERIFIED
         {
@@ -766,6 +773,43 @@ impl Tracker {
             return Verdict::Drop;
         }
         Verdict::Pass
+    }
+
+    /// The shared fallback rule on this packet, against the sender's mapping state. Out of line
+    /// for the same reason as `account_mapping`.
+    #[inline(never)]
+    fn fallback_rule(&mut self) -> Option<u8> {
+        let subflow = self.subflow()?;
+        let from_client = self.sent_by_client(subflow);
+        let facts = SegmentFacts {
+            syn: self.state.segment.has(tcp_flags::SYN),
+            ack: self.state.segment.has(tcp_flags::ACK),
+            seq: self.state.segment.seq,
+            payload_len: self.state.segment.payload_len,
+            initial: subflow.kind == subflow_kind::INITIAL,
+            // A subflow met mid-stream: its first data is not in sight.
+            established: subflow.kind != subflow_kind::UNKNOWN && subflow.state >= subflow_state::ESTABLISHED,
+            mp_capable: self.state.saw_capable,
+            mapping: self.state.saw_mapping.then_some((self.state.map_ssn, self.state.map_len)),
+            mp_fail: self.state.saw_fail,
+        };
+        // A branch, not an index from `from_client`: the verifier sees a bool loaded from map
+        // memory as any byte.
+        let direction = if from_client { &mut subflow.dir[0] } else { &mut subflow.dir[1] };
+        let mut mapping = MappingState {
+            isn: direction.isn,
+            isn_known: direction.flags & direction_flags::ISN_KNOWN != 0,
+            map_ssn: direction.map_ssn,
+            map_len: direction.map_len,
+        };
+        let reason = mapping.on_segment(&facts);
+        direction.isn = mapping.isn;
+        if mapping.isn_known {
+            direction.flags |= direction_flags::ISN_KNOWN;
+        }
+        direction.map_ssn = mapping.map_ssn;
+        direction.map_len = mapping.map_len;
+        reason
     }
 
     /// Reserves an event with the packet's addressing filled in and everything else zero;
