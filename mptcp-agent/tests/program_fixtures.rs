@@ -29,9 +29,9 @@ use mptcp_common::{
         LB_FLOWS_MAP, LB_TOKENS_MAP, LbFlow, MAGLEV_SIZE, NO_BACKEND, backend_state, flow_kind, maglev_slot,
     },
     maps::{
-        AddrKey, CLIENT_TOKENS_MAP, Connection, DataplaneConfig, FlowKey, JOIN_RATE_MAP, PacketCounters,
-        RateBucket, Subflow, addr_bytes, admission, connection_flags, direction_flags, fallback_reason,
-        hmac_verdict, ipv4_mapped, subflow_kind, subflow_state,
+        AddrKey, CLIENT_TOKENS_MAP, Connection, DataplaneConfig, FlowKey, HALF_OPEN_MAP, HalfOpen,
+        JOIN_RATE_MAP, PacketCounters, RateBucket, Subflow, addr_bytes, admission, connection_flags,
+        direction_flags, fallback_reason, hmac_verdict, ipv4_mapped, subflow_kind, subflow_state,
     },
     mptcp::{DataAck, Dss, DssMapping, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst, MptcpOption},
 };
@@ -187,6 +187,7 @@ struct Tracker {
     harness: TrackerHarness,
     client_tokens: HashMap<MapData, u32, u32>,
     join_rate: HashMap<MapData, AddrKey, RateBucket>,
+    half_open: HashMap<MapData, FlowKey, HalfOpen>,
 }
 
 impl Fixture for Tracker {
@@ -203,7 +204,8 @@ impl Tracker {
         let client_tokens =
             HashMap::try_from(harness.take_map(CLIENT_TOKENS_MAP).context(CLIENT_TOKENS_MAP)?)?;
         let join_rate = HashMap::try_from(harness.take_map(JOIN_RATE_MAP).context(JOIN_RATE_MAP)?)?;
-        Ok(Self { harness, client_tokens, join_rate })
+        let half_open = HashMap::try_from(harness.take_map(HALF_OPEN_MAP).context(HALF_OPEN_MAP)?)?;
+        Ok(Self { harness, client_tokens, join_rate, half_open })
     }
 
     /// With the connection of SERVER_KEY (and CLIENT_KEY) in the tables, as the handshake
@@ -230,12 +232,18 @@ impl Tracker {
         Ok(self.harness.counters()?.ingress)
     }
 
+    /// The subflow, established or half-open.
     fn subflow(&self, a: Endpoint, b: Endpoint) -> Result<Subflow> {
-        self.harness.tables.subflows.get(&key(a, b), 0).with_context(|| format!("no subflow {a:?} {b:?}"))
+        self.harness.tables.subflow(&key(a, b))?.with_context(|| format!("no subflow {a:?} {b:?}"))
+    }
+
+    /// Whether the subflow is in SUBFLOWS (its handshake completed), not HALF_OPEN_SUBFLOWS.
+    fn is_established(&self, a: Endpoint, b: Endpoint) -> bool {
+        self.harness.tables.subflows.get(&key(a, b), 0).is_ok()
     }
 
     fn has_subflow(&self, a: Endpoint, b: Endpoint) -> bool {
-        self.harness.tables.subflows.get(&key(a, b), 0).is_ok()
+        matches!(self.harness.tables.subflow(&key(a, b)), Ok(Some(_)))
     }
 
     fn connection(&self) -> Result<Connection> {
@@ -320,8 +328,78 @@ fn data_from_join() -> Segment {
     Segment::new(CLIENT2, SERVER).with(dss(Some((client_dsn(), 1, 100)), None, false)).payload(100)
 }
 
+/// Spoofed MP_CAPABLE handshakes the flood case sends (SYN plus the server's SYN-ACK each).
+const FLOOD_HANDSHAKES: u32 = 1_000_000;
+
+/// The `i`-th spoofed client: 512 documentation addresses (198.51.100.0/24, 203.0.113.0/24)
+/// times ports from 1024, so every handshake has its own 4-tuple.
+fn spoofed(i: u32) -> Endpoint {
+    let host = (i % 256) as u8;
+    let addr = if i % 512 < 256 { [198, 51, 100, host] } else { [203, 0, 113, host] };
+    (addr, 1024 + (i / 512) as u16)
+}
+
+/// A SYN flood the server answers (Linux does, syncookies included): each spoofed SYN gets a
+/// SYN-ACK with a server key of its own; no third ACK follows.
+fn flood(t: &mut Tracker) -> Result<()> {
+    let start = std::time::Instant::now();
+    for i in 0..FLOOD_HANDSHAKES {
+        let client = spoofed(i);
+        let syn = Segment::syn(client, SERVER).with(capable(None, None)).frame()?;
+        let key = 0xf100_0000_0000_0000 | u64::from(i);
+        let syn_ack = Segment::syn_ack(SERVER, client).with(capable(Some(key), None)).frame()?;
+        for frame in [syn, syn_ack] {
+            let result = t.harness.run_xdp(TRACKER_XDP, &frame, 1)?;
+            ensure!(result.action == XDP_PASS, "spoofed handshake {i}: {}", action_name(result.action));
+        }
+    }
+    println!("flood: {FLOOD_HANDSHAKES} spoofed handshakes in {} ms", start.elapsed().as_millis());
+    Ok(())
+}
+
 fn admission_cases() -> Vec<Case<Tracker>> {
     vec![
+        Case {
+            name: "known-token: a SYN flood answered by SYN-ACKs evicts no established connection",
+            setup: || Tracker::new(config(admission::KNOWN_TOKEN)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(Step::Do(flood));
+                steps.push(frame(join_syn(CLIENT2, SERVER, server_token()), XDP_PASS));
+                Ok(steps)
+            },
+            check: |t| {
+                let c = t.connection()?;
+                expect!("server_key", c.server_key, SERVER_KEY);
+                expect!("client_key", c.client_key, CLIENT_KEY);
+                expect!("client_token", c.client_token, handshake::token(CLIENT_KEY));
+                expect!("flags", c.flags, connection_flags::SERVER_KEY | connection_flags::CLIENT_KEY);
+                expect!("subflows", c.subflows, 2);
+                expect!(
+                    "CLIENT_TOKENS entry",
+                    t.client_tokens.get(&handshake::token(CLIENT_KEY), 0).ok(),
+                    Some(server_token())
+                );
+                let initial = t.harness.tables.subflows.get(&key(CLIENT, SERVER), 0)?;
+                expect!("initial subflow conn_token", initial.conn_token, server_token());
+                expect!("initial subflow state", initial.state, subflow_state::ESTABLISHED);
+                let join = t.subflow(CLIENT2, SERVER)?;
+                expect!("join conn_token", join.conn_token, server_token());
+                expect!("join kind", join.kind, subflow_kind::JOIN);
+                let n = t.counters()?;
+                expect!("joins_admitted", n.joins_admitted, 1);
+                expect!("joins_dropped_unknown_token", n.joins_dropped_unknown_token, 0);
+                expect!("connections_created", n.connections_created, 1);
+                expect!("half_open_created", n.half_open_created, u64::from(FLOOD_HANDSHAKES) + 1);
+                ensure!(
+                    n.half_open_subflows_created > u64::from(FLOOD_HANDSHAKES),
+                    "half_open_subflows_created: {}",
+                    n.half_open_subflows_created
+                );
+                expect!("subflows_established", n.subflows_established, 1);
+                Ok(())
+            },
+        },
         Case {
             name: "known-token: MP_JOIN SYN with an unknown token dropped",
             setup: || Tracker::new(config(admission::KNOWN_TOKEN)),
@@ -555,9 +633,10 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
             check: |t| {
                 let s = t.subflow(CLIENT, SERVER)?;
                 expect!("state", s.state, subflow_state::SYN_RECEIVED);
-                expect!("conn_token", s.conn_token, server_token());
+                expect!("conn_token", s.conn_token, 0);
                 expect!("client packets", s.dir[0].packets, 3);
                 expect!("subflows_created", t.counters()?.subflows_created, 1);
+                expect!("half-open key", t.half_open.get(&key(CLIENT, SERVER), 0)?.server_key, SERVER_KEY);
                 Ok(())
             },
         },
@@ -593,25 +672,24 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
             },
         },
         Case {
-            name: "MP_CAPABLE SYN-ACK: the server's key creates the connection",
+            name: "MP_CAPABLE SYN-ACK: the server's key held half-open, no connection yet",
             setup: || Tracker::new(config(admission::ALLOW)),
             steps: |_| Ok(capable_handshake().into_iter().take(2).collect()),
             check: |t| {
                 let s = t.subflow(CLIENT, SERVER)?;
                 expect!("state", s.state, subflow_state::SYN_RECEIVED);
-                expect!("conn_token", s.conn_token, server_token());
+                expect!("conn_token", s.conn_token, 0);
                 expect!("server packets", s.dir[1].packets, 1);
                 expect!("server MPTCP flag", s.dir[1].flags & direction_flags::MPTCP, direction_flags::MPTCP);
-                let c = t.connection()?;
-                expect!("server_key", c.server_key, SERVER_KEY);
-                expect!("server_token", c.server_token, server_token());
-                expect!("server_idsn", c.server_idsn, handshake::idsn(SERVER_KEY));
-                expect!("data_start[1]", c.data_start[1], handshake::idsn(SERVER_KEY).wrapping_add(1));
-                expect!("client_key", c.client_key, 0);
-                expect!("flags", c.flags, connection_flags::SERVER_KEY);
-                expect!("version", c.version, 1);
-                expect!("subflows", c.subflows, 1);
-                expect!("connections_created", t.counters()?.connections_created, 1);
+                expect!("in SUBFLOWS", t.is_established(CLIENT, SERVER), false);
+                let h = t.half_open.get(&key(CLIENT, SERVER), 0).context("no HALF_OPEN entry")?;
+                expect!("half-open server_key", h.server_key, SERVER_KEY);
+                expect!("half-open version", h.version, 1);
+                expect!("connection", t.connection().is_ok(), false);
+                let n = t.counters()?;
+                expect!("connections_created", n.connections_created, 0);
+                expect!("half_open_created", n.half_open_created, 1);
+                expect!("half_open_subflows_created", n.half_open_subflows_created, 1);
                 Ok(())
             },
         },
@@ -642,6 +720,9 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
                 expect!("connections_created", n.connections_created, 1);
                 expect!("subflows_created", n.subflows_created, 1);
                 expect!("mp_capable", n.mp_capable, 3);
+                expect!("subflows_established", n.subflows_established, 1);
+                expect!("in SUBFLOWS", t.is_established(CLIENT, SERVER), true);
+                expect!("HALF_OPEN entry", t.half_open.get(&key(CLIENT, SERVER), 0).is_ok(), false);
                 Ok(())
             },
         },

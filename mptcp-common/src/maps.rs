@@ -25,11 +25,21 @@ pub const JOIN_RATE_MAP: &str = "JOIN_RATE";
 pub const HMAC_VERDICTS_MAP: &str = "HMAC_VERDICTS";
 /// LRU hash server token -> [`ConnectionChecks`], written by the agent only.
 pub const CONNECTION_CHECKS_MAP: &str = "CONNECTION_CHECKS";
+/// LRU hash [`FlowKey`] -> [`HalfOpen`]: the server key of an MP_CAPABLE SYN-ACK whose third
+/// ACK has not been seen. Only completed handshakes enter [`CONNECTIONS_MAP`] and
+/// [`CLIENT_TOKENS_MAP`], so a SYN flood evicts only other half-open entries.
+pub const HALF_OPEN_MAP: &str = "HALF_OPEN";
+/// LRU hash [`FlowKey`] -> [`Subflow`]: subflows whose handshake has not completed (the SYN
+/// path inserts only here). The client's ACK of the SYN-ACK moves the entry to
+/// [`SUBFLOWS_MAP`].
+pub const HALF_OPEN_SUBFLOWS_MAP: &str = "HALF_OPEN_SUBFLOWS";
 
 /// Maps one instance shares across all its interfaces (an MPTCP connection spans interfaces);
 /// the agent pins each under its name. [`COUNTERS_MAP`] is per interface.
-pub const SHARED_MAP_NAMES: [&str; 10] = [
+pub const SHARED_MAP_NAMES: [&str; 12] = [
     SUBFLOWS_MAP,
+    HALF_OPEN_SUBFLOWS_MAP,
+    HALF_OPEN_MAP,
     CONNECTIONS_MAP,
     CLIENT_TOKENS_MAP,
     EVENTS_MAP,
@@ -45,6 +55,7 @@ pub const SHARED_MAP_NAMES: [&str; 10] = [
 pub const MAX_SUBFLOWS: usize = 65536;
 pub const MAX_CONNECTIONS: usize = 16384;
 pub const MAX_RATE_SOURCES: usize = 16384;
+pub const MAX_HALF_OPEN: usize = 65536;
 pub const EVENTS_BYTES: usize = 1 << 20;
 
 /// Which hook saw a packet: the index into [`COUNTERS_MAP`].
@@ -111,6 +122,19 @@ counters! {
         joins_dropped_rate_limit,
         /// Packets dropped because their subflow failed the HMAC check (`verified`).
         packets_dropped_hmac,
+        /// SYN-ACK server keys recorded in HALF_OPEN (handshakes not yet completed).
+        half_open_created,
+        /// Third ACKs of handshakes whose SYN-ACK was seen but whose HALF_OPEN entry was gone:
+        /// evicted by other half-open entries (the connection is still created from the keys).
+        half_open_evicted,
+        /// Third ACKs whose server key differs from the SYN-ACK's: no connection created.
+        half_open_key_mismatch,
+        /// Subflow entries created by a SYN or SYN-ACK, in HALF_OPEN_SUBFLOWS.
+        half_open_subflows_created,
+        /// Subflows moved to SUBFLOWS by the client's ACK of the SYN-ACK.
+        subflows_established,
+        /// Packets whose subflow names a connection CONNECTIONS no longer holds (evicted).
+        connections_missing,
     }
 }
 
@@ -292,6 +316,20 @@ pub struct SubflowDirection {
 }
 
 const _: () = assert!(size_of::<SubflowDirection>() == 64);
+
+/// What an MP_CAPABLE SYN-ACK taught, kept until the third ACK completes the handshake.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HalfOpen {
+    pub server_key: u64,
+    pub first_seen_ns: u64,
+    pub version: u8,
+    /// The SYN-ACK asked for DSS checksums.
+    pub checksum: u8,
+    pub _pad: [u8; 6],
+}
+
+const _: () = assert!(size_of::<HalfOpen>() == 24);
 
 /// One TCP subflow, keyed by [`FlowKey`]. The "client" of a subflow is the side that sent its
 /// SYN; `dir[0]` is what it sent, `dir[1]` what the other side sent.
@@ -543,6 +581,7 @@ mod pod {
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::Subflow {}
     unsafe impl aya::Pod for super::Connection {}
+    unsafe impl aya::Pod for super::HalfOpen {}
     unsafe impl aya::Pod for super::ConnectionChecks {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::DataplaneConfig {}

@@ -215,7 +215,10 @@ impl<'t> Processor<'t> {
     }
 
     fn subflow(&self, key: &FlowKey) -> Option<Subflow> {
-        logged(SUBFLOWS_MAP, maps::lookup(&self.tables.subflows, key))
+        self.tables.subflow(key).unwrap_or_else(|error| {
+            log::warn!("reading a subflow: {}", Chain(&error));
+            None
+        })
     }
 
     fn update_checks(&mut self, token: u32, update: impl FnOnce(&mut ConnectionChecks)) {

@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use mptcp_common::maps::{
     CONFIG_MAP, CONNECTION_CHECKS_MAP, CONNECTIONS_MAP, Connection, ConnectionChecks, DataplaneConfig,
-    FlowKey, HMAC_VERDICTS_MAP, SUBFLOWS_MAP, Subflow, connection_flags, direction_flags, fallback_reason,
-    hmac_verdict, subflow_kind, subflow_state,
+    FlowKey, HALF_OPEN_SUBFLOWS_MAP, HMAC_VERDICTS_MAP, SUBFLOWS_MAP, Subflow, connection_flags,
+    direction_flags, fallback_reason, hmac_verdict, subflow_kind, subflow_state,
 };
 use serde::Serialize;
 
@@ -35,6 +35,8 @@ pub fn map_error(name: &'static str) -> impl Fn(MapError) -> TableError {
 /// The maps the agent reads and writes, from pins or from a freshly loaded object.
 pub struct Tables {
     pub subflows: HashMap<MapData, FlowKey, Subflow>,
+    /// Subflows whose handshake has not completed (see [`HALF_OPEN_SUBFLOWS_MAP`]).
+    pub half_open_subflows: HashMap<MapData, FlowKey, Subflow>,
     pub connections: HashMap<MapData, u32, Connection>,
     pub verdicts: HashMap<MapData, FlowKey, u8>,
     pub checks: HashMap<MapData, u32, ConnectionChecks>,
@@ -53,6 +55,7 @@ impl Tables {
         }
         Ok(Self {
             subflows: typed(&mut open, SUBFLOWS_MAP)?,
+            half_open_subflows: typed(&mut open, HALF_OPEN_SUBFLOWS_MAP)?,
             connections: typed(&mut open, CONNECTIONS_MAP)?,
             verdicts: typed(&mut open, HMAC_VERDICTS_MAP)?,
             checks: typed(&mut open, CONNECTION_CHECKS_MAP)?,
@@ -64,9 +67,19 @@ impl Tables {
         self.config.set(0, config, 0).map_err(|source| TableError::Map { name: CONFIG_MAP, source })
     }
 
-    /// Every subflow with the agent's verdict applied (the programs copy it on the next packet).
+    /// One subflow, established or half-open.
+    pub fn subflow(&self, key: &FlowKey) -> Result<Option<Subflow>, TableError> {
+        match maps::lookup(&self.subflows, key).map_err(map_error(SUBFLOWS_MAP))? {
+            Some(subflow) => Ok(Some(subflow)),
+            None => maps::lookup(&self.half_open_subflows, key).map_err(map_error(HALF_OPEN_SUBFLOWS_MAP)),
+        }
+    }
+
+    /// Every subflow, half-open ones included, with the agent's verdict applied (the programs
+    /// copy it on the next packet).
     pub fn subflows(&self) -> Result<Vec<(FlowKey, Subflow)>, TableError> {
         let mut subflows = maps::entries(&self.subflows).map_err(map_error(SUBFLOWS_MAP))?;
+        subflows.extend(maps::entries(&self.half_open_subflows).map_err(map_error(HALF_OPEN_SUBFLOWS_MAP))?);
         for (key, subflow) in &mut subflows {
             if subflow.hmac == hmac_verdict::PENDING
                 && let Some(verdict) =

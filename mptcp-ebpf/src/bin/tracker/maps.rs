@@ -7,7 +7,8 @@ use aya_ebpf::{
 };
 use mptcp_common::maps::{
     AddrKey, Connection, ConnectionChecks, DataplaneConfig, Direction, EVENTS_BYTES, Event, FlowKey,
-    MAX_CONNECTIONS, MAX_RATE_SOURCES, MAX_SUBFLOWS, PacketCounters, RateBucket, Subflow,
+    HalfOpen, MAX_CONNECTIONS, MAX_HALF_OPEN, MAX_RATE_SOURCES, MAX_SUBFLOWS, PacketCounters, RateBucket,
+    Subflow,
 };
 
 use mptcp_common::cc::{CcDecision, CcSubflow, MAX_CC_SUBFLOWS};
@@ -18,8 +19,17 @@ use crate::state::Scratch;
 #[btf_map]
 pub static COUNTERS: PerCpuArray<PacketCounters, 2> = PerCpuArray::new();
 
+/// Subflows whose handshake completed; the SYN path never inserts here.
 #[btf_map]
 pub static SUBFLOWS: LruHashMap<FlowKey, Subflow, MAX_SUBFLOWS> = LruHashMap::new();
+
+/// Subflows between SYN and the client's ACK of the SYN-ACK: what a SYN flood fills.
+#[btf_map]
+pub static HALF_OPEN_SUBFLOWS: LruHashMap<FlowKey, Subflow, MAX_HALF_OPEN> = LruHashMap::new();
+
+/// MP_CAPABLE SYN-ACK server keys until the third ACK; CONNECTIONS holds completed handshakes.
+#[btf_map]
+pub static HALF_OPEN: LruHashMap<FlowKey, HalfOpen, MAX_HALF_OPEN> = LruHashMap::new();
 
 /// Connections by server token.
 #[btf_map]

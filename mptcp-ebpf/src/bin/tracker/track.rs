@@ -11,8 +11,8 @@ use mptcp_common::{
     fallback::{MappingState, SegmentFacts, falls_back_connection},
     keys::{KeyDigest, key_digest_in},
     maps::{
-        AddrKey, Connection, Direction, Event, PacketCounters, RateBucket, Subflow, addr_bytes, admission,
-        connection_flags, direction_flags, event_flags, event_kind, fallback_reason, hmac_verdict,
+        AddrKey, Connection, Direction, Event, HalfOpen, PacketCounters, RateBucket, Subflow, addr_bytes,
+        admission, connection_flags, direction_flags, event_flags, event_kind, fallback_reason, hmac_verdict,
         ipv4_mapped, subflow_kind, subflow_state,
     },
     mptcp::{
@@ -25,8 +25,8 @@ use mptcp_ebpf::packet::tcp_flags;
 
 use crate::{
     maps::{
-        CLIENT_TOKENS, CONNECTIONS, DIGEST_SCHEDULE, EVENTS, HMAC_VERDICTS, JOIN_RATE, SUBFLOWS, config,
-        counters, scratch,
+        CLIENT_TOKENS, CONNECTIONS, DIGEST_SCHEDULE, EVENTS, HALF_OPEN, HALF_OPEN_SUBFLOWS, HMAC_VERDICTS,
+        JOIN_RATE, SUBFLOWS, config, counters, scratch,
     },
     state::PacketState,
 };
@@ -161,8 +161,39 @@ impl Tracker {
     fn resume() -> Option<Self> {
         let state = &mut scratch()?.packet;
         let counters = counters(state.hook)?;
-        let subflow = SUBFLOWS.get_ptr_mut(&state.key).unwrap_or(null_mut());
-        Some(Self { state, counters, subflow, connection: null_mut() })
+        let mut tracker = Self { state, counters, subflow: null_mut(), connection: null_mut() };
+        if let Some(subflow) = SUBFLOWS.get_ptr_mut(&tracker.state.key) {
+            tracker.subflow = subflow;
+        } else if let Some(subflow) = HALF_OPEN_SUBFLOWS.get_ptr_mut(&tracker.state.key) {
+            tracker.subflow = subflow;
+            tracker.establish();
+        }
+        Some(tracker)
+    }
+
+    /// Moves the half-open subflow to SUBFLOWS on the client's ACK after the server answered
+    /// (conntrack's SYN_RECV -> ESTABLISHED): only then may it push out established subflows.
+    #[inline(always)]
+    fn establish(&mut self) {
+        let Some(subflow) = self.subflow() else {
+            return;
+        };
+        let segment = &self.state.segment;
+        if segment.has(tcp_flags::SYN)
+            || segment.has(tcp_flags::RST)
+            || !segment.has(tcp_flags::ACK)
+            || subflow.dir[1].packets == 0
+            || !self.sent_by_client(subflow)
+        {
+            return;
+        }
+        if SUBFLOWS.insert(&self.state.key, subflow, 0).is_err() {
+            self.counters().table_errors += 1;
+            return;
+        }
+        let _ = HALF_OPEN_SUBFLOWS.remove(&self.state.key);
+        self.subflow = SUBFLOWS.get_ptr_mut(&self.state.key).unwrap_or(null_mut());
+        self.counters().subflows_established += 1;
     }
 
     #[inline(always)]
@@ -194,10 +225,17 @@ impl Tracker {
     #[inline(always)]
     fn subflow_or_create(&mut self, kind: u8, sender_is_client: bool) -> Option<&'static mut Subflow> {
         if self.subflow.is_null() {
-            if SUBFLOWS.insert(&self.state.key, &EMPTY_SUBFLOW, NOEXIST).is_err() {
+            // A handshake packet's subflow starts half-open; one first met later (the tracker
+            // started mid-stream) is taken as established, as conntrack picks up connections.
+            let half_open = self.is_syn() || self.is_syn_ack();
+            let table = if half_open { &HALF_OPEN_SUBFLOWS } else { &SUBFLOWS };
+            if table.insert(&self.state.key, &EMPTY_SUBFLOW, NOEXIST).is_err() {
                 self.counters().table_errors += 1;
             }
-            self.subflow = SUBFLOWS.get_ptr_mut(&self.state.key).unwrap_or(null_mut());
+            self.subflow = table.get_ptr_mut(&self.state.key).unwrap_or(null_mut());
+            if half_open {
+                self.counters().half_open_subflows_created += 1;
+            }
             // SAFETY: null or a map value pointer from a successful lookup.
             let subflow = unsafe { self.subflow.as_mut()? };
             subflow.kind = kind;
@@ -217,9 +255,16 @@ impl Tracker {
         if let Some(subflow) = self.subflow()
             && !matches!(subflow.state, subflow_state::SYN_SENT | subflow_state::SYN_RECEIVED)
         {
+            // The entry is in one of the two tables.
             let _ = SUBFLOWS.remove(&self.state.key);
-            self.subflow = null_mut();
-            self.connection = null_mut();
+            let _ = HALF_OPEN_SUBFLOWS.remove(&self.state.key);
+            // Volatile: LLVM would merge the two stores into a byte-wise memset, after which
+            // the verifier no longer sees a pointer-or-null in the slots.
+            // SAFETY: plain stores to fields of `self`.
+            unsafe {
+                core::ptr::write_volatile(&mut self.subflow, null_mut());
+                core::ptr::write_volatile(&mut self.connection, null_mut());
+            }
         }
     }
 
@@ -235,7 +280,10 @@ impl Tracker {
         if self.connection.is_null() {
             let token = self.subflow()?.conn_token;
             if token != 0 {
-                self.connection = CONNECTIONS.get_ptr_mut(&token).unwrap_or(null_mut());
+                match CONNECTIONS.get_ptr_mut(&token) {
+                    Some(connection) => self.connection = connection,
+                    None => self.counters().connections_missing += 1,
+                }
             }
         }
         // SAFETY: null or a map value pointer from a successful lookup.
@@ -389,8 +437,9 @@ impl Tracker {
         }
     }
 
-    /// Creates or completes the connection of an initial subflow from the keys; true when this
-    /// packet taught the connection a key it did not know.
+    /// Records the SYN-ACK's server key as half-open, or creates the connection once the
+    /// handshake completed (both keys, from the client), or completes it; true when this packet
+    /// taught the tables a key they did not know.
     #[inline(always)]
     fn link_connection(&mut self, server_key: u64, client_key: Option<u64>, capable: &MpCapable) -> bool {
         let Some(subflow) = self.subflow() else {
@@ -398,6 +447,43 @@ impl Tracker {
         };
         let mut learned = false;
         if subflow.conn_token == 0 {
+            let checksum = capable.flags & mptcp_common::mptcp::capable_flags::CHECKSUM_REQUIRED != 0;
+            if client_key.is_none() {
+                // Only the SYN-ACK: a spoofed SYN gets one too, so nothing enters CONNECTIONS yet.
+                let half_open = HalfOpen {
+                    server_key,
+                    first_seen_ns: now(),
+                    version: capable.version,
+                    checksum: u8::from(checksum),
+                    _pad: [0; 6],
+                };
+                if HALF_OPEN.insert(&self.state.key, &half_open, NOEXIST).is_ok() {
+                    self.counters().half_open_created += 1;
+                    return true;
+                }
+                return false;
+            }
+            let (mut version, mut first_seen_ns) = (capable.version, now());
+            let mut checksum = checksum;
+            match HALF_OPEN.get_ptr(&self.state.key) {
+                Some(half_open) => {
+                    // SAFETY: map value pointer from a successful lookup.
+                    let half_open = unsafe { &*half_open };
+                    if half_open.server_key != server_key {
+                        self.counters().half_open_key_mismatch += 1;
+                        return false;
+                    }
+                    version = half_open.version;
+                    first_seen_ns = half_open.first_seen_ns;
+                    checksum |= half_open.checksum != 0;
+                }
+                // The server's MP_CAPABLE was seen, its key is gone: pushed out by other
+                // half-open entries.
+                None if subflow.dir[1].flags & direction_flags::MPTCP != 0 => {
+                    self.counters().half_open_evicted += 1;
+                }
+                None => {}
+            }
             let mut server = KeyDigest { token: 0, idsn: 0 };
             digest(server_key, &mut server);
             if CONNECTIONS.insert(server.token, &EMPTY_CONNECTION, NOEXIST).is_ok() {
@@ -412,12 +498,16 @@ impl Tracker {
                     connection.data_start[1] = server.idsn.wrapping_add(1);
                     connection.mapped_end[1] = connection.data_start[1];
                     connection.flags = connection_flags::SERVER_KEY;
-                    connection.version = capable.version;
+                    if checksum {
+                        connection.flags |= connection_flags::CHECKSUM;
+                    }
+                    connection.version = version;
                     connection.subflows = 1;
-                    connection.first_seen_ns = now();
+                    connection.first_seen_ns = first_seen_ns;
                     learned = true;
                 }
             }
+            let _ = HALF_OPEN.remove(&self.state.key);
             subflow.conn_token = server.token;
         }
         let Some(connection) = self.connection() else {
