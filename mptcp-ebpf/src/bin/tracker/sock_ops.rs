@@ -16,7 +16,7 @@ use mptcp_common::{
     maps::{AddrWords, FlowKey, ipv4_mapped},
 };
 
-use crate::maps::{CC_DECISIONS, CC_SUBFLOWS, SUBFLOWS, config};
+use crate::maps::{CC_DECISIONS, CC_SUBFLOWS, HALF_OPEN_SUBFLOWS, SUBFLOWS, config};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -45,7 +45,9 @@ pub fn mptcp_sock_ops(ctx: SockOpsContext) -> u32 {
 /// A tracked MPTCP subflow gets an entry and per-ACK callbacks; any other socket nothing more.
 #[inline(always)]
 fn established(ctx: &SockOpsContext, key: &FlowKey) {
-    let Some(subflow) = SUBFLOWS.get_ptr(key) else {
+    // The socket is established before the tracker sees the ACK that moves its subflow out of
+    // the half-open table (the client's third ACK is still to be sent), so look in both.
+    let Some(subflow) = SUBFLOWS.get_ptr(key).or_else(|| HALF_OPEN_SUBFLOWS.get_ptr(key)) else {
         return;
     };
     // SAFETY: map value pointer from a successful lookup.
