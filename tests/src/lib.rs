@@ -2,6 +2,7 @@
 //! by `cargo xtask demo`. Everything created is removed on drop, panics included, and one lab
 //! runs at a time ([`lock::LabLock`]).
 
+pub mod admission;
 pub mod agent;
 pub mod balancer;
 pub mod bench;

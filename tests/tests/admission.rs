@@ -5,6 +5,7 @@ use std::{sync::Arc, thread, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
+    admission::{forged_join_fails_under_verified, second_path},
     agent::{Daemon, Dataplane},
     craft::{self, Path},
     lab::{DualHomedLab, LabOptions},
@@ -27,19 +28,6 @@ fn kernel_join_syns(lab: &DualHomedLab) -> Result<u64> {
 
 fn mptcp_client(bytes: u64, hold: Option<Arc<Gate>>) -> ClientOptions {
     ClientOptions { proto: Proto::Mptcp, bytes, wait_subflows: 1, hold }
-}
-
-/// Crafted packets over the client's second path to the server's first address, the way the
-/// client's own joins go.
-fn second_path<'a>(lab: &'a DualHomedLab) -> Result<Path<'a>> {
-    let path = &lab.paths[1];
-    Ok(Path {
-        ns: &lab.client,
-        iface: &path.client_if,
-        mac: craft::mac(&lab.server, &path.server_if)?,
-        src: path.client_addr,
-        dst: lab.paths[0].server_addr,
-    })
 }
 
 #[test]
@@ -76,39 +64,7 @@ fn verified_flags_a_forged_join_hmac_and_drops_its_subflow() -> Result<()> {
     let dataplane = Dataplane::attach(&lab.server, &ifaces)?;
     let _daemon = Daemon::start(&dataplane, &["--admission", "verified"])?;
     let server = Server::start(&lab.server, lab.server_addr(0, 5401), Proto::Mptcp, 1)?;
-    let gate = Arc::new(Gate::default());
-
-    thread::scope(|scope| -> Result<()> {
-        let client =
-            scope.spawn(|| transfer(&lab.client, server.addr, mptcp_client(200_000, Some(gate.clone()))));
-        let forged = (|| -> Result<()> {
-            gate.wait_for(1)?;
-            let conns = dataplane.json(&["conns"])?;
-            let token = conns[0]["server_token"].as_str().context("a live connection")?;
-            let token = u32::from_str_radix(token.trim_start_matches("0x"), 16)?;
-            craft::forged_join(&second_path(&lab)?, 5401, token, 41000, 3)?;
-            thread::sleep(Duration::from_millis(500));
-            Ok(())
-        })();
-        gate.open();
-        let done = client.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
-        ensure!(done.bytes == 200_000, "the real connection lost data");
-        forged
-    })?;
-    server.join()?;
-
-    let subflows = dataplane.json(&["subflows"])?;
-    let subflows = subflows.as_array().context("subflows")?;
-    let forged = subflows
-        .iter()
-        .find(|s| s["client"].as_str().is_some_and(|c| c.ends_with(":41000")))
-        .context("forged subflow")?;
-    assert_eq!(forged["hmac"], "failed");
-    let real: Vec<&Value> = subflows.iter().filter(|s| s["kind"] == "join" && s != &forged).collect();
-    ensure!(!real.is_empty() && real.iter().all(|s| s["hmac"] == "verified"), "{real:?}");
-    let stats = dataplane.stats(ifaces[1])?;
-    assert!(counter(&stats, "ingress", "packets_dropped_hmac") >= 3, "{stats}");
-    Ok(())
+    forged_join_fails_under_verified(&lab, &dataplane, server)
 }
 
 #[test]
