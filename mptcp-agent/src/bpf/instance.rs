@@ -4,7 +4,9 @@
 //! link of coupled congestion control. The daemon's files are under `/run/mptcp-agent/INSTANCE/`.
 
 use std::{
-    fs, io,
+    fs::{self, DirBuilder},
+    io,
+    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
 };
 
@@ -128,12 +130,22 @@ impl Instance {
     }
 }
 
-pub(super) fn create_dir(path: &Path) -> Result<(), LoaderError> {
-    fs::create_dir_all(path).map_err(|source| LoaderError::Io {
+/// Mode of every directory of pins: the programs trust what the maps hold (CONFIG,
+/// HMAC_VERDICTS), so only the owner may reach them, whatever kernel.unprivileged_bpf_disabled says.
+const PIN_DIR_MODE: u32 = 0o700;
+
+/// Creates `path` and its missing parents, private to the owner (see [`PIN_DIR_MODE`]).
+pub(crate) fn create_dir(path: &Path) -> Result<(), LoaderError> {
+    DirBuilder::new().recursive(true).mode(PIN_DIR_MODE).create(path).map_err(|source| LoaderError::Io {
         what: "creating",
         path: path.to_owned(),
         source,
     })
+}
+
+/// Creates `path`, private to the owner; fails if it exists (an atomic claim).
+pub(super) fn create_new_dir(path: &Path) -> io::Result<()> {
+    DirBuilder::new().mode(PIN_DIR_MODE).create(path)
 }
 
 /// An instance being created: removed with everything in it unless `keep` is called.
@@ -146,7 +158,7 @@ impl Claim {
     /// Creates the instance's directories; fails if the instance exists.
     pub(crate) fn new(instance: &Instance) -> Result<Self, LoaderError> {
         create_dir(&instance.dir)?;
-        fs::create_dir(instance.maps_dir()).map_err(|source| LoaderError::Io {
+        create_new_dir(&instance.maps_dir()).map_err(|source| LoaderError::Io {
             what: "creating",
             path: instance.maps_dir(),
             source,

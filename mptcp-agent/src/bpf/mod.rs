@@ -63,6 +63,10 @@ pub enum LoaderError {
         #[source]
         source: ProgramError,
     },
+    #[error("dropping capabilities after loading failed")]
+    DropPrivileges(#[source] caps::errors::CapsError),
+    #[error("capabilities are per thread, and {threads} threads already run: drop them before starting any")]
+    ThreadsBeforeDrop { threads: usize },
     #[error("pinning {path} failed")]
     Pin {
         path: PathBuf,

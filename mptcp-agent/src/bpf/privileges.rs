@@ -3,6 +3,8 @@
 
 use std::{ffi::CString, fs};
 
+use caps::{CapSet, Capability, CapsHashSet};
+
 use super::*;
 
 /// Where the BPF filesystem must be mounted.
@@ -66,4 +68,51 @@ pub fn check_bpffs() -> Result<(), LoaderError> {
     // SAFETY: path is NUL-terminated and stat is a properly sized out-parameter.
     let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
     if rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC { Ok(()) } else { Err(LoaderError::NoBpffs) }
+}
+
+/// Drops every capability the running daemon no longer uses, once its programs are loaded and
+/// attached: it keeps CAP_BPF (its maps and ring buffer) and, when it manages paths,
+/// CAP_NET_ADMIN (netlink requests). Dropped from the bounding set as well when CAP_SETPCAP
+/// allows, and no_new_privs set, so nothing it could exec regains them. Returns what is kept.
+///
+/// Capabilities are per thread: this must run before the process starts a second one.
+pub fn drop_to_runtime_privileges(manage_paths: bool) -> Result<CapsHashSet, LoaderError> {
+    let threads = fs::read_dir("/proc/self/task")
+        .map_err(|source| LoaderError::Io { what: "reading", path: "/proc/self/task".into(), source })?
+        .count();
+    if threads != 1 {
+        return Err(LoaderError::ThreadsBeforeDrop { threads });
+    }
+    let effective = caps::read(None, CapSet::Effective).map_err(LoaderError::DropPrivileges)?;
+    let mut kept = CapsHashSet::new();
+    // Kernels before 5.8 have no CAP_BPF; CAP_SYS_ADMIN stands in for it there.
+    let bpf = if effective.contains(&Capability::CAP_BPF) {
+        Capability::CAP_BPF
+    } else {
+        Capability::CAP_SYS_ADMIN
+    };
+    kept.insert(bpf);
+    if manage_paths {
+        kept.insert(Capability::CAP_NET_ADMIN);
+    }
+    kept.retain(|cap| effective.contains(cap));
+    if effective.contains(&Capability::CAP_SETPCAP) {
+        for cap in caps::read(None, CapSet::Bounding).map_err(LoaderError::DropPrivileges)? {
+            if !kept.contains(&cap) {
+                caps::drop(None, CapSet::Bounding, cap).map_err(LoaderError::DropPrivileges)?;
+            }
+        }
+    }
+    caps::clear(None, CapSet::Ambient).map_err(LoaderError::DropPrivileges)?;
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new()).map_err(LoaderError::DropPrivileges)?;
+    caps::set(None, CapSet::Effective, &kept).map_err(LoaderError::DropPrivileges)?;
+    caps::set(None, CapSet::Permitted, &kept).map_err(LoaderError::DropPrivileges)?;
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(LoaderError::DropPrivileges(caps::errors::CapsError::from(format!(
+            "PR_SET_NO_NEW_PRIVS: {}",
+            std::io::Error::last_os_error()
+        ))));
+    }
+    Ok(kept)
 }

@@ -60,7 +60,7 @@ pub fn attach(instance: &Instance, iface: &str, mode: XdpAttachMode) -> Result<A
     create_dir(&instance.maps_dir())?;
     create_dir(&instance.ifaces_dir())?;
     // Claim the directory atomically: a concurrent attach to the same interface fails here.
-    fs::create_dir(&iface_dir).map_err(|source| match source.kind() {
+    create_new_dir(&iface_dir).map_err(|source| match source.kind() {
         io::ErrorKind::AlreadyExists => {
             LoaderError::AlreadyAttached { iface: iface.to_owned(), dir: iface_dir.clone() }
         }

@@ -6,6 +6,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io::{self, Write as _},
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
     path::PathBuf,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
@@ -17,6 +18,9 @@ use super::health::Health;
 
 /// The log rotates to `events.jsonl.1` past this size.
 const EVENT_LOG_MAX_BYTES: u64 = 16 << 20;
+/// The log holds the connections' keys, with which anyone could compute valid MP_JOIN HMACs:
+/// only its owner reads it.
+const EVENT_LOG_MODE: u32 = 0o600;
 /// Records written per write: one syscall and flush for a burst of events.
 const BATCH: usize = 256;
 
@@ -43,7 +47,10 @@ impl FileSink {
         let file = match &mut self.file {
             Some(file) => file,
             None => {
-                let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
+                let file =
+                    OpenOptions::new().create(true).append(true).mode(EVENT_LOG_MODE).open(&self.path)?;
+                // A log an older agent created keeps its mode otherwise.
+                file.set_permissions(fs::Permissions::from_mode(EVENT_LOG_MODE))?;
                 self.written = file.metadata()?.len();
                 self.file.insert(file)
             }

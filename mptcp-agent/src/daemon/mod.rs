@@ -133,6 +133,24 @@ async fn run_local(
         .map_err(|error| anyhow::anyhow!("polling the event ring buffer: {error}"))?;
     let run_dir = instance.run_dir();
     fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    let controller = match config.cc {
+        Some(algorithm) => {
+            let cgroup = match &config.cc_cgroup {
+                Some(path) => path.clone(),
+                None => bpf::cgroup2_root()?,
+            };
+            let verb = if bpf::attach_sock_ops(instance, &cgroup)? { "attached" } else { "found" };
+            log::info!(
+                "{name}: congestion control {algorithm:?}, sock_ops {verb} on cgroup {}",
+                cgroup.display()
+            );
+            Some(Controller::open(instance, algorithm)?)
+        }
+        None => None,
+    };
+    // Everything is loaded and attached: from here on the daemon needs its maps and netlink only.
+    let kept = bpf::drop_to_runtime_privileges(config.paths().is_some())?;
+    log::info!("{name}: capabilities kept: {kept:?}");
     let health = Arc::new(Health::new(config.paths().is_some(), config.cc.is_some()));
     // The log is opened by its writer: a log that cannot be written is a run-time failure.
     let (log, writer) = event_log::channel(
@@ -150,21 +168,6 @@ async fn run_local(
             records.iter().for_each(|record| log.send(record));
             log::info!("{name}: path manager running ({:?} path manager, mode {:?})", policy.pm, policy.mode);
             Some((manager, policy.clone()))
-        }
-        None => None,
-    };
-    let controller = match config.cc {
-        Some(algorithm) => {
-            let cgroup = match &config.cc_cgroup {
-                Some(path) => path.clone(),
-                None => bpf::cgroup2_root()?,
-            };
-            let verb = if bpf::attach_sock_ops(instance, &cgroup)? { "attached" } else { "found" };
-            log::info!(
-                "{name}: congestion control {algorithm:?}, sock_ops {verb} on cgroup {}",
-                cgroup.display()
-            );
-            Some(Controller::open(instance, algorithm)?)
         }
         None => None,
     };

@@ -55,11 +55,7 @@ pub async fn start(
     maps.configure(config, &links, steering_override)?;
     for iface in &config.interfaces {
         let dir = instance.iface_dir(iface)?;
-        std::fs::create_dir_all(&dir).map_err(|source| LoaderError::Io {
-            what: "creating",
-            path: dir.clone(),
-            source,
-        })?;
+        bpf::create_dir(&dir)?;
         match mode.hook(iface) {
             IngressHook::Xdp(xdp_mode) => {
                 let xdp: &mut Xdp = bpf::program(&mut ebpf, LB_XDP_PROGRAM)?;
