@@ -6,7 +6,7 @@
 use std::{
     fs::{self, DirBuilder},
     io,
-    os::unix::fs::DirBuilderExt as _,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -134,13 +134,15 @@ impl Instance {
 /// HMAC_VERDICTS), so only the owner may reach them, whatever kernel.unprivileged_bpf_disabled says.
 const PIN_DIR_MODE: u32 = 0o700;
 
-/// Creates `path` and its missing parents, private to the owner (see [`PIN_DIR_MODE`]).
+/// Creates `path` and its missing parents, private to the owner (see [`PIN_DIR_MODE`]); an
+/// existing `path` (an older agent's) is made private too.
 pub(crate) fn create_dir(path: &Path) -> Result<(), LoaderError> {
-    DirBuilder::new().recursive(true).mode(PIN_DIR_MODE).create(path).map_err(|source| LoaderError::Io {
-        what: "creating",
-        path: path.to_owned(),
-        source,
-    })
+    DirBuilder::new()
+        .recursive(true)
+        .mode(PIN_DIR_MODE)
+        .create(path)
+        .and_then(|()| fs::set_permissions(path, fs::Permissions::from_mode(PIN_DIR_MODE)))
+        .map_err(|source| LoaderError::Io { what: "creating", path: path.to_owned(), source })
 }
 
 /// Creates `path`, private to the owner; fails if it exists (an atomic claim).
