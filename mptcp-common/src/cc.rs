@@ -12,7 +12,14 @@
 /// Map names.
 pub const CC_SUBFLOWS_MAP: &str = "CC_SUBFLOWS";
 pub const CC_DECISIONS_MAP: &str = "CC_DECISIONS";
+pub const CC_EVENTS_MAP: &str = "CC_EVENTS";
 pub const MAX_CC_SUBFLOWS: usize = 16384;
+/// Size of the ring buffer of [`CcEvent`]s: about 8,700 events, 1.7 million a second at the
+/// controller's 5 ms drain.
+pub const CC_EVENTS_BYTES: usize = 1 << 20;
+/// A subflow's state is sent to the controller at most this often: what the controller needs
+/// is the latest state of every active subflow within a tick, not every ACK.
+pub const CC_NOTIFY_NS: u64 = 5_000_000;
 
 /// Fixed point of the coupled window: packets << 16.
 pub const CWND_SHIFT: u32 = 16;
@@ -69,9 +76,41 @@ pub struct CcSubflow {
     /// `bytes_acked` at the last two loss events (OLIA's inter-loss distance).
     pub acked_at_loss: [u64; 2],
     pub updated_ns: u64,
+    /// When this state was last sent to the controller ([`CcEvent`]).
+    pub notified_ns: u64,
 }
 
-const _: () = assert!(size_of::<CcSubflow>() == 80);
+const _: () = assert!(size_of::<CcSubflow>() == 88);
+
+impl CcSubflow {
+    /// Whether the controller should hear of this subflow at `now_ns` ([`CC_NOTIFY_NS`]).
+    #[inline(always)]
+    pub fn notify_due(&self, now_ns: u64) -> bool {
+        now_ns.wrapping_sub(self.notified_ns) >= CC_NOTIFY_NS
+    }
+}
+
+/// What a [`CcEvent`] reports.
+pub mod cc_event {
+    /// The subflow's state after an ACK.
+    pub const UPDATE: u32 = 1;
+    /// The socket closed; its entries are gone.
+    pub const CLOSED: u32 = 2;
+}
+
+/// A change of one subflow, from the sock_ops program to the controller: the controller keeps
+/// its own copy of every subflow instead of reading the table on a timer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CcEvent {
+    pub key: crate::maps::FlowKey,
+    /// [`cc_event`].
+    pub kind: u32,
+    pub _pad: u32,
+    pub subflow: CcSubflow,
+}
+
+const _: () = assert!(size_of::<CcEvent>() == 136);
 
 /// The controller's decision for one subflow.
 #[repr(C)]
@@ -188,6 +227,7 @@ impl CcSubflow {
 mod pod {
     // SAFETY: plain #[repr(C)] structs of integers without implicit padding.
     unsafe impl aya::Pod for super::CcSubflow {}
+    unsafe impl aya::Pod for super::CcEvent {}
     unsafe impl aya::Pod for super::CcDecision {}
 }
 

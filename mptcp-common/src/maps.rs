@@ -36,7 +36,7 @@ pub const HALF_OPEN_SUBFLOWS_MAP: &str = "HALF_OPEN_SUBFLOWS";
 
 /// Maps one instance shares across all its interfaces (an MPTCP connection spans interfaces);
 /// the agent pins each under its name. [`COUNTERS_MAP`] is per interface.
-pub const SHARED_MAP_NAMES: [&str; 12] = [
+pub const SHARED_MAP_NAMES: [&str; 13] = [
     SUBFLOWS_MAP,
     HALF_OPEN_SUBFLOWS_MAP,
     HALF_OPEN_MAP,
@@ -49,6 +49,7 @@ pub const SHARED_MAP_NAMES: [&str; 12] = [
     CONNECTION_CHECKS_MAP,
     crate::cc::CC_SUBFLOWS_MAP,
     crate::cc::CC_DECISIONS_MAP,
+    crate::cc::CC_EVENTS_MAP,
 ];
 
 /// Capacities of the tables.

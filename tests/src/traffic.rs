@@ -302,3 +302,104 @@ pub fn send_for(ns: &Netns, server: SocketAddr, proto: Proto, duration: Duration
     ensure!(received == sent, "server received {received} of {sent} bytes");
     Ok(received)
 }
+
+/// Connections from one namespace to a listener in another, open and silent until dropped: the
+/// load of many tracked connections.
+pub struct IdleConnections {
+    clients: Vec<TcpStream>,
+    servers: Vec<TcpStream>,
+}
+
+impl IdleConnections {
+    /// Opens `count` connections from `client` to `addr` in `server` within `within`.
+    pub fn open(
+        client: &Netns,
+        server: &Netns,
+        addr: SocketAddr,
+        proto: Proto,
+        count: usize,
+        within: Duration,
+    ) -> Result<Self> {
+        raise_open_files(2 * count as u64 + 1024)?;
+        let listener = socket(server, addr, proto)?;
+        listener.set_reuse_address(true)?;
+        listener.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+        listener.listen(4096)?;
+        // An MPTCP listener ignores SO_RCVTIMEO: poll, to stop at the deadline.
+        listener.set_nonblocking(true)?;
+        let listener: TcpListener = listener.into();
+        let deadline = Instant::now() + within;
+        let acceptor = thread::spawn(move || -> Result<Vec<TcpStream>> {
+            let mut accepted = Vec::with_capacity(count);
+            while accepted.len() < count {
+                match listener.accept() {
+                    Ok((stream, _)) => accepted.push(stream),
+                    Err(e) if is_timeout(&e) && Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("accepted {} of {count}", accepted.len()));
+                    }
+                }
+            }
+            Ok(accepted)
+        });
+        let protocol = match proto {
+            Proto::Mptcp => Protocol::from(IPPROTO_MPTCP),
+            Proto::Tcp => Protocol::TCP,
+        };
+        let clients = client.spawn(move || -> Result<Vec<TcpStream>> {
+            (0..count)
+                .map(|i| {
+                    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(protocol))?;
+                    let left =
+                        deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+                    socket
+                        .connect_timeout(&addr.into(), left)
+                        .with_context(|| format!("connection {i} to {addr}"))?;
+                    Ok(socket.into())
+                })
+                .collect()
+        })?;
+        let clients = clients.join().map_err(|_| anyhow::anyhow!("connecting thread panicked"))??;
+        let servers = acceptor.join().map_err(|_| anyhow::anyhow!("accepting thread panicked"))??;
+        Ok(Self { clients, servers })
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        self.clients.len().min(self.servers.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Raises this process's open-file limit to at least `wanted` (within the hard limit).
+fn raise_open_files(wanted: u64) -> Result<()> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit with a properly sized struct.
+    unsafe {
+        ensure!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0,
+            "getrlimit: {}",
+            std::io::Error::last_os_error()
+        );
+        if limit.rlim_cur >= wanted {
+            return Ok(());
+        }
+        ensure!(
+            limit.rlim_max >= wanted,
+            "RLIMIT_NOFILE hard limit {} below the {wanted} needed",
+            limit.rlim_max
+        );
+        limit.rlim_cur = wanted;
+        ensure!(
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0,
+            "setrlimit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 //!
 //! A suite is a function returning [`Row`]s; add one to [`SUITES`] to extend the report.
 
+mod daemon;
 mod failover;
 
 use std::fmt::Write as _;
@@ -36,6 +37,7 @@ const SUITES: &[Suite] = &[
     Suite { name: "lb-aggregation", run: balancer_aggregation },
     Suite { name: "cc", run: congestion },
     Suite { name: "failover", run: failover::failover },
+    Suite { name: "daemon", run: daemon::daemon },
 ];
 
 pub fn bench(filter: Option<&str>) -> Result<()> {

@@ -6,7 +6,9 @@
 //! the controller only refreshes the coupling factors, which change with the ratios of the
 //! subflows' windows and RTTs, every few milliseconds.
 
-use std::collections::BTreeMap;
+mod controller;
+
+pub use controller::Controller;
 
 use aya::maps::{HashMap, MapData, MapError};
 use mptcp_common::{
@@ -188,59 +190,15 @@ pub fn monotonic_ns() -> u64 {
     (now.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(now.tv_nsec as u64)
 }
 
-/// The instance's congestion-control maps.
-pub struct Controller {
-    subflows: HashMap<MapData, FlowKey, CcSubflow>,
-    decisions: HashMap<MapData, FlowKey, CcDecision>,
-    algorithm: Algorithm,
-}
+type SubflowTable = HashMap<MapData, FlowKey, CcSubflow>;
+type DecisionTable = HashMap<MapData, FlowKey, CcDecision>;
 
-impl Controller {
-    pub fn open(instance: &Instance, algorithm: Algorithm) -> Result<Self, CongestionError> {
-        Ok(Self {
-            subflows: HashMap::try_from(instance.open_map(CC_SUBFLOWS_MAP)?)
-                .map_err(map_error(CC_SUBFLOWS_MAP))?,
-            decisions: HashMap::try_from(instance.open_map(CC_DECISIONS_MAP)?)
-                .map_err(map_error(CC_DECISIONS_MAP))?,
-            algorithm,
-        })
-    }
-
-    /// Recomputes every connection's decisions from the subflows' latest state and writes them;
-    /// returns how many subflows were decided for.
-    pub fn tick(&mut self, now_ns: u64) -> Result<usize, CongestionError> {
-        let entries = maps::entries(&self.subflows).map_err(map_error(CC_SUBFLOWS_MAP))?;
-        let mut connections: BTreeMap<u32, Vec<(FlowKey, CcSubflow)>> = BTreeMap::new();
-        for (key, subflow) in entries {
-            let silent = now_ns.saturating_sub(subflow.updated_ns);
-            if silent > FORGET_NS {
-                forget(self.subflows.remove(&key)).map_err(map_error(CC_SUBFLOWS_MAP))?;
-                forget(self.decisions.remove(&key)).map_err(map_error(CC_DECISIONS_MAP))?;
-            } else if silent < IDLE_NS && subflow.srtt_us > 0 {
-                // Without a token (not tracked) a subflow is a connection of its own.
-                let group = if subflow.token != 0 { subflow.token } else { u32::MAX };
-                connections.entry(group).or_default().push((key, subflow));
-            }
-        }
-        if self.algorithm == Algorithm::None {
-            return Ok(0);
-        }
-        let mut decided = 0;
-        for (token, subflows) in connections {
-            let groups: Vec<&[(FlowKey, CcSubflow)]> =
-                if token == u32::MAX { subflows.chunks(1).collect() } else { vec![&subflows[..]] };
-            for group in groups {
-                let paths: Vec<Path> = group.iter().map(|(_, s)| path_of(s)).collect();
-                for ((key, _), decision) in group.iter().zip(decide(self.algorithm, &paths)) {
-                    self.decisions
-                        .insert(key, encode(self.algorithm, decision, now_ns), 0)
-                        .map_err(map_error(CC_DECISIONS_MAP))?;
-                    decided += 1;
-                }
-            }
-        }
-        Ok(decided)
-    }
+/// The instance's CC_SUBFLOWS and CC_DECISIONS.
+fn open_tables(instance: &Instance) -> Result<(SubflowTable, DecisionTable), CongestionError> {
+    Ok((
+        HashMap::try_from(instance.open_map(CC_SUBFLOWS_MAP)?).map_err(map_error(CC_SUBFLOWS_MAP))?,
+        HashMap::try_from(instance.open_map(CC_DECISIONS_MAP)?).map_err(map_error(CC_DECISIONS_MAP))?,
+    ))
 }
 
 fn path_of(subflow: &CcSubflow) -> Path {
@@ -284,13 +242,13 @@ pub struct SubflowCc {
 
 /// Every subflow the sock_ops program follows, with the decision in force.
 pub fn snapshot(instance: &Instance) -> Result<Vec<SubflowCc>, CongestionError> {
-    let controller = Controller::open(instance, Algorithm::None)?;
+    let (subflows, decisions) = open_tables(instance)?;
     let now = monotonic_ns();
-    let mut views: Vec<SubflowCc> = maps::entries(&controller.subflows)
+    let mut views: Vec<SubflowCc> = maps::entries(&subflows)
         .map_err(map_error(CC_SUBFLOWS_MAP))?
         .into_iter()
         .map(|(key, s)| {
-            let decision = maps::lookup(&controller.decisions, &key)
+            let decision = maps::lookup(&decisions, &key)
                 .map_err(map_error(CC_DECISIONS_MAP))?
                 .filter(|d| d.algorithm != algorithm::NONE);
             let fresh = decision.filter(|d| now.saturating_sub(d.updated_ns) < STALE_NS);

@@ -71,6 +71,8 @@ impl Drop for ReadyFile {
 
 /// How often the congestion controller refreshes its decisions.
 const CC_TICK_MS: u64 = 5;
+/// How often subflows silent for long are looked for, in the controller's own copy.
+const CC_FORGET_EVERY: Duration = Duration::from_secs(1);
 /// How often the core reads the programs' `events_dropped` counters.
 const DROP_CHECK: Duration = Duration::from_millis(500);
 /// How often `daemon.json` is rewritten.
@@ -394,19 +396,25 @@ async fn manage_paths(
 async fn congestion(mut controller: Controller, health: Arc<Health>, mut stop: watch::Receiver<bool>) {
     let Some(part) = health.cc.as_ref() else { return };
     // Decisions are refreshed well within a decision's lifetime (STALE_NS) and the RTTs of
-    // real paths; the per-ACK window arithmetic runs in the kernel. aya 0.14 has no batched
-    // map lookup, so each tick walks CC_SUBFLOWS entry by entry.
+    // real paths; the per-ACK window arithmetic runs in the kernel. A tick reads only the
+    // notifications that came (nothing when every connection is idle), never the table.
     let mut tick = tokio::time::interval(Duration::from_millis(CC_TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut forget = tokio::time::interval(CC_FORGET_EVERY);
+    forget.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let backoff = Backoff::default();
     let mut delay = backoff.initial;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let result = tokio::select! {
+            _ = tick.tick() => {
+                controller.drain();
+                controller.decide(monotonic_ns()).map(drop)
+            }
+            _ = forget.tick() => controller.forget_silent(monotonic_ns()).map(drop),
             _ = stopped(&mut stop) => return,
-        }
-        match controller.tick(monotonic_ns()) {
-            Ok(_) => delay = backoff.initial,
+        };
+        match result {
+            Ok(()) => delay = backoff.initial,
             Err(error) => {
                 part.failed("congestion control", &error);
                 if !pause(&mut stop, delay).await {

@@ -11,7 +11,7 @@ use mptcp_common::maps::{
     Subflow,
 };
 
-use mptcp_common::cc::{CcDecision, CcSubflow, MAX_CC_SUBFLOWS};
+use mptcp_common::cc::{CC_EVENTS_BYTES, CcDecision, CcEvent, CcSubflow, MAX_CC_SUBFLOWS};
 
 use crate::state::Scratch;
 
@@ -68,6 +68,10 @@ pub static CC_SUBFLOWS: LruHashMap<FlowKey, CcSubflow, MAX_CC_SUBFLOWS> = LruHas
 
 #[btf_map]
 pub static CC_DECISIONS: LruHashMap<FlowKey, CcDecision, MAX_CC_SUBFLOWS> = LruHashMap::new();
+
+/// Changes of CC_SUBFLOWS for the controller, so that it never reads the table on a timer.
+#[btf_map]
+pub static CC_EVENTS: RingBuf<CcEvent, CC_EVENTS_BYTES> = RingBuf::new();
 
 /// This CPU's counters of `direction`.
 #[inline(always)]

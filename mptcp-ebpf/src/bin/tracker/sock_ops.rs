@@ -12,11 +12,11 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use mptcp_common::{
-    cc::{AckSample, CcSubflow, algorithm},
+    cc::{AckSample, CcEvent, CcSubflow, algorithm, cc_event},
     maps::{AddrWords, FlowKey, ipv4_mapped},
 };
 
-use crate::maps::{CC_DECISIONS, CC_SUBFLOWS, HALF_OPEN_SUBFLOWS, SUBFLOWS, config};
+use crate::maps::{CC_DECISIONS, CC_EVENTS, CC_SUBFLOWS, HALF_OPEN_SUBFLOWS, SUBFLOWS, config};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -34,7 +34,11 @@ pub fn mptcp_sock_ops(ctx: SockOpsContext) -> u32 {
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB | BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => established(&ctx, &key),
         BPF_SOCK_OPS_RTT_CB => ack(&ctx, &key),
         BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
-            let _ = CC_SUBFLOWS.remove(&key);
+            if CC_SUBFLOWS.remove(&key).is_ok() {
+                // Lost when the ring is full: the controller then forgets it when it falls silent.
+                let event = CcEvent { key, kind: cc_event::CLOSED, ..CcEvent::default() };
+                let _ = CC_EVENTS.output(&event, 0);
+            }
             let _ = CC_DECISIONS.remove(&key);
         }
         _ => {}
@@ -98,7 +102,15 @@ fn ack(ctx: &SockOpsContext, key: &FlowKey) {
         // SAFETY: plain helper call.
         now_ns: unsafe { bpf_ktime_get_ns() },
     };
-    if let Some(mut clamp) = state.on_ack(&sample, decision) {
+    let clamp = state.on_ack(&sample, decision);
+    if state.notify_due(sample.now_ns) {
+        let event = CcEvent { key: *key, kind: cc_event::UPDATE, _pad: 0, subflow: *state };
+        // When the ring is full the next ACK tries again.
+        if CC_EVENTS.output(&event, 0).is_ok() {
+            state.notified_ns = sample.now_ns;
+        }
+    }
+    if let Some(mut clamp) = clamp {
         // SAFETY: the helper reads 4 bytes of `clamp`.
         unsafe {
             bpf_setsockopt(
