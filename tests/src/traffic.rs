@@ -304,10 +304,11 @@ pub fn send_for(ns: &Netns, server: SocketAddr, proto: Proto, duration: Duration
 }
 
 /// Connections from one namespace to a listener in another, open and silent until dropped: the
-/// load of many tracked connections.
+/// load of many tracked connections. The server never accepts them: established, they wait in
+/// its accept queue, so this process holds one descriptor per connection, not two.
 pub struct IdleConnections {
+    _listener: TcpListener,
     clients: Vec<TcpStream>,
-    servers: Vec<TcpStream>,
 }
 
 impl IdleConnections {
@@ -320,34 +321,18 @@ impl IdleConnections {
         count: usize,
         within: Duration,
     ) -> Result<Self> {
-        raise_open_files(2 * count as u64 + 1024)?;
+        raise_open_files(count as u64 + 1024)?;
+        // The accept queue must hold them all (listen() caps its backlog at this).
+        server.sysctl("net.core.somaxconn", &count.to_string())?;
         let listener = socket(server, addr, proto)?;
         listener.set_reuse_address(true)?;
         listener.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
-        listener.listen(4096)?;
-        // An MPTCP listener ignores SO_RCVTIMEO: poll, to stop at the deadline.
-        listener.set_nonblocking(true)?;
-        let listener: TcpListener = listener.into();
-        let deadline = Instant::now() + within;
-        let acceptor = thread::spawn(move || -> Result<Vec<TcpStream>> {
-            let mut accepted = Vec::with_capacity(count);
-            while accepted.len() < count {
-                match listener.accept() {
-                    Ok((stream, _)) => accepted.push(stream),
-                    Err(e) if is_timeout(&e) && Instant::now() < deadline => {
-                        thread::sleep(Duration::from_millis(1))
-                    }
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("accepted {} of {count}", accepted.len()));
-                    }
-                }
-            }
-            Ok(accepted)
-        });
+        listener.listen(i32::try_from(count).context("backlog")?)?;
         let protocol = match proto {
             Proto::Mptcp => Protocol::from(IPPROTO_MPTCP),
             Proto::Tcp => Protocol::TCP,
         };
+        let deadline = Instant::now() + within;
         let clients = client.spawn(move || -> Result<Vec<TcpStream>> {
             (0..count)
                 .map(|i| {
@@ -362,17 +347,16 @@ impl IdleConnections {
                 .collect()
         })?;
         let clients = clients.join().map_err(|_| anyhow::anyhow!("connecting thread panicked"))??;
-        let servers = acceptor.join().map_err(|_| anyhow::anyhow!("accepting thread panicked"))??;
-        Ok(Self { clients, servers })
+        Ok(Self { _listener: listener.into(), clients })
     }
 
     /// How many are open.
     pub fn len(&self) -> usize {
-        self.clients.len().min(self.servers.len())
+        self.clients.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.clients.is_empty()
     }
 }
 
@@ -397,7 +381,7 @@ fn raise_open_files(wanted: u64) -> Result<()> {
         limit.rlim_cur = wanted;
         ensure!(
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0,
-            "setrlimit: {}",
+            "raising RLIMIT_NOFILE to {wanted}: {}",
             std::io::Error::last_os_error()
         );
     }

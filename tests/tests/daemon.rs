@@ -6,8 +6,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context as _, Result, bail, ensure};
 use mptcp_tests::{
+    TempDir,
     admission::forged_join_fails_under_verified,
     agent::{Daemon, Dataplane, run_dir},
     lab::{DualHomedLab, LabOptions},
@@ -58,5 +59,50 @@ fn verdicts_keep_flowing_while_the_event_log_cannot_be_written() -> Result<()> {
     ensure!(!run.join("ready").exists(), "the ready file outlived the daemon");
     let status = dataplane.json(&["daemon-status"])?;
     assert_eq!(status["running"], false, "{status}");
+    Ok(())
+}
+
+#[test]
+fn verdicts_keep_flowing_while_netlink_requests_fail() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = DualHomedLab::new(LabOptions::default())?;
+    let ifaces: Vec<&str> = lab.paths.iter().map(|p| p.server_if.as_str()).collect();
+    // The client takes no announced address: its joins are the scenario's alone.
+    lab.client.ip(&["mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "0"])?;
+    let dataplane = Dataplane::attach(&lab.server, &ifaces)?;
+    let scratch = TempDir::new("nl")?;
+    let config = scratch.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[paths]\nserver = true\nmake-before-break = true\n[[paths.interface]]\nname = \"{}\"\n[[paths.interface]]\nname = \"{}\"\n",
+            ifaces[0], ifaces[1]
+        ),
+    )?;
+    let config = config.to_str().context("config path")?;
+    let daemon = Daemon::start(&dataplane, &["--config", config, "--admission", "verified"])?;
+    // The kernel keeps at most 8 MPTCP endpoints per namespace: announcing more addresses makes
+    // the path manager's netlink requests fail.
+    for host in 10..22 {
+        lab.server.ip(&["addr", "add", &format!("203.0.113.{host}/32"), "dev", ifaces[1]])?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = dataplane.json(&["daemon-status"])?;
+        if status["paths"]["errors"].as_u64() >= Some(1) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("no path manager failure counted: {status}\n{}", daemon.log());
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let server = Server::start(&lab.server, lab.server_addr(0, 5602), Proto::Mptcp, 1)?;
+    forged_join_fails_under_verified(&lab, &dataplane, server)?;
+    let status = dataplane.json(&["daemon-status"])?;
+    assert_eq!(status["running"], true, "{status}");
+    assert_eq!(status["core"]["errors"], 0, "{status}");
+    let last = status["paths"]["last_error"].as_str().unwrap_or_default();
+    assert!(!last.is_empty(), "{status}");
     Ok(())
 }

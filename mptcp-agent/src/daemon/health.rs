@@ -44,8 +44,12 @@ pub struct PartHealth {
 impl PartHealth {
     /// Counts a failure of `what` and logs it, rate-limited.
     pub fn failed(&self, what: &str, error: &(dyn Error + 'static)) {
+        self.failed_with(format!("{what}: {}", Chain(error)));
+    }
+
+    /// Counts a failure described by `message` and logs it, rate-limited.
+    pub fn failed_with(&self, message: String) {
         self.errors.fetch_add(1, Relaxed);
-        let message = format!("{what}: {}", Chain(error));
         // A poisoned lock only means another thread panicked while logging; the counts stand.
         let mut throttle = self.throttle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let due = throttle.last_logged.is_none_or(|at| at.elapsed() >= LOG_EVERY);

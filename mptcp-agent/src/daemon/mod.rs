@@ -34,7 +34,7 @@ use crate::{
     cc::{Controller, monotonic_ns},
     config::{AgentConfig, PathsConfig},
     dataplane::{events::Processor, stats, tables::Tables},
-    paths::{PathError, PathManager},
+    paths::{PathError, PathEvent, PathManager},
     report::Chain,
 };
 
@@ -355,7 +355,14 @@ async fn manage_paths(
         };
         let error = match manager.handle(input).await {
             Ok(records) => {
-                records.iter().for_each(|record| log.send(record));
+                for record in &records {
+                    // A request the kernel refused: the policy asks for it again at the next
+                    // change or tick.
+                    if let PathEvent::PathError { op, error, .. } = &record.event {
+                        part.failed_with(format!("path manager: the kernel refused {op}: {error}"));
+                    }
+                    log.send(record);
+                }
                 delay = backoff.initial;
                 continue;
             }

@@ -169,10 +169,9 @@ impl PathRecord {
         let took_us = monotonic_ns().saturating_sub(sent) / 1_000;
         let event = match result {
             Ok(()) => PathEvent::Done { request, took_us },
+            // Logged (rate-limited) and counted by whoever runs the manager, and in the record.
             Err(error) => {
-                let op = request.op();
-                log::warn!("paths: {op} failed: {error}");
-                PathEvent::PathError { op, error: error.to_string(), request, took_us }
+                PathEvent::PathError { op: request.op(), error: error.to_string(), request, took_us }
             }
         };
         Self { time_ns: sent, event }
