@@ -113,14 +113,14 @@ impl<'a> Dataplane<'a> {
         instance_dir(&self.instance).join("maps").join(name)
     }
 
-    /// The programs the instance's link pins attach, as (hook, program id), every interface's.
-    pub fn programs(&self) -> Result<Vec<(String, u64)>> {
+    /// The programs the instance's link pins attach, as (interface, hook, program id).
+    pub fn programs(&self) -> Result<Vec<(String, String, u64)>> {
         let mut programs = Vec::new();
         for iface in &self.ifaces {
             for hook in LINK_PINS {
                 let pin = iface_dir(&self.instance, iface).join(hook);
                 if pin.exists() {
-                    programs.push((hook.to_owned(), crate::kernel::linked_program(&pin)?));
+                    programs.push((iface.clone(), hook.to_owned(), crate::kernel::linked_program(&pin)?));
                 }
             }
         }

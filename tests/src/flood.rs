@@ -259,6 +259,22 @@ pub struct Scenario {
     pub port: u16,
 }
 
+impl Scenario {
+    /// The test's and the benchmark's run: 16 connections of 3 MiB, each joining, opened once a
+    /// flood of 150,000 spoofed SYNs (more than HALF_OPEN's 65,536 entries) at 30,000 per second
+    /// has sent 65,536; paced so the flood outlasts the real handshakes.
+    pub fn under_flood(port: u16) -> Self {
+        let flood =
+            FloodOptions { count: 150_000, rate: Some(30_000), max_duration: Duration::from_secs(40) };
+        Self { connections: 16, bytes: 3 << 20, flood: Some((flood, 65_536)), port }
+    }
+
+    /// The same connections without the flood.
+    pub fn without_flood(self) -> Self {
+        Self { flood: None, ..self }
+    }
+}
+
 /// What a run measured.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -290,9 +306,30 @@ pub struct Outcome {
     /// HALF_OPEN's capacity and its entries after the run.
     pub half_open_capacity: u64,
     pub half_open_entries: u64,
-    /// The tracker programs' BPF run statistics over the run, by hook (zero unless statistics
-    /// are enabled, see [`kernel::BpfStats`]).
-    pub runs: Vec<(String, ProgramRuns)>,
+    /// The tracker programs' BPF run statistics over the run, per interface and hook (zero
+    /// unless statistics are enabled, see [`kernel::BpfStats`]).
+    pub runs: Vec<ProgramRun>,
+}
+
+/// What one tracker program ran during a run.
+#[derive(Debug, Clone)]
+pub struct ProgramRun {
+    /// `tc_ingress`, `xdp_ingress` or `tc_egress`.
+    pub hook: String,
+    /// On the flood link (else on one of the two paths).
+    pub flood_link: bool,
+    pub runs: ProgramRuns,
+}
+
+impl Outcome {
+    /// The mean time per packet of the `hook` programs on the flood link or on the paths.
+    pub fn ns_per_packet(&self, hook: &str, flood_link: bool) -> Option<f64> {
+        self.runs
+            .iter()
+            .filter(|run| run.hook == hook && run.flood_link == flood_link)
+            .fold(ProgramRuns::default(), |total, run| total.plus(run.runs))
+            .ns_per_run()
+    }
 }
 
 /// Tracker counters of one direction, by name.
@@ -334,7 +371,8 @@ pub fn run(lab: &FloodLab, scenario: Scenario) -> Result<Outcome> {
     let server = Server::start(&lab.lab.server, server_addr, Proto::Mptcp, scenario.connections)?;
     let join_acks_before = kernel_counter(&lab.lab.server, "MPTcpExtMPJoinAckRx")?;
     let programs = dataplane.programs()?;
-    let runs_before = programs.iter().map(|(_, id)| kernel::program_runs(*id)).collect::<Result<Vec<_>>>()?;
+    let runs_before =
+        programs.iter().map(|(_, _, id)| kernel::program_runs(*id)).collect::<Result<Vec<_>>>()?;
 
     let progress = Arc::new(AtomicU64::new(0));
     let flooder = match scenario.flood {
@@ -424,14 +462,17 @@ pub fn run(lab: &FloodLab, scenario: Scenario) -> Result<Outcome> {
             flood_link_egress.add(&stats["egress"]);
         }
     }
-    let mut runs: Vec<(String, ProgramRuns)> = Vec::new();
-    for ((hook, id), before) in programs.iter().zip(runs_before) {
-        let delta = kernel::program_runs(*id)?.since(before);
-        match runs.iter_mut().find(|(h, _)| h == hook) {
-            Some((_, total)) => *total = total.plus(delta),
-            None => runs.push((hook.clone(), delta)),
-        }
-    }
+    let runs = programs
+        .iter()
+        .zip(runs_before)
+        .map(|((iface, hook, id), before)| {
+            Ok(ProgramRun {
+                hook: hook.clone(),
+                flood_link: *iface == lab.server_flood_if,
+                runs: kernel::program_runs(*id)?.since(before),
+            })
+        })
+        .collect::<Result<_>>()?;
     Ok(Outcome {
         flood,
         flood_sent_when_established: sent_when_established,

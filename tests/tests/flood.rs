@@ -2,33 +2,24 @@
 //! by default), while real MPTCP connections open, join and transfer across it: the half-open
 //! table overflows, the established connections and their joins do not notice.
 
-use std::time::Duration;
-
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
-    flood::{self, FloodLab, FloodOptions, Scenario},
+    flood::{self, FloodLab, Scenario},
     lock::LabLock,
 };
-
-/// More than HALF_OPEN's 65,536 entries, so the flood pushes out its own entries.
-const FLOOD: u32 = 150_000;
-const CONNECTIONS: usize = 16;
-const BYTES: u64 = 3 << 20;
 
 #[test]
 fn a_spoofed_syn_flood_past_the_half_open_table_spares_real_connections_and_joins() -> Result<()> {
     let _lock = LabLock::acquire()?;
     let lab = FloodLab::new()?;
-    // Paced, so the flood outlasts the real handshakes; the real connections open once the
-    // flood alone could have filled HALF_OPEN.
-    let options = FloodOptions { count: FLOOD, rate: Some(30_000), max_duration: Duration::from_secs(40) };
-    let scenario =
-        Scenario { connections: CONNECTIONS, bytes: BYTES, flood: Some((options, 65_536)), port: 5500 };
+    let scenario = Scenario::under_flood(5500);
+    let (n, bytes) = (scenario.connections, scenario.bytes);
+    let flood = scenario.flood.context("a flood")?.0.count;
     let outcome = flood::run(&lab, scenario)?;
     let report = outcome.flood.context("no flood report")?;
     eprintln!(
         "flood: {} SYNs in {:?}, {:.0} per second; {:?} sent when every connection was up; \
-         keys checked by the daemon: {} of {CONNECTIONS}; events dropped: {}\n{outcome:#?}",
+         keys checked by the daemon: {} of {n}; events dropped: {}\n{outcome:#?}",
         report.sent,
         report.elapsed,
         report.rate(),
@@ -37,12 +28,11 @@ fn a_spoofed_syn_flood_past_the_half_open_table_spares_real_connections_and_join
         outcome.ingress.get("events_dropped") + outcome.egress.get("events_dropped"),
     );
 
-    ensure!(report.sent == u64::from(FLOOD), "the flood sent {} of {FLOOD} SYNs in time", report.sent);
+    ensure!(report.sent == u64::from(flood), "the flood sent {} of {flood} SYNs in time", report.sent);
     let sent_then = outcome.flood_sent_when_established.unwrap_or(0);
     ensure!(sent_then < report.sent, "the flood was over before the real connections were established");
 
     // Every real connection kept its keys and tokens through the flood, and its join.
-    let n = CONNECTIONS;
     ensure!(
         outcome.kernel_server_tokens.len() == n,
         "the server kernel shows {:?}",
@@ -53,12 +43,12 @@ fn a_spoofed_syn_flood_past_the_half_open_table_spares_real_connections_and_join
     ensure!(outcome.kernel_join_acks == n as u64, "MPJoinAckRx moved by {}", outcome.kernel_join_acks);
     ensure!(outcome.ingress.get("joins_admitted") == n as u64, "{:?}", outcome.ingress);
     ensure!(outcome.ingress.get("joins_dropped_unknown_token") == 0, "{:?}", outcome.ingress);
-    ensure!(outcome.received == vec![BYTES; n], "bytes received: {:?}", outcome.received);
+    ensure!(outcome.received == vec![bytes; n], "bytes received: {:?}", outcome.received);
     ensure!(outcome.data_counted == n, "{} of {n} connections counted all their data", outcome.data_counted);
 
     // The flood reached the server, was answered, and overflowed the half-open tables.
     let received = outcome.flood_link_ingress.get("tcp_packets");
-    ensure!(received >= u64::from(FLOOD) * 99 / 100, "the server saw {received} of {FLOOD} SYNs");
+    ensure!(received >= u64::from(flood) * 99 / 100, "the server saw {received} of {flood} SYNs");
     let recorded = outcome.flood_link_egress.get("half_open_created");
     ensure!(recorded >= received, "{recorded} SYN-ACK keys recorded for {received} SYNs");
     ensure!(
