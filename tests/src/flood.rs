@@ -29,20 +29,21 @@ use crate::{
 const FLOODER_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const SERVER_FLOOD_ADDR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 
-/// Spoofed sources: 198.51.100.128/25 (the lab's path 1 uses .1 and .2 of that /24) and
-/// 203.0.113.4-255 (past the flood link's /30). The server routes both back over the flood
-/// link, so its SYN-ACKs leave through a tracked interface to a neighbour that answers ARP.
+/// Spoofed sources: 198.51.100.128-254 (the lab's path 1 uses .1 and .2 of that /24, and .255
+/// is its broadcast address, which the server would answer on path 1) and 203.0.113.4-255
+/// (past the flood link's /30). The server routes both back over the flood link, so its
+/// SYN-ACKs leave through a tracked interface to a neighbour that answers ARP.
 const SPOOFED_ROUTES: [&str; 2] = ["198.51.100.128/25", "203.0.113.0/24"];
-const SPOOFED_HOSTS: u32 = 128 + 252;
+const SPOOFED_HOSTS: u32 = 127 + 252;
 
 /// The `index`-th spoofed client: every address in turn, then the next source port, so every
 /// SYN has a 4-tuple of its own.
 pub fn spoofed_source(index: u32) -> Result<SocketAddrV4> {
     let host = index % SPOOFED_HOSTS;
-    let addr = if host < 128 {
+    let addr = if host < 127 {
         Ipv4Addr::new(198, 51, 100, 128 + host as u8)
     } else {
-        Ipv4Addr::new(203, 0, 113, 4 + (host - 128) as u8)
+        Ipv4Addr::new(203, 0, 113, 4 + (host - 127) as u8)
     };
     let port = u16::try_from(1024 + index / SPOOFED_HOSTS).context("more spoofed SYNs than 4-tuples")?;
     Ok(SocketAddrV4::new(addr, port))
@@ -491,4 +492,28 @@ pub fn run(lab: &FloodLab, scenario: Scenario) -> Result<Outcome> {
         half_open_entries: kernel::map_entries(&dataplane.map_pin("HALF_OPEN"))?,
         runs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spoofed_sources_are_distinct_and_answered_over_the_flood_link() -> Result<()> {
+        let count = 150_000;
+        let mut seen = BTreeSet::new();
+        for index in 0..count {
+            let source = spoofed_source(index)?;
+            let [a, b, c, d] = source.ip().octets();
+            let routed = match [a, b, c] {
+                [198, 51, 100] => (128..=254).contains(&d),
+                [203, 0, 113] => d >= 4,
+                _ => false,
+            };
+            ensure!(routed, "{source} is not routed back over the flood link");
+            ensure!(seen.insert(source), "{source} twice");
+        }
+        ensure!(spoofed_source(SPOOFED_HOSTS * 64_512).is_err(), "ports run out");
+        Ok(())
+    }
 }

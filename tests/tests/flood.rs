@@ -51,6 +51,9 @@ fn a_spoofed_syn_flood_past_the_half_open_table_spares_real_connections_and_join
     ensure!(received >= u64::from(flood) * 99 / 100, "the server saw {received} of {flood} SYNs");
     let recorded = outcome.flood_link_egress.get("half_open_created");
     ensure!(recorded >= received, "{recorded} SYN-ACK keys recorded for {received} SYNs");
+    // Every answer to the flood left by the flood link: the paths carried only the real SYN-ACKs.
+    let created = outcome.egress.get("half_open_created");
+    ensure!(created - recorded == n as u64, "{} half-open entries from the paths", created - recorded);
     ensure!(
         recorded > outcome.half_open_capacity,
         "{recorded} half-open entries for {}",
@@ -58,7 +61,6 @@ fn a_spoofed_syn_flood_past_the_half_open_table_spares_real_connections_and_join
     );
     ensure!(outcome.half_open_entries <= outcome.half_open_capacity);
     // Entries made minus those the real handshakes completed minus those left: pushed out.
-    let created = outcome.egress.get("half_open_created");
     let evicted = created.saturating_sub(n as u64 + outcome.half_open_entries);
     ensure!(evicted > 0, "created {created}, {} left: nothing evicted", outcome.half_open_entries);
     ensure!(
