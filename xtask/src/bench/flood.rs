@@ -110,7 +110,11 @@ pub fn flood() -> Result<Vec<Row>> {
                 "spoofed SYNs sent per second",
                 "SYN/s",
                 &|o| o.flood.map_or(0.0, |f| f.rate()),
-                format!("{} SYNs, paced at {:?} per second", options.count, options.rate),
+                format!(
+                    "{} SYNs, {}",
+                    options.count,
+                    options.rate.map_or_else(|| "unpaced".to_owned(), |r| format!("paced at {r} per second"))
+                ),
             );
             add(
                 "half-open entries pushed out",
