@@ -148,6 +148,7 @@ fn send_frames(
     ensure!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
     // SAFETY: a descriptor we just opened and nobody else owns.
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: sockaddr_ll is plain data; all zero is valid.
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
     addr.sll_ifindex = ifindex as i32;
@@ -480,7 +481,8 @@ pub fn run(lab: &FloodLab, scenario: Scenario) -> Result<Outcome> {
         kernel_server_tokens,
         tokens_kept,
         kernel_joins,
-        kernel_join_acks: kernel_counter(&lab.lab.server, "MPTcpExtMPJoinAckRx")? - join_acks_before,
+        kernel_join_acks: kernel_counter(&lab.lab.server, "MPTcpExtMPJoinAckRx")?
+            .saturating_sub(join_acks_before),
         received,
         data_counted,
         keys_checked,
