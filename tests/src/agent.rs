@@ -57,6 +57,9 @@ pub fn iface_dir(instance: &str, iface: &str) -> PathBuf {
     instance_dir(instance).join("ifaces").join(iface)
 }
 
+/// The link pins `attach` leaves in an interface's directory, one per hook.
+const LINK_PINS: [&str; 3] = ["xdp_ingress", "tc_ingress", "tc_egress"];
+
 /// A dataplane instance of its own attached to interfaces of one namespace; detached, pins and
 /// all, on drop.
 pub struct Dataplane<'a> {
@@ -103,6 +106,25 @@ impl<'a> Dataplane<'a> {
     /// `mptcp-agent stats --iface IF --json`.
     pub fn stats(&self, iface: &str) -> Result<serde_json::Value> {
         self.json(&["stats", "--iface", iface])
+    }
+
+    /// The pin of one of the instance's shared maps (`HALF_OPEN`, ...).
+    pub fn map_pin(&self, name: &str) -> PathBuf {
+        instance_dir(&self.instance).join("maps").join(name)
+    }
+
+    /// The programs the instance's link pins attach, as (interface, hook, program id).
+    pub fn programs(&self) -> Result<Vec<(String, String, u64)>> {
+        let mut programs = Vec::new();
+        for iface in &self.ifaces {
+            for hook in LINK_PINS {
+                let pin = iface_dir(&self.instance, iface).join(hook);
+                if pin.exists() {
+                    programs.push((iface.clone(), hook.to_owned(), crate::kernel::linked_program(&pin)?));
+                }
+            }
+        }
+        Ok(programs)
     }
 }
 

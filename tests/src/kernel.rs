@@ -235,3 +235,92 @@ pub fn loaded_maps() -> Result<Vec<(u64, String)>> {
         .filter_map(|map| Some((map["id"].as_u64()?, map["name"].as_str().unwrap_or("").to_owned())))
         .collect())
 }
+
+fn bpftool_json(args: &[&str]) -> Result<serde_json::Value> {
+    let out = crate::netns::run_stdout(std::process::Command::new("bpftool").args(args).arg("--json"))?;
+    serde_json::from_str(&out).with_context(|| format!("bpftool {args:?}"))
+}
+
+fn pin_str(pin: &std::path::Path) -> Result<&str> {
+    pin.to_str().with_context(|| format!("{} is not UTF-8", pin.display()))
+}
+
+/// The id of the program a pinned BPF link attaches.
+pub fn linked_program(pin: &std::path::Path) -> Result<u64> {
+    bpftool_json(&["link", "show", "pinned", pin_str(pin)?])?["prog_id"]
+        .as_u64()
+        .with_context(|| format!("no prog_id for the link pinned at {}", pin.display()))
+}
+
+/// A pinned map's capacity (`max_entries`).
+pub fn map_max_entries(pin: &std::path::Path) -> Result<u64> {
+    bpftool_json(&["map", "show", "pinned", pin_str(pin)?])?["max_entries"]
+        .as_u64()
+        .with_context(|| format!("no max_entries for the map pinned at {}", pin.display()))
+}
+
+/// The entries a pinned map holds now.
+pub fn map_entries(pin: &std::path::Path) -> Result<u64> {
+    let dump = bpftool_json(&["map", "dump", "pinned", pin_str(pin)?])?;
+    Ok(dump.as_array().with_context(|| format!("the dump of {} is not a list", pin.display()))?.len() as u64)
+}
+
+/// A program's run statistics: kept by the kernel while statistics are enabled ([`BpfStats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProgramRuns {
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+impl ProgramRuns {
+    /// What ran between `before` and these.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            run_time_ns: self.run_time_ns.saturating_sub(before.run_time_ns),
+            run_cnt: self.run_cnt.saturating_sub(before.run_cnt),
+        }
+    }
+
+    pub fn plus(self, other: Self) -> Self {
+        Self { run_time_ns: self.run_time_ns + other.run_time_ns, run_cnt: self.run_cnt + other.run_cnt }
+    }
+
+    /// Mean time of one run (one packet), if any ran.
+    pub fn ns_per_run(self) -> Option<f64> {
+        (self.run_cnt > 0).then(|| self.run_time_ns as f64 / self.run_cnt as f64)
+    }
+}
+
+/// Program `id`'s run statistics (`bpftool prog show`; absent, hence zero, while the kernel has
+/// never kept them).
+pub fn program_runs(id: u64) -> Result<ProgramRuns> {
+    let prog = bpftool_json(&["prog", "show", "id", &id.to_string()])?;
+    let field = |name: &str| prog[name].as_u64().unwrap_or(0);
+    Ok(ProgramRuns { run_time_ns: field("run_time_ns"), run_cnt: field("run_cnt") })
+}
+
+/// BPF run statistics on, for every program on the host, while this lives: the descriptor of
+/// bpf(BPF_ENABLE_STATS), so they go off with the process even if it is killed, and the
+/// `kernel.bpf_stats_enabled` sysctl others may set is left alone.
+pub struct BpfStats {
+    _fd: std::os::fd::OwnedFd,
+}
+
+impl BpfStats {
+    pub fn enable() -> Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        const BPF_ENABLE_STATS: libc::c_long = 32;
+        const BPF_STATS_RUN_TIME: u32 = 0;
+        // union bpf_attr's enable_stats member: one u32, the statistics type.
+        let attr = [BPF_STATS_RUN_TIME, 0, 0, 0];
+        // SAFETY: bpf(2) reads size_of_val(&attr) bytes of attr.
+        let fd = unsafe {
+            libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), std::mem::size_of_val(&attr))
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("bpf(BPF_ENABLE_STATS)");
+        }
+        // SAFETY: a descriptor the kernel just returned to us alone.
+        Ok(Self { _fd: unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) } })
+    }
+}

@@ -10,6 +10,7 @@ pub mod capture;
 pub mod congestion;
 pub mod craft;
 pub mod failover;
+pub mod flood;
 pub mod kernel;
 pub mod lab;
 pub mod lock;

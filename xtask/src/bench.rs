@@ -5,6 +5,7 @@
 
 mod daemon;
 mod failover;
+mod flood;
 
 use std::fmt::Write as _;
 
@@ -38,6 +39,7 @@ const SUITES: &[Suite] = &[
     Suite { name: "cc", run: congestion },
     Suite { name: "failover", run: failover::failover },
     Suite { name: "daemon", run: daemon::daemon },
+    Suite { name: "flood", run: flood::flood },
 ];
 
 pub fn bench(filter: Option<&str>) -> Result<()> {
@@ -60,6 +62,20 @@ pub fn bench(filter: Option<&str>) -> Result<()> {
     std::fs::write(dir.join("results.md"), &table)?;
     eprintln!("wrote {0}/results.json and {0}/results.md", dir.display());
     Ok(())
+}
+
+/// The median of `values`, which it sorts (so [`range`] can follow).
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
+}
+
+/// `low-high` of sorted `values`.
+fn range(values: &[f64]) -> String {
+    match (values.first(), values.last()) {
+        (Some(low), Some(high)) => format!("{low:.1}-{high:.1}"),
+        _ => "-".into(),
+    }
 }
 
 fn markdown(rows: &[Row]) -> String {

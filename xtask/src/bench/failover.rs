@@ -12,7 +12,7 @@ use mptcp_tests::{
     lock::LabLock,
 };
 
-use super::Row;
+use super::{Row, median, range};
 use crate::{setup::setup, util::build_agent};
 
 /// Runs per setting; the median is reported.
@@ -143,18 +143,6 @@ fn cases() -> Vec<Case> {
             ],
         },
     ]
-}
-
-fn median(values: &mut [f64]) -> Option<f64> {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied()
-}
-
-fn range(values: &[f64]) -> String {
-    match (values.first(), values.last()) {
-        (Some(low), Some(high)) => format!("{low:.1}-{high:.1}"),
-        _ => "-".into(),
-    }
 }
 
 /// How long the agent took from the link or address event to its first request, from its log.
