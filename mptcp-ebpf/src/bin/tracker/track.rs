@@ -439,7 +439,9 @@ impl Tracker {
 
     /// Records the SYN-ACK's server key as half-open, or creates the connection once the
     /// handshake completed (both keys, from the client), or completes it; true when this packet
-    /// taught the tables a key they did not know.
+    /// taught the connection table a key it did not know. A half-open key is not news for the
+    /// agent: every spoofed SYN gets a SYN-ACK, and an event each would flood the ring buffer
+    /// the verdicts come through; the key is reported when the handshake completes.
     #[inline(always)]
     fn link_connection(&mut self, server_key: u64, client_key: Option<u64>, capable: &MpCapable) -> bool {
         let Some(subflow) = self.subflow() else {
@@ -459,7 +461,6 @@ impl Tracker {
                 };
                 if HALF_OPEN.insert(&self.state.key, &half_open, NOEXIST).is_ok() {
                     self.counters().half_open_created += 1;
-                    return true;
                 }
                 return false;
             }
