@@ -2,7 +2,7 @@
 //! (4-byte ones widened by mptcp-common's rule), its highest data ACK, and the verdict on every
 //! DSS checksum (RFC 8684 3.3.1), summed over the mapped payload as it arrives.
 
-use std::net::SocketAddr;
+use std::{collections::HashSet, net::SocketAddr};
 
 use mptcp_common::{
     checksum::DssChecksum,
@@ -21,21 +21,31 @@ pub(super) struct DssSide {
     /// The last 64-bit DSN mapped and the highest data ACK sent (0: none yet).
     last_dsn: u64,
     pub(super) data_ack: Option<u64>,
-    /// The last mapping, as sent: a segment repeating it adds no record.
-    last_mapping: Option<(u64, u32, u16)>,
-    pending: Option<Pending>,
+    /// Every mapping seen, as sent: a segment repeating one (the next segments it covers, a
+    /// retransmission) adds no record.
+    seen: HashSet<(u64, u32, u16)>,
+    pending: Vec<Pending>,
+    /// The data of the last mapping completed: Linux sends a mapping again, one longer, with
+    /// the DATA_FIN on its last segment, and that mapping's checksum covers the same bytes.
+    last_complete: Option<(u32, Vec<u8>)>,
 }
 
-/// A checksum whose mapped payload is still arriving.
+/// A checksum whose mapped payload is still arriving: the bytes in place, in whatever order
+/// the segments come (reordered, retransmitted, overlapping).
 #[derive(Debug)]
 struct Pending {
     record: usize,
-    sum: DssChecksum,
+    dsn: u64,
+    subflow_seq: u32,
+    data_len: u16,
     received: u16,
-    /// The next relative subflow sequence number expected, and the bytes still to come.
-    next: u32,
-    remaining: u32,
+    data: Vec<u8>,
+    filled: Vec<bool>,
+    missing: usize,
 }
+
+/// Mappings whose data may still be completing; beyond this the oldest is given up (unknown).
+const MAX_PENDING: usize = 256;
 
 /// A segment as this module needs it: relative subflow sequence, payload sent and captured.
 pub(super) struct Data<'a> {
@@ -68,12 +78,8 @@ impl DssSide {
     ) {
         if let Some((mapping, data_fin)) = mapping
             && !mapping.is_infinite()
-            && self.last_mapping != Some((mapping.dsn, mapping.subflow_seq, mapping.data_len))
+            && self.seen.insert((mapping.dsn, mapping.subflow_seq, mapping.data_len))
         {
-            self.last_mapping = Some((mapping.dsn, mapping.subflow_seq, mapping.data_len));
-            if let Some(pending) = self.pending.take() {
-                unknown(records, pending.record, "the capture lacks part of the mapped data");
-            }
             let dsn = mapping.wide_dsn(widening_base(self.last_dsn, self.data_start));
             self.last_dsn = dsn.wrapping_add(u64::from(mapping.data_len));
             let record = records.len();
@@ -94,65 +100,110 @@ impl DssSide {
                 }),
             });
             if let Some(received) = mapping.checksum {
+                if self.pending.len() == MAX_PENDING {
+                    let oldest = self.pending.remove(0);
+                    unknown(records, oldest.record, "too many mappings incomplete at once");
+                }
                 // The DATA_FIN takes the mapping's last data sequence number, not a byte.
-                let remaining = u32::from(mapping.data_len).saturating_sub(u32::from(data_fin));
-                self.pending = Some(Pending {
+                let bytes = usize::from(mapping.data_len).saturating_sub(usize::from(data_fin));
+                let mut pending = Pending {
                     record,
-                    sum: DssChecksum::new(dsn, mapping.subflow_seq, mapping.data_len),
+                    dsn,
+                    subflow_seq: mapping.subflow_seq,
+                    data_len: mapping.data_len,
                     received,
-                    next: mapping.subflow_seq,
-                    remaining,
-                });
+                    data: vec![0; bytes],
+                    filled: vec![false; bytes],
+                    missing: bytes,
+                };
+                // The bytes already seen of the same mapping without the DATA_FIN, complete or
+                // still arriving.
+                if let Some((start, known)) = &self.last_complete
+                    && *start == mapping.subflow_seq
+                {
+                    pending.fill(0, &known[..known.len().min(bytes)]);
+                }
+                for shorter in self.pending.iter().filter(|p| p.subflow_seq == mapping.subflow_seq) {
+                    for (i, _) in shorter.filled.iter().enumerate().take(bytes).filter(|(_, f)| **f) {
+                        pending.fill(i, &shorter.data[i..=i]);
+                    }
+                }
+                self.pending.push(pending);
             }
         }
         self.data(data, records);
     }
 
-    /// Adds a segment's payload to the pending checksum; a gap or a cut payload makes it unknown.
+    /// Puts a segment's payload in place in every pending mapping it overlaps; a mapping with
+    /// all its bytes gets its verdict.
     fn data(&mut self, data: &Data<'_>, records: &mut [MappingRecord]) {
-        let Some(pending) = self.pending.as_mut() else { return };
-        if pending.remaining > 0 && data.payload_len > 0 {
-            let Some(rel) = data.rel_seq else {
-                let record = pending.record;
-                self.pending = None;
-                return unknown(records, record, "the subflow's SYN is not in the capture");
-            };
-            let offset = rel.wrapping_sub(pending.next);
-            let len = u32::try_from(data.payload_len).unwrap_or(u32::MAX);
-            if (offset as i32) < 0 && (rel.wrapping_add(len).wrapping_sub(pending.next) as i32) <= 0 {
-                // Sent again from before the mapping's unsummed part: nothing new.
-                return;
+        let mut index = 0;
+        while let Some(pending) = self.pending.get_mut(index) {
+            match pending.add(data) {
+                Ok(()) if pending.missing > 0 => {
+                    index += 1;
+                    continue;
+                }
+                Ok(()) => {
+                    let mut sum = DssChecksum::new(pending.dsn, pending.subflow_seq, pending.data_len);
+                    sum.add(&pending.data);
+                    if !pending.data.is_empty() {
+                        self.last_complete = Some((pending.subflow_seq, std::mem::take(&mut pending.data)));
+                    }
+                    let expected = sum.finish();
+                    if let Some(check) = records.get_mut(pending.record).and_then(|r| r.checksum.as_mut()) {
+                        check.expected = Some(expected);
+                        check.verdict =
+                            if expected == pending.received { Verdict::Verified } else { Verdict::Failed };
+                    }
+                }
+                Err(reason) => unknown(records, pending.record, reason),
             }
-            if offset != 0 {
-                let record = pending.record;
-                self.pending = None;
-                return unknown(records, record, "the mapped data arrived out of order");
-            }
-            if data.payload.len() < data.payload_len {
-                let record = pending.record;
-                self.pending = None;
-                return unknown(records, record, "the snap length cut the mapped data");
-            }
-            let take = data.payload.len().min(pending.remaining as usize);
-            pending.sum.add(&data.payload[..take]);
-            pending.next = pending.next.wrapping_add(take as u32);
-            pending.remaining -= take as u32;
-        }
-        if pending.remaining == 0 {
-            let Pending { record, sum, received, .. } = *pending;
-            self.pending = None;
-            let expected = sum.finish();
-            if let Some(check) = records.get_mut(record).and_then(|r| r.checksum.as_mut()) {
-                check.expected = Some(expected);
-                check.verdict = if expected == received { Verdict::Verified } else { Verdict::Failed };
-            }
+            self.pending.remove(index);
         }
     }
 
     /// At the end of the capture: a checksum still waiting for data stays unknown.
     pub(super) fn finish(&mut self, records: &mut [MappingRecord]) {
-        if let Some(pending) = self.pending.take() {
-            unknown(records, pending.record, "the capture ends before the mapped data");
+        for pending in self.pending.drain(..) {
+            unknown(records, pending.record, "the capture lacks part of the mapped data");
+        }
+    }
+}
+
+impl Pending {
+    /// Copies the part of the segment's payload that falls in the mapping.
+    fn add(&mut self, data: &Data<'_>) -> Result<(), &'static str> {
+        if data.payload_len == 0 || self.data.is_empty() {
+            return Ok(());
+        }
+        let Some(rel) = data.rel_seq else {
+            return Err("the subflow's SYN is not in the capture");
+        };
+        // Where the segment starts relative to the mapping (serial arithmetic), and the overlap.
+        let offset = i64::from(rel.wrapping_sub(self.subflow_seq) as i32);
+        let start = offset.max(0);
+        let end = (offset + data.payload_len as i64).min(self.data.len() as i64);
+        if start >= end {
+            return Ok(());
+        }
+        let (from, to) = ((start - offset) as usize, (end - offset) as usize);
+        let Some(bytes) = data.payload.get(from..to) else {
+            return Err("the snap length cut the mapped data");
+        };
+        self.fill(start as usize, bytes);
+        Ok(())
+    }
+
+    /// Puts `bytes` at `offset` of the mapped data (within it).
+    fn fill(&mut self, offset: usize, bytes: &[u8]) {
+        let end = offset + bytes.len();
+        self.data[offset..end].copy_from_slice(bytes);
+        for filled in &mut self.filled[offset..end] {
+            if !*filled {
+                *filled = true;
+                self.missing -= 1;
+            }
         }
     }
 }

@@ -127,8 +127,8 @@ pub struct DataAcks {
     pub responder: Option<u64>,
 }
 
-/// One mapping of subflow bytes onto the data sequence space (a segment repeating the last
-/// mapping of its side adds none).
+/// One mapping of subflow bytes onto the data sequence space, where its side first sent it (a
+/// segment repeating a mapping adds none).
 #[derive(Debug, Clone, Serialize)]
 pub struct MappingRecord {
     pub frame: u64,
