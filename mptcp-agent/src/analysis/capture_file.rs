@@ -3,9 +3,7 @@
 
 use std::{net::SocketAddr, path::Path};
 
-use etherparse::{
-    EtherType, LaxSlicedPacket, LenSource, LinuxSllHeaderSlice, LinuxSllProtocolType, TransportSlice,
-};
+use etherparse::{EtherType, LaxSlicedPacket, LinuxSllHeaderSlice, LinuxSllProtocolType, TransportSlice};
 use pcap_file::{
     DataLink, PcapError,
     pcap::PcapReader,
@@ -211,20 +209,22 @@ impl Frame {
                 None => Err(FrameError::NotTcp),
             };
         };
-        // The transport length the IP header declares, when it declares one.
+        // The transport length the IP header declares, also when the frame was cut short; 0 is
+        // what segmentation offload leaves in a packet it has not split yet.
         let (src_ip, dst_ip, declared) = match net {
             etherparse::LaxNetSlice::Ipv4(v4) => (
                 v4.header().source_addr().into(),
                 v4.header().destination_addr().into(),
-                (v4.payload().len_source == LenSource::Ipv4HeaderTotalLen)
-                    .then(|| usize::from(v4.header().total_len()).saturating_sub(v4.header().slice().len())),
+                Some(usize::from(v4.header().total_len()))
+                    .filter(|&total| total != 0)
+                    .map(|total| total.saturating_sub(v4.header().slice().len())),
             ),
             etherparse::LaxNetSlice::Ipv6(v6) => (
                 v6.header().source_addr().into(),
                 v6.header().destination_addr().into(),
-                (v6.payload().len_source == LenSource::Ipv6HeaderPayloadLen).then(|| {
-                    usize::from(v6.header().payload_length()).saturating_sub(v6.extensions().slice().len())
-                }),
+                Some(usize::from(v6.header().payload_length()))
+                    .filter(|&len| len != 0)
+                    .map(|len| len.saturating_sub(v6.extensions().slice().len())),
             ),
             etherparse::LaxNetSlice::Arp(_) => return Err(FrameError::NotTcp),
         };
