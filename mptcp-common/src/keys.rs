@@ -1,5 +1,6 @@
 //! Token and IDSN of an MPTCP key (RFC 8684 section 3.1): SHA-256 of the 8-byte key, the token
-//! being its most significant 32 bits and the IDSN its least significant 64 bits.
+//! being its most significant 32 bits and the IDSN its least significant 64 bits; for version 0
+//! (RFC 6824 section 3.1) the same bits of SHA-1 of the key.
 //!
 //! The agent uses the `sha2` crate; this single-block SHA-256, specialised to an 8-byte message,
 //! exists for the eBPF programs, which cannot link that crate but must learn a connection's token
@@ -26,6 +27,59 @@ const K: [u32; 64] = [
 
 const H0: [u32; 8] =
     [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19];
+
+/// Token and IDSN of `key` with the hash of MPTCP `version`: SHA-1 for RFC 6824's version 0,
+/// SHA-256 for RFC 8684's version 1; the schedule in caller-provided memory (see
+/// [`key_digest_in`]).
+#[inline(always)]
+pub fn version_key_digest_in(version: u8, key: u64, w: &mut [u32; 16]) -> KeyDigest {
+    if version == 0 { key_digest_v0_in(key, w) } else { key_digest_in(key, w) }
+}
+
+const SHA1_H0: [u32; 5] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476, 0xc3d2_e1f0];
+
+/// The single-block SHA-1 of an 8-byte key: token (most significant 32 bits) and IDSN (least
+/// significant 64 bits), RFC 6824 section 3.1.
+// Every index is masked to 0..16, so none can panic.
+#[allow(clippy::indexing_slicing)]
+#[inline(always)]
+pub fn key_digest_v0_in(key: u64, w: &mut [u32; 16]) -> KeyDigest {
+    *w = [0; 16];
+    w[0] = (key >> 32) as u32;
+    w[1] = key as u32;
+    w[2] = 0x8000_0000;
+    w[15] = 64;
+    let [mut a, mut b, mut c, mut d, mut e] = SHA1_H0;
+    for i in 0..80usize {
+        let word = if i < 16 {
+            w[i & 15]
+        } else {
+            let next = (w[i.wrapping_add(13) & 15]
+                ^ w[i.wrapping_add(8) & 15]
+                ^ w[i.wrapping_add(2) & 15]
+                ^ w[i & 15])
+                .rotate_left(1);
+            w[i & 15] = next;
+            next
+        };
+        let (f, k) = match i {
+            0..20 => ((b & c) | (!b & d), 0x5a82_7999),
+            20..40 => (b ^ c ^ d, 0x6ed9_eba1),
+            40..60 => ((b & c) | (b & d) | (c & d), 0x8f1b_bcdc),
+            _ => (b ^ c ^ d, 0xca62_c1d6),
+        };
+        let t = a.rotate_left(5).wrapping_add(f).wrapping_add(e).wrapping_add(k).wrapping_add(word);
+        e = d;
+        d = c;
+        c = b.rotate_left(30);
+        b = a;
+        a = t;
+    }
+    KeyDigest {
+        token: SHA1_H0[0].wrapping_add(a),
+        idsn: (u64::from(SHA1_H0[3].wrapping_add(d)) << 32) | u64::from(SHA1_H0[4].wrapping_add(e)),
+    }
+}
 
 /// Token and IDSN of `key` (the key as it appears on the wire, read big-endian).
 pub fn key_digest(key: u64) -> KeyDigest {
@@ -83,6 +137,7 @@ pub fn key_digest_in(key: u64, w: &mut [u32; 16]) -> KeyDigest {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use sha1::Sha1;
     use sha2::{Digest as _, Sha256};
 
     fn reference(key: u64) -> KeyDigest {
@@ -91,6 +146,25 @@ mod tests {
             token: u32::from_be_bytes(digest[..4].try_into().unwrap()),
             idsn: u64::from_be_bytes(digest[24..].try_into().unwrap()),
         }
+    }
+
+    fn reference_v0(key: u64) -> KeyDigest {
+        let digest = Sha1::digest(key.to_be_bytes());
+        KeyDigest {
+            token: u32::from_be_bytes(digest[..4].try_into().unwrap()),
+            idsn: u64::from_be_bytes(digest[12..].try_into().unwrap()),
+        }
+    }
+
+    #[test]
+    fn version_0_is_sha1() {
+        let mut w = [0; 16];
+        for key in [0, 1, u64::MAX, 0x0102_0304_0506_0708] {
+            assert_eq!(version_key_digest_in(0, key, &mut w), reference_v0(key), "key {key:#x}");
+            assert_eq!(version_key_digest_in(1, key, &mut w), reference(key), "key {key:#x}");
+        }
+        // SHA-1 of the 8 bytes 01..08, from Python's hashlib.
+        assert_eq!(version_key_digest_in(0, 0x0102_0304_0506_0708, &mut w).token, 0xdd57_83bc);
     }
 
     #[test]
@@ -104,6 +178,11 @@ mod tests {
         #[test]
         fn equals_sha2(key in any::<u64>()) {
             prop_assert_eq!(key_digest(key), reference(key));
+        }
+
+        #[test]
+        fn version_0_equals_sha1(key in any::<u64>()) {
+            prop_assert_eq!(key_digest_v0_in(key, &mut [0; 16]), reference_v0(key));
         }
     }
 }

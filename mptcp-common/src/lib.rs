@@ -53,6 +53,7 @@ macro_rules! counters {
 }
 
 pub mod cc;
+pub mod checksum;
 pub mod fallback;
 pub mod keys;
 pub mod lb;

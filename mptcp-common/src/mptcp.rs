@@ -177,6 +177,15 @@ pub fn widen_sequence(low: u32, previous: u64) -> u64 {
     previous.checked_add_signed(i64::from(delta)).unwrap_or(same_high)
 }
 
+/// The value to widen a 4-byte DSN or data ACK against (see [`widen_sequence`]): the last 64-bit
+/// value known of that data sequence space, else where the space starts (its sender's IDSN + 1,
+/// RFC 8684 3.3.1), so that a stack sending only 4-byte values from the start gets the IDSN's
+/// high bits rather than zero; 0 when neither is known.
+#[inline(always)]
+pub fn widening_base(last: u64, start: u64) -> u64 {
+    if last != 0 { last } else { start }
+}
+
 /// DSS: data ACK, mapping and DATA_FIN, each optional.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dss {

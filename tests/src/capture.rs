@@ -18,12 +18,21 @@ pub struct Capture {
 }
 
 impl Capture {
-    /// Captures TCP on `iface` inside `ns` into `path`; returns once tcpdump listens.
+    /// Captures TCP on `iface` inside `ns` into `path`, 256 bytes of each packet (headers and
+    /// options); returns once tcpdump listens.
     pub fn start(ns: &Netns, iface: &str, path: &Path) -> Result<Self> {
+        Self::start_with_snaplen(ns, iface, path, 256)
+    }
+
+    /// [`Capture::start`] keeping `snaplen` bytes of each packet (0: all of it, which payload
+    /// checks such as DSS checksums need).
+    pub fn start_with_snaplen(ns: &Netns, iface: &str, path: &Path, snaplen: u32) -> Result<Self> {
+        let snaplen = snaplen.to_string();
         let mut child = ns
             .exec_cmd("tcpdump")
             // Immediate mode: without it packets still in the ring buffer at SIGINT are lost.
-            .args(["-i", iface, "-n", "--immediate-mode", "-U", "-s", "256", "-w"])
+            // A 16 MiB buffer: whole packets fill the default 2 MiB one in bursts.
+            .args(["-i", iface, "-n", "--immediate-mode", "-U", "-B", "16384", "-s", &snaplen, "-w"])
             .arg(path)
             .arg("tcp")
             .stdin(Stdio::null())

@@ -50,6 +50,15 @@ for _ in range(int(extra)):
 print("sent")
 "#;
 
+/// argv: iface pcap. Sends every frame of the capture as it is, in order.
+const SEND_PCAP: &str = r#"
+import sys
+from scapy.all import rdpcap, sendp
+frames = rdpcap(sys.argv[2])
+sendp(frames, iface=sys.argv[1], verbose=False)
+print(len(frames))
+"#;
+
 /// The MAC address of `iface` in `ns`.
 pub fn mac(ns: &Netns, iface: &str) -> Result<String> {
     let out = ns.ip(&["-j", "link", "show", "dev", iface])?;
@@ -85,6 +94,13 @@ pub fn join_syns(path: &Path<'_>, dport: u16, count: usize, token: Option<u32>, 
             &sport.to_string(),
         ],
     )?;
+    Ok(())
+}
+
+/// Sends the frames of the Ethernet capture `pcap` out of `iface` in `ns`, in order, as they are.
+pub fn send_pcap(ns: &Netns, iface: &str, pcap: &std::path::Path) -> Result<()> {
+    let pcap = pcap.to_str().context("capture path is not UTF-8")?;
+    ns.exec(PYTHON, &["-c", SEND_PCAP, iface, pcap])?;
     Ok(())
 }
 

@@ -17,6 +17,7 @@ pub mod lock;
 pub mod mptcpd;
 pub mod netns;
 pub mod traffic;
+pub mod tshark;
 
 /// A scratch directory under the system temp dir, removed on drop.
 pub struct TempDir(std::path::PathBuf);

@@ -1,52 +1,18 @@
 //! `mptcp-agent decode` against tshark on real kernel MPTCP traffic: every option field, the
 //! derived tokens and IDSNs, and the verdicts on the kernel's MP_JOIN and ADD_ADDR HMACs.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
-    path::Path,
-    process::Command,
-};
+use std::{collections::BTreeSet, path::Path, process::Command};
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
     TempDir, agent,
     capture::{Capture, tshark_fields_with_prefs},
     lab::{DualHomedLab, Family, LabOptions},
     lock::LabLock,
     traffic::{ClientOptions, Proto, Server, transfer},
+    tshark::{FIELDS, TSHARK_PREFS, assert_compared, compare_with_tshark},
 };
 use serde_json::Value;
-
-/// MPTCP analysis on (it computes mptcp.expected_token and mptcp.expected_idsn).
-const TSHARK_PREFS: &[&str] = &["mptcp.analyze_mptcp:TRUE", "mptcp.relative_sequence_numbers:FALSE"];
-
-/// The tshark fields compared, in the order of the columns asked for after `frame.number`.
-const FIELDS: &[&str] = &[
-    "tcp.options.mptcp.sendkey",
-    "tcp.options.mptcp.recvkey",
-    "mptcp.expected_token",
-    "mptcp.expected_idsn",
-    "tcp.options.mptcp.recvtok",
-    "tcp.options.mptcp.sendrand",
-    "tcp.options.mptcp.sendtrunchmac",
-    "tcp.options.mptcp.sendhmac",
-    "tcp.options.mptcp.addaddrtrunchmac",
-    "tcp.options.mptcp.rawdataack",
-    "tcp.options.mptcp.rawdataseqno",
-    "tcp.options.mptcp.subflowseqno",
-    "tcp.options.mptcp.datalvllen",
-    "tcp.options.mptcp.addrid",
-    "tcp.options.mptcp.backup.flag",
-    "tcp.options.mptcp.ipv4",
-    "tcp.options.mptcp.ipv6",
-    "tcp.options.mptcp.port",
-    "tcp.options.mptcp.echo",
-    "tcp.options.mptcp.subtype",
-];
-
-/// Field name -> values, in option order, for one packet.
-type PacketFields = BTreeMap<&'static str, Vec<String>>;
 
 fn agent_decode(pcap: &Path) -> Result<Value> {
     let out = Command::new(agent::binary())
@@ -56,140 +22,6 @@ fn agent_decode(pcap: &Path) -> Result<Value> {
         .context("running mptcp-agent decode")?;
     ensure!(out.status.success(), "decode failed: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).context("parsing decode JSON")
-}
-
-/// What tshark shows of one decoded option, as `-T fields` prints it.
-fn option_fields(option: &Value, fields: &mut PacketFields) -> Result<()> {
-    let mut put = |field: &'static str, value: &Value| {
-        let text = match value {
-            Value::Null => return,
-            Value::Bool(b) => u8::from(*b).to_string(),
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        fields.entry(field).or_default().push(text);
-    };
-    let subtype = option["subtype"].as_str().context("option without subtype")?;
-    let number = match subtype {
-        "mp_capable" => 0,
-        "mp_join_syn" | "mp_join_syn_ack" | "mp_join_ack" => 1,
-        "dss" => 2,
-        "add_addr" => 3,
-        "remove_addr" => 4,
-        "mp_prio" => 5,
-        "mp_fail" => 6,
-        "mp_fastclose" => 7,
-        "mp_tcprst" => 8,
-        "mp_experimental" => 15,
-        other => bail!("unknown subtype {other}"),
-    };
-    put("tcp.options.mptcp.subtype", &Value::from(number));
-    match subtype {
-        "mp_capable" => {
-            put("tcp.options.mptcp.sendkey", &option["sender_key"]);
-            put("tcp.options.mptcp.recvkey", &option["receiver_key"]);
-            put("mptcp.expected_token", &option["sender_token"]);
-            put("mptcp.expected_idsn", &option["sender_idsn"]);
-            put("tcp.options.mptcp.datalvllen", &option["data_len"]);
-        }
-        "mp_join_syn" | "mp_join_syn_ack" => {
-            put("tcp.options.mptcp.backup.flag", &option["backup"]);
-            put("tcp.options.mptcp.addrid", &option["addr_id"]);
-            put("tcp.options.mptcp.recvtok", &option["token"]);
-            put("tcp.options.mptcp.sendtrunchmac", &option["truncated_hmac"]);
-            put("tcp.options.mptcp.sendrand", &option["nonce"]);
-        }
-        "mp_join_ack" => put("tcp.options.mptcp.sendhmac", &option["hmac"]),
-        "dss" => {
-            put("tcp.options.mptcp.rawdataack", &option["data_ack"]);
-            put("tcp.options.mptcp.rawdataseqno", &option["dsn"]);
-            put("tcp.options.mptcp.subflowseqno", &option["subflow_seq"]);
-            put("tcp.options.mptcp.datalvllen", &option["data_len"]);
-        }
-        "add_addr" => {
-            put("tcp.options.mptcp.echo", &option["echo"]);
-            put("tcp.options.mptcp.addrid", &option["addr_id"]);
-            let field = match option["addr"].as_str().map(str::parse::<IpAddr>) {
-                Some(Ok(IpAddr::V4(_))) => "tcp.options.mptcp.ipv4",
-                Some(Ok(IpAddr::V6(_))) => "tcp.options.mptcp.ipv6",
-                _ => bail!("ADD_ADDR without an address: {option}"),
-            };
-            put(field, &option["addr"]);
-            put("tcp.options.mptcp.port", &option["port"]);
-            put("tcp.options.mptcp.addaddrtrunchmac", &option["hmac"]);
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// Per frame number, the fields the agent's packet listing implies.
-fn agent_fields(decoded: &Value) -> Result<BTreeMap<u64, PacketFields>> {
-    let mut frames = BTreeMap::new();
-    for packet in decoded["packets"].as_array().context("no packet listing")? {
-        let frame = packet["frame"].as_u64().context("packet without frame")?;
-        let fields = frames.entry(frame).or_insert_with(PacketFields::new);
-        for option in packet["options"].as_array().context("packet without options")? {
-            option_fields(option, fields)?;
-        }
-    }
-    Ok(frames)
-}
-
-/// Per frame number, the same fields as tshark prints them.
-fn tshark_frame_fields(pcap: &Path) -> Result<BTreeMap<u64, PacketFields>> {
-    let columns: Vec<&str> = std::iter::once("frame.number").chain(FIELDS.iter().copied()).collect();
-    let mut frames = BTreeMap::new();
-    for row in tshark_fields_with_prefs(pcap, TSHARK_PREFS, &columns)? {
-        let frame: u64 = row.first().context("empty tshark row")?.parse()?;
-        let mut fields = PacketFields::new();
-        for (field, column) in FIELDS.iter().zip(row.iter().skip(1)) {
-            let values: Vec<String> =
-                column.split(',').filter(|v| !v.is_empty()).map(str::to_owned).collect();
-            if !values.is_empty() {
-                fields.insert(field, values);
-            }
-        }
-        frames.insert(frame, fields);
-    }
-    Ok(frames)
-}
-
-/// Compares every field of every frame; returns how many values were compared, per field.
-fn compare_with_tshark(pcap: &Path, decoded: &Value) -> Result<BTreeMap<&'static str, usize>> {
-    let ours = agent_fields(decoded)?;
-    let theirs = tshark_frame_fields(pcap)?;
-    ensure!(
-        theirs.len() as u64 == decoded["summary"]["frames"].as_u64().unwrap_or(0),
-        "tshark and the agent disagree on the number of frames"
-    );
-    let empty = PacketFields::new();
-    let mut compared = BTreeMap::new();
-    let mut mismatches = Vec::new();
-    for (frame, tshark) in &theirs {
-        let agent = ours.get(frame).unwrap_or(&empty);
-        for field in FIELDS {
-            let (a, t) = (agent.get(field), tshark.get(field));
-            if a != t {
-                mismatches.push(format!("frame {frame} {field}: agent {a:?}, tshark {t:?}"));
-            }
-            *compared.entry(*field).or_insert(0) += t.map_or(0, Vec::len);
-        }
-    }
-    ensure!(
-        mismatches.is_empty(),
-        "{} mismatches with tshark in {}:\n{}",
-        mismatches.len(),
-        pcap.display(),
-        mismatches.join("\n")
-    );
-    Ok(compared)
-}
-
-fn assert_compared(compared: &BTreeMap<&str, usize>, fields: &[&str]) {
-    for field in fields {
-        assert!(compared.get(field).copied().unwrap_or(0) > 0, "no {field} values compared: {compared:?}");
-    }
 }
 
 /// The checks of one kind of HMAC option.
@@ -274,7 +106,7 @@ fn decode_matches_tshark(family: Family, signal_port: Option<u16>) -> Result<()>
         Family::V6 => "tcp.options.mptcp.ipv6",
     };
     let decoded = agent_decode(&server_pcap)?;
-    let compared = compare_with_tshark(&server_pcap, &decoded)?;
+    let compared = compare_with_tshark(&server_pcap, &decoded, FIELDS)?;
     println!("server capture, values compared with tshark: {compared:?}");
     let mut expected_fields = vec![
         "tcp.options.mptcp.sendkey",
@@ -358,7 +190,7 @@ fn decode_matches_tshark(family: Family, signal_port: Option<u16>) -> Result<()>
 
     // The client's first path, as Ethernet frames: the initial subflows and the ADD_ADDRs.
     let decoded = agent_decode(&client_pcap)?;
-    let compared = compare_with_tshark(&client_pcap, &decoded)?;
+    let compared = compare_with_tshark(&client_pcap, &decoded, FIELDS)?;
     println!("client capture, values compared with tshark: {compared:?}");
     assert_compared(
         &compared,
@@ -400,7 +232,7 @@ fn fallback_to_a_plain_tcp_server_is_reported_like_tshark() -> Result<()> {
     capture.stop()?;
 
     let decoded = agent_decode(&pcap)?;
-    compare_with_tshark(&pcap, &decoded)?;
+    compare_with_tshark(&pcap, &decoded, FIELDS)?;
     let subflows = decoded["subflows"].as_array().context("subflows")?;
     assert_eq!(subflows.len(), 1, "{subflows:?}");
     assert_eq!(subflows[0]["kind"], "mp_capable");

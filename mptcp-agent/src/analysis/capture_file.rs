@@ -61,8 +61,11 @@ pub struct TcpSegment<'a> {
     pub ack: bool,
     pub fin: bool,
     pub rst: bool,
-    /// Captured payload bytes (may be fewer than sent when the snap length cut the frame).
+    /// Payload bytes sent, as the IP header's length says (what the programs count), or as
+    /// captured when the header leaves it open (a segmentation-offload packet's length 0).
     pub payload_len: usize,
+    /// The payload bytes captured: fewer than `payload_len` when the snap length cut the frame.
+    pub payload: &'a [u8],
     /// TCP sequence number.
     pub seq: u32,
     /// The TCP option area.
@@ -206,13 +209,23 @@ impl Frame {
                 None => Err(FrameError::NotTcp),
             };
         };
-        let (src_ip, dst_ip) = match net {
-            etherparse::LaxNetSlice::Ipv4(v4) => {
-                (v4.header().source_addr().into(), v4.header().destination_addr().into())
-            }
-            etherparse::LaxNetSlice::Ipv6(v6) => {
-                (v6.header().source_addr().into(), v6.header().destination_addr().into())
-            }
+        // The transport length the IP header declares, also when the frame was cut short; 0 is
+        // what segmentation offload leaves in a packet it has not split yet.
+        let (src_ip, dst_ip, declared) = match net {
+            etherparse::LaxNetSlice::Ipv4(v4) => (
+                v4.header().source_addr().into(),
+                v4.header().destination_addr().into(),
+                Some(usize::from(v4.header().total_len()))
+                    .filter(|&total| total != 0)
+                    .map(|total| total.saturating_sub(v4.header().slice().len())),
+            ),
+            etherparse::LaxNetSlice::Ipv6(v6) => (
+                v6.header().source_addr().into(),
+                v6.header().destination_addr().into(),
+                Some(usize::from(v6.header().payload_length()))
+                    .filter(|&len| len != 0)
+                    .map(|len| len.saturating_sub(v6.extensions().slice().len())),
+            ),
             etherparse::LaxNetSlice::Arp(_) => return Err(FrameError::NotTcp),
         };
         match sliced.transport {
@@ -223,7 +236,10 @@ impl Frame {
                 ack: tcp.ack(),
                 fin: tcp.fin(),
                 rst: tcp.rst(),
-                payload_len: tcp.payload().len(),
+                payload_len: declared
+                    .map_or(tcp.payload().len(), |l4| l4.saturating_sub(tcp.header_len()))
+                    .max(tcp.payload().len()),
+                payload: tcp.payload(),
                 seq: tcp.sequence_number(),
                 // The fixed header is 20 bytes; etherparse checked the data offset covers it.
                 options: tcp.header_slice().get(20..).unwrap_or_default(),

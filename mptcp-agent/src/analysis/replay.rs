@@ -11,11 +11,11 @@ use mptcp_common::maps::{
 use serde::Serialize;
 
 use crate::{
-    analysis::capture_file,
+    analysis::capture_file::{self, CaptureFile},
     bpf::XDP_PROGRAM,
     dataplane::stats,
     dataplane::tables::{DataBytes, Hex64, Snapshot, TableError, Tables, Token, endpoints, state_name},
-    dataplane::testrun::TestHarness,
+    dataplane::testrun::{TestHarness, TrackerHarness},
 };
 
 // Fields are in alphabetical order, the order the JSON had when it was built as a
@@ -75,19 +75,7 @@ pub struct TableSubflow {
 /// Replays `path` and returns the resulting table.
 pub fn replay(path: &Path) -> Result<Replay> {
     let capture = capture_file::read(path)?;
-    let mut harness = TestHarness::tracker()?;
-    let mut skipped = 0u64;
-    for frame in &capture.frames {
-        // Test runs of XDP need at least an Ethernet header.
-        let Some(ethernet) = frame.to_ethernet().ok().filter(|ethernet| ethernet.len() >= 14) else {
-            skipped += 1;
-            continue;
-        };
-        harness.run_xdp(XDP_PROGRAM, &ethernet, 1)?;
-        // Events in packet order, as the daemon sees them: a join's verdict needs its
-        // connection's keys, which an earlier event may bring.
-        harness.process_events();
-    }
+    let (harness, skipped) = run_capture(&capture)?;
     let counters = harness.counters()?;
     let (mut matched, mut mismatched) = (0, 0);
     for (token, _) in harness.tables.connections()? {
@@ -102,6 +90,25 @@ pub fn replay(path: &Path) -> Result<Replay> {
         read_error: capture.read_error,
         skipped_frames: skipped,
     })
+}
+
+/// Runs every frame of `capture` through a fresh tracker, its events processed after each frame;
+/// returns the tracker and how many frames it could not be given.
+pub fn run_capture(capture: &CaptureFile) -> Result<(TrackerHarness, u64)> {
+    let mut harness = TestHarness::tracker()?;
+    let mut skipped = 0u64;
+    for frame in &capture.frames {
+        // Test runs of XDP need at least an Ethernet header.
+        let Some(ethernet) = frame.to_ethernet().ok().filter(|ethernet| ethernet.len() >= 14) else {
+            skipped += 1;
+            continue;
+        };
+        harness.run_xdp(XDP_PROGRAM, &ethernet, 1)?;
+        // Events in packet order, as the daemon sees them: a join's verdict needs its
+        // connection's keys, which an earlier event may bring.
+        harness.process_events();
+    }
+    Ok((harness, skipped))
 }
 
 /// The connection table in the replay format.

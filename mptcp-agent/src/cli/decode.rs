@@ -1,6 +1,6 @@
 //! `mptcp-agent decode` as text.
 
-use crate::analysis::decode::{Report, Subflow};
+use crate::analysis::decode::{Report, Subflow, Verdict};
 
 fn opt<T: std::fmt::Display>(value: Option<T>) -> String {
     value.map_or_else(|| "?".to_owned(), |v| v.to_string())
@@ -107,6 +107,26 @@ pub fn to_text(report: &Report) -> serde_json::Result<String> {
         "HMACs: {} verified, {} failed, {} unknown; {} connections, {} subflows, {} fell back",
         s.hmac_verified, s.hmac_failed, s.hmac_unknown, s.connections, s.subflows, s.fallbacks
     );
+    for (mapping, check) in report.mappings.iter().filter_map(|m| Some((m, m.checksum.as_ref()?))) {
+        if check.verdict != Verdict::Verified {
+            let _ = writeln!(
+                out,
+                "DSS checksum frame {} (subflow {}, DSN {}): {:?}, received {:#06x}, expected {}{}",
+                mapping.frame,
+                mapping.subflow,
+                mapping.dsn,
+                check.verdict,
+                check.received,
+                hex_opt(check.expected),
+                check.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "DSS checksums: {} verified, {} failed, {} unknown",
+        s.checksum_verified, s.checksum_failed, s.checksum_unknown
+    );
     for problem in report.undecodable_frames.iter().chain(&report.malformed_options) {
         let _ = writeln!(out, "frame {}: {}", problem.frame, problem.error);
     }
@@ -145,6 +165,7 @@ mod tests {
             version: Some(1),
             join: None,
             fallback: Some("the SYN-ACK carries no MP_CAPABLE".to_owned()),
+            data_acks: Default::default(),
         };
         let report = Report {
             file: "capture.pcap".to_owned(),
@@ -154,6 +175,7 @@ mod tests {
             subflows: vec![subflow],
             add_addrs: Vec::new(),
             hmac_checks: Vec::new(),
+            mappings: Vec::new(),
             undecodable_frames: Vec::new(),
             malformed_options: Vec::new(),
             packets: None,

@@ -265,17 +265,16 @@ impl<'t> Processor<'t> {
     }
 
     /// Cross-checks the programs' tokens and IDSNs of a connection's keys against the agent's
-    /// own SHA-256.
+    /// own SHA-256 (SHA-1 for version 0).
     fn check_keys(&mut self, token: u32) -> Option<bool> {
         let connection = self.connection(token)?;
+        let derived = |key| handshake::token_and_idsn(connection.version, key);
         let mut matched = true;
         if connection.flags & connection_flags::SERVER_KEY != 0 {
-            matched &= handshake::token(connection.server_key) == connection.server_token
-                && handshake::idsn(connection.server_key) == connection.server_idsn;
+            matched &= derived(connection.server_key) == (connection.server_token, connection.server_idsn);
         }
         if connection.flags & connection_flags::CLIENT_KEY != 0 {
-            matched &= handshake::token(connection.client_key) == connection.client_token
-                && handshake::idsn(connection.client_key) == connection.client_idsn;
+            matched &= derived(connection.client_key) == (connection.client_token, connection.client_idsn);
         }
         self.update_checks(token, |checks| {
             if matched {

@@ -66,6 +66,12 @@ pub fn idsn_v0(key: u64) -> u64 {
     trailing_u64(&Sha1::digest(key.to_be_bytes()))
 }
 
+/// Token and IDSN of a key with the hash of MPTCP `version` (SHA-1 for RFC 6824's version 0),
+/// as the programs compute them (`mptcp_common::keys::version_key_digest_in`).
+pub fn token_and_idsn(version: u8, key: u64) -> (u32, u64) {
+    if version == 0 { (token_v0(key), idsn_v0(key)) } else { (token(key), idsn(key)) }
+}
+
 /// SYN-ACK: leftmost 64 bits of HMAC-SHA256(Key_B||Key_A, R_B||R_A); B = responder (sends the
 /// SYN-ACK), A = initiator.
 pub fn join_synack_hmac(

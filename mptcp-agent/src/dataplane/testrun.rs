@@ -3,6 +3,7 @@
 //! only that object's maps; a benchmark may hold two (the tracker or the balancer, and the
 //! reference programs).
 
+pub mod corpus;
 pub mod frames;
 
 use std::{

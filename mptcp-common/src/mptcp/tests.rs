@@ -482,6 +482,17 @@ fn a_4_byte_sequence_number_wraps_into_the_next_high_word() {
 }
 
 #[test]
+fn the_first_4_byte_value_widens_against_the_start_of_its_space() {
+    // Nothing of the space seen yet: its start (IDSN + 1) gives the high bits.
+    let start = 0x1234_5678_ffff_ff00;
+    assert_eq!(widening_base(0, start), start);
+    assert_eq!(widen_sequence(0xffff_ff10, widening_base(0, start)), 0x1234_5678_ffff_ff10);
+    assert_eq!(widen_sequence(0x10, widening_base(0, start)), 0x1234_5679_0000_0010);
+    // Once a value is known it is the reference.
+    assert_eq!(widening_base(0x1234_5679_0000_0010, start), 0x1234_5679_0000_0010);
+}
+
+#[test]
 fn wide_sequence_numbers_are_taken_as_they_are() {
     let ack = DataAck { value: 0x7_0000_0001, wide: true };
     assert_eq!(ack.wide_value(0x1_0000_0000), 0x7_0000_0001);

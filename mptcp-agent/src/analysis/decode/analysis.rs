@@ -6,15 +6,16 @@ use std::{collections::HashMap, net::SocketAddr};
 use mptcp_common::{
     fallback::{MappingState, SegmentFacts},
     maps::fallback_reason,
-    mptcp::{AddAddr, MpJoin, MptcpOption},
+    mptcp::{AddAddr, DssMapping, MpJoin, MptcpOption},
     options::{OptionWalker, TcpOption},
 };
 
 use super::{
+    dss::{Data, DssSide},
     hmac::{self, HmacInputs},
     report::{
-        AddAddrRecord, Connection, HmacCheck, JoinHandshake, OptionRecord, PacketRecord, Problem, Report,
-        Subflow, SubflowKind, Summary, Verdict, token_and_idsn,
+        AddAddrRecord, Connection, DataAcks, HmacCheck, JoinHandshake, MappingRecord, OptionRecord,
+        PacketRecord, Problem, Report, Subflow, SubflowKind, Summary, Verdict, token_and_idsn,
     },
 };
 use crate::analysis::capture_file::{Frame, FrameError, TcpSegment};
@@ -29,6 +30,10 @@ struct Tracked {
     /// verdict with the frame that gave it.
     mappings: [MappingState; 2],
     fallback: Option<(u8, u64)>,
+    /// The data level per sender (initiator, responder).
+    dss: [DssSide; 2],
+    /// A join's (initiator, responder) keys, from the connection its SYN names.
+    join_keys: (Option<u64>, Option<u64>),
 }
 
 #[derive(Default)]
@@ -38,6 +43,7 @@ pub(super) struct Analysis {
     /// Both orientations of every 4-tuple, to the latest subflow on it.
     by_tuple: HashMap<(SocketAddr, SocketAddr), usize>,
     add_addrs: Vec<AddAddrRecord>,
+    mappings: Vec<MappingRecord>,
     hmacs: HmacInputs,
     undecodable: Vec<Problem>,
     malformed: Vec<Problem>,
@@ -138,12 +144,15 @@ impl Analysis {
                 version: None,
                 join: None,
                 fallback: None,
+                data_acks: DataAcks::default(),
             },
             syn_ack_seen: false,
             initiator_key: None,
             responder_key: None,
             mappings: [MappingState::default(); 2],
             fallback: None,
+            dss: [DssSide::default(), DssSide::default()],
+            join_keys: (None, None),
         });
         self.by_tuple.insert(tuple, id);
         self.by_tuple.insert((segment.dst, segment.src), id);
@@ -151,6 +160,11 @@ impl Analysis {
     }
 
     fn track(&mut self, frame: u64, id: usize, segment: &TcpSegment<'_>, options: &[MptcpOption]) {
+        // A join's keys, for its data level: the connection whose key has the SYN's token.
+        let join_keys = options.iter().find_map(|o| match o {
+            MptcpOption::Join(MpJoin::Syn { token, .. }) => self.keys_for_token(*token),
+            _ => None,
+        });
         let tracked = &mut self.subflows[id];
         let subflow = &mut tracked.subflow;
         subflow.packets += 1;
@@ -181,6 +195,11 @@ impl Analysis {
                     tracked.responder_key = tracked.responder_key.or(responder_key);
                 }
                 MptcpOption::Join(MpJoin::Syn { backup, addr_id, token, nonce }) => {
+                    // The token is the responder's.
+                    if let Some((version, responder, initiator)) = join_keys {
+                        subflow.version = Some(version);
+                        tracked.join_keys = (initiator, Some(responder));
+                    }
                     subflow.join = Some(JoinHandshake {
                         token,
                         initiator_nonce: nonce,
@@ -213,9 +232,33 @@ impl Analysis {
                 _ => {}
             }
         }
+        tracked.data_level(frame, id, segment, from_initiator, options, &mut self.mappings);
+    }
+
+    /// The version and keys of the connection one of whose keys has `token`: (version, that
+    /// key, the other).
+    fn keys_for_token(&self, token: u32) -> Option<(u8, u64, Option<u64>)> {
+        self.subflows.iter().filter(|t| t.subflow.kind == SubflowKind::MpCapable).find_map(|t| {
+            let version = t.subflow.version.unwrap_or(1);
+            let token_of = |key: Option<u64>| key.map(|key| token_and_idsn(version, key).0);
+            if token_of(t.responder_key) == Some(token) {
+                Some((version, t.responder_key?, t.initiator_key))
+            } else if token_of(t.initiator_key) == Some(token) {
+                Some((version, t.initiator_key?, t.responder_key))
+            } else {
+                None
+            }
+        })
     }
 
     pub(super) fn finish(mut self, file: String) -> Report {
+        for tracked in &mut self.subflows {
+            for side in &mut tracked.dss {
+                side.finish(&mut self.mappings);
+            }
+            tracked.subflow.data_acks =
+                DataAcks { initiator: tracked.dss[0].data_ack, responder: tracked.dss[1].data_ack };
+        }
         let connections = self.connections();
         let subflows: Vec<Subflow> = self
             .subflows
@@ -224,6 +267,9 @@ impl Analysis {
             .collect();
         let checks: Vec<HmacCheck> = hmac::checks(&self.hmacs, &self.add_addrs, &subflows, &connections);
         let count = |verdict| checks.iter().filter(|c| c.verdict == verdict).count();
+        let checksums = |verdict| {
+            self.mappings.iter().filter(|m| m.checksum.as_ref().is_some_and(|c| c.verdict == verdict)).count()
+        };
         let summary = Summary {
             connections: connections.len(),
             subflows: subflows.len(),
@@ -231,6 +277,9 @@ impl Analysis {
             hmac_verified: count(Verdict::Verified),
             hmac_failed: count(Verdict::Failed),
             hmac_unknown: count(Verdict::Unknown),
+            checksum_verified: checksums(Verdict::Verified),
+            checksum_failed: checksums(Verdict::Failed),
+            checksum_unknown: checksums(Verdict::Unknown),
             ..self.summary
         };
         Report {
@@ -241,6 +290,7 @@ impl Analysis {
             subflows,
             add_addrs: self.add_addrs,
             hmac_checks: checks,
+            mappings: self.mappings,
             undecodable_frames: self.undecodable,
             malformed_options: self.malformed,
             packets: None,
@@ -284,6 +334,72 @@ impl Analysis {
             }
         }
         connections
+    }
+}
+
+impl Tracked {
+    /// The data level of a segment: its sender's data ACK, mapping and mapped payload.
+    fn data_level(
+        &mut self,
+        frame: u64,
+        id: usize,
+        segment: &TcpSegment<'_>,
+        from_initiator: bool,
+        options: &[MptcpOption],
+        records: &mut Vec<MappingRecord>,
+    ) {
+        let version = self.subflow.version.unwrap_or(1);
+        let start = |key: Option<u64>| key.map_or(0, |key| token_and_idsn(version, key).1.wrapping_add(1));
+        let (initiator_key, responder_key) = match self.subflow.kind {
+            SubflowKind::MpJoin => self.join_keys,
+            _ => (self.initiator_key, self.responder_key),
+        };
+        let (initiator_start, responder_start) = (start(initiator_key), start(responder_key));
+        let sender = usize::from(!from_initiator);
+        let (own_start, peer_start) = if from_initiator {
+            (initiator_start, responder_start)
+        } else {
+            (responder_start, initiator_start)
+        };
+        let side = &mut self.dss[sender];
+        side.data_start = own_start;
+        side.acked_start = peer_start;
+        let mut mapping = None;
+        for option in options {
+            match option {
+                MptcpOption::Dss(dss) => {
+                    if let Some(ack) = dss.data_ack {
+                        side.data_ack(ack);
+                    }
+                    mapping = dss.mapping.map(|m| (m, dss.data_fin)).or(mapping);
+                }
+                // MP_CAPABLE with data maps it from the start of the sender's space, subflow
+                // sequence 1 (RFC 8684 3.1).
+                MptcpOption::Capable(capable) if !segment.syn && own_start != 0 => {
+                    if let Some(data_len) = capable.data_len {
+                        let implicit = DssMapping {
+                            dsn: own_start,
+                            dsn_wide: true,
+                            subflow_seq: 1,
+                            data_len,
+                            checksum: capable.checksum,
+                        };
+                        mapping = Some((implicit, false));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let state = &self.mappings[sender];
+        let data = Data {
+            frame,
+            subflow: id,
+            sender: segment.src,
+            rel_seq: (state.isn_known && !segment.syn).then(|| segment.seq.wrapping_sub(state.isn)),
+            payload_len: segment.payload_len,
+            payload: segment.payload,
+        };
+        side.segment(mapping, &data, records);
     }
 }
 

@@ -3,6 +3,7 @@
 //! MP_JOIN and ADD_ADDR HMAC whose keys the capture holds.
 
 mod analysis;
+mod dss;
 mod hmac;
 mod report;
 #[cfg(test)]

@@ -56,14 +56,7 @@ impl From<&MptcpOption> for OptionRecord {
     }
 }
 
-/// The token and IDSN of a key, with the hash of MPTCP `version`.
-pub(super) fn token_and_idsn(version: u8, key: u64) -> (u32, u64) {
-    if version == 0 {
-        (handshake::token_v0(key), handshake::idsn_v0(key))
-    } else {
-        (handshake::token(key), handshake::idsn(key))
-    }
-}
+pub(super) use handshake::token_and_idsn;
 
 /// One TCP packet that carries MPTCP options or malformed options.
 #[derive(Debug, Clone, Serialize)]
@@ -124,6 +117,41 @@ pub struct Subflow {
     pub join: Option<JoinHandshake>,
     /// Why the subflow fell back to plain TCP, when it did.
     pub fallback: Option<String>,
+    /// The highest data ACK each side sent (64-bit, 4-byte ones widened).
+    pub data_acks: DataAcks,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DataAcks {
+    pub initiator: Option<u64>,
+    pub responder: Option<u64>,
+}
+
+/// One mapping of subflow bytes onto the data sequence space, where its side first sent it (a
+/// segment repeating a mapping adds none).
+#[derive(Debug, Clone, Serialize)]
+pub struct MappingRecord {
+    pub frame: u64,
+    pub subflow: usize,
+    pub sender: SocketAddr,
+    /// 64-bit, a 4-byte one widened (`dsn_wide`: it was sent as 8 bytes).
+    pub dsn: u64,
+    pub dsn_wide: bool,
+    pub subflow_seq: u32,
+    pub data_len: u16,
+    pub data_fin: bool,
+    /// Present when the mapping carries a DSS checksum.
+    pub checksum: Option<ChecksumCheck>,
+}
+
+/// The check of one DSS checksum over its pseudo-header and mapped payload.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChecksumCheck {
+    pub received: u16,
+    pub expected: Option<u16>,
+    pub verdict: Verdict,
+    /// Why the verdict is unknown.
+    pub reason: Option<String>,
 }
 
 /// One MPTCP connection: the keys of both hosts and what follows from them.
@@ -212,6 +240,9 @@ pub struct Summary {
     pub hmac_verified: usize,
     pub hmac_failed: usize,
     pub hmac_unknown: usize,
+    pub checksum_verified: usize,
+    pub checksum_failed: usize,
+    pub checksum_unknown: usize,
 }
 
 /// Everything `decode` reports about one capture file.
@@ -225,6 +256,7 @@ pub struct Report {
     pub subflows: Vec<Subflow>,
     pub add_addrs: Vec<AddAddrRecord>,
     pub hmac_checks: Vec<HmacCheck>,
+    pub mappings: Vec<MappingRecord>,
     pub undecodable_frames: Vec<Problem>,
     pub malformed_options: Vec<Problem>,
     /// Only with `--packets`: every packet carrying MPTCP options or malformed options.

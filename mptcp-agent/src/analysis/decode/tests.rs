@@ -381,3 +381,22 @@ fn options_keep_their_json_shape() {
         assert_eq!(serde_json::to_string(&OptionRecord::from(&option)).unwrap(), json);
     }
 }
+
+/// The fallback rule counts the payload the IP header says was sent, as the programs do: a snap
+/// length that kept only the headers of the first data segment still shows it unmapped.
+#[test]
+fn a_snap_length_hides_no_data_from_the_fallback_rule() {
+    let (c, s) = ((CLIENT, 40000), (SERVER, 80));
+    let mut data = segment(c, s, Flags::Ack, 2, &[], 1000);
+    data.truncate(40);
+    let frames = vec![
+        packet(c, s, Flags::Syn, &[capable(None, None)]),
+        packet(s, c, Flags::SynAck, &[capable(Some(SERVER_KEY), None)]),
+        packet(c, s, Flags::Ack, &[capable(Some(CLIENT_KEY), Some(SERVER_KEY))]),
+        data,
+    ];
+    let report = decode(&frames);
+    assert_eq!(report.undecodable_frames.len(), 0);
+    let fallback = report.subflows[0].fallback.as_deref().unwrap_or_default();
+    assert!(fallback.contains("frame 4 not covered"), "{fallback:?}");
+}

@@ -13,6 +13,8 @@ use mptcp_common::{
 pub const SRC_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 /// Destination MAC of every frame.
 pub const DST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+/// Every payload byte (DSS checksums are computed over it).
+pub const PAYLOAD_BYTE: u8 = 0x5a;
 
 /// One TCP segment over IPv4 from `src` to `dst` (address, port).
 #[derive(Debug, Clone)]
@@ -104,7 +106,7 @@ impl Segment {
             builder = builder.rst();
         }
         let mut frame = Vec::new();
-        builder.options_raw(&options[..len])?.write_to_vec(&mut frame, &vec![0x5a; self.payload])?;
+        builder.options_raw(&options[..len])?.write_to_vec(&mut frame, &vec![PAYLOAD_BYTE; self.payload])?;
         Ok(frame)
     }
 }

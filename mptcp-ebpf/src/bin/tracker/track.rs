@@ -9,7 +9,7 @@ use core::{
 use aya_ebpf::helpers::generated::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use mptcp_common::{
     fallback::{MappingState, SegmentFacts, falls_back_connection},
-    keys::{KeyDigest, key_digest_in},
+    keys::{KeyDigest, version_key_digest_in},
     maps::{
         AddrKey, Connection, Direction, Event, HalfOpen, PacketCounters, RateBucket, Subflow, addr_bytes,
         admission, connection_flags, direction_flags, event_flags, event_kind, fallback_reason, hmac_verdict,
@@ -17,7 +17,7 @@ use mptcp_common::{
     },
     mptcp::{
         AddAddr, Dss, DssMapping, MpCapable, MpExperimental, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst,
-        MptcpError, RemoveAddr, subtype, subtype_of,
+        MptcpError, RemoveAddr, subtype, subtype_of, widening_base,
     },
     options::TCP_OPTION_SPACE,
 };
@@ -53,12 +53,13 @@ const fn zeroed_connection() -> Connection {
     unsafe { core::mem::zeroed() }
 }
 
-/// Token and IDSN of a key, in a function of its own: the SHA-256 state gets its own stack frame.
+/// Token and IDSN of a key with the hash of MPTCP `version`, in a function of its own: the hash
+/// state gets its own stack frame.
 #[inline(never)]
-fn digest(key: u64, out: &mut KeyDigest) {
+fn digest(version: u8, key: u64, out: &mut KeyDigest) {
     if let Some(schedule) = DIGEST_SCHEDULE.get_ptr_mut(0) {
         // SAFETY: this CPU's scratch slot, used by one packet at a time.
-        *out = key_digest_in(key, unsafe { &mut *schedule });
+        *out = version_key_digest_in(version, key, unsafe { &mut *schedule });
     }
 }
 
@@ -486,7 +487,7 @@ impl Tracker {
                 None => {}
             }
             let mut server = KeyDigest { token: 0, idsn: 0 };
-            digest(server_key, &mut server);
+            digest(version, server_key, &mut server);
             if CONNECTIONS.insert(server.token, &EMPTY_CONNECTION, NOEXIST).is_ok() {
                 self.counters().connections_created += 1;
                 if let Some(connection) = CONNECTIONS.get_ptr_mut(server.token) {
@@ -521,7 +522,7 @@ impl Tracker {
             && connection.flags & connection_flags::CLIENT_KEY == 0
         {
             let mut client = KeyDigest { token: 0, idsn: 0 };
-            digest(client_key, &mut client);
+            digest(connection.version, client_key, &mut client);
             connection.client_key = client_key;
             connection.client_token = client.token;
             connection.client_idsn = client.idsn;
@@ -674,16 +675,23 @@ impl Tracker {
         let direction = &mut subflow.dir[index];
         direction.flags |= direction_flags::MPTCP;
         if let Some(ack) = dss.data_ack {
-            // A 4-byte data ACK carries the low bits; the high ones come from the ACKs seen.
-            let value = ack.wide_value(direction.data_ack);
+            // This side acknowledges the other side's data. A 4-byte data ACK carries the low
+            // bits; the high ones come from the connection's ACKs seen, else from where the
+            // other side's data starts.
+            let acked_side = usize::from(from_client);
+            let connection = self.connection();
+            let base = match connection.as_ref() {
+                Some(c) => widening_base(c.data_ack[acked_side], c.data_start[acked_side]),
+                None => direction.data_ack,
+            };
+            let value = ack.wide_value(widening_base(base, direction.data_ack));
             if value > direction.data_ack {
                 direction.data_ack = value;
-                // This side acknowledges the other side's data.
-                if let Some(connection) = self.connection() {
-                    let acked = &mut connection.data_ack[usize::from(from_client)];
-                    if value > *acked {
-                        *acked = value;
-                    }
+            }
+            if let Some(connection) = connection {
+                let acked = &mut connection.data_ack[acked_side];
+                if value > *acked {
+                    *acked = value;
                 }
             }
         }
@@ -734,8 +742,10 @@ impl Tracker {
             return;
         }
         direction.ssn_end = ssn_end;
-        // A 4-byte DSN takes its high bits from what this side mapped before.
-        let dsn = mapping.wide_dsn(direction.dsn_end);
+        // A 4-byte DSN takes its high bits from what this side mapped before on the connection,
+        // which starts right after its IDSN.
+        let connection_end = self.connection().and_then(|c| c.mapped_end.get(index).copied()).unwrap_or(0);
+        let dsn = mapping.wide_dsn(widening_base(connection_end, direction.dsn_end));
         // The DATA_FIN occupies one data sequence number of the mapping but carries no byte.
         let end = dsn + u64::from(data_len) - u64::from(data_fin);
         let went_back = dsn < direction.dsn_end;
