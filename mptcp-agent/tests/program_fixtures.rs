@@ -18,6 +18,7 @@ use mptcp_agent::{
         handshake,
         testrun::{
             BALANCER_XDP, BalancerHarness, TRACKER_XDP, TestHarness, TrackerHarness,
+            action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
             frames::{Segment, capable},
             synthetic_link,
         },
@@ -35,10 +36,6 @@ use mptcp_common::{
     },
     mptcp::{DataAck, Dss, DssMapping, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst, MptcpOption},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
 
 type Endpoint = ([u8; 4], u16);
 

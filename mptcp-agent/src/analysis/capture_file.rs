@@ -76,12 +76,13 @@ pub fn read(path: &Path) -> Result<CaptureFile, CaptureFileError> {
     let display = path.display().to_string();
     let bytes =
         std::fs::read(path).map_err(|source| CaptureFileError::Io { path: display.clone(), source })?;
-    let format_error = |source| CaptureFileError::Format { path: display.clone(), source };
-    if bytes.starts_with(&PCAPNG_MAGIC) {
-        read_pcapng(&bytes).map_err(format_error)
-    } else {
-        read_pcap(&bytes).map_err(format_error)
-    }
+    parse(&bytes).map_err(|source| CaptureFileError::Format { path: display, source })
+}
+
+/// Reads every frame of a pcap or pcapng file held in memory (what [`read`] reads, and what the
+/// fuzz targets feed).
+pub fn parse(bytes: &[u8]) -> Result<CaptureFile, PcapError> {
+    if bytes.starts_with(&PCAPNG_MAGIC) { read_pcapng(bytes) } else { read_pcap(bytes) }
 }
 
 fn read_pcap(bytes: &[u8]) -> Result<CaptureFile, PcapError> {
