@@ -229,9 +229,10 @@ pub const SESSION_CLIENT_KEY: u64 = 0x0102_0304_0506_0708;
 pub const SESSION_SERVER_KEY: u64 = 0x1112_1314_1516_1718;
 const SESSION_CLIENT_NONCE: u32 = 0x0102_0304;
 const SESSION_SERVER_NONCE: u32 = 0x0a0b_0c0d;
-const SESSION_CLIENT: ([u8; 4], u16) = ([192, 0, 2, 1], 40000);
-const SESSION_CLIENT_2: ([u8; 4], u16) = ([198, 51, 100, 1], 40001);
-const SESSION_SERVER: ([u8; 4], u16) = ([192, 0, 2, 2], 80);
+/// The endpoints of [`mptcp_session`]: the client's first and second address, the server.
+pub const SESSION_CLIENT: ([u8; 4], u16) = ([192, 0, 2, 1], 40000);
+pub const SESSION_CLIENT_2: ([u8; 4], u16) = ([198, 51, 100, 1], 40001);
+pub const SESSION_SERVER: ([u8; 4], u16) = ([192, 0, 2, 2], 80);
 const SESSION_SERVER_2: [u8; 4] = [198, 51, 100, 2];
 
 /// A DSS option: an optional 8-byte data ACK and an optional 8-byte mapping.
