@@ -5,7 +5,6 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::PathBuf,
     process::{Command, Stdio},
 };
 
@@ -136,9 +135,13 @@ pub fn run_target(target: &Target, bound: Bound) -> Result<Outcome> {
     }
     let status = child.wait()?;
     if !status.success() {
-        let artifacts = fuzz_dir.join("artifacts").join(target.name);
-        let path: PathBuf = artifact.unwrap_or(artifacts);
-        bail!("fuzzing {} failed ({status}); the crashing input is {}", target.name, path.display());
+        // The last unit written is the crash (an earlier one may be a slow unit).
+        match artifact {
+            Some(path) => {
+                bail!("fuzzing {} failed ({status}); the crashing input is {}", target.name, path.display())
+            }
+            None => bail!("fuzzing {} failed ({status}) without writing a crashing input", target.name),
+        }
     }
     let done = done.context("libFuzzer did not report how many executions ran")?;
     // "N runs in S second(s)"
