@@ -18,7 +18,8 @@ use mptcp_agent::{
         handshake,
         testrun::{
             BALANCER_XDP, BalancerHarness, TRACKER_XDP, TestHarness, TrackerHarness,
-            frames::{Segment, capable},
+            action::{XDP_DROP, XDP_PASS, XDP_REDIRECT},
+            frames::{self, Segment, capable},
             synthetic_link,
         },
     },
@@ -35,10 +36,6 @@ use mptcp_common::{
     },
     mptcp::{DataAck, Dss, DssMapping, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst, MptcpOption},
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
 
 type Endpoint = ([u8; 4], u16);
 
@@ -571,6 +568,27 @@ fn admission_cases() -> Vec<Case<Tracker>> {
 
 fn tracking_cases() -> Vec<Case<Tracker>> {
     vec![
+        Case {
+            name: "the fuzz targets' crafted session: one connection, both keys, its join verified",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| Ok(frames::mptcp_session()?.into_iter().map(|s| frame(s, XDP_PASS)).collect()),
+            check: |t| {
+                t.harness.process_events();
+                let token = handshake::token(frames::SESSION_SERVER_KEY);
+                let c = t.harness.tables.connections.get(&token, 0).context("no connection")?;
+                let keys = connection_flags::CLIENT_KEY | connection_flags::SERVER_KEY;
+                expect!("key flags", c.flags & keys, keys);
+                expect!("client token", c.client_token, handshake::token(frames::SESSION_CLIENT_KEY));
+                expect!("subflows", c.subflows, 2);
+                let join = key(frames::SESSION_CLIENT_2, frames::SESSION_SERVER);
+                let subflows = t.harness.tables.subflows()?;
+                let (_, s) = subflows.iter().find(|(k, _)| *k == join).context("no join subflow")?;
+                expect!("join conn_token", s.conn_token, token);
+                expect!("join HMAC", s.hmac, hmac_verdict::VERIFIED);
+                expect!("fallback", s.fallback, 0);
+                Ok(())
+            },
+        },
         Case {
             name: "MP_CAPABLE SYN: initial subflow in SYN_SENT, no connection yet",
             setup: || Tracker::new(config(admission::ALLOW)),

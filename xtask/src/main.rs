@@ -46,10 +46,16 @@ enum Task {
     /// Run the benchmark suites (those whose name contains FILTER, if given); results go to
     /// target/bench/results.{json,md}.
     Bench { filter: Option<String> },
-    /// Fuzz the option walker and MPTCP codec with cargo fuzz (nightly) for a bounded time.
+    /// Run one cargo fuzz (nightly) target, bounded in time (60 s unless told) or executions:
+    /// parse_options (option walker and codec), decode_capture and decode_session (capture
+    /// reader and decode), programs_frame and programs_session (the programs under test-run).
     Fuzz {
-        #[arg(long, default_value_t = 60)]
-        seconds: u64,
+        #[arg(long, default_value = "parse_options")]
+        target: String,
+        #[arg(long, conflicts_with = "runs")]
+        seconds: Option<u64>,
+        #[arg(long)]
+        runs: Option<u64>,
     },
 }
 
@@ -64,6 +70,9 @@ fn main() -> Result<()> {
         Task::Demo => demo::demo(),
         Task::Lab { which, connections, steering } => lab::lab(which, connections, &steering),
         Task::Bench { filter } => bench::bench(filter.as_deref()),
-        Task::Fuzz { seconds } => fuzz::fuzz(seconds),
+        Task::Fuzz { target, seconds, runs } => {
+            let bound = runs.map_or(fuzz::Bound::Seconds(seconds.unwrap_or(60)), fuzz::Bound::Runs);
+            fuzz::fuzz(&target, bound)
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::process::Command;
 use anyhow::{Result, ensure};
 
 use crate::{
+    fuzz,
     setup::setup,
     util::{build_agent, cargo, is_root, run},
 };
@@ -34,5 +35,19 @@ pub fn test() -> Result<()> {
         is_root(),
         "the integration tests create network namespaces and load eBPF programs: run them as root"
     );
-    run(cargo().args(["test", "-p", "mptcp-tests", "--", "--test-threads=1"]).env("MPTCP_AGENT_BIN", &agent))
+    run(cargo()
+        .args(["test", "-p", "mptcp-tests", "--", "--test-threads=1"])
+        .env("MPTCP_AGENT_BIN", &agent))?;
+    fuzz_smoke()
+}
+
+/// Every fuzz target built and run for a few seconds, so none can rot; the long runs are
+/// `cargo xtask fuzz --target NAME`.
+fn fuzz_smoke() -> Result<()> {
+    const SECONDS: u64 = 5;
+    for target in &fuzz::TARGETS {
+        let outcome = fuzz::run_target(target, fuzz::Bound::Seconds(SECONDS))?;
+        println!("fuzz smoke: {} executions of {} ran clean", outcome.runs, target.name);
+    }
+    Ok(())
 }

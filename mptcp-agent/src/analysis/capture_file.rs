@@ -6,8 +6,8 @@ use std::{net::SocketAddr, path::Path};
 use etherparse::{EtherType, LaxSlicedPacket, LinuxSllHeaderSlice, LinuxSllProtocolType, TransportSlice};
 use pcap_file::{
     DataLink, PcapError,
-    pcap::PcapReader,
-    pcapng::{Block, PcapNgReader},
+    pcap::PcapParser,
+    pcapng::{Block, PcapNgParser},
 };
 
 /// Why a capture file could not be read at all.
@@ -79,25 +79,39 @@ pub fn read(path: &Path) -> Result<CaptureFile, CaptureFileError> {
     let display = path.display().to_string();
     let bytes =
         std::fs::read(path).map_err(|source| CaptureFileError::Io { path: display.clone(), source })?;
-    let format_error = |source| CaptureFileError::Format { path: display.clone(), source };
-    if bytes.starts_with(&PCAPNG_MAGIC) {
-        read_pcapng(&bytes).map_err(format_error)
-    } else {
-        read_pcap(&bytes).map_err(format_error)
+    parse(&bytes).map_err(|source| CaptureFileError::Format { path: display, source })
+}
+
+/// Reads every frame of a pcap or pcapng file held in memory (what [`read`] reads, and what the
+/// fuzz targets feed).
+pub fn parse(bytes: &[u8]) -> Result<CaptureFile, PcapError> {
+    if bytes.starts_with(&PCAPNG_MAGIC) { read_pcapng(bytes) } else { read_pcap(bytes) }
+}
+
+/// A record cut short is the end of the file, as `pcap-file`'s readers report it.
+fn cut_short(error: PcapError) -> PcapError {
+    match error {
+        PcapError::IncompleteBuffer => PcapError::IoError(std::io::ErrorKind::UnexpectedEof.into()),
+        other => other,
     }
 }
 
+// The slice parsers, not `pcap-file`'s readers: the bytes are in memory already, and a reader
+// allocates and zeroes an 8 MB buffer for every file (most of the time a fuzz execution took).
 fn read_pcap(bytes: &[u8]) -> Result<CaptureFile, PcapError> {
-    let mut reader = PcapReader::new(bytes)?;
-    let link_type = reader.header().datalink;
+    let (mut rest, parser) = PcapParser::new(bytes).map_err(cut_short)?;
+    let link_type = parser.header().datalink;
     let mut capture = CaptureFile { frames: Vec::new(), read_error: None };
     // Raw packets: pcap-file 2.0 rejects every packet whose original length exceeds the snap
     // length, which is exactly what a capture with `tcpdump -s N` holds.
-    while let Some(packet) = reader.next_raw_packet() {
-        match packet {
-            Ok(packet) => capture.push(link_type, packet.data.into_owned()),
+    while !rest.is_empty() {
+        match parser.next_raw_packet(rest) {
+            Ok((remainder, packet)) => {
+                capture.push(link_type, packet.data.into_owned());
+                rest = remainder;
+            }
             Err(error) => {
-                capture.read_error = Some(error.to_string());
+                capture.read_error = Some(cut_short(error).to_string());
                 break;
             }
         }
@@ -106,26 +120,32 @@ fn read_pcap(bytes: &[u8]) -> Result<CaptureFile, PcapError> {
 }
 
 fn read_pcapng(bytes: &[u8]) -> Result<CaptureFile, PcapError> {
-    let mut reader = PcapNgReader::new(bytes)?;
+    let (mut rest, mut parser) = PcapNgParser::new(bytes).map_err(cut_short)?;
     let mut capture = CaptureFile { frames: Vec::new(), read_error: None };
-    while let Some(block) = reader.next_block() {
-        // Owned, so the reader can be asked about interfaces while the block is in hand.
-        let frame = match block.map(Block::into_owned) {
-            Ok(Block::EnhancedPacket(packet)) => match reader.packet_interface(&packet) {
-                Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
-                None => Err(format!("packet on undeclared interface {}", packet.interface_id)),
-            },
-            // A simple packet block belongs to the first interface.
-            Ok(Block::SimplePacket(packet)) => match reader.interfaces().first() {
-                Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
-                None => Err("simple packet block before any interface".to_owned()),
-            },
-            Ok(Block::Packet(packet)) => match reader.interfaces().get(usize::from(packet.interface_id)) {
-                Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
-                None => Err(format!("packet on undeclared interface {}", packet.interface_id)),
-            },
-            Ok(_) => continue,
-            Err(error) => Err(error.to_string()),
+    while !rest.is_empty() {
+        let frame = match parser.next_block(rest) {
+            Ok((remainder, block)) => {
+                rest = remainder;
+                match block {
+                    Block::EnhancedPacket(packet) => match parser.packet_interface(&packet) {
+                        Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
+                        None => Err(format!("packet on undeclared interface {}", packet.interface_id)),
+                    },
+                    // A simple packet block belongs to the first interface.
+                    Block::SimplePacket(packet) => match parser.interfaces().first() {
+                        Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
+                        None => Err("simple packet block before any interface".to_owned()),
+                    },
+                    Block::Packet(packet) => {
+                        match parser.interfaces().get(usize::from(packet.interface_id)) {
+                            Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
+                            None => Err(format!("packet on undeclared interface {}", packet.interface_id)),
+                        }
+                    }
+                    _ => continue,
+                }
+            }
+            Err(error) => Err(cut_short(error).to_string()),
         };
         match frame {
             Ok((link_type, data)) => capture.push(link_type, data),

@@ -20,7 +20,7 @@ pub(crate) const XDP_PROGRAM: &str = "mptcp_xdp_ingress";
 pub(crate) const TC_PROGRAM: &str = "mptcp_tc_egress";
 
 const SOCK_OPS_PROGRAM: &str = "mptcp_sock_ops";
-const TC_INGRESS_PROGRAM: &str = "mptcp_tc_ingress";
+pub(crate) const TC_INGRESS_PROGRAM: &str = "mptcp_tc_ingress";
 /// Link pins in an interface's directory.
 const XDP_LINK: &str = "xdp_ingress";
 const TC_INGRESS_LINK: &str = "tc_ingress";

@@ -2,7 +2,7 @@
 //! this file.
 
 mod daemon_status;
-mod decode;
+pub mod decode;
 mod lb;
 mod paths;
 mod tables;

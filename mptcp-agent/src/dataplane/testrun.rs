@@ -15,19 +15,22 @@ use std::{
 use aya::{
     Ebpf,
     maps::{MapData, RingBuf},
-    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
+    programs::{Program, ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 use mptcp_common::maps::{COUNTERS_MAP, EVENTS_MAP, Event};
 
 use crate::{
     bpf::{
-        self, BALANCER_OBJECT, LoaderError, Privilege, REFERENCE_OBJECT, TC_PROGRAM, TRACKER_OBJECT,
-        XDP_PROGRAM, check_privileges,
+        self, BALANCER_OBJECT, LoaderError, Privilege, REFERENCE_OBJECT, TC_INGRESS_PROGRAM, TC_PROGRAM,
+        TRACKER_OBJECT, XDP_PROGRAM, check_privileges,
     },
     dataplane::events::{EventRecord, Processor},
     dataplane::stats::{self, InterfaceCounters},
     dataplane::tables::{TableError, Tables},
-    lb::{BackendConfig, LB_XDP_PROGRAM, LbConfig, LbMaps, Link, Steering, SteeringError, VipConfig},
+    lb::{
+        BackendConfig, LB_TC_PROGRAM, LB_XDP_PROGRAM, LbConfig, LbMaps, Link, Steering, SteeringError,
+        VipConfig,
+    },
 };
 
 /// The reference object's programs (see `bench`): XDP_PASS only, and parse to TCP plus one hash
@@ -38,8 +41,26 @@ pub const BASELINE_FLOWS_MAP: &str = "BASELINE_FLOWS";
 
 /// The tracker's XDP program, as the harness names it.
 pub const TRACKER_XDP: &str = XDP_PROGRAM;
+/// The tracker's tcx ingress program (its ingress where XDP does not pay), as the harness names it.
+pub const TRACKER_TC_INGRESS: &str = TC_INGRESS_PROGRAM;
+/// The tracker's tcx egress program, as the harness names it.
+pub const TRACKER_TC_EGRESS: &str = TC_PROGRAM;
 /// The balancer's XDP program, as the harness names it.
 pub const BALANCER_XDP: &str = LB_XDP_PROGRAM;
+/// The balancer's tcx ingress program, as the harness names it.
+pub const BALANCER_TC: &str = LB_TC_PROGRAM;
+
+/// The program return values the kernel defines (UAPI `xdp_action`, `TC_ACT_*`, tcx) that the
+/// programs return.
+pub mod action {
+    pub const XDP_DROP: u32 = 1;
+    pub const XDP_PASS: u32 = 2;
+    pub const XDP_REDIRECT: u32 = 4;
+    pub const TC_ACT_SHOT: u32 = 2;
+    pub const TC_ACT_REDIRECT: u32 = 7;
+    /// `TCX_NEXT` (-1), as the 32-bit return value test-run reports.
+    pub const TCX_NEXT: u32 = u32::MAX;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestRunError {
@@ -71,10 +92,10 @@ pub struct TestHarness {
 }
 
 impl TestHarness {
-    /// The tracker, its ingress XDP and egress TC programs loaded, with the agent's view of its
-    /// tables and events.
+    /// The tracker, its ingress XDP and its ingress and egress TC programs loaded, with the
+    /// agent's view of its tables and events.
     pub fn tracker() -> Result<TrackerHarness, TestRunError> {
-        let mut harness = Self::load(TRACKER_OBJECT, &[XDP_PROGRAM], &[TC_PROGRAM])?;
+        let mut harness = Self::load(TRACKER_OBJECT, &[XDP_PROGRAM], &[TC_PROGRAM, TC_INGRESS_PROGRAM])?;
         let tables = Tables::open(|name| harness.ebpf.take_map(name).ok_or(TableError::Missing(name)))?;
         let events = harness.ebpf.take_map(EVENTS_MAP).ok_or(TableError::Missing(EVENTS_MAP))?;
         let events =
@@ -82,9 +103,9 @@ impl TestHarness {
         Ok(TrackerHarness { harness, tables, events })
     }
 
-    /// The load balancer's XDP program.
+    /// The load balancer's XDP and TC programs.
     pub fn balancer() -> Result<Self, TestRunError> {
-        Self::load(BALANCER_OBJECT, &[LB_XDP_PROGRAM], &[])
+        Self::load(BALANCER_OBJECT, &[LB_XDP_PROGRAM], &[LB_TC_PROGRAM])
     }
 
     /// The benchmarks' reference programs ([`BASELINE_PASS`], [`BASELINE_FLOW_LOOKUP`]).
@@ -114,7 +135,26 @@ impl TestHarness {
         frame: &[u8],
         repeat: u32,
     ) -> Result<RunResult, TestRunError> {
-        let program: &mut Xdp = bpf::program(&mut self.ebpf, name)?;
+        self.run::<Xdp>(name, frame, repeat)
+    }
+
+    /// Runs the TC classifier `name` on `frame` (an Ethernet frame, as tcx sees it), `repeat`
+    /// times; the action is the classifier's return value as the kernel passes it back.
+    pub fn run_tc(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<RunResult, TestRunError> {
+        self.run::<SchedClassifier>(name, frame, repeat)
+    }
+
+    fn run<P>(&mut self, name: &'static str, frame: &[u8], repeat: u32) -> Result<RunResult, TestRunError>
+    where
+        P: for<'o> TestRun<Opts<'o> = TestRunOptions<'o>, Result = TestRunResult>,
+        for<'p> &'p mut P: TryFrom<&'p mut Program, Error = ProgramError>,
+    {
+        let program: &mut P = bpf::program(&mut self.ebpf, name)?;
         let result = program
             .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
             .map_err(|source| TestRunError::Run { program: name, source })?;

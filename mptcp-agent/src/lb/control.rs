@@ -18,7 +18,7 @@ use crate::bpf::{
 /// The balancer's programs: XDP, and the tcx classifier for interfaces where XDP does not pay.
 pub(crate) const LB_XDP_PROGRAM: &str = "mptcp_lb";
 
-const LB_TC_PROGRAM: &str = "mptcp_lb_tc";
+pub(crate) const LB_TC_PROGRAM: &str = "mptcp_lb_tc";
 
 /// Their links, per interface (`detach` takes whatever links an interface's directory holds).
 const LB_XDP_LINK: &str = "lb_xdp";

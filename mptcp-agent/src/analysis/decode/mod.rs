@@ -13,18 +13,22 @@ use std::path::Path;
 
 pub use report::*;
 
-use crate::analysis::capture_file::{self, CaptureFileError};
+use crate::analysis::capture_file::{self, CaptureFile, CaptureFileError};
 
 /// Decodes a capture file.
 pub fn decode_file(path: &Path, with_packets: bool) -> Result<Report, CaptureFileError> {
-    let capture = capture_file::read(path)?;
+    Ok(decode(path.display().to_string(), capture_file::read(path)?, with_packets))
+}
+
+/// Decodes the frames of a capture read already; `file` names it in the report.
+pub fn decode(file: String, capture: CaptureFile, with_packets: bool) -> Report {
     let mut analysis = analysis::Analysis::default();
     let packets: Vec<PacketRecord> =
         capture.frames.iter().filter_map(|frame| analysis.frame(frame)).collect();
-    let mut report = analysis.finish(path.display().to_string());
+    let mut report = analysis.finish(file);
     report.read_error = capture.read_error;
     report.packets = with_packets.then_some(packets);
-    Ok(report)
+    report
 }
 
 /// `decode --json`: the report as pretty JSON.
