@@ -26,9 +26,7 @@ use mptcp_agent::{
     lb::{LbMaps, Steering, maglev},
 };
 use mptcp_common::{
-    lb::{
-        LB_FLOWS_MAP, LB_TOKENS_MAP, LbFlow, MAGLEV_SIZE, NO_BACKEND, backend_state, flow_kind, maglev_slot,
-    },
+    lb::{LbCounters, LbFlow, MAGLEV_SIZE, NO_BACKEND, backend_state, flow_kind, maglev_slot},
     maps::{
         AddrKey, CLIENT_TOKENS_MAP, Connection, DataplaneConfig, FlowKey, HALF_OPEN_MAP, HalfOpen,
         JOIN_RATE_MAP, PacketCounters, RateBucket, Subflow, addr_bytes, admission, connection_flags,
@@ -336,22 +334,41 @@ fn spoofed(i: u32) -> Endpoint {
     (addr, 1024 + (i / 512) as u16)
 }
 
+/// Runs `FLOOD_HANDSHAKES` spoofed clients' frames, `frames(client, i)` each and each `times`
+/// times in a row, through `program`; every run must get `action`. One test run per frame: with
+/// a repeat count above 1, BPF_PROG_TEST_RUN of XDP swaps the program into the XDP dispatcher,
+/// which waits for an RCU grace period, twice per call.
+fn run_flood(
+    harness: &mut TestHarness,
+    program: &'static str,
+    action: u32,
+    times: u32,
+    frames: fn(Endpoint, u32) -> Vec<Segment>,
+) -> Result<()> {
+    let start = std::time::Instant::now();
+    for i in 0..FLOOD_HANDSHAKES {
+        for segment in frames(spoofed(i), i) {
+            let frame = segment.frame()?;
+            for _ in 0..times {
+                let result = harness.run_xdp(program, &frame, 1)?;
+                ensure!(result.action == action, "spoofed client {i}: {}", action_name(result.action));
+            }
+        }
+    }
+    println!("flood: {FLOOD_HANDSHAKES} spoofed clients in {} ms", start.elapsed().as_millis());
+    Ok(())
+}
+
 /// A SYN flood the server answers (Linux does, syncookies included): each spoofed SYN gets a
 /// SYN-ACK with a server key of its own; no third ACK follows.
 fn flood(t: &mut Tracker) -> Result<()> {
-    let start = std::time::Instant::now();
-    for i in 0..FLOOD_HANDSHAKES {
-        let client = spoofed(i);
-        let syn = Segment::syn(client, SERVER).with(capable(None, None)).frame()?;
+    run_flood(&mut t.harness, TRACKER_XDP, XDP_PASS, 1, |client, i| {
         let key = 0xf100_0000_0000_0000 | u64::from(i);
-        let syn_ack = Segment::syn_ack(SERVER, client).with(capable(Some(key), None)).frame()?;
-        for frame in [syn, syn_ack] {
-            let result = t.harness.run_xdp(TRACKER_XDP, &frame, 1)?;
-            ensure!(result.action == XDP_PASS, "spoofed handshake {i}: {}", action_name(result.action));
-        }
-    }
-    println!("flood: {FLOOD_HANDSHAKES} spoofed handshakes in {} ms", start.elapsed().as_millis());
-    Ok(())
+        vec![
+            Segment::syn(client, SERVER).with(capable(None, None)),
+            Segment::syn_ack(SERVER, client).with(capable(Some(key), None)),
+        ]
+    })
 }
 
 fn admission_cases() -> Vec<Case<Tracker>> {
@@ -1255,8 +1272,6 @@ const ELSEWHERE: Endpoint = ([192, 0, 2, 99], 80);
 struct Balancer {
     harness: TestHarness,
     maps: LbMaps,
-    flows: HashMap<MapData, FlowKey, LbFlow>,
-    tokens: HashMap<MapData, u32, u32>,
     /// The VIP's Maglev table as configured.
     table: Vec<u32>,
 }
@@ -1274,9 +1289,7 @@ impl Fixture for Balancer {
 impl Balancer {
     /// One VIP (SERVER) served by `backends` of BACKENDS, configured as `mptcp-agent lb` does.
     fn new(steering: Steering, backends: &[&str]) -> Result<Self> {
-        let BalancerHarness { mut harness, maps } = balancer_harness(steering, backends)?;
-        let flows = HashMap::try_from(harness.take_map(LB_FLOWS_MAP).context(LB_FLOWS_MAP)?)?;
-        let tokens = HashMap::try_from(harness.take_map(LB_TOKENS_MAP).context(LB_TOKENS_MAP)?)?;
+        let BalancerHarness { harness, maps } = balancer_harness(steering, backends)?;
         let members: Vec<maglev::Member<'_>> = BACKENDS
             .iter()
             .enumerate()
@@ -1284,7 +1297,7 @@ impl Balancer {
             .map(|(slot, name)| maglev::Member { slot: slot as u32, name, weight: 1 })
             .collect();
         let table = maglev::table(&members, MAGLEV_SIZE, NO_BACKEND);
-        Ok(Self { harness, maps, flows, tokens, table })
+        Ok(Self { harness, maps, table })
     }
 
     fn token() -> Result<Self> {
@@ -1302,8 +1315,74 @@ impl Balancer {
     }
 
     fn flow(&self, client: Endpoint) -> Result<LbFlow> {
-        self.flows.get(&key(client, SERVER), 0).with_context(|| format!("no LB_FLOWS entry for {client:?}"))
+        self.maps
+            .flows
+            .get(&key(client, SERVER), 0)
+            .with_context(|| format!("no LB_FLOWS entry for {client:?}"))
     }
+
+    fn half_open_flow(&self, client: Endpoint) -> Result<LbFlow> {
+        self.maps
+            .half_open
+            .get(&key(client, SERVER), 0)
+            .with_context(|| format!("no LB_HALF_OPEN entry for {client:?}"))
+    }
+
+    /// Whether either table holds the flow between `client` and the VIP.
+    fn recorded(&self, client: Endpoint) -> bool {
+        self.flow(client).is_ok() || self.half_open_flow(client).is_ok()
+    }
+
+    /// A second address and port of the client whose join Maglev would send elsewhere than to
+    /// the backend CLIENT's connection is on, so that only the token steers it right.
+    fn joiner(&self) -> Result<Endpoint> {
+        (50_000..u16::MAX)
+            .map(|p| port(CLIENT2, p))
+            .find(|c| self.pick(*c) != self.pick(CLIENT))
+            .context("no port Maglev maps elsewhere")
+    }
+}
+
+/// CLIENT's MP_CAPABLE handshake as the balancer sees it (direct server return: no SYN-ACK),
+/// its backend then drained (so that Maglev would place the flow elsewhere: only the flow
+/// table keeps it), then `flood`, then CLIENT's data and a join from [`Balancer::joiner`]: each
+/// must reach the backend the connection is on.
+fn lb_flood_steps(b: &Balancer, flood: fn(&mut Balancer) -> Result<()>) -> Result<Vec<Step<Balancer>>> {
+    let owner = b.pick(CLIENT);
+    Ok(vec![
+        to_backend(Segment::syn(CLIENT, SERVER).with(capable(None, None)), owner),
+        to_backend(Segment::new(CLIENT, SERVER).with(capable(Some(CLIENT_KEY), Some(SERVER_KEY))), owner),
+        Step::Do(|b| {
+            Ok(b.maps.set_backend_state(BACKENDS[b.pick(CLIENT) as usize], backend_state::DRAINING)?)
+        }),
+        Step::Do(flood),
+        to_backend(Segment::new(CLIENT, SERVER).payload(100), owner),
+        to_backend(lb_join_syn(b.joiner()?, server_token()), owner),
+    ])
+}
+
+/// Each spoofed packet of the balancer's floods is sent twice in a row (a retransmission). The
+/// kernel's LRU gives entries looked up after their insertion a
+/// second chance: entries of single packets are only ever evicted by one another, while entries
+/// touched twice compete with established flows (measured: with single packets both floods leave
+/// the flow table intact even when flows and floods share it).
+const FLOOD_TIMES: u32 = 2;
+
+/// After [`lb_flood_steps`]: CLIENT's flow, alone in the flow table, and its token, alone in the
+/// token table, are still there; the join went by the token and waits half-open.
+fn lb_flood_check(b: &mut Balancer) -> Result<LbCounters> {
+    let owner = b.pick(CLIENT);
+    lb_flow(&b.flow(CLIENT)?, owner, flow_kind::INITIAL, 3, 1)?;
+    expect!("LB_FLOWS entries", b.maps.flows.keys().count(), 1);
+    expect!("LB_TOKENS entry", b.maps.tokens.get(&server_token(), 0).ok(), Some(owner));
+    expect!("LB_TOKENS entries", b.maps.tokens.keys().count(), 1);
+    lb_flow(&b.half_open_flow(b.joiner()?)?, owner, flow_kind::JOIN, 1, 0)?;
+    let c = b.maps.counters()?;
+    expect!("joins_steered_by_token", c.joins_steered_by_token, 1);
+    expect!("tokens_learned", c.tokens_learned, 1);
+    expect!("half_open_promoted", c.half_open_promoted, 1);
+    expect!("table_errors", c.table_errors, 0);
+    Ok(c)
 }
 
 fn lb_join_syn(client: Endpoint, token: u32) -> Segment {
@@ -1321,17 +1400,20 @@ fn lb_flow(f: &LbFlow, backend: u32, kind: u32, packets: u64, token_learned: u32
 fn balancer_cases() -> Vec<Case<Balancer>> {
     vec![
         Case {
-            name: "MP_CAPABLE SYN: new flow placed by Maglev, recorded in LB_FLOWS",
+            name: "MP_CAPABLE SYN: new flow placed by Maglev, recorded half-open",
             setup: Balancer::token,
             steps: |b| {
                 Ok(vec![to_backend(Segment::syn(CLIENT, SERVER).with(capable(None, None)), b.pick(CLIENT))])
             },
             check: |b| {
                 let pick = b.pick(CLIENT);
-                lb_flow(&b.flow(CLIENT)?, pick, flow_kind::INITIAL, 1, 0)?;
+                lb_flow(&b.half_open_flow(CLIENT)?, pick, flow_kind::INITIAL, 1, 0)?;
+                expect!("LB_FLOWS entry", b.flow(CLIENT).is_err(), true);
                 let c = b.maps.counters()?;
                 expect!("packets", c.packets, 1);
                 expect!("flows_hashed", c.flows_hashed, 1);
+                expect!("half_open_created", c.half_open_created, 1);
+                expect!("half_open_promoted", c.half_open_promoted, 0);
                 expect!("forwarded", c.forwarded, 1);
                 let s = b.maps.backend_counters(pick)?;
                 expect!("backend connections", s.connections, 1);
@@ -1346,7 +1428,7 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
             steps: |b| Ok(vec![to_backend(Segment::syn(CLIENT, SERVER), b.pick(CLIENT))]),
             check: |b| {
                 let pick = b.pick(CLIENT);
-                lb_flow(&b.flow(CLIENT)?, pick, flow_kind::PLAIN, 1, 0)?;
+                lb_flow(&b.half_open_flow(CLIENT)?, pick, flow_kind::PLAIN, 1, 0)?;
                 expect!("backend plain_flows", b.maps.backend_counters(pick)?.plain_flows, 1);
                 expect!("backend connections", b.maps.backend_counters(pick)?.connections, 0);
                 Ok(())
@@ -1357,13 +1439,13 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
             setup: || {
                 let mut b = Balancer::token()?;
                 let owner = b.other_than_pick(CLIENT2);
-                b.tokens.insert(server_token(), owner, 0)?;
+                b.maps.tokens.insert(server_token(), owner, 0)?;
                 Ok(b)
             },
             steps: |b| Ok(vec![to_backend(lb_join_syn(CLIENT2, server_token()), b.other_than_pick(CLIENT2))]),
             check: |b| {
                 let owner = b.other_than_pick(CLIENT2);
-                lb_flow(&b.flow(CLIENT2)?, owner, flow_kind::JOIN, 1, 0)?;
+                lb_flow(&b.half_open_flow(CLIENT2)?, owner, flow_kind::JOIN, 1, 0)?;
                 let c = b.maps.counters()?;
                 expect!("joins_steered_by_token", c.joins_steered_by_token, 1);
                 expect!("joins_unknown_token", c.joins_unknown_token, 0);
@@ -1378,7 +1460,7 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
             steps: |b| Ok(vec![to_backend(lb_join_syn(CLIENT2, 0xdead_beef), b.pick(CLIENT2))]),
             check: |b| {
                 let pick = b.pick(CLIENT2);
-                lb_flow(&b.flow(CLIENT2)?, pick, flow_kind::JOIN, 1, 0)?;
+                lb_flow(&b.half_open_flow(CLIENT2)?, pick, flow_kind::JOIN, 1, 0)?;
                 let c = b.maps.counters()?;
                 expect!("joins_unknown_token", c.joins_unknown_token, 1);
                 expect!("joins_steered_by_token", c.joins_steered_by_token, 0);
@@ -1391,12 +1473,12 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
             setup: || {
                 let mut b = Balancer::new(Steering::HashOnly, &BACKENDS)?;
                 let other = b.other_than_pick(CLIENT2);
-                b.tokens.insert(server_token(), other, 0)?;
+                b.maps.tokens.insert(server_token(), other, 0)?;
                 Ok(b)
             },
             steps: |b| Ok(vec![to_backend(lb_join_syn(CLIENT2, server_token()), b.pick(CLIENT2))]),
             check: |b| {
-                lb_flow(&b.flow(CLIENT2)?, b.pick(CLIENT2), flow_kind::JOIN, 1, 0)?;
+                lb_flow(&b.half_open_flow(CLIENT2)?, b.pick(CLIENT2), flow_kind::JOIN, 1, 0)?;
                 let c = b.maps.counters()?;
                 expect!("joins_hashed", c.joins_hashed, 1);
                 expect!("joins_steered_by_token", c.joins_steered_by_token, 0);
@@ -1418,7 +1500,7 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
                     to_backend(Segment::syn(CLIENT, SERVER).with(capable(None, None)), drained),
                     Step::Do(|b| {
                         let owner = b.pick(CLIENT);
-                        b.tokens.insert(server_token(), owner, 0)?;
+                        b.maps.tokens.insert(server_token(), owner, 0)?;
                         Ok(b.maps
                             .set_backend_state(BACKENDS[b.pick(CLIENT) as usize], backend_state::DRAINING)?)
                     }),
@@ -1429,7 +1511,7 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
                         let drained = b.pick(CLIENT);
                         let newcomer = (41_000..).map(|p| port(CLIENT, p)).find(|c| b.pick(*c) == drained);
                         let newcomer = newcomer.context("no newcomer")?;
-                        let placed = b.flow(newcomer)?.backend;
+                        let placed = b.half_open_flow(newcomer)?.backend;
                         ensure!(placed != drained, "a new flow went to the drained backend {drained}");
                         let table = b.maps.maglev_table(0)?;
                         expect!(
@@ -1444,8 +1526,9 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
             },
             check: |b| {
                 let drained = b.pick(CLIENT);
+                // The data confirmed the flow; the join waits for its third ACK.
                 lb_flow(&b.flow(CLIENT)?, drained, flow_kind::INITIAL, 2, 0)?;
-                lb_flow(&b.flow(CLIENT2)?, drained, flow_kind::JOIN, 1, 0)?;
+                lb_flow(&b.half_open_flow(CLIENT2)?, drained, flow_kind::JOIN, 1, 0)?;
                 let s = b.maps.backend_counters(drained)?;
                 expect!("drained backend packets", s.packets, 3);
                 expect!("drained backend connections", s.connections, 1);
@@ -1454,7 +1537,7 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
             },
         },
         Case {
-            name: "flow met mid-stream: placed by Maglev, recorded as a plain flow",
+            name: "flow met mid-stream: sent by Maglev, recorded nowhere",
             setup: Balancer::token,
             steps: |b| {
                 Ok(vec![
@@ -1464,8 +1547,11 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
             },
             check: |b| {
                 let pick = b.pick(CLIENT);
-                lb_flow(&b.flow(CLIENT)?, pick, flow_kind::PLAIN, 2, 0)?;
-                expect!("flows_hashed", b.maps.counters()?.flows_hashed, 1);
+                expect!("recorded", b.recorded(CLIENT), false);
+                let c = b.maps.counters()?;
+                expect!("midstream_hashed", c.midstream_hashed, 2);
+                expect!("flows_hashed", c.flows_hashed, 0);
+                expect!("half_open_missing", c.half_open_missing, 0);
                 let s = b.maps.backend_counters(pick)?;
                 // Not a new connection: only SYNs count as flows of a backend.
                 expect!("backend plain_flows", s.plain_flows, 0);
@@ -1481,7 +1567,7 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
                 let c = b.maps.counters()?;
                 expect!("no_backend", c.no_backend, 1);
                 expect!("forwarded", c.forwarded, 0);
-                expect!("LB_FLOWS entry", b.flow(CLIENT).is_err(), true);
+                expect!("recorded", b.recorded(CLIENT), false);
                 Ok(())
             },
         },
@@ -1500,7 +1586,8 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
                 expect!("not_vip", c.not_vip, 2);
                 expect!("forwarded", c.forwarded, 0);
                 expect!("flows_hashed", c.flows_hashed, 0);
-                expect!("LB_FLOWS entries", b.flows.keys().count(), 0);
+                expect!("LB_FLOWS entries", b.maps.flows.keys().count(), 0);
+                expect!("LB_HALF_OPEN entries", b.maps.half_open.keys().count(), 0);
                 Ok(())
             },
         },
@@ -1527,12 +1614,116 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
             },
             check: |b| {
                 let pick = b.pick(CLIENT);
-                expect!("LB_TOKENS entry", b.tokens.get(&server_token(), 0).ok(), Some(pick));
-                expect!("LB_TOKENS entries", b.tokens.keys().count(), 1);
+                expect!("LB_TOKENS entry", b.maps.tokens.get(&server_token(), 0).ok(), Some(pick));
+                expect!("LB_TOKENS entries", b.maps.tokens.keys().count(), 1);
                 lb_flow(&b.flow(CLIENT)?, pick, flow_kind::INITIAL, 3, 1)?;
+                expect!("half-open", b.half_open_flow(CLIENT).is_err(), true);
                 let c = b.maps.counters()?;
+                expect!("half_open_promoted", c.half_open_promoted, 1);
                 expect!("tokens_learned", c.tokens_learned, 1);
                 expect!("joins_steered_by_token", c.joins_steered_by_token, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "1,000,000 spoofed MP_CAPABLE SYNs evict no established flow and no token",
+            setup: Balancer::token,
+            steps: |b| {
+                lb_flood_steps(b, |b| {
+                    run_flood(&mut b.harness, BALANCER_XDP, XDP_REDIRECT, FLOOD_TIMES, |client, _| {
+                        vec![Segment::syn(client, SERVER).with(capable(None, None))]
+                    })
+                })
+            },
+            check: |b| {
+                let c = lb_flood_check(b)?;
+                let flood = u64::from(FLOOD_HANDSHAKES);
+                // CLIENT's SYN, one per spoofed 4-tuple (its retransmission found it), the join.
+                expect!("half_open_created", c.half_open_created, flood + 2);
+                expect!("flows_hashed", c.flows_hashed, flood + 1);
+                expect!("midstream_hashed", c.midstream_hashed, 0);
+                Ok(())
+            },
+        },
+        Case {
+            name: "1,000,000 lone ACKs with forged MP_CAPABLE keys insert no token, evict no flow",
+            setup: Balancer::token,
+            steps: |b| {
+                lb_flood_steps(b, |b| {
+                    run_flood(&mut b.harness, BALANCER_XDP, XDP_REDIRECT, FLOOD_TIMES, |client, i| {
+                        let forged = 0xf200_0000_0000_0000 | u64::from(i);
+                        vec![Segment::new(client, SERVER).with(capable(Some(forged), Some(!forged)))]
+                    })
+                })
+            },
+            check: |b| {
+                let c = lb_flood_check(b)?;
+                let sent = u64::from(FLOOD_HANDSHAKES) * u64::from(FLOOD_TIMES);
+                expect!("midstream_hashed", c.midstream_hashed, sent);
+                expect!("half_open_missing", c.half_open_missing, sent);
+                expect!("half_open_created", c.half_open_created, 2);
+                expect!("LB_HALF_OPEN entries", b.maps.half_open.keys().count(), 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "SYN then ACK promotes; a retransmitted SYN keeps its backend; a join is promoted at its third ACK",
+            setup: Balancer::token,
+            steps: |b| {
+                let owner = b.pick(CLIENT);
+                let joiner = b.joiner()?;
+                let syn = Segment::syn(CLIENT, SERVER).with(capable(None, None));
+                Ok(vec![
+                    to_backend(syn.clone(), owner),
+                    // Maglev would now send a new flow elsewhere; the retransmission stays.
+                    Step::Do(|b| {
+                        expect!("LB_FLOWS entry after the SYN", b.flow(CLIENT).is_err(), true);
+                        let owner = BACKENDS[b.pick(CLIENT) as usize];
+                        Ok(b.maps.set_backend_state(owner, backend_state::DRAINING)?)
+                    }),
+                    to_backend(syn, owner),
+                    Step::Do(|b| {
+                        lb_flow(&b.half_open_flow(CLIENT)?, b.pick(CLIENT), flow_kind::INITIAL, 2, 0)
+                    }),
+                    to_backend(
+                        Segment::new(CLIENT, SERVER).with(capable(Some(CLIENT_KEY), Some(SERVER_KEY))),
+                        owner,
+                    ),
+                    Step::Do(|b| {
+                        lb_flow(&b.flow(CLIENT)?, b.pick(CLIENT), flow_kind::INITIAL, 3, 1)?;
+                        expect!("LB_HALF_OPEN entry after the ACK", b.half_open_flow(CLIENT).is_err(), true);
+                        Ok(())
+                    }),
+                    to_backend(lb_join_syn(joiner, server_token()), owner),
+                    to_backend(lb_join_syn(joiner, server_token()), owner),
+                    Step::Do(|b| {
+                        let joiner = b.joiner()?;
+                        lb_flow(&b.half_open_flow(joiner)?, b.pick(CLIENT), flow_kind::JOIN, 2, 0)?;
+                        expect!("join in LB_FLOWS before its third ACK", b.flow(joiner).is_err(), true);
+                        Ok(())
+                    }),
+                    to_backend(join_ack(joiner, SERVER), owner),
+                    to_backend(Segment::new(joiner, SERVER).payload(100), owner),
+                ])
+            },
+            check: |b| {
+                let owner = b.pick(CLIENT);
+                lb_flow(&b.flow(b.joiner()?)?, owner, flow_kind::JOIN, 4, 0)?;
+                expect!("LB_HALF_OPEN entries", b.maps.half_open.keys().count(), 0);
+                expect!("LB_TOKENS entry", b.maps.tokens.get(&server_token(), 0).ok(), Some(owner));
+                let c = b.maps.counters()?;
+                expect!("half_open_created", c.half_open_created, 2);
+                expect!("half_open_promoted", c.half_open_promoted, 2);
+                expect!("tokens_learned", c.tokens_learned, 1);
+                expect!("flows_hashed", c.flows_hashed, 1);
+                // Placed by its token each time: the same 4-tuple may carry a new subflow.
+                expect!("joins_steered_by_token", c.joins_steered_by_token, 2);
+                expect!("half_open_missing", c.half_open_missing, 0);
+                expect!("midstream_hashed", c.midstream_hashed, 0);
+                let s = b.maps.backend_counters(owner)?;
+                expect!("backend connections", s.connections, 1);
+                expect!("backend subflows", s.subflows, 1);
+                expect!("backend packets", s.packets, 7);
                 Ok(())
             },
         },

@@ -2,8 +2,9 @@
 //! flow hash and the Maglev lookup table's shape.
 //!
 //! New flows (plain TCP SYN, MP_CAPABLE SYN) pick a backend through a Maglev table; a flow then
-//! follows the flow table; an MPTCP connection is also indexed by the server's token, which the
-//! program computes from the MP_CAPABLE third ACK, so every MP_JOIN SYN (which carries that
+//! follows the half-open table until the client confirms it (its first ACK), then the flow
+//! table; an MPTCP connection is also indexed by the server's token, which the program computes
+//! from the MP_CAPABLE third ACK that confirms the flow, so every MP_JOIN SYN (which carries that
 //! token) reaches the backend that owns the connection.
 
 use crate::maps::FlowKey;
@@ -13,6 +14,8 @@ pub const MAX_VIPS: usize = 8;
 pub const MAX_BACKENDS: usize = 64;
 pub const MAGLEV_SIZE: usize = 65537;
 pub const MAX_LB_FLOWS: usize = 131072;
+/// Flows between their SYN and the client's first ACK: what a SYN flood fills.
+pub const MAX_LB_HALF_OPEN: usize = 65536;
 pub const MAX_LB_TOKENS: usize = 65536;
 /// A Maglev slot with no backend.
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -21,16 +24,18 @@ pub const LB_VIPS_MAP: &str = "LB_VIPS";
 pub const LB_BACKENDS_MAP: &str = "LB_BACKENDS";
 pub const LB_MAGLEV_MAP: &str = "LB_MAGLEV";
 pub const LB_FLOWS_MAP: &str = "LB_FLOWS";
+pub const LB_HALF_OPEN_MAP: &str = "LB_HALF_OPEN";
 pub const LB_TOKENS_MAP: &str = "LB_TOKENS";
 pub const LB_COUNTERS_MAP: &str = "LB_COUNTERS";
 pub const LB_BACKEND_COUNTERS_MAP: &str = "LB_BACKEND_COUNTERS";
 
 /// Every map of a balancer; the agent pins each under its name.
-pub const LB_MAP_NAMES: [&str; 7] = [
+pub const LB_MAP_NAMES: [&str; 8] = [
     LB_VIPS_MAP,
     LB_BACKENDS_MAP,
     LB_MAGLEV_MAP,
     LB_FLOWS_MAP,
+    LB_HALF_OPEN_MAP,
     LB_TOKENS_MAP,
     LB_COUNTERS_MAP,
     LB_BACKEND_COUNTERS_MAP,
@@ -110,14 +115,15 @@ pub mod flow_kind {
     pub const JOIN: u32 = 2;
 }
 
-/// A flow pinned to a backend.
+/// A flow pinned to a backend: in the half-open table from its SYN, in the flow table once the
+/// client confirmed it.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LbFlow {
     pub backend: u32,
     /// See [`flow_kind`].
     pub kind: u32,
-    /// The token of an initial subflow was learned (no more option walks on it).
+    /// The token of an initial subflow was learned, from the ACK that confirmed it.
     pub token_learned: u32,
     pub _pad: u32,
     pub packets: u64,
@@ -132,8 +138,8 @@ counters! {
         /// Packets not for a VIP, handed to the stack.
         not_vip,
         forwarded,
-        /// New flows placed by the Maglev table (plain TCP and MP_CAPABLE SYNs, and flows met
-        /// mid-stream).
+        /// New flows placed by the Maglev table (plain TCP and MP_CAPABLE SYNs; a retransmitted
+        /// SYN keeps its placement).
         flows_hashed,
         /// MP_JOIN SYNs sent to the backend owning their token.
         joins_steered_by_token,
@@ -141,10 +147,23 @@ counters! {
         joins_unknown_token,
         /// MP_JOIN SYNs hashed because the VIP steers by hash only.
         joins_hashed,
-        /// Server tokens learned from MP_CAPABLE third ACKs.
+        /// Server tokens learned from MP_CAPABLE third ACKs, each when it confirmed its flow.
         tokens_learned,
         /// Packets for a VIP without any active backend: dropped.
         no_backend,
+        /// SYNs (initial, join, plain) recorded in the half-open table.
+        half_open_created,
+        /// Half-open flows the client confirmed, moved to the flow table: the only way in.
+        half_open_promoted,
+        /// Third ACKs (MP_CAPABLE with the server's key, or MP_JOIN) neither table holds: their
+        /// SYN was pushed out of the half-open table by other SYNs, never seen, or never sent
+        /// (forged). No token is learned from them.
+        half_open_missing,
+        /// Packets of flows neither table holds (met mid-stream, pushed out, or forged): sent by
+        /// the Maglev table and recorded nowhere, so they evict nothing.
+        midstream_hashed,
+        /// Inserts into the half-open, flow or token table that failed.
+        table_errors,
     }
 }
 

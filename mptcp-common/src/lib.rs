@@ -7,6 +7,7 @@
 //! * [`keys`]: token and IDSN of a key (SHA-256), for the programs.
 //! * [`lb`]: the token-steering load balancer's map layouts and hashes.
 //! * [`maps`]: `#[repr(C)]` layouts of every map shared between kernel and user space.
+//! * [`tcp`]: TCP flags, and which segment opens a flow and which confirms it.
 //!
 //! The crate is `no_std`, allocates nothing and never panics on any input, so the eBPF programs
 //! call the very same parser as the agent.
@@ -60,6 +61,7 @@ pub mod lb;
 pub mod maps;
 pub mod mptcp;
 pub mod options;
+pub mod tcp;
 mod wire;
 
 pub use wire::EncodeError;

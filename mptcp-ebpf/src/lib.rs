@@ -1,6 +1,7 @@
 //! What the MPTCP dataplane's eBPF objects share, none of it a map: header parsing and the
-//! [`packet::Packet`] view of the XDP and TC contexts, the option area copy and search, and
-//! [`program_object!`], the panic handler and license every object needs.
+//! [`packet::Packet`] view of the XDP and TC contexts, the option area copy and search, the move
+//! of a confirmed handshake out of its half-open table ([`tables`]), and [`program_object!`],
+//! the panic handler and license every object needs.
 //!
 //! Each product is a binary target of its own, so that loading one creates only its maps:
 //!
@@ -16,6 +17,7 @@
 #![no_std]
 
 pub mod packet;
+pub mod tables;
 
 /// The items every object needs besides its programs: a panic handler and the license.
 #[macro_export]

@@ -46,12 +46,7 @@ fn ptr_at<T>(packet: &impl Packet, offset: usize) -> Option<*const T> {
 }
 
 /// TCP flag bits (byte 13 of the header).
-pub mod tcp_flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const ACK: u8 = 0x10;
-}
+pub use mptcp_common::tcp::flags as tcp_flags;
 
 /// A TCP segment: where its header and options are, and who sent it to whom.
 pub struct TcpSegment {

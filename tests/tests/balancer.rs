@@ -112,7 +112,9 @@ fn token_steering_puts_every_join_on_the_owning_backend() -> Result<()> {
         .filter(|(id, _)| !before.contains(id))
         .map(|(_, name)| name)
         .collect();
-    assert!(created.iter().any(|name| name == "LB_TOKENS"), "no balancer maps among {created:?}");
+    for map in ["LB_TOKENS", "LB_HALF_OPEN"] {
+        assert!(created.iter().any(|name| name == map), "no {map} among {created:?}");
+    }
     assert!(
         !created
             .iter()
@@ -177,6 +179,9 @@ fn token_steering_puts_every_join_on_the_owning_backend() -> Result<()> {
     ensure!(counter(&stats, "joins_steered_by_token") == total as u64, "balancer stats: {stats}");
     ensure!(counter(&stats, "joins_unknown_token") == 0, "balancer stats: {stats}");
     ensure!(counter(&stats, "tokens_learned") == total as u64, "balancer stats: {stats}");
+    // Every initial subflow and every join went through the half-open table.
+    ensure!(counter(&stats, "half_open_promoted") == 2 * total as u64, "balancer stats: {stats}");
+    ensure!(counter(&stats, "table_errors") == 0, "balancer stats: {stats}");
     // No SYN (initial or join) had to be sent twice: no join waited for its token.
     let retransmitted = kernel::nstat(&lab.client)?.get("TcpExtTCPSynRetrans").copied().unwrap_or(0);
     ensure!(retransmitted == 0, "the client retransmitted {retransmitted} SYNs");

@@ -6,10 +6,11 @@ use std::net::{IpAddr, SocketAddr};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use mptcp_common::{
     lb::{
-        Backend, BackendCounters, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP, LB_COUNTERS_MAP, LB_MAGLEV_MAP,
-        LB_VIPS_MAP, LbCounters, MAGLEV_SIZE, MAX_BACKENDS, NO_BACKEND, Vip, VipKey, backend_state,
+        Backend, BackendCounters, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP, LB_COUNTERS_MAP, LB_FLOWS_MAP,
+        LB_HALF_OPEN_MAP, LB_MAGLEV_MAP, LB_TOKENS_MAP, LB_VIPS_MAP, LbCounters, LbFlow, MAGLEV_SIZE,
+        MAX_BACKENDS, NO_BACKEND, Vip, VipKey, backend_state,
     },
-    maps::{addr_bytes, ipv4_mapped},
+    maps::{FlowKey, addr_bytes, ipv4_mapped},
 };
 
 use super::*;
@@ -66,6 +67,12 @@ pub struct LbMaps {
     pub(super) maglev: Array<MapData, u32>,
     pub(super) counters: PerCpuArray<MapData, LbCounters>,
     pub(super) backend_counters: PerCpuArray<MapData, BackendCounters>,
+    /// The program's tables, public for the program fixtures: confirmed flows.
+    pub flows: HashMap<MapData, FlowKey, LbFlow>,
+    /// Flows seen only by their SYN.
+    pub half_open: HashMap<MapData, FlowKey, LbFlow>,
+    /// Server token -> backend slot.
+    pub tokens: HashMap<MapData, u32, u32>,
 }
 
 impl LbMaps {
@@ -80,6 +87,9 @@ impl LbMaps {
             counters: PerCpuArray::try_from(open(LB_COUNTERS_MAP)?).map_err(map_error(LB_COUNTERS_MAP))?,
             backend_counters: PerCpuArray::try_from(open(LB_BACKEND_COUNTERS_MAP)?)
                 .map_err(map_error(LB_BACKEND_COUNTERS_MAP))?,
+            flows: HashMap::try_from(open(LB_FLOWS_MAP)?).map_err(map_error(LB_FLOWS_MAP))?,
+            half_open: HashMap::try_from(open(LB_HALF_OPEN_MAP)?).map_err(map_error(LB_HALF_OPEN_MAP))?,
+            tokens: HashMap::try_from(open(LB_TOKENS_MAP)?).map_err(map_error(LB_TOKENS_MAP))?,
         })
     }
 

@@ -4,9 +4,11 @@
 //!
 //! Packets to a VIP go to a backend by direct server return at L2: the destination MAC becomes
 //! the backend's and the frame is redirected out of the backend's interface, the IP packet left
-//! alone. A flow keeps its backend (flow table); a new one is placed by the VIP's Maglev table;
-//! an MP_JOIN SYN goes where its token says, the token having been computed here from the
-//! connection's MP_CAPABLE third ACK.
+//! alone. A new flow is placed by the VIP's Maglev table, an MP_JOIN SYN where its token says;
+//! the SYN records it in the half-open table, and the client's first ACK moves it to the flow
+//! table, so that SYNs that are never confirmed (a flood) push out only one another. The ACK
+//! confirming an MP_CAPABLE flow is its third ACK: the token is computed from it then, and only
+//! then. Packets of flows neither table holds go by Maglev and are recorded nowhere.
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
@@ -19,12 +21,16 @@ use mptcp_common::{
     lb::{LbFlow, MAGLEV_SIZE, NO_BACKEND, VipKey, backend_state, flow_kind, maglev_slot, steering},
     maps::{FlowKey, addr_bytes},
     mptcp::{MpCapable, MpJoin, subtype},
+    tcp,
 };
-use mptcp_ebpf::packet::{Packet, find_mptcp_option, load_options, parse_tcp, tcp_flags};
+use mptcp_ebpf::{
+    packet::{Packet, find_mptcp_option, load_options, parse_tcp},
+    tables::promote,
+};
 
 use crate::maps::{
-    DIGEST_SCHEDULE, LB_BACKENDS, LB_FLOWS, LB_MAGLEV, LB_TOKENS, LB_VIPS, backend_counters, lb_counters,
-    scratch,
+    DIGEST_SCHEDULE, LB_BACKENDS, LB_FLOWS, LB_HALF_OPEN, LB_MAGLEV, LB_TOKENS, LB_VIPS, backend_counters,
+    lb_counters, scratch,
 };
 
 /// What to do with a packet.
@@ -78,31 +84,22 @@ fn classify(ctx: &impl Packet) -> Option<u32> {
     };
     // SAFETY: map value pointer from a successful lookup.
     let vip = unsafe { *vip };
-    let syn = segment.has(tcp_flags::SYN) && !segment.has(tcp_flags::ACK);
+    let opens = tcp::opens(segment.flags);
     let (key, _) = FlowKey::new(segment.family, segment.src, segment.sport, segment.dst, segment.dport);
-    let backend = match LB_FLOWS.get_ptr_mut(&key) {
+    let mut reopens_join = false;
+    if let Some(flow) = LB_FLOWS.get_ptr_mut(&key) {
+        // SAFETY: map value pointer from a successful lookup.
+        let flow = unsafe { &mut *flow };
         // A retransmitted SYN keeps its backend, but a join is placed by its token every time:
         // the same 4-tuple may carry a new subflow.
-        Some(flow) if !syn || unsafe { (*flow).kind } != flow_kind::JOIN => {
-            // SAFETY: map value pointer from a successful lookup.
-            let flow = unsafe { &mut *flow };
+        if !opens || flow.kind != flow_kind::JOIN {
             flow.packets += 1;
-            if flow.kind == flow_kind::INITIAL
-                && flow.token_learned == 0
-                && vip.steering == steering::TOKEN
-                && load_options(ctx, &scratch.segment, &mut scratch.options).is_some()
-                && mptcp_lb_learn_token(flow.backend) != 0
-            {
-                flow.token_learned = 1;
-            }
-            flow.backend
+            return Some(flow.backend);
         }
-        _ => {
-            load_options(ctx, &scratch.segment, &mut scratch.options)?;
-            mptcp_lb_place(vip.index, vip.steering, u32::from(syn))
-        }
-    };
-    Some(backend)
+        reopens_join = true;
+    }
+    load_options(ctx, &scratch.segment, &mut scratch.options)?;
+    Some(mptcp_lb_place(vip.index, vip.steering, u32::from(reopens_join)))
 }
 
 /// Readies the frame for backend slot `index` (direct server return at L2).
@@ -136,24 +133,67 @@ fn maglev(vip: u32, key: &FlowKey) -> u32 {
     LB_MAGLEV.get(slot).copied().unwrap_or(NO_BACKEND)
 }
 
-/// Places a flow the table does not know: an MP_JOIN SYN by its token, anything else by the
-/// Maglev table; records it in the flow table. Returns the backend slot.
+/// Places a packet the flow table does not know: a SYN by its token (MP_JOIN) or the Maglev
+/// table, recorded half-open; a packet of a half-open flow where the SYN put it, moving the flow
+/// to the flow table (and learning its token) when it confirms the flow; any other packet by the
+/// Maglev table alone. `reopens_join`: a SYN on the 4-tuple of a confirmed join, whose entry
+/// goes. Returns the backend slot.
 ///
 /// A global BPF function: the verifier checks it once on its own (see the tracker's `track.rs`).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn mptcp_lb_place(vip: u32, steering_mode: u32, syn: u32) -> u32 {
+pub extern "C" fn mptcp_lb_place(vip: u32, steering_mode: u32, reopens_join: u32) -> u32 {
     let (Some(scratch), Some(counters)) = (scratch(), lb_counters()) else {
         return NO_BACKEND;
     };
     let segment = &scratch.segment;
     let (key, _) = FlowKey::new(segment.family, segment.src, segment.sport, segment.dst, segment.dport);
+    let flags = segment.flags;
     let area = scratch.options.0.get(..segment.options_len.min(40)).unwrap_or(&[]);
-    let join = if syn != 0 {
-        find_mptcp_option(area, subtype::MP_JOIN).and_then(|o| MpJoin::parse(o).ok())
-    } else {
-        None
-    };
+    let half_open = LB_HALF_OPEN.get_ptr_mut(&key);
+    if !tcp::opens(flags) {
+        let Some(half_open) = half_open else {
+            // Nothing to check it against (one direction only): forwarded, not recorded.
+            counters.midstream_hashed += 1;
+            let capable = find_mptcp_option(area, subtype::MP_CAPABLE)
+                .and_then(|o| MpCapable::parse(o).ok())
+                .is_some_and(|c| c.receiver_key.is_some());
+            if capable || find_mptcp_option(area, subtype::MP_JOIN).is_some() {
+                counters.half_open_missing += 1;
+            }
+            return maglev(vip, &key);
+        };
+        // SAFETY: map value pointer from a successful lookup.
+        let flow = unsafe { &mut *half_open };
+        flow.packets += 1;
+        let backend = flow.backend;
+        if tcp::confirms(flags) {
+            if flow.kind == flow_kind::INITIAL
+                && flow.token_learned == 0
+                && steering_mode == steering::TOKEN
+                && mptcp_lb_learn_token(flow.backend) != 0
+            {
+                flow.token_learned = 1;
+            }
+            match promote(&LB_HALF_OPEN, &LB_FLOWS, &key, flow) {
+                Ok(()) => counters.half_open_promoted += 1,
+                Err(_) => counters.table_errors += 1,
+            }
+        }
+        // Not `flow.backend`: once promoted, the half-open slot may be reused.
+        return backend;
+    }
+    if let Some(flow) = half_open
+        // SAFETY: map value pointer from a successful lookup.
+        && unsafe { (*flow).kind } != flow_kind::JOIN
+    {
+        // A retransmitted SYN: where the first went.
+        // SAFETY: as above.
+        let flow = unsafe { &mut *flow };
+        flow.packets += 1;
+        return flow.backend;
+    }
+    let join = find_mptcp_option(area, subtype::MP_JOIN).and_then(|o| MpJoin::parse(o).ok());
     let (backend, kind) = match join {
         Some(MpJoin::Syn { token, .. }) if steering_mode == steering::TOKEN => {
             match LB_TOKENS.get_ptr(token) {
@@ -174,28 +214,44 @@ pub extern "C" fn mptcp_lb_place(vip: u32, steering_mode: u32, syn: u32) -> u32 
         }
         None => {
             counters.flows_hashed += 1;
-            let capable = syn != 0 && find_mptcp_option(area, subtype::MP_CAPABLE).is_some();
+            let capable = find_mptcp_option(area, subtype::MP_CAPABLE).is_some();
             (maglev(vip, &key), if capable { flow_kind::INITIAL } else { flow_kind::PLAIN })
         }
     };
     if backend == NO_BACKEND {
         return NO_BACKEND;
     }
+    if let Some(flow) = half_open {
+        // A join's SYN again (retransmitted, or a new subflow on the tuple): placed afresh.
+        // SAFETY: map value pointer from a successful lookup.
+        let flow = unsafe { &mut *flow };
+        (flow.backend, flow.kind) = (backend, kind);
+        flow.packets += 1;
+        return backend;
+    }
+    if reopens_join != 0 {
+        let _ = LB_FLOWS.remove(&key);
+    }
+    let flow = LbFlow { backend, kind, token_learned: 0, _pad: 0, packets: 1 };
+    if LB_HALF_OPEN.insert(&key, &flow, 0).is_err() {
+        counters.table_errors += 1;
+        return backend;
+    }
+    counters.half_open_created += 1;
     if let Some(stats) = backend_counters(backend) {
         match kind {
             flow_kind::JOIN => stats.subflows += 1,
             flow_kind::INITIAL => stats.connections += 1,
-            _ if syn != 0 => stats.plain_flows += 1,
-            _ => {}
+            _ => stats.plain_flows += 1,
         }
     }
-    let flow = LbFlow { backend, kind, token_learned: 0, _pad: 0, packets: 1 };
-    let _ = LB_FLOWS.insert(&key, &flow, 0);
     backend
 }
 
 /// Learns the server's token from an MP_CAPABLE carrying both keys (the third ACK, or the first
-/// data packet) and maps it to `backend`; 1 when learned.
+/// data packet) and maps it to `backend`; 1 when learned. Called only for the packet that
+/// confirms a flow whose MP_CAPABLE SYN the half-open table holds: one token per flow, and
+/// never for a lone ACK.
 ///
 /// A global BPF function, for the verifier (and it keeps the SHA-256 off the fast path's frame).
 #[unsafe(no_mangle)]
@@ -217,6 +273,7 @@ pub extern "C" fn mptcp_lb_learn_token(backend: u32) -> u32 {
     // SAFETY: this CPU's scratch slot, used by one packet at a time.
     let token = key_digest_in(server_key, unsafe { &mut *schedule }).token;
     if LB_TOKENS.insert(token, backend, 0).is_err() {
+        counters.table_errors += 1;
         return 0;
     }
     counters.tokens_learned += 1;

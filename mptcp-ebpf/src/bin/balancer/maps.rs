@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use mptcp_common::{
     lb::{
-        Backend, BackendCounters, LbCounters, LbFlow, MAGLEV_SIZE, MAX_BACKENDS, MAX_LB_FLOWS, MAX_LB_TOKENS,
-        MAX_VIPS, Vip, VipKey,
+        Backend, BackendCounters, LbCounters, LbFlow, MAGLEV_SIZE, MAX_BACKENDS, MAX_LB_FLOWS,
+        MAX_LB_HALF_OPEN, MAX_LB_TOKENS, MAX_VIPS, Vip, VipKey,
     },
     maps::FlowKey,
 };
@@ -24,10 +24,15 @@ pub static LB_BACKENDS: Array<Backend, MAX_BACKENDS> = Array::new();
 #[btf_map]
 pub static LB_MAGLEV: Array<u32, { MAX_VIPS * MAGLEV_SIZE }> = Array::new();
 
+/// Flows the client confirmed (its first ACK after the SYN); the SYN path never inserts here.
 #[btf_map]
 pub static LB_FLOWS: LruHashMap<FlowKey, LbFlow, MAX_LB_FLOWS> = LruHashMap::new();
 
-/// Server token -> backend slot.
+/// Flows seen only by their SYN: what a SYN flood fills.
+#[btf_map]
+pub static LB_HALF_OPEN: LruHashMap<FlowKey, LbFlow, MAX_LB_HALF_OPEN> = LruHashMap::new();
+
+/// Server token -> backend slot, learned only when an MP_CAPABLE flow is confirmed.
 #[btf_map]
 pub static LB_TOKENS: LruHashMap<u32, u32, MAX_LB_TOKENS> = LruHashMap::new();
 

@@ -20,8 +20,9 @@ use mptcp_common::{
         MptcpError, RemoveAddr, subtype, subtype_of, widening_base,
     },
     options::TCP_OPTION_SPACE,
+    tcp,
 };
-use mptcp_ebpf::packet::tcp_flags;
+use mptcp_ebpf::{packet::tcp_flags, tables::promote};
 
 use crate::{
     maps::{
@@ -179,20 +180,16 @@ impl Tracker {
         let Some(subflow) = self.subflow() else {
             return;
         };
-        let segment = &self.state.segment;
-        if segment.has(tcp_flags::SYN)
-            || segment.has(tcp_flags::RST)
-            || !segment.has(tcp_flags::ACK)
+        if !tcp::confirms(self.state.segment.flags)
             || subflow.dir[1].packets == 0
             || !self.sent_by_client(subflow)
         {
             return;
         }
-        if SUBFLOWS.insert(&self.state.key, subflow, 0).is_err() {
+        if promote(&HALF_OPEN_SUBFLOWS, &SUBFLOWS, &self.state.key, subflow).is_err() {
             self.counters().table_errors += 1;
             return;
         }
-        let _ = HALF_OPEN_SUBFLOWS.remove(&self.state.key);
         self.subflow = SUBFLOWS.get_ptr_mut(&self.state.key).unwrap_or(null_mut());
         self.counters().subflows_established += 1;
     }
@@ -209,7 +206,7 @@ impl Tracker {
 
     /// True when the packet opens a subflow (SYN without ACK).
     fn is_syn(&self) -> bool {
-        self.state.segment.has(tcp_flags::SYN) && !self.state.segment.has(tcp_flags::ACK)
+        tcp::opens(self.state.segment.flags)
     }
 
     fn is_syn_ack(&self) -> bool {
