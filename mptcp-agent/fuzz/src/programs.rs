@@ -8,10 +8,7 @@
 
 use std::net::SocketAddr;
 
-use aya::{
-    Pod,
-    maps::{HashMap, MapData, MapError},
-};
+use aya::maps::MapError;
 use mptcp_agent::{
     dataplane::{
         handshake,
@@ -25,8 +22,8 @@ use mptcp_agent::{
     lb::{Steering, SteeringError},
 };
 use mptcp_common::{
-    lb::{LB_COUNTER_NAMES, LB_FLOWS_MAP, LB_TOKENS_MAP, LbCounters, LbFlow, NO_BACKEND},
-    maps::{Connection, DataplaneConfig, FlowKey, PACKET_COUNTER_NAMES, admission, connection_flags},
+    lb::{LB_COUNTER_NAMES, LB_FLOWS_MAP, LB_TOKENS_MAP, LbCounters, NO_BACKEND},
+    maps::{Connection, DataplaneConfig, PACKET_COUNTER_NAMES, admission, connection_flags},
 };
 
 use crate::feedback::{self, Slots};
@@ -123,8 +120,6 @@ pub enum Hook {
 pub struct Programs {
     tracker: TrackerHarness,
     balancer: BalancerHarness,
-    lb_tokens: HashMap<MapData, u32, u32>,
-    lb_flows: HashMap<MapData, FlowKey, LbFlow>,
     programs: [Program; 5],
     tracker_slots: [usize; 2],
     balancer_slot: usize,
@@ -138,23 +133,13 @@ fn map_error(name: &'static str) -> impl Fn(MapError) -> Violation {
     move |source| Violation::Map { name, source }
 }
 
-fn take_hash_map<K: Pod, V: Pod>(
-    harness: &mut TestHarness,
-    name: &'static str,
-) -> Result<HashMap<MapData, K, V>, Violation> {
-    let map = harness.take_map(name).ok_or(Violation::Table(TableError::Missing(name)))?;
-    HashMap::try_from(map).map_err(map_error(name))
-}
-
 impl Programs {
     /// Loads both objects (needs root) and configures the balancer.
     pub fn load() -> Result<Self, Violation> {
         let tracker = TestHarness::tracker().map_err(Violation::Load)?;
-        let mut balancer =
+        let balancer =
             BalancerHarness::new(SocketAddr::from(VIP), Steering::Token, &BACKENDS, &VIP_BACKENDS)
                 .map_err(Violation::Load)?;
-        let lb_tokens = take_hash_map(&mut balancer.harness, LB_TOKENS_MAP)?;
-        let lb_flows = take_hash_map(&mut balancer.harness, LB_FLOWS_MAP)?;
         let mut slots = Slots::new();
         let mut program = |name, tc, always, when_enforcing| Program {
             name,
@@ -182,8 +167,6 @@ impl Programs {
         Ok(Self {
             tracker,
             balancer,
-            lb_tokens,
-            lb_flows,
             programs,
             tracker_slots,
             balancer_slot,
@@ -290,7 +273,7 @@ impl Programs {
             }
         }
         let used = |slot: u32| (slot as usize) < BACKENDS.len();
-        for entry in self.lb_tokens.iter() {
+        for entry in self.balancer.maps.tokens.iter() {
             let (token, slot) = entry.map_err(map_error(LB_TOKENS_MAP))?;
             if !used(slot) {
                 return Err(Violation::UnusedBackend {
@@ -300,7 +283,7 @@ impl Programs {
                 });
             }
         }
-        for entry in self.lb_flows.iter() {
+        for entry in self.balancer.maps.flows.iter() {
             let (key, flow) = entry.map_err(map_error(LB_FLOWS_MAP))?;
             if !used(flow.backend) && flow.backend != NO_BACKEND {
                 return Err(Violation::UnusedBackend {
