@@ -26,7 +26,10 @@ use mptcp_agent::{
     lb::{LbMaps, Steering, maglev},
 };
 use mptcp_common::{
-    lb::{LbCounters, LbFlow, MAGLEV_SIZE, NO_BACKEND, backend_state, flow_kind, maglev_slot},
+    lb::{
+        LbCounters, LbFlow, LbToken, MAGLEV_SIZE, NO_BACKEND, backend_state, flow_kind, maglev_slot,
+        token_origin,
+    },
     maps::{
         AddrKey, CLIENT_TOKENS_MAP, Connection, DataplaneConfig, FlowKey, HALF_OPEN_MAP, HalfOpen,
         JOIN_RATE_MAP, PacketCounters, RateBucket, Subflow, addr_bytes, admission, connection_flags,
@@ -1374,7 +1377,7 @@ fn lb_flood_check(b: &mut Balancer) -> Result<LbCounters> {
     let owner = b.pick(CLIENT);
     lb_flow(&b.flow(CLIENT)?, owner, flow_kind::INITIAL, 3, 1)?;
     expect!("LB_FLOWS entries", b.maps.flows.keys().count(), 1);
-    expect!("LB_TOKENS entry", b.maps.tokens.get(&server_token(), 0).ok(), Some(owner));
+    expect!("LB_TOKENS entry", b.maps.tokens.get(&server_token(), 0).ok().map(|t| t.backend), Some(owner));
     expect!("LB_TOKENS entries", b.maps.tokens.keys().count(), 1);
     lb_flow(&b.half_open_flow(b.joiner()?)?, owner, flow_kind::JOIN, 1, 0)?;
     let c = b.maps.counters()?;
@@ -1383,6 +1386,11 @@ fn lb_flood_check(b: &mut Balancer) -> Result<LbCounters> {
     expect!("half_open_promoted", c.half_open_promoted, 1);
     expect!("table_errors", c.table_errors, 0);
     Ok(c)
+}
+
+/// A token entry for backend `slot`, as the program learns one.
+fn owned_by(slot: u32) -> LbToken {
+    LbToken { backend: slot, origin: token_origin::LEARNED, stored_ns: 0 }
 }
 
 fn lb_join_syn(client: Endpoint, token: u32) -> Segment {
@@ -1439,7 +1447,7 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
             setup: || {
                 let mut b = Balancer::token()?;
                 let owner = b.other_than_pick(CLIENT2);
-                b.maps.tokens.insert(server_token(), owner, 0)?;
+                b.maps.tokens.insert(server_token(), owned_by(owner), 0)?;
                 Ok(b)
             },
             steps: |b| Ok(vec![to_backend(lb_join_syn(CLIENT2, server_token()), b.other_than_pick(CLIENT2))]),
@@ -1473,7 +1481,7 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
             setup: || {
                 let mut b = Balancer::new(Steering::HashOnly, &BACKENDS)?;
                 let other = b.other_than_pick(CLIENT2);
-                b.maps.tokens.insert(server_token(), other, 0)?;
+                b.maps.tokens.insert(server_token(), owned_by(other), 0)?;
                 Ok(b)
             },
             steps: |b| Ok(vec![to_backend(lb_join_syn(CLIENT2, server_token()), b.pick(CLIENT2))]),
@@ -1500,7 +1508,7 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
                     to_backend(Segment::syn(CLIENT, SERVER).with(capable(None, None)), drained),
                     Step::Do(|b| {
                         let owner = b.pick(CLIENT);
-                        b.maps.tokens.insert(server_token(), owner, 0)?;
+                        b.maps.tokens.insert(server_token(), owned_by(owner), 0)?;
                         Ok(b.maps
                             .set_backend_state(BACKENDS[b.pick(CLIENT) as usize], backend_state::DRAINING)?)
                     }),
@@ -1614,7 +1622,11 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
             },
             check: |b| {
                 let pick = b.pick(CLIENT);
-                expect!("LB_TOKENS entry", b.maps.tokens.get(&server_token(), 0).ok(), Some(pick));
+                expect!(
+                    "LB_TOKENS entry",
+                    b.maps.tokens.get(&server_token(), 0).ok().map(|t| t.backend),
+                    Some(pick)
+                );
                 expect!("LB_TOKENS entries", b.maps.tokens.keys().count(), 1);
                 lb_flow(&b.flow(CLIENT)?, pick, flow_kind::INITIAL, 3, 1)?;
                 expect!("half-open", b.half_open_flow(CLIENT).is_err(), true);
@@ -1710,7 +1722,11 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
                 let owner = b.pick(CLIENT);
                 lb_flow(&b.flow(b.joiner()?)?, owner, flow_kind::JOIN, 4, 0)?;
                 expect!("LB_HALF_OPEN entries", b.maps.half_open.keys().count(), 0);
-                expect!("LB_TOKENS entry", b.maps.tokens.get(&server_token(), 0).ok(), Some(owner));
+                expect!(
+                    "LB_TOKENS entry",
+                    b.maps.tokens.get(&server_token(), 0).ok().map(|t| t.backend),
+                    Some(owner)
+                );
                 let c = b.maps.counters()?;
                 expect!("half_open_created", c.half_open_created, 2);
                 expect!("half_open_promoted", c.half_open_promoted, 2);

@@ -7,7 +7,7 @@
 //! from the MP_CAPABLE third ACK that confirms the flow, so every MP_JOIN SYN (which carries that
 //! token) reaches the backend that owns the connection.
 
-use crate::maps::FlowKey;
+use crate::maps::{AddrKey, FlowKey};
 
 /// VIPs, backends and Maglev table size (a prime, as Maglev needs).
 pub const MAX_VIPS: usize = 8;
@@ -17,6 +17,16 @@ pub const MAX_LB_FLOWS: usize = 131072;
 /// Flows between their SYN and the client's first ACK: what a SYN flood fills.
 pub const MAX_LB_HALF_OPEN: usize = 65536;
 pub const MAX_LB_TOKENS: usize = 65536;
+/// Join addresses: one IPv4 and one IPv6 per backend.
+pub const MAX_JOIN_ADDRS: usize = 2 * MAX_BACKENDS;
+/// Sources whose token learning is rate-limited at once (least recently seen pushed out).
+pub const MAX_LEARN_SOURCES: usize = 16384;
+/// Tokens refused for a second backend, kept for operators.
+pub const MAX_LB_COLLISIONS: usize = 1024;
+/// Tokens that MP_JOIN SYNs named before this instance knew them.
+pub const MAX_UNKNOWN_TOKENS: usize = 16384;
+/// The ring of what this instance learned, for the sync daemon to send to its peers.
+pub const LB_SYNC_EVENTS_BYTES: usize = 1 << 18;
 /// A Maglev slot with no backend.
 pub const NO_BACKEND: u32 = u32::MAX;
 
@@ -28,9 +38,15 @@ pub const LB_HALF_OPEN_MAP: &str = "LB_HALF_OPEN";
 pub const LB_TOKENS_MAP: &str = "LB_TOKENS";
 pub const LB_COUNTERS_MAP: &str = "LB_COUNTERS";
 pub const LB_BACKEND_COUNTERS_MAP: &str = "LB_BACKEND_COUNTERS";
+pub const LB_SETTINGS_MAP: &str = "LB_SETTINGS";
+pub const LB_JOIN_ADDRS_MAP: &str = "LB_JOIN_ADDRS";
+pub const LB_COLLISIONS_MAP: &str = "LB_COLLISIONS";
+pub const LB_LEARN_RATE_MAP: &str = "LB_LEARN_RATE";
+pub const LB_UNKNOWN_TOKENS_MAP: &str = "LB_UNKNOWN_TOKENS";
+pub const LB_SYNC_EVENTS_MAP: &str = "LB_SYNC_EVENTS";
 
 /// Every map of a balancer; the agent pins each under its name.
-pub const LB_MAP_NAMES: [&str; 8] = [
+pub const LB_MAP_NAMES: [&str; 14] = [
     LB_VIPS_MAP,
     LB_BACKENDS_MAP,
     LB_MAGLEV_MAP,
@@ -39,7 +55,132 @@ pub const LB_MAP_NAMES: [&str; 8] = [
     LB_TOKENS_MAP,
     LB_COUNTERS_MAP,
     LB_BACKEND_COUNTERS_MAP,
+    LB_SETTINGS_MAP,
+    LB_JOIN_ADDRS_MAP,
+    LB_COLLISIONS_MAP,
+    LB_LEARN_RATE_MAP,
+    LB_UNKNOWN_TOKENS_MAP,
+    LB_SYNC_EVENTS_MAP,
 ];
+
+/// The address map key of a join address (IPv4-mapped for IPv4): every TCP packet to it goes
+/// to its backend, whatever the port.
+pub type JoinAddrKey = AddrKey;
+
+/// What a join SYN naming a token this instance does not know gets.
+pub mod unknown_token {
+    /// Placed by the Maglev table like any SYN (and refused by a backend that does not own it).
+    pub const HASH: u32 = 0;
+    /// Its first SYN dropped, so that the client's retransmission (a second later) finds the
+    /// token synced from a peer; a SYN naming a token already deferred is hashed.
+    pub const RETRY_ONCE: u32 = 1;
+}
+
+/// Settings of the running balancer (one entry), from `lb.toml`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LbSettings {
+    /// Tokens learned per second from one source (an IPv4 address, an IPv6 /64); 0: no limit.
+    pub learn_rate: u32,
+    pub learn_burst: u32,
+    /// See [`unknown_token`].
+    pub unknown_token: u32,
+    /// 1: what the instance learns goes to the sync ring for its peers.
+    pub sync: u32,
+}
+
+const _: () = assert!(size_of::<LbSettings>() == 16);
+
+/// Where a token entry came from.
+pub mod token_origin {
+    /// This instance computed it from a third ACK.
+    pub const LEARNED: u32 = 0;
+    /// A peer instance sent it.
+    pub const SYNCED: u32 = 1;
+}
+
+/// A server token's owner.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LbToken {
+    pub backend: u32,
+    /// See [`token_origin`].
+    pub origin: u32,
+    /// CLOCK_MONOTONIC when this instance stored it.
+    pub stored_ns: u64,
+}
+
+const _: () = assert!(size_of::<LbToken>() == 16);
+
+/// A token refused for a second backend while a live entry gave it to another.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LbCollision {
+    /// The backend slot that keeps the token.
+    pub kept: u32,
+    /// The backend slot last refused.
+    pub refused: u32,
+    /// [`token_origin`] of the refused learn.
+    pub refused_origin: u32,
+    /// Refusals of this token.
+    pub count: u32,
+    pub last_ns: u64,
+}
+
+const _: () = assert!(size_of::<LbCollision>() == 24);
+
+/// What learning a token for a backend does to the token table: one rule for the program's own
+/// learns and the sync daemon's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenLearn {
+    /// No entry: stored.
+    Store,
+    /// An entry for the same backend: refreshed.
+    Refresh,
+    /// An entry for a backend slot no longer in use: replaced.
+    Replace,
+    /// An entry for another live backend: kept, the learn refused and reported. A learn never
+    /// moves a live token (a forged third ACK whose key hashes to a victim's token cannot
+    /// steal its joins); the cost is that a stale entry wins over a new connection that drew
+    /// the same token, until the LRU pushes it out.
+    Collision,
+}
+
+/// The rule: `existing` is the entry's backend slot and whether that slot is still in use.
+#[inline(always)]
+pub fn token_learn(existing: Option<(u32, bool)>, backend: u32) -> TokenLearn {
+    match existing {
+        None => TokenLearn::Store,
+        Some((owner, _)) if owner == backend => TokenLearn::Refresh,
+        Some((_, false)) => TokenLearn::Replace,
+        Some(_) => TokenLearn::Collision,
+    }
+}
+
+/// What a sync event carries.
+pub mod sync_kind {
+    /// A token learned here: `token` -> `backend`.
+    pub const TOKEN: u32 = 1;
+    /// A flow confirmed here: `flow` -> `backend`, of `flow_kind`.
+    pub const FLOW: u32 = 2;
+}
+
+/// One thing this instance learned, for its peers (the sync ring's records).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LbSyncEvent {
+    /// See [`sync_kind`].
+    pub kind: u32,
+    pub backend: u32,
+    pub token: u32,
+    /// The flow's [`flow_kind`].
+    pub flow_kind: u32,
+    /// CLOCK_MONOTONIC when it was learned: the sync latency's start.
+    pub learned_ns: u64,
+    pub flow: FlowKey,
+}
+
+const _: () = assert!(size_of::<LbSyncEvent>() == 64);
 
 /// A virtual service: address (IPv4-mapped for IPv4) and TCP port.
 #[repr(C, align(8))]
@@ -164,6 +305,18 @@ counters! {
         midstream_hashed,
         /// Inserts into the half-open, flow or token table that failed.
         table_errors,
+        /// Packets to a backend's join address, forwarded to it from the configuration alone.
+        join_address_packets,
+        /// MP_JOIN SYNs among them.
+        join_address_joins,
+        /// Learns refused because a live entry gives the token to another backend.
+        token_collisions,
+        /// Learns refused by the per-source learning rate.
+        learn_rate_limited,
+        /// Join SYNs with an unknown token dropped once, for the retransmission to find it.
+        joins_deferred,
+        /// Sync events lost because the ring was full (no sync daemon, or a slow one).
+        sync_events_lost,
     }
 }
 
@@ -210,4 +363,21 @@ mod pod {
     unsafe impl aya::Pod for super::LbFlow {}
     unsafe impl aya::Pod for super::LbCounters {}
     unsafe impl aya::Pod for super::BackendCounters {}
+    unsafe impl aya::Pod for super::LbSettings {}
+    unsafe impl aya::Pod for super::LbToken {}
+    unsafe impl aya::Pod for super::LbCollision {}
+    unsafe impl aya::Pod for super::LbSyncEvent {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_learn_never_moves_a_live_token() {
+        assert_eq!(token_learn(None, 3), TokenLearn::Store);
+        assert_eq!(token_learn(Some((3, true)), 3), TokenLearn::Refresh);
+        assert_eq!(token_learn(Some((1, true)), 3), TokenLearn::Collision);
+        assert_eq!(token_learn(Some((1, false)), 3), TokenLearn::Replace);
+    }
 }

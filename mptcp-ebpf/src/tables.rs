@@ -5,6 +5,7 @@
 //! flows).
 
 use aya_ebpf::btf_maps::LruHashMap;
+use mptcp_common::maps::{AddrKey, RateBucket};
 
 /// Moves `key`'s entry from `half_open` to `established`, as `value` (which may point into
 /// `half_open`: the kernel copies it before the half-open entry goes).
@@ -19,4 +20,22 @@ pub fn promote<K, V, const HALF_OPEN: usize, const ESTABLISHED: usize>(
     // The entry was there a moment ago; if the LRU pushed it out since, it is gone either way.
     let _ = half_open.remove(key);
     Ok(())
+}
+
+/// Takes one from `source`'s token bucket in `buckets` (`rate_per_sec`, `burst`); a source seen
+/// for the first time starts with a full bucket. Err when its bucket could not be stored.
+#[inline(always)]
+pub fn admit_source<const N: usize>(
+    buckets: &LruHashMap<AddrKey, RateBucket, N>,
+    source: &AddrKey,
+    now_ns: u64,
+    rate_per_sec: u32,
+    burst: u32,
+) -> Result<bool, i32> {
+    let Some(bucket) = buckets.get_ptr_mut(source) else {
+        buckets.insert(source, RateBucket::first_join(now_ns, burst), 0)?;
+        return Ok(true);
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    Ok(unsafe { &mut *bucket }.admit(now_ns, rate_per_sec, burst))
 }

@@ -233,6 +233,9 @@ pub enum BackendCommand {
         /// VIPs (ADDR:PORT) it serves; repeat the flag.
         #[arg(long, required = true)]
         vip: Vec<std::net::SocketAddr>,
+        /// Its join address (one IPv4, one IPv6 at most); repeat the flag.
+        #[arg(long)]
+        join_address: Vec<std::net::IpAddr>,
     },
     /// Stop giving it new flows; its flows and MPTCP connections (with new joins) stay.
     Drain { name: String },
@@ -362,8 +365,15 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
             }
         }
         LbCommand::Backend { command } => match command {
-            BackendCommand::Add { name, address, interface, mac, weight, vip } => {
-                let backend = BackendConfig { name: name.clone(), address, interface, mac, weight };
+            BackendCommand::Add { name, address, interface, mac, weight, vip, join_address } => {
+                let backend = BackendConfig {
+                    name: name.clone(),
+                    address,
+                    interface,
+                    mac,
+                    weight,
+                    join_addresses: join_address,
+                };
                 runtime()?.block_on(crate::lb::add_backend(instance, &backend, &vip))?;
                 println!("backend {name} added");
             }

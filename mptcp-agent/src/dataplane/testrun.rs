@@ -28,8 +28,8 @@ use crate::{
     dataplane::stats::{self, InterfaceCounters},
     dataplane::tables::{TableError, Tables},
     lb::{
-        BackendConfig, LB_TC_PROGRAM, LB_XDP_PROGRAM, LbConfig, LbMaps, Link, Steering, SteeringError,
-        VipConfig,
+        BackendConfig, JoinsConfig, LB_TC_PROGRAM, LB_XDP_PROGRAM, LbConfig, LbMaps, Link, Steering,
+        SteeringError, VipConfig,
     },
 };
 
@@ -236,8 +236,11 @@ impl BalancerHarness {
                     interface: "lo".into(),
                     mac: None,
                     weight: 1,
+                    join_addresses: Vec::new(),
                 })
                 .collect(),
+            joins: JoinsConfig::default(),
+            sync: None,
         };
         let links: Vec<Link> = (0..backends.len() as u32).map(synthetic_link).collect();
         maps.configure(&config, &links, None)?;

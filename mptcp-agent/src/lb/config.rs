@@ -5,7 +5,7 @@ use std::{
     path::Path,
 };
 
-use mptcp_common::lb::{MAX_BACKENDS, MAX_VIPS, steering};
+use mptcp_common::lb::{MAX_BACKENDS, MAX_VIPS, steering, unknown_token};
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -41,6 +41,79 @@ pub struct LbConfig {
     pub vips: Vec<VipConfig>,
     #[serde(rename = "backend")]
     pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub joins: JoinsConfig,
+    /// Token and flow synchronisation with the other instances behind the same routers.
+    #[serde(default)]
+    pub sync: Option<SyncConfig>,
+}
+
+/// `[joins]`: how tokens are learned and what a join naming an unknown token gets.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct JoinsConfig {
+    /// Tokens learned per second from one source (an IPv4 address, an IPv6 /64); 0: no limit.
+    #[serde(default = "default_learn_rate")]
+    pub learn_rate: u32,
+    #[serde(default = "default_learn_burst")]
+    pub learn_burst: u32,
+    #[serde(default)]
+    pub unknown_token: UnknownToken,
+}
+
+impl Default for JoinsConfig {
+    fn default() -> Self {
+        Self {
+            learn_rate: default_learn_rate(),
+            learn_burst: default_learn_burst(),
+            unknown_token: UnknownToken::default(),
+        }
+    }
+}
+
+/// A client opening 100 MPTCP connections a second from one address is far beyond any real
+/// client behind one address but a NAT; one forging third ACKs learns at most this many tokens.
+fn default_learn_rate() -> u32 {
+    100
+}
+
+fn default_learn_burst() -> u32 {
+    200
+}
+
+/// `unknown-token = "hash" | "retry-once"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownToken {
+    /// Placed by the Maglev table, as a balancer without the token would.
+    #[default]
+    Hash,
+    /// The first SYN dropped, so the retransmission finds the token a peer synced meanwhile.
+    RetryOnce,
+}
+
+impl UnknownToken {
+    pub(super) fn code(self) -> u32 {
+        match self {
+            UnknownToken::Hash => unknown_token::HASH,
+            UnknownToken::RetryOnce => unknown_token::RETRY_ONCE,
+        }
+    }
+}
+
+/// `[sync]`: this instance's sync endpoint, its peers and the shared key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SyncConfig {
+    /// This instance's name among its peers (default: the host name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `ADDR:PORT` the sync daemon receives on.
+    pub listen: SocketAddr,
+    /// The other instances' `listen` addresses.
+    pub peers: Vec<SocketAddr>,
+    /// A file holding the shared key (at least 32 bytes; only its owner may read it).
+    pub key_file: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,6 +143,10 @@ pub struct BackendConfig {
     pub mac: Option<String>,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Addresses of the backend's own that it announces (ADD_ADDR) and clients join instead
+    /// of the VIP: every instance forwards them to it from this file alone.
+    #[serde(default)]
+    pub join_addresses: Vec<IpAddr>,
 }
 
 fn default_weight() -> u32 {
@@ -109,6 +186,28 @@ impl LbConfig {
                 return bad(format!("backend {} is defined twice", backend.name));
             }
         }
+        for backend in &self.backends {
+            for addr in &backend.join_addresses {
+                let owners = self.backends.iter().filter(|b| b.join_addresses.contains(addr)).count();
+                if owners > 1 || backend.join_addresses.iter().filter(|a| *a == addr).count() > 1 {
+                    return bad(format!("join address {addr} is listed twice"));
+                }
+                if self.vips.iter().any(|vip| vip.address.ip() == *addr) {
+                    return bad(format!("join address {addr} is a VIP"));
+                }
+            }
+        }
+        if self.joins.learn_rate > 0 && self.joins.learn_burst == 0 {
+            return bad("[joins] `learn-burst` must be at least 1 when `learn-rate` is set".into());
+        }
+        if let Some(sync) = &self.sync {
+            if sync.peers.is_empty() {
+                return bad("[sync] `peers` lists no peer".into());
+            }
+            if sync.peers.contains(&sync.listen) {
+                return bad(format!("[sync] `peers` lists this instance's own `listen` {}", sync.listen));
+            }
+        }
         for vip in &self.vips {
             if self.vips.iter().filter(|v| v.address == vip.address).count() > 1 {
                 return bad(format!("vip {} is defined twice", vip.address));
@@ -136,6 +235,11 @@ impl BackendConfig {
             && parse_mac(mac).is_none()
         {
             return bad(format!("`mac` {mac:?} is not six hex bytes separated by colons"));
+        }
+        for family in [true, false] {
+            if self.join_addresses.iter().filter(|a| a.is_ipv4() == family).count() > 1 {
+                return bad("`join-addresses` holds at most one IPv4 and one IPv6 address".into());
+            }
         }
         Ok(())
     }
@@ -173,6 +277,15 @@ name = "b2"
 address = "2001:db8:3::1"
 interface = "eth1"
 weight = 3
+join-addresses = ["203.0.113.130", "2001:db8:ff:1::2"]
+
+[joins]
+unknown-token = "retry-once"
+
+[sync]
+listen = "198.51.100.9:7946"
+peers = ["198.51.100.10:7946"]
+key-file = "/etc/mptcp-agent/lb-sync.key"
 "#;
 
     fn error(text: &str) -> String {
@@ -193,6 +306,10 @@ weight = 3
             Some([2, 0, 0, 0, 0, 1])
         );
         assert_eq!(vip_key(config.vips[1].address).family, 6);
+        assert_eq!(config.joins.learn_rate, 100);
+        assert_eq!(config.joins.unknown_token, UnknownToken::RetryOnce);
+        assert_eq!(config.backends[1].join_addresses.len(), 2);
+        assert_eq!(config.sync.as_ref().map(|s| s.peers.len()), Some(1));
         assert_eq!(vip_address(&vip_key(config.vips[0].address)), config.vips[0].address);
     }
 
@@ -208,6 +325,16 @@ weight = 3
                 .contains("vip 203.0.113.200:80 is defined twice")
         );
         assert!(error(&GOOD.replace("interfaces = [\"eth0\"]", "interfaces = []")).contains("`interfaces`"));
+        assert!(error(&GOOD.replace("\"203.0.113.130\"", "\"203.0.113.200\"")).contains("is a VIP"));
+        assert!(
+            error(&GOOD.replace("\"203.0.113.130\"", "\"203.0.113.130\", \"203.0.113.131\""))
+                .contains("at most one IPv4")
+        );
+        assert!(
+            error(&GOOD.replace("peers = [\"198.51.100.10:7946\"]", "peers = [\"198.51.100.9:7946\"]"))
+                .contains("own `listen`")
+        );
+        assert!(error(&GOOD.replace("retry-once", "retry")).contains("retry"));
         assert!(
             error(&GOOD.replace("name = \"b1\"", "name = \"a-very-long-backend-name\""))
                 .contains("1 to 15 bytes")

@@ -119,6 +119,7 @@ pub async fn add_backend(
     }
     let link = Link::resolve(backend).await?;
     maps.set_backend(slot, &backend_entry(backend, &link, vip_mask))?;
+    maps.set_join_addresses(slot, &backend.join_addresses)?;
     maps.rebuild()
 }
 

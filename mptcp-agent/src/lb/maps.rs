@@ -3,18 +3,23 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use mptcp_common::{
     lb::{
-        Backend, BackendCounters, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP, LB_COUNTERS_MAP, LB_FLOWS_MAP,
-        LB_HALF_OPEN_MAP, LB_MAGLEV_MAP, LB_TOKENS_MAP, LB_VIPS_MAP, LbCounters, LbFlow, MAGLEV_SIZE,
-        MAX_BACKENDS, NO_BACKEND, Vip, VipKey, backend_state,
+        Backend, BackendCounters, JoinAddrKey, LB_BACKEND_COUNTERS_MAP, LB_BACKENDS_MAP, LB_COLLISIONS_MAP,
+        LB_COUNTERS_MAP, LB_FLOWS_MAP, LB_HALF_OPEN_MAP, LB_JOIN_ADDRS_MAP, LB_MAGLEV_MAP, LB_SETTINGS_MAP,
+        LB_TOKENS_MAP, LB_UNKNOWN_TOKENS_MAP, LB_VIPS_MAP, LbCollision, LbCounters, LbFlow, LbSettings,
+        LbToken, MAGLEV_SIZE, MAX_BACKENDS, NO_BACKEND, TokenLearn, Vip, VipKey, backend_state, token_learn,
+        token_origin,
     },
     maps::{FlowKey, addr_bytes, ipv4_mapped},
 };
 
 use super::*;
 use crate::bpf::{Instance, Privilege, check_privileges};
+
+/// The update flag of linux/bpf.h that inserts only absent keys (neither libc nor aya exports it).
+const BPF_NOEXIST: u64 = 1;
 
 /// A backend's map entry, active.
 pub(super) fn backend_entry(backend: &BackendConfig, link: &Link, vip_mask: u32) -> Backend {
@@ -71,8 +76,15 @@ pub struct LbMaps {
     pub flows: HashMap<MapData, FlowKey, LbFlow>,
     /// Flows seen only by their SYN.
     pub half_open: HashMap<MapData, FlowKey, LbFlow>,
-    /// Server token -> backend slot.
-    pub tokens: HashMap<MapData, u32, u32>,
+    /// Server token -> owner.
+    pub tokens: HashMap<MapData, u32, LbToken>,
+    pub(super) settings: Array<MapData, LbSettings>,
+    /// Join address -> backend slot.
+    pub join_addrs: HashMap<MapData, JoinAddrKey, u32>,
+    /// Tokens refused for a second backend.
+    pub collisions: HashMap<MapData, u32, LbCollision>,
+    /// Tokens joins named before this instance knew them -> when first named.
+    pub unknown_tokens: HashMap<MapData, u32, u64>,
 }
 
 impl LbMaps {
@@ -90,6 +102,11 @@ impl LbMaps {
             flows: HashMap::try_from(open(LB_FLOWS_MAP)?).map_err(map_error(LB_FLOWS_MAP))?,
             half_open: HashMap::try_from(open(LB_HALF_OPEN_MAP)?).map_err(map_error(LB_HALF_OPEN_MAP))?,
             tokens: HashMap::try_from(open(LB_TOKENS_MAP)?).map_err(map_error(LB_TOKENS_MAP))?,
+            settings: Array::try_from(open(LB_SETTINGS_MAP)?).map_err(map_error(LB_SETTINGS_MAP))?,
+            join_addrs: HashMap::try_from(open(LB_JOIN_ADDRS_MAP)?).map_err(map_error(LB_JOIN_ADDRS_MAP))?,
+            collisions: HashMap::try_from(open(LB_COLLISIONS_MAP)?).map_err(map_error(LB_COLLISIONS_MAP))?,
+            unknown_tokens: HashMap::try_from(open(LB_UNKNOWN_TOKENS_MAP)?)
+                .map_err(map_error(LB_UNKNOWN_TOKENS_MAP))?,
         })
     }
 
@@ -165,12 +182,106 @@ impl LbMaps {
                 .filter(|(_, vip)| vip.backends.contains(&backend.name))
                 .fold(0u32, |mask, (index, _)| mask | 1 << index);
             self.set_backend(slot as u32, &backend_entry(backend, link, vip_mask))?;
+            self.set_join_addresses(slot as u32, &backend.join_addresses)?;
         }
+        let settings = LbSettings {
+            learn_rate: config.joins.learn_rate,
+            learn_burst: config.joins.learn_burst,
+            unknown_token: config.joins.unknown_token.code(),
+            sync: u32::from(config.sync.is_some()),
+        };
+        self.settings.set(0, settings, 0).map_err(map_error(LB_SETTINGS_MAP))?;
         self.rebuild()
     }
 
     pub(super) fn set_backend(&mut self, slot: u32, backend: &Backend) -> Result<(), SteeringError> {
         self.backends.set(slot, backend, 0).map_err(map_error(LB_BACKENDS_MAP))
+    }
+
+    /// Points `addresses` at backend `slot`.
+    pub(super) fn set_join_addresses(
+        &mut self,
+        slot: u32,
+        addresses: &[IpAddr],
+    ) -> Result<(), SteeringError> {
+        for address in addresses {
+            let key = JoinAddrKey { addr: addr_of(*address).0 };
+            if let Ok(owner) = self.join_addrs.get(&key, 0)
+                && owner != slot
+            {
+                return Err(SteeringError::Config(format!(
+                    "join address {address} belongs to another backend"
+                )));
+            }
+            self.join_addrs.insert(key, slot, 0).map_err(map_error(LB_JOIN_ADDRS_MAP))?;
+        }
+        Ok(())
+    }
+
+    /// Join addresses by backend slot.
+    pub fn join_addresses(&self) -> Result<Vec<(IpAddr, u32)>, SteeringError> {
+        let entries: Vec<(JoinAddrKey, u32)> =
+            crate::bpf::maps::entries(&self.join_addrs).map_err(map_error(LB_JOIN_ADDRS_MAP))?;
+        Ok(entries
+            .into_iter()
+            .map(|(key, slot)| (std::net::Ipv6Addr::from(key.addr).to_canonical(), slot))
+            .collect())
+    }
+
+    /// The slot's state (UNUSED for a slot out of range).
+    fn slot_live(&self, slot: u32) -> bool {
+        self.backends.get(&slot, 0).is_ok_and(|b| b.state != backend_state::UNUSED)
+    }
+
+    /// Stores a token a peer learned for backend `slot`, by the rule the program follows for
+    /// its own learns ([`token_learn`]); a collision is recorded as the program records one.
+    pub fn store_synced_token(
+        &mut self,
+        token: u32,
+        slot: u32,
+        now_ns: u64,
+    ) -> Result<TokenLearn, SteeringError> {
+        let existing = self.tokens.get(&token, 0).ok().map(|t| (t.backend, self.slot_live(t.backend)));
+        let outcome = token_learn(existing, slot);
+        match outcome {
+            TokenLearn::Collision => {
+                let kept = existing.map_or(NO_BACKEND, |(owner, _)| owner);
+                let count = self.collisions.get(&token, 0).map_or(0, |c| c.count);
+                let collision = LbCollision {
+                    kept,
+                    refused: slot,
+                    refused_origin: token_origin::SYNCED,
+                    count: count.saturating_add(1),
+                    last_ns: now_ns,
+                };
+                self.collisions.insert(token, collision, 0).map_err(map_error(LB_COLLISIONS_MAP))?;
+            }
+            _ => {
+                let entry = LbToken { backend: slot, origin: token_origin::SYNCED, stored_ns: now_ns };
+                self.tokens.insert(token, entry, 0).map_err(map_error(LB_TOKENS_MAP))?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Records a flow a peer confirmed, unless this instance holds it already; true if stored.
+    pub fn store_synced_flow(&mut self, key: &FlowKey, flow: &LbFlow) -> Result<bool, SteeringError> {
+        if self.flows.get(key, 0).is_ok() {
+            return Ok(false);
+        }
+        // A packet of the flow may have recorded it here meanwhile: insert only if absent.
+        match self.flows.insert(key, flow, BPF_NOEXIST) {
+            Ok(()) => Ok(true),
+            Err(MapError::SyscallError(error)) if error.io_error.raw_os_error() == Some(libc::EEXIST) => {
+                Ok(false)
+            }
+            Err(source) => Err(SteeringError::Map { name: LB_FLOWS_MAP, source }),
+        }
+    }
+
+    /// When a join first named `token` before this instance knew it (a join that beat the sync).
+    pub fn unknown_since(&self, token: u32) -> Option<u64> {
+        self.unknown_tokens.get(&token, 0).ok()
     }
 
     /// Drains (no new flows; existing flows and MPTCP connections stay) or removes the backend
@@ -181,6 +292,15 @@ impl LbMaps {
         backend.state = state;
         if state == backend_state::UNUSED {
             backend = Backend::default();
+            let joins: Vec<JoinAddrKey> = crate::bpf::maps::entries(&self.join_addrs)
+                .map_err(map_error(LB_JOIN_ADDRS_MAP))?
+                .into_iter()
+                .filter(|(_, owner)| *owner == slot)
+                .map(|(key, _)| key)
+                .collect();
+            for key in joins {
+                self.join_addrs.remove(&key).map_err(map_error(LB_JOIN_ADDRS_MAP))?;
+            }
         }
         self.set_backend(slot, &backend)?;
         self.rebuild()

@@ -9,29 +9,40 @@
 //! table, so that SYNs that are never confirmed (a flood) push out only one another. The ACK
 //! confirming an MP_CAPABLE flow is its third ACK: the token is computed from it then, and only
 //! then. Packets of flows neither table holds go by Maglev and are recorded nowhere.
+//!
+//! Behind ECMP, several instances share the work: packets to a backend's join address go to it
+//! from configuration alone; tokens and confirmed flows go into the sync ring, which the agent's
+//! sync daemon sends to the peers (and stores theirs here by the same rules).
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
-    helpers::generated::bpf_redirect,
+    bindings::{BPF_NOEXIST, TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
+    helpers::generated::{bpf_ktime_get_ns, bpf_redirect},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
 use mptcp_common::{
     keys::key_digest_in,
-    lb::{LbFlow, MAGLEV_SIZE, NO_BACKEND, VipKey, backend_state, flow_kind, maglev_slot, steering},
-    maps::{FlowKey, addr_bytes},
+    lb::{
+        LbCollision, LbFlow, LbToken, MAGLEV_SIZE, NO_BACKEND, TokenLearn, VipKey, backend_state, flow_kind,
+        maglev_slot, steering, sync_kind, token_learn, token_origin, unknown_token,
+    },
+    maps::{AddrKey, FlowKey, addr_bytes},
     mptcp::{MpCapable, MpJoin, subtype},
     tcp,
 };
 use mptcp_ebpf::{
     packet::{Packet, find_mptcp_option, load_options, parse_tcp},
-    tables::promote,
+    tables::{admit_source, promote},
 };
 
 use crate::maps::{
-    DIGEST_SCHEDULE, LB_BACKENDS, LB_FLOWS, LB_HALF_OPEN, LB_MAGLEV, LB_TOKENS, LB_VIPS, backend_counters,
-    lb_counters, scratch,
+    DIGEST_SCHEDULE, LB_BACKENDS, LB_COLLISIONS, LB_FLOWS, LB_HALF_OPEN, LB_JOIN_ADDRS, LB_LEARN_RATE,
+    LB_MAGLEV, LB_SYNC_EVENTS, LB_TOKENS, LB_UNKNOWN_TOKENS, LB_VIPS, backend_counters, lb_counters, scratch,
+    settings,
 };
+
+/// `mptcp_lb_place`'s answer for a join SYN dropped so that its retransmission finds the token.
+const DEFER: u32 = NO_BACKEND - 1;
 
 /// What to do with a packet.
 enum Action {
@@ -65,7 +76,11 @@ pub fn mptcp_lb_tc(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn balance(packet: &impl Packet) -> Action {
-    classify(packet).map_or(Action::Pass, |backend| forward(packet, backend))
+    match classify(packet) {
+        None => Action::Pass,
+        Some(DEFER) => Action::Drop,
+        Some(backend) => forward(packet, backend),
+    }
 }
 
 /// The backend slot of a packet for a VIP; None for anything else.
@@ -79,8 +94,7 @@ fn classify(ctx: &impl Packet) -> Option<u32> {
     let vip_key =
         VipKey { addr: addr_bytes(segment.dst), port: segment.dport, family: segment.family, _pad: [0; 5] };
     let Some(vip) = LB_VIPS.get_ptr(&vip_key) else {
-        counters.not_vip += 1;
-        return None;
+        return join_address(ctx, counters);
     };
     // SAFETY: map value pointer from a successful lookup.
     let vip = unsafe { *vip };
@@ -100,6 +114,48 @@ fn classify(ctx: &impl Packet) -> Option<u32> {
     }
     load_options(ctx, &scratch.segment, &mut scratch.options)?;
     Some(mptcp_lb_place(vip.index, vip.steering, u32::from(reopens_join)))
+}
+
+/// The backend whose join address the packet in scratch memory goes to; None (the stack's) for
+/// any other address. Stateless: every instance forwards it alike from its configuration.
+#[inline(always)]
+fn join_address(ctx: &impl Packet, counters: &mut mptcp_common::lb::LbCounters) -> Option<u32> {
+    let scratch = scratch()?;
+    let Some(backend) = LB_JOIN_ADDRS.get_ptr(&AddrKey { addr: addr_bytes(scratch.segment.dst) }) else {
+        counters.not_vip += 1;
+        return None;
+    };
+    counters.join_address_packets += 1;
+    if tcp::opens(scratch.segment.flags)
+        && load_options(ctx, &scratch.segment, &mut scratch.options).is_some()
+    {
+        let area = scratch.options.0.get(..scratch.segment.options_len.min(40)).unwrap_or(&[]);
+        if find_mptcp_option(area, subtype::MP_JOIN).is_some() {
+            counters.join_address_joins += 1;
+        }
+    }
+    // SAFETY: map value pointer from a successful lookup.
+    Some(unsafe { *backend })
+}
+
+/// Hands what this instance learned (of the packet in scratch memory) to the sync daemon, if
+/// the balancer syncs. The event is written in scratch memory: 64 bytes more on the stack would
+/// pass the 512-byte limit of the call chain.
+#[inline(always)]
+fn sync(kind: u32, backend: u32, token: u32, kind_of_flow: u32, learned_ns: u64) {
+    let (Some(scratch), Some(counters)) = (scratch(), lb_counters()) else {
+        return;
+    };
+    if settings().sync == 0 {
+        return;
+    }
+    let event = &mut scratch.sync;
+    (event.kind, event.backend, event.token, event.flow_kind) = (kind, backend, token, kind_of_flow);
+    event.learned_ns = learned_ns;
+    event.flow = scratch.key;
+    if LB_SYNC_EVENTS.output(&scratch.sync, 0).is_err() {
+        counters.sync_events_lost += 1;
+    }
 }
 
 /// Readies the frame for backend slot `index` (direct server return at L2).
@@ -148,6 +204,7 @@ pub extern "C" fn mptcp_lb_place(vip: u32, steering_mode: u32, reopens_join: u32
     };
     let segment = &scratch.segment;
     let (key, _) = FlowKey::new(segment.family, segment.src, segment.sport, segment.dst, segment.dport);
+    scratch.key = key;
     let flags = segment.flags;
     let area = scratch.options.0.get(..segment.options_len.min(40)).unwrap_or(&[]);
     let half_open = LB_HALF_OPEN.get_ptr_mut(&key);
@@ -176,7 +233,11 @@ pub extern "C" fn mptcp_lb_place(vip: u32, steering_mode: u32, reopens_join: u32
                 flow.token_learned = 1;
             }
             match promote(&LB_HALF_OPEN, &LB_FLOWS, &key, flow) {
-                Ok(()) => counters.half_open_promoted += 1,
+                Ok(()) => {
+                    counters.half_open_promoted += 1;
+                    // SAFETY: helper without arguments.
+                    sync(sync_kind::FLOW, backend, 0, flow.kind, unsafe { bpf_ktime_get_ns() });
+                }
                 Err(_) => counters.table_errors += 1,
             }
         }
@@ -200,9 +261,17 @@ pub extern "C" fn mptcp_lb_place(vip: u32, steering_mode: u32, reopens_join: u32
                 // SAFETY: map value pointer from a successful lookup.
                 Some(owner) => {
                     counters.joins_steered_by_token += 1;
-                    (unsafe { *owner }, flow_kind::JOIN)
+                    (unsafe { (*owner).backend }, flow_kind::JOIN)
                 }
                 None => {
+                    // Remembered, so that the sync daemon can tell a join that beat the sync.
+                    // SAFETY: helper without arguments.
+                    let now = unsafe { bpf_ktime_get_ns() };
+                    let first = LB_UNKNOWN_TOKENS.insert(token, now, u64::from(BPF_NOEXIST)).is_ok();
+                    if first && settings().unknown_token == unknown_token::RETRY_ONCE {
+                        counters.joins_deferred += 1;
+                        return DEFER;
+                    }
                     counters.joins_unknown_token += 1;
                     (maglev(vip, &key), flow_kind::JOIN)
                 }
@@ -270,12 +339,54 @@ pub extern "C" fn mptcp_lb_learn_token(backend: u32) -> u32 {
     let Some(server_key) = capable.receiver_key else {
         return 0;
     };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let settings = settings();
+    if settings.learn_rate != 0 {
+        let segment = &scratch.segment;
+        let mut source = AddrKey { addr: addr_bytes(segment.src) };
+        if segment.family == 6 {
+            // One bucket per /64: a host picks any address in its prefix.
+            source.addr[8..].fill(0);
+        }
+        match admit_source(&LB_LEARN_RATE, &source, now, settings.learn_rate, settings.learn_burst) {
+            Ok(true) => {}
+            Ok(false) => {
+                counters.learn_rate_limited += 1;
+                return 0;
+            }
+            Err(_) => counters.table_errors += 1,
+        }
+    }
     // SAFETY: this CPU's scratch slot, used by one packet at a time.
     let token = key_digest_in(server_key, unsafe { &mut *schedule }).token;
-    if LB_TOKENS.insert(token, backend, 0).is_err() {
+    // SAFETY: map value pointer from a successful lookup.
+    let existing = LB_TOKENS.get_ptr(token).map(|entry| unsafe { (*entry).backend });
+    let live = |slot: u32| LB_BACKENDS.get(slot).is_some_and(|b| b.state != backend_state::UNUSED);
+    if token_learn(existing.map(|owner| (owner, live(owner))), backend) == TokenLearn::Collision {
+        counters.token_collisions += 1;
+        let count = LB_COLLISIONS.get_ptr(token).map_or(0, |c| {
+            // SAFETY: map value pointer from a successful lookup.
+            unsafe { (*c).count }
+        });
+        let collision = LbCollision {
+            kept: existing.unwrap_or(NO_BACKEND),
+            refused: backend,
+            refused_origin: token_origin::LEARNED,
+            count: count.saturating_add(1),
+            last_ns: now,
+        };
+        if LB_COLLISIONS.insert(token, &collision, 0).is_err() {
+            counters.table_errors += 1;
+        }
+        return 0;
+    }
+    let entry = LbToken { backend, origin: token_origin::LEARNED, stored_ns: now };
+    if LB_TOKENS.insert(token, &entry, 0).is_err() {
         counters.table_errors += 1;
         return 0;
     }
     counters.tokens_learned += 1;
+    sync(sync_kind::TOKEN, backend, token, flow_kind::INITIAL, now);
     1
 }

@@ -2,15 +2,17 @@
 //! working memory.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use mptcp_common::{
     lb::{
-        Backend, BackendCounters, LbCounters, LbFlow, MAGLEV_SIZE, MAX_BACKENDS, MAX_LB_FLOWS,
-        MAX_LB_HALF_OPEN, MAX_LB_TOKENS, MAX_VIPS, Vip, VipKey,
+        Backend, BackendCounters, JoinAddrKey, LB_SYNC_EVENTS_BYTES, LbCollision, LbCounters, LbFlow,
+        LbSettings, LbSyncEvent, LbToken, MAGLEV_SIZE, MAX_BACKENDS, MAX_JOIN_ADDRS, MAX_LB_COLLISIONS,
+        MAX_LB_FLOWS, MAX_LB_HALF_OPEN, MAX_LB_TOKENS, MAX_LEARN_SOURCES, MAX_UNKNOWN_TOKENS, MAX_VIPS, Vip,
+        VipKey,
     },
-    maps::FlowKey,
+    maps::{AddrKey, FlowKey, RateBucket},
 };
 use mptcp_ebpf::packet::{OptionBuffer, TcpSegment};
 
@@ -32,9 +34,32 @@ pub static LB_FLOWS: LruHashMap<FlowKey, LbFlow, MAX_LB_FLOWS> = LruHashMap::new
 #[btf_map]
 pub static LB_HALF_OPEN: LruHashMap<FlowKey, LbFlow, MAX_LB_HALF_OPEN> = LruHashMap::new();
 
-/// Server token -> backend slot, learned only when an MP_CAPABLE flow is confirmed.
+/// Server token -> owner, learned only when an MP_CAPABLE flow is confirmed, or from a peer.
 #[btf_map]
-pub static LB_TOKENS: LruHashMap<u32, u32, MAX_LB_TOKENS> = LruHashMap::new();
+pub static LB_TOKENS: LruHashMap<u32, LbToken, MAX_LB_TOKENS> = LruHashMap::new();
+
+#[btf_map]
+pub static LB_SETTINGS: Array<LbSettings, 1> = Array::new();
+
+/// Backends' join addresses -> backend slot: forwarded from configuration alone.
+#[btf_map]
+pub static LB_JOIN_ADDRS: HashMap<JoinAddrKey, u32, MAX_JOIN_ADDRS> = HashMap::new();
+
+/// Tokens refused for a second backend, for operators.
+#[btf_map]
+pub static LB_COLLISIONS: LruHashMap<u32, LbCollision, MAX_LB_COLLISIONS> = LruHashMap::new();
+
+/// Per-source token buckets of token learning.
+#[btf_map]
+pub static LB_LEARN_RATE: LruHashMap<AddrKey, RateBucket, MAX_LEARN_SOURCES> = LruHashMap::new();
+
+/// Tokens that joins named before this instance knew them -> when first named.
+#[btf_map]
+pub static LB_UNKNOWN_TOKENS: LruHashMap<u32, u64, MAX_UNKNOWN_TOKENS> = LruHashMap::new();
+
+/// What this instance learned, for the sync daemon.
+#[btf_map]
+pub static LB_SYNC_EVENTS: RingBuf<LbSyncEvent, LB_SYNC_EVENTS_BYTES> = RingBuf::new();
 
 #[btf_map]
 pub static LB_COUNTERS: PerCpuArray<LbCounters, 1> = PerCpuArray::new();
@@ -43,10 +68,13 @@ pub static LB_COUNTERS: PerCpuArray<LbCounters, 1> = PerCpuArray::new();
 pub static LB_BACKEND_COUNTERS: PerCpuArray<BackendCounters, MAX_BACKENDS> = PerCpuArray::new();
 
 /// Per-packet working memory, kept off the 512-byte stack: the segment `classify` parsed and
-/// its option area, which the global functions read.
+/// its option area, which the global functions read, its flow key, and the sync event being
+/// written.
 pub struct Scratch {
     pub segment: TcpSegment,
     pub options: OptionBuffer,
+    pub key: FlowKey,
+    pub sync: LbSyncEvent,
 }
 
 #[btf_map]
@@ -76,4 +104,10 @@ pub fn backend_counters(index: u32) -> Option<&'static mut BackendCounters> {
 pub fn scratch() -> Option<&'static mut Scratch> {
     // SAFETY: as for `lb_counters`; one packet at a time uses a CPU's scratch memory.
     SCRATCH.get_ptr_mut(0).map(|ptr| unsafe { &mut *ptr })
+}
+
+/// The balancer's settings (defaults if the agent has not written them).
+#[inline(always)]
+pub fn settings() -> LbSettings {
+    LB_SETTINGS.get(0).copied().unwrap_or_default()
 }

@@ -11,8 +11,8 @@ use mptcp_common::{
     fallback::{MappingState, SegmentFacts, falls_back_connection},
     keys::{KeyDigest, version_key_digest_in},
     maps::{
-        AddrKey, Connection, Direction, Event, HalfOpen, PacketCounters, RateBucket, Subflow, addr_bytes,
-        admission, connection_flags, direction_flags, event_flags, event_kind, fallback_reason, hmac_verdict,
+        AddrKey, Connection, Direction, Event, HalfOpen, PacketCounters, Subflow, addr_bytes, admission,
+        connection_flags, direction_flags, event_flags, event_kind, fallback_reason, hmac_verdict,
         ipv4_mapped, subflow_kind, subflow_state,
     },
     mptcp::{
@@ -22,7 +22,10 @@ use mptcp_common::{
     options::TCP_OPTION_SPACE,
     tcp,
 };
-use mptcp_ebpf::{packet::tcp_flags, tables::promote};
+use mptcp_ebpf::{
+    packet::tcp_flags,
+    tables::{admit_source, promote},
+};
 
 use crate::{
     maps::{
@@ -644,20 +647,18 @@ impl Tracker {
         let source = AddrKey { addr: addr_bytes(self.state.segment.src) };
         // SAFETY: helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        let Some(bucket) = JOIN_RATE.get_ptr_mut(&source) else {
-            let bucket = RateBucket::first_join(now, config.join_burst);
-            if JOIN_RATE.insert(&source, &bucket, 0).is_err() {
-                self.counters().table_errors += 1;
+        match admit_source(&JOIN_RATE, &source, now, config.join_rate_per_sec, config.join_burst) {
+            Ok(true) => Verdict::Pass,
+            Ok(false) => {
+                self.counters().joins_dropped_rate_limit += 1;
+                Verdict::Drop
             }
-            return Verdict::Pass;
-        };
-        // SAFETY: map value pointer from a successful lookup.
-        let bucket = unsafe { &mut *bucket };
-        if !bucket.admit(now, config.join_rate_per_sec, config.join_burst) {
-            self.counters().joins_dropped_rate_limit += 1;
-            return Verdict::Drop;
+            // A source whose bucket cannot be stored is not held back.
+            Err(_) => {
+                self.counters().table_errors += 1;
+                Verdict::Pass
+            }
         }
-        Verdict::Pass
     }
 
     #[inline(always)]
