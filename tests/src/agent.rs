@@ -128,7 +128,8 @@ impl<'a> Dataplane<'a> {
     }
 }
 
-/// A running `mptcp-agent run` daemon of a [`Dataplane`]; stopped with SIGTERM on drop.
+/// A long-running agent process (`mptcp-agent run` of a [`Dataplane`], `lb sync`, ...); stopped
+/// with SIGTERM on drop.
 pub struct Daemon {
     child: Option<std::process::Child>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
@@ -138,19 +139,30 @@ impl Daemon {
     /// Starts the daemon for the dataplane's instance and interfaces with `args` added, and
     /// waits until it has configured the programs.
     pub fn start(dataplane: &Dataplane<'_>, args: &[&str]) -> Result<Self> {
+        let mut full: Vec<&str> = [&["run", "--instance", &dataplane.instance][..], args].concat();
+        for iface in &dataplane.ifaces {
+            full.extend(["--iface", iface]);
+        }
+        // Ready when its ready file names it (whatever it logs, at any RUST_LOG level).
+        let ready = run_dir(&dataplane.instance).join("ready");
+        Self::spawn(dataplane.ns, &full, |pid| {
+            std::fs::read_to_string(&ready).is_ok_and(|text| text.trim() == pid.to_string())
+        })
+    }
+
+    /// Starts `mptcp-agent ARGS` in `ns` as a long-running process and waits (10 s at most)
+    /// until `ready(pid)` says it is ready.
+    pub fn spawn(ns: &Netns, args: &[&str], ready: impl Fn(u32) -> bool) -> Result<Self> {
         use std::io::{BufRead as _, BufReader};
         let agent = binary();
-        let mut cmd = dataplane.ns.nsenter_cmd(agent.to_str().context("agent path is not UTF-8")?);
-        cmd.args(["run", "--instance", &dataplane.instance]).args(args);
-        for iface in &dataplane.ifaces {
-            cmd.args(["--iface", iface]);
-        }
+        let mut cmd = ns.nsenter_cmd(agent.to_str().context("agent path is not UTF-8")?);
+        cmd.args(args);
         let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .context("spawning mptcp-agent run")?;
+            .with_context(|| format!("spawning mptcp-agent {args:?}"))?;
         let stderr = child.stderr.take().context("daemon stderr")?;
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let sink = log.clone();
@@ -164,19 +176,20 @@ impl Daemon {
         });
         let pid = child.id();
         let mut daemon = Self { child: Some(child), log };
-        // Ready when its ready file names it (whatever it logs, at any RUST_LOG level).
-        let ready = run_dir(&dataplane.instance).join("ready");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            if std::fs::read_to_string(&ready).is_ok_and(|text| text.trim() == pid.to_string()) {
+            if ready(pid) {
                 return Ok(daemon);
             }
             let exited = daemon.child.as_mut().map(|child| child.try_wait()).transpose()?.flatten();
             if let Some(status) = exited {
-                anyhow::bail!("the daemon exited ({status}) before it was ready:\n{}", daemon.log());
+                anyhow::bail!(
+                    "mptcp-agent {args:?} exited ({status}) before it was ready:\n{}",
+                    daemon.log()
+                );
             }
             if std::time::Instant::now() > deadline {
-                anyhow::bail!("the daemon was not ready within 10 s:\n{}", daemon.log());
+                anyhow::bail!("mptcp-agent {args:?} was not ready within 10 s:\n{}", daemon.log());
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }

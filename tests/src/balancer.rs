@@ -12,15 +12,20 @@
 //! through their default route, the balancer's ordinary forwarding.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
+    sync::Arc,
+    thread,
 };
 
 use anyhow::{Context as _, Result};
+use serde_json::Value;
 
 use crate::{
-    TempDir, agent,
-    netns::{Netns, veth},
+    TempDir, agent, kernel,
+    netns::{Netns, v4, v6, veth},
+    traffic::{ClientOptions, Proto, Server, Transfer, transfer},
 };
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 200);
@@ -66,35 +71,12 @@ pub struct BalancerLab {
     config_dir: TempDir,
 }
 
-fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
-    IpAddr::from([a, b, c, d])
-}
-
-fn v6(segments: [u16; 8]) -> IpAddr {
-    IpAddr::from(segments)
-}
-
-fn add_addr(ns: &Netns, iface: &str, addr: IpAddr, prefix: u8) -> Result<()> {
-    let cidr = format!("{addr}/{prefix}");
-    match addr {
-        IpAddr::V4(_) => ns.ip(&["addr", "add", &cidr, "dev", iface])?,
-        IpAddr::V6(_) => ns.ip(&["addr", "add", &cidr, "dev", iface, "nodad"])?,
-    };
-    Ok(())
-}
-
-/// Interfaces created in `ns` from now on skip duplicate address detection: their link-local
-/// addresses, which neighbour discovery needs, are usable at once instead of after a second or two.
-fn no_dad(ns: &Netns) -> Result<()> {
-    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")
-}
-
 impl BalancerLab {
     pub fn new(options: BalancerLabOptions) -> Result<Self> {
         let client = Netns::new("cli")?;
         let balancer = Netns::new("lb")?;
-        no_dad(&client)?;
-        no_dad(&balancer)?;
+        client.no_dad()?;
+        balancer.no_dad()?;
         balancer.sysctl("net.ipv4.ip_forward", "1")?;
         balancer.sysctl("net.ipv6.conf.all.forwarding", "1")?;
         let mut paths = Vec::new();
@@ -110,10 +92,10 @@ impl BalancerLab {
                 balancer: [v4(net4[0], net4[1], net4[2], 126), v6([0x2001, 0xdb8, net6, 0, 0, 0, 0, 0xff])],
             };
             for (addr, prefix) in path.client.iter().zip([25, 64]) {
-                add_addr(&client, &path.client_if, *addr, prefix)?;
+                client.add_addr(&path.client_if, *addr, prefix)?;
             }
             for (addr, prefix) in path.balancer.iter().zip([25, 64]) {
-                add_addr(&balancer, &path.balancer_if, *addr, prefix)?;
+                balancer.add_addr(&path.balancer_if, *addr, prefix)?;
             }
             paths.push(path);
         }
@@ -150,14 +132,14 @@ impl BalancerLab {
         for index in 0..options.backends {
             let name = format!("backend{}", index + 1);
             let ns = Netns::new(&format!("be{index}"))?;
-            no_dad(&ns)?;
+            ns.no_dad()?;
             let (balancer_if, backend_if) = veth(&balancer, &format!("b{index}"), &ns, "eth")?;
             let i = index as u8;
             let addr = [v4(203, 0, 113, 16 * i + 1), v6([0x2001, 0xdb8, 3, u16::from(i), 0, 0, 0, 1])];
             let gateway = [v4(203, 0, 113, 16 * i + 14), v6([0x2001, 0xdb8, 3, u16::from(i), 0, 0, 0, 0xff])];
             for ((own, gw), prefix) in addr.iter().zip(&gateway).zip([28, 64]) {
-                add_addr(&ns, &backend_if, *own, prefix)?;
-                add_addr(&balancer, &balancer_if, *gw, prefix)?;
+                ns.add_addr(&backend_if, *own, prefix)?;
+                balancer.add_addr(&balancer_if, *gw, prefix)?;
             }
             ns.ip(&["route", "add", "default", "via", &gateway[0].to_string()])?;
             ns.ip(&["-6", "route", "add", "default", "via", &gateway[1].to_string()])?;
@@ -210,18 +192,24 @@ impl BalancerLab {
     }
 }
 
-/// A balancer instance running in the lab's balancer namespace; stopped, pins and all, on drop.
+/// A balancer instance running in a namespace; stopped, pins and all, on drop.
 pub struct Balancer<'a> {
     ns: &'a Netns,
     instance: String,
+    config: PathBuf,
 }
 
 impl<'a> Balancer<'a> {
-    /// `mptcp-agent lb start --config FILE --steering MODE` in the balancer namespace.
+    /// `mptcp-agent lb start --config FILE` in the lab's balancer namespace, with this lab's
+    /// configuration for `steering`.
     pub fn start(lab: &'a BalancerLab, steering: &str) -> Result<Self> {
-        let config = lab.write_config(steering)?;
-        let balancer = Self { ns: &lab.balancer, instance: crate::netns::unique_name("lbi") };
-        balancer.run(&["lb", "start", "--config", config.to_str().context("config path")?])?;
+        Self::start_with(&lab.balancer, lab.write_config(steering)?)
+    }
+
+    /// `mptcp-agent lb start --config FILE` in `ns`.
+    pub fn start_with(ns: &'a Netns, config: PathBuf) -> Result<Self> {
+        let balancer = Self { ns, instance: crate::netns::unique_name("lbi"), config };
+        balancer.run(&["lb", "start", "--config", balancer.config_arg()?])?;
         Ok(balancer)
     }
 
@@ -229,7 +217,16 @@ impl<'a> Balancer<'a> {
         &self.instance
     }
 
-    /// Runs `mptcp-agent ARGS --instance INSTANCE` in the balancer namespace.
+    pub fn ns(&self) -> &Netns {
+        self.ns
+    }
+
+    /// The `lb.toml` it was started with.
+    pub fn config_arg(&self) -> Result<&str> {
+        self.config.to_str().context("config path is not UTF-8")
+    }
+
+    /// Runs `mptcp-agent ARGS --instance INSTANCE` in the balancer's namespace.
     pub fn run(&self, args: &[&str]) -> Result<String> {
         agent::run(self.ns, &[args, &["--instance", &self.instance]].concat())
     }
@@ -250,4 +247,97 @@ impl Drop for Balancer<'_> {
             let _ = std::fs::remove_dir_all(agent::instance_dir(&self.instance));
         }
     }
+}
+
+/// A balancer-wide counter of `lb stats --json`.
+pub fn counter(stats: &Value, name: &str) -> u64 {
+    stats["counters"][name].as_u64().unwrap_or(0)
+}
+
+/// A backend's counter of `lb stats --json`.
+pub fn backend_counter(stats: &Value, backend: &str, name: &str) -> u64 {
+    stats["backends"]
+        .as_array()
+        .and_then(|all| all.iter().find(|b| b["name"] == backend))
+        .and_then(|b| b[name].as_u64())
+        .unwrap_or(0)
+}
+
+/// MPTCP servers on `addrs` in every namespace of `backends`, until stopped.
+pub fn start_servers(backends: &[&Netns], addrs: &[SocketAddr], proto: Proto) -> Result<Vec<Server>> {
+    let mut servers = Vec::new();
+    for ns in backends {
+        for addr in addrs {
+            servers.push(Server::start_until_stopped(ns, *addr, proto)?);
+        }
+    }
+    Ok(servers)
+}
+
+pub fn stop_servers(servers: Vec<Server>) -> Result<()> {
+    for server in servers {
+        server.stop()?;
+    }
+    Ok(())
+}
+
+/// Client threads of [`connect`].
+pub type Clients<'s> = Vec<thread::ScopedJoinHandle<'s, Result<Transfer>>>;
+
+/// Starts `count` connections from `client` to `server` in bursts of `burst` at once; each is
+/// held open at its gate once its data is sent, and a burst starts when the previous one is held.
+pub fn connect<'s>(
+    scope: &'s thread::Scope<'s, '_>,
+    client: &'s Netns,
+    server: SocketAddr,
+    count: usize,
+    burst: usize,
+    options: &ClientOptions,
+) -> Result<Clients<'s>> {
+    let gate = options.hold.clone().context("connections are held at a gate")?;
+    let already = gate.arrived();
+    let mut handles = Vec::new();
+    for first in (0..count).step_by(burst.max(1)) {
+        let n = burst.min(count - first);
+        let start = Arc::new(std::sync::Barrier::new(n));
+        for _ in 0..n {
+            let (options, start) = (options.clone(), start.clone());
+            handles.push(scope.spawn(move || {
+                start.wait();
+                transfer(client, server, options)
+            }));
+        }
+        gate.wait_for(already + first + n)?;
+    }
+    Ok(handles)
+}
+
+/// Waits for every client thread; fails with the first failure.
+pub fn join_all(handles: Clients<'_>) -> Result<Vec<Transfer>> {
+    handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?).collect()
+}
+
+/// Per backend namespace: the MPTCP connections established on it (by its token) with the kinds
+/// of their subflows (`M` initial, `J` joined).
+pub fn backend_connections(backends: &[&Netns]) -> Result<Vec<BTreeMap<u32, Vec<String>>>> {
+    backends
+        .iter()
+        .map(|ns| {
+            let mut connections: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+            for subflow in kernel::subflows(ns)? {
+                let kind = if subflow.flags.contains('J') { "J" } else { "M" };
+                connections.entry(subflow.token).or_default().push(kind.to_owned());
+            }
+            Ok(connections)
+        })
+        .collect()
+}
+
+/// The sum of an nstat counter over namespaces.
+pub fn nstat_sum(namespaces: &[&Netns], name: &str) -> Result<u64> {
+    let mut sum = 0;
+    for ns in namespaces {
+        sum += kernel::nstat(ns)?.get(name).copied().unwrap_or(0);
+    }
+    Ok(sum)
 }

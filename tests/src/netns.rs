@@ -117,6 +117,23 @@ impl Netns {
         self.ip(&[family, "rule", "add", "from", from, "table", &table]).map(drop)
     }
 
+    /// Adds `addr/prefix` to `iface` (IPv6 without duplicate address detection).
+    pub fn add_addr(&self, iface: &str, addr: IpAddr, prefix: u8) -> Result<()> {
+        let cidr = format!("{addr}/{prefix}");
+        match addr {
+            IpAddr::V4(_) => self.ip(&["addr", "add", &cidr, "dev", iface])?,
+            IpAddr::V6(_) => self.ip(&["addr", "add", &cidr, "dev", iface, "nodad"])?,
+        };
+        Ok(())
+    }
+
+    /// Interfaces created in the namespace from now on skip duplicate address detection: their
+    /// link-local addresses, which neighbour discovery needs, are usable at once instead of after
+    /// a second or two.
+    pub fn no_dad(&self) -> Result<()> {
+        self.sysctl("net.ipv6.conf.default.accept_dad", "0")
+    }
+
     /// Sets a sysctl inside the namespace.
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")]).map(drop)
@@ -162,6 +179,14 @@ impl Drop for Netns {
             eprintln!("cleanup: {error:#}");
         }
     }
+}
+
+pub fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::from([a, b, c, d])
+}
+
+pub fn v6(segments: [u16; 8]) -> IpAddr {
+    IpAddr::from(segments)
 }
 
 /// Connects two namespaces with a veth pair and returns the two interface names.

@@ -3,7 +3,6 @@
 //! backends drained, removed and added under live connections.
 
 use std::{
-    collections::BTreeMap,
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -11,91 +10,24 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
-    balancer::{Balancer, BalancerLab, BalancerLabOptions},
+    balancer::{
+        Balancer, BalancerLab, BalancerLabOptions, backend_connections, backend_counter, connect, counter,
+        join_all, nstat_sum, start_servers,
+    },
     kernel,
     lock::LabLock,
     netns::Netns,
-    traffic::{ClientOptions, Gate, Proto, Server, Transfer, transfer},
+    traffic::{ClientOptions, Gate, Proto, Server, transfer},
 };
 use serde_json::Value;
 
 /// MPTCP servers on both VIPs of every backend, until stopped.
-fn start_servers(lab: &BalancerLab, proto: Proto) -> Result<Vec<Server>> {
-    let mut servers = Vec::new();
-    for backend in &lab.backends {
-        for family in 0..2 {
-            servers.push(Server::start_until_stopped(&backend.ns, lab.vip(family), proto)?);
-        }
-    }
-    Ok(servers)
+fn start_lab_servers(lab: &BalancerLab, proto: Proto) -> Result<Vec<Server>> {
+    start_servers(&backend_namespaces(lab), &[lab.vip(0), lab.vip(1)], proto)
 }
 
-/// Starts `count` connections to the VIP of `family` in bursts of `burst` at once; each is held
-/// open at its gate once its data is sent, and a burst starts when the previous one is held.
-fn connect<'s>(
-    scope: &'s thread::Scope<'s, '_>,
-    lab: &'s BalancerLab,
-    family: usize,
-    count: usize,
-    burst: usize,
-    options: &ClientOptions,
-) -> Result<Vec<thread::ScopedJoinHandle<'s, Result<Transfer>>>> {
-    let gate = options.hold.clone().context("connections are held at a gate")?;
-    let already = gate.arrived();
-    let mut handles = Vec::new();
-    for first in (0..count).step_by(burst) {
-        let n = burst.min(count - first);
-        let start = Arc::new(std::sync::Barrier::new(n));
-        for _ in 0..n {
-            let (options, start) = (options.clone(), start.clone());
-            handles.push(scope.spawn(move || {
-                start.wait();
-                transfer(&lab.client, lab.vip(family), options)
-            }));
-        }
-        gate.wait_for(already + first + n)?;
-    }
-    Ok(handles)
-}
-
-fn join_all(handles: Vec<thread::ScopedJoinHandle<'_, Result<Transfer>>>) -> Result<Vec<Transfer>> {
-    handles.into_iter().map(|h| h.join().map_err(|_| anyhow::anyhow!("client thread panicked"))?).collect()
-}
-
-/// Per backend: the MPTCP connections established on it (by its token) with the kinds of their
-/// subflows (`M` initial, `J` joined).
-fn backend_connections(lab: &BalancerLab) -> Result<Vec<BTreeMap<u32, Vec<String>>>> {
-    lab.backends
-        .iter()
-        .map(|backend| {
-            let mut connections: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-            for subflow in kernel::subflows(&backend.ns)? {
-                let kind = if subflow.flags.contains('J') { "J" } else { "M" };
-                connections.entry(subflow.token).or_default().push(kind.to_owned());
-            }
-            Ok(connections)
-        })
-        .collect()
-}
-
-fn counter(stats: &Value, name: &str) -> u64 {
-    stats["counters"][name].as_u64().unwrap_or(0)
-}
-
-fn backend_counter(stats: &Value, backend: &str, name: &str) -> u64 {
-    stats["backends"]
-        .as_array()
-        .and_then(|all| all.iter().find(|b| b["name"] == backend))
-        .and_then(|b| b[name].as_u64())
-        .unwrap_or(0)
-}
-
-fn nstat_sum(namespaces: &[&Netns], name: &str) -> Result<u64> {
-    let mut sum = 0;
-    for ns in namespaces {
-        sum += kernel::nstat(ns)?.get(name).copied().unwrap_or(0);
-    }
-    Ok(sum)
+fn backend_namespaces(lab: &BalancerLab) -> Vec<&Netns> {
+    lab.backends.iter().map(|b| &b.ns).collect()
 }
 
 const BYTES: u64 = 20_000;
@@ -121,7 +53,7 @@ fn token_steering_puts_every_join_on_the_owning_backend() -> Result<()> {
             .any(|name| ["SUBFLOWS", "CONNECTIONS", "EVENTS", "BASELINE_FLOWS"].contains(&name.as_str())),
         "lb start created maps of other objects: {created:?}"
     );
-    let servers = start_servers(&lab, Proto::Mptcp)?;
+    let servers = start_lab_servers(&lab, Proto::Mptcp)?;
     let per_family = 100;
     let total = 2 * per_family;
     let gate = Arc::new(Gate::default());
@@ -129,9 +61,9 @@ fn token_steering_puts_every_join_on_the_owning_backend() -> Result<()> {
         ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows: 1, hold: Some(gate.clone()) };
     let (transfers, connections, stats) = thread::scope(|scope| -> Result<_> {
         // Bursts of 25 connections at once: each joins as soon as it is established.
-        let mut handles = connect(scope, &lab, 0, per_family, 25, &options)?;
-        handles.extend(connect(scope, &lab, 1, per_family, 25, &options)?);
-        let connections = backend_connections(&lab)?;
+        let mut handles = connect(scope, &lab.client, lab.vip(0), per_family, 25, &options)?;
+        handles.extend(connect(scope, &lab.client, lab.vip(1), per_family, 25, &options)?);
+        let connections = backend_connections(&backend_namespaces(&lab))?;
         let stats = balancer.stats()?;
         gate.open();
         Ok((join_all(handles)?, connections, stats))
@@ -193,14 +125,14 @@ fn hash_only_loses_the_joins_that_land_on_another_backend() -> Result<()> {
     let _lock = LabLock::acquire()?;
     let lab = BalancerLab::new(BalancerLabOptions::default())?;
     let balancer = Balancer::start(&lab, "hash-only")?;
-    let servers = start_servers(&lab, Proto::Mptcp)?;
+    let servers = start_lab_servers(&lab, Proto::Mptcp)?;
     let total = 90;
     let gate = Arc::new(Gate::default());
     let options =
         ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows: 0, hold: Some(gate.clone()) };
     let backends: Vec<&Netns> = lab.backends.iter().map(|b| &b.ns).collect();
     let (connections, stats) = thread::scope(|scope| -> Result<_> {
-        let handles = connect(scope, &lab, 0, total, 15, &options)?;
+        let handles = connect(scope, &lab.client, lab.vip(0), total, 15, &options)?;
         // Every join SYN reaches some backend: wait until all were answered one way or the other.
         let deadline = Instant::now() + Duration::from_secs(10);
         while nstat_sum(&backends, "MPTcpExtMPJoinSynRx")?
@@ -211,7 +143,7 @@ fn hash_only_loses_the_joins_that_land_on_another_backend() -> Result<()> {
             thread::sleep(Duration::from_millis(50));
         }
         thread::sleep(Duration::from_millis(200));
-        let connections = backend_connections(&lab)?;
+        let connections = backend_connections(&backend_namespaces(&lab))?;
         let stats = balancer.stats()?;
         gate.open();
         join_all(handles)?;
@@ -253,14 +185,14 @@ fn a_drained_backend_keeps_its_connections_and_gets_their_new_joins() -> Result<
     let _lock = LabLock::acquire()?;
     let lab = BalancerLab::new(BalancerLabOptions { client_subflow_endpoint: false, ..Default::default() })?;
     let balancer = Balancer::start(&lab, "token")?;
-    let servers = start_servers(&lab, Proto::Mptcp)?;
+    let servers = start_lab_servers(&lab, Proto::Mptcp)?;
     let total = 30;
     let gate = Arc::new(Gate::default());
     let mptcp =
         ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows: 0, hold: Some(gate.clone()) };
     let backends: Vec<&Netns> = lab.backends.iter().map(|b| &b.ns).collect();
     let victim = thread::scope(|scope| -> Result<&str> {
-        let held = connect(scope, &lab, 0, total, 10, &mptcp)?;
+        let held = connect(scope, &lab.client, lab.vip(0), total, 10, &mptcp)?;
         let before = balancer.stats()?;
         // Drain the backend with the most connections.
         let victim = lab
@@ -294,7 +226,7 @@ fn a_drained_backend_keeps_its_connections_and_gets_their_new_joins() -> Result<
             ensure!(Instant::now() < deadline, "the held connections did not all join");
             thread::sleep(Duration::from_millis(50));
         }
-        let connections = backend_connections(&lab)?;
+        let connections = backend_connections(&backend_namespaces(&lab))?;
         for (backend, connections) in lab.backends.iter().zip(&connections) {
             for (token, kinds) in connections {
                 ensure!(kinds.len() == 2, "{}: connection {token:08x} has subflows {kinds:?}", backend.name);
