@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result, ensure};
-use aya::maps::{HashMap, MapData};
+use aya::maps::{HashMap, MapData, RingBuf};
 use mptcp_agent::{
     dataplane::{
         handshake,
@@ -27,8 +27,8 @@ use mptcp_agent::{
 };
 use mptcp_common::{
     lb::{
-        LbCounters, LbFlow, LbToken, MAGLEV_SIZE, NO_BACKEND, backend_state, flow_kind, maglev_slot,
-        token_origin,
+        LB_SYNC_EVENTS_MAP, LbCounters, LbFlow, LbSettings, LbSyncEvent, LbToken, MAGLEV_SIZE, NO_BACKEND,
+        TokenLearn, backend_state, flow_kind, maglev_slot, sync_kind, token_origin, unknown_token,
     },
     maps::{
         AddrKey, CLIENT_TOKENS_MAP, Connection, DataplaneConfig, FlowKey, HALF_OPEN_MAP, HalfOpen,
@@ -1277,6 +1277,8 @@ struct Balancer {
     maps: LbMaps,
     /// The VIP's Maglev table as configured.
     table: Vec<u32>,
+    /// What the program hands the sync daemon.
+    sync_ring: RingBuf<MapData>,
 }
 
 impl Fixture for Balancer {
@@ -1292,7 +1294,9 @@ impl Fixture for Balancer {
 impl Balancer {
     /// One VIP (SERVER) served by `backends` of BACKENDS, configured as `mptcp-agent lb` does.
     fn new(steering: Steering, backends: &[&str]) -> Result<Self> {
-        let BalancerHarness { harness, maps } = balancer_harness(steering, backends)?;
+        let BalancerHarness { mut harness, maps } = balancer_harness(steering, backends)?;
+        let ring = harness.take_map(LB_SYNC_EVENTS_MAP).context("no sync ring")?;
+        let sync_ring = RingBuf::try_from(ring)?;
         let members: Vec<maglev::Member<'_>> = BACKENDS
             .iter()
             .enumerate()
@@ -1300,7 +1304,34 @@ impl Balancer {
             .map(|(slot, name)| maglev::Member { slot: slot as u32, name, weight: 1 })
             .collect();
         let table = maglev::table(&members, MAGLEV_SIZE, NO_BACKEND);
-        Ok(Self { harness, maps, table })
+        Ok(Self { harness, maps, table, sync_ring })
+    }
+
+    /// Token steering with `settings` in place of the configured ones.
+    fn with_settings(settings: LbSettings) -> Result<Self> {
+        let mut b = Self::token()?;
+        b.maps.settings.set(0, settings, 0)?;
+        Ok(b)
+    }
+
+    /// A client port whose flow Maglev places on a backend other than `not`'s.
+    fn port_placed_apart(&self, client: Endpoint, not: u32) -> Result<Endpoint> {
+        (41_000..u16::MAX)
+            .map(|p| port(client, p))
+            .find(|c| self.pick(*c) != not)
+            .context("no port Maglev maps elsewhere")
+    }
+
+    /// Every event in the sync ring.
+    fn sync_events(&mut self) -> Vec<LbSyncEvent> {
+        let mut events = Vec::new();
+        while let Some(item) = self.sync_ring.next() {
+            if item.len() >= size_of::<LbSyncEvent>() {
+                // SAFETY: the program writes whole LbSyncEvents; read unaligned from ring memory.
+                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LbSyncEvent>()) });
+            }
+        }
+        events
     }
 
     fn token() -> Result<Self> {
@@ -1749,4 +1780,292 @@ fn balancer_cases() -> Vec<Case<Balancer>> {
 #[test]
 fn balancer() {
     run("balancer", &balancer_cases());
+}
+
+/// A backend's join address, outside the VIP.
+const JOIN_ADDR: Endpoint = ([192, 0, 2, 129], 80);
+
+/// An MP_CAPABLE SYN and the third ACK carrying `server_key`, from `client`.
+fn lb_capable(client: Endpoint, server_key: u64, backend: u32) -> [Step<Balancer>; 2] {
+    [
+        to_backend(Segment::syn(client, SERVER).with(capable(None, None)), backend),
+        to_backend(Segment::new(client, SERVER).with(capable(Some(CLIENT_KEY), Some(server_key))), backend),
+    ]
+}
+
+const SYNC_ON: LbSettings =
+    LbSettings { learn_rate: 0, learn_burst: 0, unknown_token: unknown_token::HASH, sync: 1 };
+
+/// What several instances behind ECMP rely on: join addresses, the collision rule, the
+/// learning rate, deferred joins and the sync ring.
+fn instance_cases() -> Vec<Case<Balancer>> {
+    vec![
+        Case {
+            name: "join address: every packet to it goes to its backend, recorded nowhere",
+            setup: || {
+                let mut b = Balancer::token()?;
+                b.maps.set_join_addresses(1, &[std::net::IpAddr::from(JOIN_ADDR.0)])?;
+                Ok(b)
+            },
+            steps: |_| {
+                Ok(vec![
+                    to_backend(join_syn(CLIENT2, JOIN_ADDR, 0xdead_beef), 1),
+                    to_backend(join_ack(CLIENT2, JOIN_ADDR), 1),
+                    to_backend(Segment::new(CLIENT2, JOIN_ADDR).payload(100), 1),
+                    frame(Segment::syn(CLIENT2, ELSEWHERE), XDP_PASS),
+                ])
+            },
+            check: |b| {
+                let c = b.maps.counters()?;
+                expect!("join_address_packets", c.join_address_packets, 3);
+                expect!("join_address_joins", c.join_address_joins, 1);
+                expect!("not_vip", c.not_vip, 1);
+                expect!("LB_FLOWS entries", b.maps.flows.keys().count(), 0);
+                expect!("LB_HALF_OPEN entries", b.maps.half_open.keys().count(), 0);
+                expect!("joins_unknown_token", c.joins_unknown_token, 0);
+                Ok(())
+            },
+        },
+        Case {
+            name: "a token learned for a second backend while its owner lives: kept, counted, reported",
+            setup: Balancer::token,
+            steps: |b| {
+                let owner = b.pick(CLIENT);
+                let second = b.port_placed_apart(CLIENT2, owner)?;
+                let mut steps: Vec<Step<Balancer>> = lb_capable(CLIENT, SERVER_KEY, owner).into();
+                // Another backend's kernel drew the same token (or a forger found a key for it).
+                steps.extend(lb_capable(second, SERVER_KEY, b.pick(second)));
+                steps.push(to_backend(lb_join_syn(b.joiner()?, server_token()), owner));
+                Ok(steps)
+            },
+            check: |b| {
+                let owner = b.pick(CLIENT);
+                let second = b.pick(b.port_placed_apart(CLIENT2, owner)?);
+                let entry = b.maps.tokens.get(&server_token(), 0)?;
+                expect!("token owner", entry.backend, owner);
+                let collision = b.maps.collisions.get(&server_token(), 0)?;
+                expect!("collision kept", collision.kept, owner);
+                expect!("collision refused", collision.refused, second);
+                expect!("collision origin", collision.refused_origin, token_origin::LEARNED);
+                expect!("collision count", collision.count, 1);
+                let c = b.maps.counters()?;
+                expect!("token_collisions", c.token_collisions, 1);
+                expect!("tokens_learned", c.tokens_learned, 1);
+                expect!("half_open_promoted", c.half_open_promoted, 2);
+                expect!("joins_steered_by_token", c.joins_steered_by_token, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "a token whose backend was removed is learned afresh for the new one",
+            setup: || {
+                let mut b = Balancer::token()?;
+                let gone = b.other_than_pick(CLIENT);
+                b.maps.tokens.insert(server_token(), owned_by(gone), 0)?;
+                b.maps.set_backend_state(BACKENDS[gone as usize], backend_state::UNUSED)?;
+                // Maglev without the removed backend.
+                let members: Vec<maglev::Member<'_>> = (0..BACKENDS.len() as u32)
+                    .filter(|slot| *slot != gone)
+                    .map(|slot| maglev::Member { slot, name: BACKENDS[slot as usize], weight: 1 })
+                    .collect();
+                b.table = maglev::table(&members, MAGLEV_SIZE, NO_BACKEND);
+                Ok(b)
+            },
+            steps: |b| Ok(lb_capable(CLIENT, SERVER_KEY, b.pick(CLIENT)).into()),
+            check: |b| {
+                expect!("token owner", b.maps.tokens.get(&server_token(), 0)?.backend, b.pick(CLIENT));
+                let c = b.maps.counters()?;
+                expect!("token_collisions", c.token_collisions, 0);
+                expect!("tokens_learned", c.tokens_learned, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "learning is rate-limited per source: the flow goes on, its token is not learned",
+            setup: || {
+                Balancer::with_settings(LbSettings { learn_rate: 1, learn_burst: 2, ..LbSettings::default() })
+            },
+            steps: |b| {
+                let mut steps = Vec::new();
+                for (i, client_port) in [41_001u16, 41_002, 41_003].into_iter().enumerate() {
+                    let client = port(CLIENT, client_port);
+                    steps.extend(lb_capable(client, SERVER_KEY + i as u64, b.pick(client)));
+                }
+                // Another source has its own bucket.
+                steps.extend(lb_capable(CLIENT2, SERVER_KEY + 3, b.pick(CLIENT2)));
+                Ok(steps)
+            },
+            check: |b| {
+                let c = b.maps.counters()?;
+                expect!("tokens_learned", c.tokens_learned, 3);
+                expect!("learn_rate_limited", c.learn_rate_limited, 1);
+                expect!("half_open_promoted", c.half_open_promoted, 4);
+                expect!(
+                    "token of the third",
+                    b.maps.tokens.get(&handshake::token(SERVER_KEY + 2), 0).is_err(),
+                    true
+                );
+                expect!(
+                    "token of the other source",
+                    b.maps.tokens.get(&handshake::token(SERVER_KEY + 3), 0).is_ok(),
+                    true
+                );
+                Ok(())
+            },
+        },
+        Case {
+            name: "retry-once: an unknown token's first join SYN is dropped; synced meanwhile, the retransmission is steered",
+            setup: || {
+                Balancer::with_settings(LbSettings {
+                    unknown_token: unknown_token::RETRY_ONCE,
+                    ..LbSettings::default()
+                })
+            },
+            steps: |b| {
+                Ok(vec![
+                    frame(lb_join_syn(CLIENT2, server_token()), XDP_DROP),
+                    Step::Do(|b| {
+                        ensure!(
+                            b.maps.unknown_since(server_token()).is_some(),
+                            "the unknown token is not remembered"
+                        );
+                        let owner = b.other_than_pick(CLIENT2);
+                        let outcome = b.maps.store_synced_token(server_token(), owner, 1)?;
+                        expect!("sync outcome", outcome, TokenLearn::Store);
+                        Ok(())
+                    }),
+                    to_backend(lb_join_syn(CLIENT2, server_token()), b.other_than_pick(CLIENT2)),
+                ])
+            },
+            check: |b| {
+                let c = b.maps.counters()?;
+                expect!("joins_deferred", c.joins_deferred, 1);
+                expect!("joins_steered_by_token", c.joins_steered_by_token, 1);
+                expect!("joins_unknown_token", c.joins_unknown_token, 0);
+                expect!("token origin", b.maps.tokens.get(&server_token(), 0)?.origin, token_origin::SYNCED);
+                Ok(())
+            },
+        },
+        Case {
+            name: "retry-once: a token still unknown at the retransmission is hashed",
+            setup: || {
+                Balancer::with_settings(LbSettings {
+                    unknown_token: unknown_token::RETRY_ONCE,
+                    ..LbSettings::default()
+                })
+            },
+            steps: |b| {
+                Ok(vec![
+                    frame(lb_join_syn(CLIENT2, 0xdead_beef), XDP_DROP),
+                    to_backend(lb_join_syn(CLIENT2, 0xdead_beef), b.pick(CLIENT2)),
+                ])
+            },
+            check: |b| {
+                let c = b.maps.counters()?;
+                expect!("joins_deferred", c.joins_deferred, 1);
+                expect!("joins_unknown_token", c.joins_unknown_token, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "synced tokens follow the same rule: a live owner is kept, the same owner refreshed",
+            setup: Balancer::token,
+            steps: |b| Ok(lb_capable(CLIENT, SERVER_KEY, b.pick(CLIENT)).into()),
+            check: |b| {
+                let owner = b.pick(CLIENT);
+                let other = b.other_than_pick(CLIENT);
+                expect!(
+                    "same owner",
+                    b.maps.store_synced_token(server_token(), owner, 7)?,
+                    TokenLearn::Refresh
+                );
+                expect!(
+                    "other owner",
+                    b.maps.store_synced_token(server_token(), other, 8)?,
+                    TokenLearn::Collision
+                );
+                expect!("token owner", b.maps.tokens.get(&server_token(), 0)?.backend, owner);
+                let collision = b.maps.collisions.get(&server_token(), 0)?;
+                expect!("collision kept", collision.kept, owner);
+                expect!("collision refused", collision.refused, other);
+                expect!("collision origin", collision.refused_origin, token_origin::SYNCED);
+                Ok(())
+            },
+        },
+        Case {
+            name: "with sync on, a confirmed flow and its learned token go to the sync ring",
+            setup: || Balancer::with_settings(SYNC_ON),
+            steps: |b| {
+                let owner = b.pick(CLIENT);
+                let mut steps: Vec<Step<Balancer>> = lb_capable(CLIENT, SERVER_KEY, owner).into();
+                steps.push(to_backend(lb_join_syn(b.joiner()?, server_token()), owner));
+                steps.push(to_backend(join_ack(b.joiner()?, SERVER), owner));
+                Ok(steps)
+            },
+            check: |b| {
+                let owner = b.pick(CLIENT);
+                let joiner = key(b.joiner()?, SERVER);
+                let events = b.sync_events();
+                let kinds: Vec<(u32, u32)> = events.iter().map(|e| (e.kind, e.flow_kind)).collect();
+                expect!(
+                    "sync events",
+                    kinds,
+                    vec![
+                        (sync_kind::TOKEN, flow_kind::INITIAL),
+                        (sync_kind::FLOW, flow_kind::INITIAL),
+                        (sync_kind::FLOW, flow_kind::JOIN)
+                    ]
+                );
+                expect!("token", events[0].token, server_token());
+                expect!("backends", events.iter().all(|e| e.backend == owner), true);
+                expect!("initial flow", events[1].flow, key(CLIENT, SERVER));
+                expect!("join flow", events[2].flow, joiner);
+                expect!("sync_events_lost", b.maps.counters()?.sync_events_lost, 0);
+                Ok(())
+            },
+        },
+        Case {
+            name: "with sync off, nothing goes to the sync ring",
+            setup: Balancer::token,
+            steps: |b| Ok(lb_capable(CLIENT, SERVER_KEY, b.pick(CLIENT)).into()),
+            check: |b| {
+                expect!("sync events", b.sync_events().len(), 0);
+                expect!("tokens_learned", b.maps.counters()?.tokens_learned, 1);
+                Ok(())
+            },
+        },
+        Case {
+            name: "a flow a peer confirmed is stored unless known, and its packets follow it",
+            setup: Balancer::token,
+            steps: |b| {
+                let elsewhere = b.other_than_pick(CLIENT);
+                Ok(vec![
+                    Step::Do(|b| {
+                        let flow = LbFlow {
+                            backend: b.other_than_pick(CLIENT),
+                            kind: flow_kind::JOIN,
+                            ..LbFlow::default()
+                        };
+                        expect!("stored", b.maps.store_synced_flow(&key(CLIENT, SERVER), &flow)?, true);
+                        expect!(
+                            "stored again",
+                            b.maps.store_synced_flow(&key(CLIENT, SERVER), &flow)?,
+                            false
+                        );
+                        Ok(())
+                    }),
+                    to_backend(Segment::new(CLIENT, SERVER).payload(100), elsewhere),
+                ])
+            },
+            check: |b| {
+                expect!("midstream_hashed", b.maps.counters()?.midstream_hashed, 0);
+                Ok(())
+            },
+        },
+    ]
+}
+
+#[test]
+fn balancer_instances() {
+    run("balancer instances", &instance_cases());
 }

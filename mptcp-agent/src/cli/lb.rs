@@ -21,12 +21,21 @@ pub fn stats_table(stats: &LbStats) -> String {
         ));
     }
     out.push_str(&format!(
-        "\n{:<16} {:<40} {:<9} {:>7} {:>10} {:>12} {:>9} {:>12}\n",
-        "backend", "address", "state", "maglev%", "plain", "connections", "subflows", "packets"
+        "\n{:<16} {:<40} {:<9} {:>7} {:>10} {:>12} {:>9} {:>12}  {}\n",
+        "backend",
+        "address",
+        "state",
+        "maglev%",
+        "plain",
+        "connections",
+        "subflows",
+        "packets",
+        "join-addresses"
     ));
     for b in &stats.backends {
+        let joins: Vec<String> = b.join_addresses.iter().map(ToString::to_string).collect();
         out.push_str(&format!(
-            "{:<16} {:<40} {:<9} {:>7.1} {:>10} {:>12} {:>9} {:>12}\n",
+            "{:<16} {:<40} {:<9} {:>7.1} {:>10} {:>12} {:>9} {:>12}  {}\n",
             b.name,
             b.address.to_string(),
             b.state,
@@ -34,8 +43,21 @@ pub fn stats_table(stats: &LbStats) -> String {
             b.counters.plain_flows,
             b.counters.connections,
             b.counters.subflows,
-            b.counters.packets
+            b.counters.packets,
+            if joins.is_empty() { "-".to_owned() } else { joins.join(" ") }
         ));
+    }
+    if !stats.collisions.is_empty() {
+        out.push_str(&format!(
+            "\n{:<10} {:<16} {:<16} {:<8} {:>6}   (a live token is never moved: see README)\n",
+            "collision", "kept-by", "refused-for", "origin", "count"
+        ));
+        for c in &stats.collisions {
+            out.push_str(&format!(
+                "{:08x}   {:<16} {:<16} {:<8} {:>6}\n",
+                c.token, c.kept, c.refused, c.refused_origin, c.count
+            ));
+        }
     }
     out
 }

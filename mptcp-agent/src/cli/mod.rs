@@ -207,6 +207,15 @@ pub enum LbCommand {
         #[arg(long)]
         json: bool,
     },
+    /// On a backend host: put in place what `lb.toml` asks of backend NAME (its VIPs on
+    /// loopback; for join addressing its join addresses, their `signal` endpoints and
+    /// `allow_join_initial_addr_port = 0`). Idempotent.
+    BackendSetup {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        backend: String,
+    },
     /// Add, drain, reactivate or remove a backend of the running balancer.
     Backend {
         #[command(subcommand)]
@@ -236,6 +245,9 @@ pub enum BackendCommand {
         /// Its join address (one IPv4, one IPv6 at most); repeat the flag.
         #[arg(long)]
         join_address: Vec<std::net::IpAddr>,
+        /// The port clients join on (default: the first VIP's).
+        #[arg(long)]
+        join_port: Option<u16>,
     },
     /// Stop giving it new flows; its flows and MPTCP connections (with new joins) stay.
     Drain { name: String },
@@ -364,8 +376,18 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
                 print!("{}", lb::stats_table(&stats));
             }
         }
+        LbCommand::BackendSetup { config, backend } => {
+            let host = crate::lb::BackendHost::from_config(&LbConfig::load(&config)?, &backend)?;
+            let changes = runtime()?.block_on(host.set_up())?;
+            if changes.is_empty() {
+                println!("backend {backend}: already set up");
+            }
+            for change in changes {
+                println!("backend {backend}: {change}");
+            }
+        }
         LbCommand::Backend { command } => match command {
-            BackendCommand::Add { name, address, interface, mac, weight, vip, join_address } => {
+            BackendCommand::Add { name, address, interface, mac, weight, vip, join_address, join_port } => {
                 let backend = BackendConfig {
                     name: name.clone(),
                     address,
@@ -373,6 +395,7 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
                     mac,
                     weight,
                     join_addresses: join_address,
+                    join_port,
                 };
                 runtime()?.block_on(crate::lb::add_backend(instance, &backend, &vip))?;
                 println!("backend {name} added");

@@ -237,6 +237,7 @@ impl BalancerHarness {
                     mac: None,
                     weight: 1,
                     join_addresses: Vec::new(),
+                    join_port: None,
                 })
                 .collect(),
             joins: JoinsConfig::default(),

@@ -147,6 +147,10 @@ pub struct BackendConfig {
     /// of the VIP: every instance forwards them to it from this file alone.
     #[serde(default)]
     pub join_addresses: Vec<IpAddr>,
+    /// The port clients join on (default: the first VIP's it serves). The backend's kernel
+    /// listens there for joins itself, whatever address the service binds.
+    #[serde(default)]
+    pub join_port: Option<u16>,
 }
 
 fn default_weight() -> u32 {

@@ -78,7 +78,8 @@ pub struct LbMaps {
     pub half_open: HashMap<MapData, FlowKey, LbFlow>,
     /// Server token -> owner.
     pub tokens: HashMap<MapData, u32, LbToken>,
-    pub(super) settings: Array<MapData, LbSettings>,
+    /// The running balancer's settings (one entry).
+    pub settings: Array<MapData, LbSettings>,
     /// Join address -> backend slot.
     pub join_addrs: HashMap<MapData, JoinAddrKey, u32>,
     /// Tokens refused for a second backend.
@@ -199,11 +200,7 @@ impl LbMaps {
     }
 
     /// Points `addresses` at backend `slot`.
-    pub(super) fn set_join_addresses(
-        &mut self,
-        slot: u32,
-        addresses: &[IpAddr],
-    ) -> Result<(), SteeringError> {
+    pub fn set_join_addresses(&mut self, slot: u32, addresses: &[IpAddr]) -> Result<(), SteeringError> {
         for address in addresses {
             let key = JoinAddrKey { addr: addr_of(*address).0 };
             if let Ok(owner) = self.join_addrs.get(&key, 0)

@@ -3,6 +3,7 @@
 //! Its state lives in pinned maps under `/sys/fs/bpf/mptcp/INSTANCE/`, so every command reads
 //! and changes the running balancer without a daemon.
 
+pub mod backend_host;
 pub mod config;
 pub mod control;
 pub mod maglev;
@@ -10,6 +11,7 @@ pub mod maps;
 pub mod neighbour;
 pub mod stats;
 
+pub use backend_host::*;
 pub use config::*;
 pub use control::*;
 pub use maps::*;
@@ -49,6 +51,14 @@ pub enum SteeringError {
     AlreadyRunning(String),
     #[error("no backend named {0}")]
     NoSuchBackend(String),
+    #[error("setting up the backend host: {what}")]
+    Host {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("this host has no loopback interface `lo`")]
+    NoLoopback,
 }
 
 fn map_error(name: &'static str) -> impl Fn(MapError) -> SteeringError {

@@ -7,8 +7,8 @@ use std::{
 };
 
 use mptcp_common::lb::{
-    BACKEND_COUNTER_NAMES, BackendCounters, LB_COUNTER_NAMES, LB_VIPS_MAP, LbCounters, MAGLEV_SIZE, Vip,
-    VipKey, backend_state, steering,
+    BACKEND_COUNTER_NAMES, BackendCounters, LB_COLLISIONS_MAP, LB_COUNTER_NAMES, LB_VIPS_MAP, LbCollision,
+    LbCounters, MAGLEV_SIZE, Vip, VipKey, backend_state, steering, token_origin,
 };
 use serde::Serialize;
 
@@ -22,6 +22,19 @@ pub struct LbStats {
     pub counters: LbCounters,
     pub vips: Vec<VipStats>,
     pub backends: Vec<BackendStats>,
+    /// Tokens refused for a second backend (the most recent, up to the table's size).
+    pub collisions: Vec<CollisionStats>,
+}
+
+/// A token two backends claimed: who keeps it, who was refused (see `TokenLearn`).
+#[derive(Debug, Serialize)]
+pub struct CollisionStats {
+    pub token: u32,
+    pub kept: String,
+    pub refused: String,
+    /// `learned` (a third ACK here) or `synced` (from a peer).
+    pub refused_origin: &'static str,
+    pub count: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,6 +55,8 @@ pub struct BackendStats {
     pub weight: u32,
     /// Share of its VIPs' Maglev entries, in percent.
     pub maglev_share: f64,
+    /// Addresses clients join it at, forwarded to it from configuration alone.
+    pub join_addresses: Vec<IpAddr>,
     #[serde(flatten, serialize_with = "backend_counters_by_name")]
     pub counters: BackendCounters,
 }
@@ -79,6 +94,7 @@ pub fn stats(instance: &Instance) -> Result<LbStats, SteeringError> {
             maglev_digest: table_digest(table, &names),
         })
         .collect();
+    let join_addresses = maps.join_addresses()?;
     let mut backends = Vec::new();
     for (slot, backend) in slots {
         if backend.state == backend_state::UNUSED {
@@ -95,10 +111,27 @@ pub fn stats(instance: &Instance) -> Result<LbStats, SteeringError> {
             mac: format_mac(&backend.mac),
             weight: backend.weight,
             maglev_share: 100.0 * owned as f64 / entries as f64,
+            join_addresses: join_addresses.iter().filter(|(_, s)| *s == slot).map(|(a, _)| *a).collect(),
             counters,
         });
     }
-    Ok(LbStats { counters: total, vips, backends })
+    let name = |slot: u32| {
+        names.get(&slot).filter(|n| !n.is_empty()).cloned().unwrap_or(format!("slot {slot} (removed)"))
+    };
+    let mut collisions: Vec<(u32, LbCollision)> =
+        bpf_maps::entries(&maps.collisions).map_err(map_error(LB_COLLISIONS_MAP))?;
+    collisions.sort_by_key(|(_, c)| std::cmp::Reverse(c.last_ns));
+    let collisions = collisions
+        .into_iter()
+        .map(|(token, c)| CollisionStats {
+            token,
+            kept: name(c.kept),
+            refused: name(c.refused),
+            refused_origin: if c.refused_origin == token_origin::SYNCED { "synced" } else { "learned" },
+            count: c.count,
+        })
+        .collect();
+    Ok(LbStats { counters: total, vips, backends, collisions })
 }
 
 pub(super) fn vip_address(key: &VipKey) -> SocketAddr {
@@ -134,7 +167,15 @@ mod tests {
                 mac: "02:00:00:00:00:01".into(),
                 weight: 1,
                 maglev_share: 100.0,
+                join_addresses: vec!["203.0.113.129".parse().unwrap()],
                 counters: BackendCounters { subflows: 3, ..BackendCounters::default() },
+            }],
+            collisions: vec![CollisionStats {
+                token: 0xdead_beef,
+                kept: "b1".into(),
+                refused: "b2".into(),
+                refused_origin: "learned",
+                count: 2,
             }],
         };
         let json = serde_json::to_value(&stats).unwrap();
@@ -143,5 +184,8 @@ mod tests {
         assert_eq!(json["backends"][0]["subflows"], 3);
         assert_eq!(json["backends"][0]["plain_flows"], 0);
         assert_eq!(json["backends"][0]["name"], "b1");
+        assert_eq!(json["backends"][0]["join_addresses"][0], "203.0.113.129");
+        assert_eq!(json["collisions"][0]["kept"], "b1");
+        assert_eq!(json["collisions"][0]["refused"], "b2");
     }
 }

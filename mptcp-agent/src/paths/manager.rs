@@ -281,7 +281,8 @@ impl PathManager {
             if present && !replaced.iter().any(|e| e.addr == wanted.addr) {
                 continue;
             }
-            let result = sent_at(self.pm.add_endpoint(wanted.addr, wanted.flags, wanted.if_index)).await;
+            let result =
+                sent_at(self.pm.add_endpoint(wanted.addr, None, wanted.flags, wanted.if_index)).await;
             let iface = self.iface_name(Some(wanted.if_index));
             let request = Request::EndpointAdded { addr: wanted.addr, flags: wanted.flags, iface };
             records.push(PathRecord::outcome(request, result));

@@ -24,7 +24,7 @@ pub use self::{
     record::{PathEvent, PathRecord, Request},
     report::{EndpointView, InterfaceView, PathSubflow, Report, report},
     state::{ConnectionState, InterfacePolicy, PathState, Policy, state_path},
-    sysctl::{check_mptcp, pm_type},
+    sysctl::{check_mptcp, pm_type, set_sysctl},
 };
 use self::{pm::PmError, rtnl::RtnlError};
 use crate::config::PmKind;
@@ -60,7 +60,7 @@ pub enum PathError {
     Pm(#[from] PmError),
     #[error(transparent)]
     Rtnl(#[from] RtnlError),
-    #[error("reading {path}")]
+    #[error("reading or writing {path}")]
     Sysctl {
         path: PathBuf,
         #[source]

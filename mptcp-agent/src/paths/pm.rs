@@ -611,16 +611,18 @@ impl PmClient {
         .await
     }
 
-    /// Adds an endpoint; the kernel picks its ID.
+    /// Adds an endpoint; the kernel picks its ID. With a port, a `signal` endpoint gets a
+    /// listener of the kernel's own for joins to that address and port.
     pub async fn add_endpoint(
         &mut self,
         addr: IpAddr,
+        port: Option<u16>,
         flags: EndpointFlags,
         if_index: u32,
     ) -> Result<(), PmError> {
         self.execute(
             Command::AddAddr,
-            vec![PmAttr::Addr(address_attrs(addr, None, None, Some(flags), Some(if_index)))],
+            vec![PmAttr::Addr(address_attrs(addr, None, port, Some(flags), Some(if_index)))],
         )
         .await
     }

@@ -218,6 +218,14 @@ impl Rtnl {
         Ok(messages.iter().map(Link::from_message).collect())
     }
 
+    /// Adds `addr/prefix` to interface `index`; an address already there is left alone.
+    pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), RtnlError> {
+        match self.handle.address().add(index, addr, prefix).execute().await {
+            Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::EEXIST => Ok(()),
+            result => result.map_err(|source| RtnlError::Request { what: "address add", source }),
+        }
+    }
+
     pub async fn addresses(&self) -> Result<Vec<Address>, RtnlError> {
         let messages: Vec<AddressMessage> = self
             .handle

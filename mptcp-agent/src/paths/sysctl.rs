@@ -54,3 +54,15 @@ pub(super) fn set_pm_type(pm: PmKind) -> Result<bool, PathError> {
     })?;
     Ok(true)
 }
+
+/// Sets the sysctl `name` (dotted, as `sysctl` spells it) in the caller's network namespace;
+/// returns whether it changed.
+pub fn set_sysctl(name: &str, value: &str) -> Result<bool, PathError> {
+    let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+    let old = fs::read_to_string(&path).map_err(|source| PathError::Sysctl { path: path.clone(), source })?;
+    if old.trim() == value {
+        return Ok(false);
+    }
+    fs::write(&path, value).map_err(|source| PathError::Sysctl { path, source })?;
+    Ok(true)
+}
