@@ -9,6 +9,7 @@ pub mod bench;
 pub mod capture;
 pub mod congestion;
 pub mod craft;
+pub mod ecmp;
 pub mod failover;
 pub mod flood;
 pub mod kernel;

@@ -1,0 +1,540 @@
+//! The balancer behind ECMP: several balancer instances that a router spreads clients' flows
+//! over by L4 hash, in front of backends on a shared LAN that answer by direct server return.
+//! Dual-stack, from documentation ranges.
+//!
+//! ```text
+//!  client k  c0 192.0.2.(16k+1)/28    2001:db8:1:k::1 ---- router 192.0.2.(16k+14)    2001:db8:1:k::ff
+//!            c1 198.51.100.(16k+1)/28 2001:db8:2:k::1 ---- router 198.51.100.(16k+14) 2001:db8:2:k::ff
+//!  router -- instance i: 192.0.2.(128+8i+1) / .(128+8i+2), 2001:db8:4:i::1 / ::2
+//!            (VIPs and the join prefix: a resilient nexthop group over the live instances)
+//!  LAN (a bridge in the router's namespace) 198.51.100.128/25, 2001:db8:5::/64:
+//!            router .254 ::ff, instance i .(200+i) ::1:i, backend j .(129+j) ::a:j
+//!  VIPs 203.0.113.200:80 and [2001:db8:ff::10]:80 on every backend's loopback
+//!  join addresses of backend j: 203.0.113.(1+j) and 2001:db8:ff:1::(1+j), on its loopback
+//! ```
+//!
+//! Each instance runs the balancer program on its router-facing veth and forwards out of its
+//! LAN veth; the backends answer through the router.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, ensure};
+
+use crate::{
+    TempDir,
+    agent::{self, Daemon},
+    balancer::{Balancer, VIP_PORT, VIP4, VIP6, start_servers},
+    netns::{Netns, unique_name, v4, v6, veth},
+    traffic::{Proto, Server},
+};
+
+/// The sync daemons' UDP port.
+pub const SYNC_PORT: u16 = 7946;
+/// Buckets of the router's resilient nexthop groups (at least the number of instances).
+const ECMP_BUCKETS: &str = "128";
+
+/// How the client's second address opens subflows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEndpoint {
+    /// `subflow`: one join from the second path.
+    Subflow,
+    /// `subflow fullmesh`: joins from every endpoint to every address the server announces.
+    SubflowFullmesh,
+}
+
+/// How the lab is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct EcmpOptions {
+    /// Balancer instances behind the router, 1 to 4.
+    pub instances: usize,
+    /// Dual-homed client namespaces, 1 to 4.
+    pub clients: usize,
+    pub backends: usize,
+    /// The backends announce join addresses of their own, which every instance forwards.
+    pub join_addresses: bool,
+    /// `[sync]` in every instance's lb.toml.
+    pub sync: bool,
+    /// `[joins] unknown-token`: `"hash"` or `"retry-once"`.
+    pub unknown_token: &'static str,
+    pub client_endpoint: ClientEndpoint,
+}
+
+impl Default for EcmpOptions {
+    fn default() -> Self {
+        Self {
+            instances: 3,
+            clients: 3,
+            backends: 3,
+            join_addresses: true,
+            sync: false,
+            unknown_token: "hash",
+            client_endpoint: ClientEndpoint::Subflow,
+        }
+    }
+}
+
+/// A dual-homed client: path p's interface and its addresses (v4, v6).
+pub struct EcmpClient {
+    pub ns: Netns,
+    pub ifaces: [String; 2],
+    pub addrs: [[IpAddr; 2]; 2],
+    /// The router's interfaces towards it.
+    pub router_ifs: [String; 2],
+}
+
+/// A balancer instance's host: its namespace, its link to the router and its LAN interface.
+pub struct EcmpInstance {
+    /// Its name among its peers (`[sync] name`).
+    pub name: String,
+    pub ns: Netns,
+    /// Its router-facing interface, where the balancer program runs.
+    pub uplink: String,
+    /// The router's end of that link.
+    pub router_if: String,
+    pub uplink_addrs: [IpAddr; 2],
+    /// Its LAN interface, out of which it forwards to the backends.
+    pub lan_if: String,
+    /// Its port on the LAN bridge.
+    pub lan_port: String,
+    pub lan_addrs: [IpAddr; 2],
+    /// Its `lb.toml`.
+    pub config: PathBuf,
+}
+
+/// A backend on the LAN.
+pub struct EcmpBackend {
+    pub name: String,
+    pub ns: Netns,
+    pub addrs: [IpAddr; 2],
+    /// Its join addresses (v4, v6), when the lab uses join addressing.
+    pub join_addrs: Option<[IpAddr; 2]>,
+}
+
+pub struct EcmpLab {
+    pub options: EcmpOptions,
+    pub clients: Vec<EcmpClient>,
+    pub router: Netns,
+    pub instances: Vec<EcmpInstance>,
+    pub backends: Vec<EcmpBackend>,
+    /// The nexthop groups of the VIP and join routes (v4, v6).
+    nexthop_groups: [u32; 2],
+    _dir: TempDir,
+}
+
+/// The nexthop ids of instance `i` (v4, v6) and of the groups.
+fn nexthop_id(family: usize, instance: usize) -> u32 {
+    10 * (family as u32 + 1) + instance as u32 + 1
+}
+
+const GROUP_IDS: [u32; 2] = [100, 200];
+
+impl EcmpLab {
+    pub fn new(options: EcmpOptions) -> Result<Self> {
+        ensure!((1..=4).contains(&options.instances), "1 to 4 instances");
+        ensure!((1..=4).contains(&options.clients), "1 to 4 clients");
+        ensure!((1..=8).contains(&options.backends), "1 to 8 backends");
+        let dir = TempDir::new("ecmp")?;
+        let router = Netns::new("rtr")?;
+        router.no_dad()?;
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        // L4 hashing, so that a connection's subflows (other ports) spread over the instances.
+        router.sysctl("net.ipv4.fib_multipath_hash_policy", "1")?;
+        router.sysctl("net.ipv6.fib_multipath_hash_policy", "1")?;
+        // Replies come from the backends (over the LAN) for flows that went out to the
+        // instances: asymmetric by design.
+        router.sysctl("net.ipv4.conf.all.rp_filter", "0")?;
+        router.sysctl("net.ipv4.conf.default.rp_filter", "0")?;
+
+        let clients =
+            (0..options.clients).map(|k| Self::client(&router, k, options)).collect::<Result<_>>()?;
+
+        let bridge = unique_name("br");
+        router.ip(&["link", "add", &bridge, "type", "bridge", "mcast_snooping", "0"])?;
+        router.ip(&["link", "set", &bridge, "up"])?;
+        let router_lan = lan_router();
+        for (addr, prefix) in router_lan.iter().zip([25, 64]) {
+            router.add_addr(&bridge, *addr, prefix)?;
+        }
+
+        let mut instances = Vec::new();
+        for i in 0..options.instances {
+            let ns = Netns::new(&format!("lb{i}"))?;
+            ns.no_dad()?;
+            let (router_if, uplink) = veth(&router, &format!("r{i}"), &ns, "up")?;
+            let n = 128 + 8 * i as u8;
+            let router_addrs = [v4(192, 0, 2, n + 1), v6([0x2001, 0xdb8, 4, i as u16, 0, 0, 0, 1])];
+            let uplink_addrs = [v4(192, 0, 2, n + 2), v6([0x2001, 0xdb8, 4, i as u16, 0, 0, 0, 2])];
+            for ((r, u), prefix) in router_addrs.iter().zip(&uplink_addrs).zip([29, 64]) {
+                router.add_addr(&router_if, *r, prefix)?;
+                ns.add_addr(&uplink, *u, prefix)?;
+            }
+            let (lan_port, lan_if) = veth(&router, &format!("p{i}"), &ns, "lan")?;
+            router.ip(&["link", "set", &lan_port, "master", &bridge])?;
+            let lan_addrs = [v4(198, 51, 100, 200 + i as u8), v6([0x2001, 0xdb8, 5, 0, 0, 0, 1, i as u16])];
+            for (addr, prefix) in lan_addrs.iter().zip([25, 64]) {
+                ns.add_addr(&lan_if, *addr, prefix)?;
+            }
+            for (family, via) in uplink_addrs.iter().enumerate() {
+                let (id, via) = (nexthop_id(family, i).to_string(), via.to_string());
+                router.ip(&["nexthop", "add", "id", &id, "via", &via, "dev", &router_if])?;
+            }
+            let name = format!("lb{}", i + 1);
+            let config = dir.path().join(format!("{name}.toml"));
+            instances.push(EcmpInstance {
+                name,
+                ns,
+                uplink,
+                router_if,
+                uplink_addrs,
+                lan_if,
+                lan_port,
+                lan_addrs,
+                config,
+            });
+        }
+        // A resilient group: when an instance goes, only its buckets move, so the flows of the
+        // live instances stay where they are (what a router's consistent ECMP hashing gives).
+        for (family, group) in GROUP_IDS.iter().enumerate() {
+            let members: Vec<String> =
+                (0..options.instances).map(|i| nexthop_id(family, i).to_string()).collect();
+            router.ip(&[
+                "nexthop",
+                "add",
+                "id",
+                &group.to_string(),
+                "group",
+                &members.join("/"),
+                "type",
+                "resilient",
+                "buckets",
+                ECMP_BUCKETS,
+            ])?;
+        }
+        let mut routes = vec![(0, format!("{VIP4}/32")), (1, format!("{VIP6}/128"))];
+        if options.join_addresses {
+            routes.extend([(0, "203.0.113.0/25".to_owned()), (1, "2001:db8:ff:1::/64".to_owned())]);
+        }
+        for (family, prefix) in routes {
+            router.ip(&["route", "add", &prefix, "nhid", &GROUP_IDS[family].to_string()])?;
+        }
+
+        let mut backends = Vec::new();
+        for j in 0..options.backends {
+            let name = format!("backend{}", j + 1);
+            let ns = Netns::new(&format!("be{j}"))?;
+            ns.no_dad()?;
+            let (port, backend_if) = veth(&router, &format!("q{j}"), &ns, "eth")?;
+            router.ip(&["link", "set", &port, "master", &bridge])?;
+            let addrs = [v4(198, 51, 100, 129 + j as u8), v6([0x2001, 0xdb8, 5, 0, 0, 0, 0xa, j as u16])];
+            for (addr, prefix) in addrs.iter().zip([25, 64]) {
+                ns.add_addr(&backend_if, *addr, prefix)?;
+            }
+            // Direct server return: replies to clients go through the router.
+            ns.ip(&["route", "add", "default", "via", &router_lan[0].to_string()])?;
+            ns.ip(&["-6", "route", "add", "default", "via", &router_lan[1].to_string()])?;
+            ns.sysctl("net.mptcp.enabled", "1")?;
+            ns.ip(&["mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "0"])?;
+            let join_addrs = options
+                .join_addresses
+                .then(|| [v4(203, 0, 113, 1 + j as u8), v6([0x2001, 0xdb8, 0xff, 1, 0, 0, 0, 1 + j as u16])]);
+            backends.push(EcmpBackend { name, ns, addrs, join_addrs });
+        }
+
+        let lab =
+            Self { options, clients, router, instances, backends, nexthop_groups: GROUP_IDS, _dir: dir };
+        let key = lab._dir.path().join("sync.key");
+        if options.sync {
+            write_key(&key)?;
+        }
+        for instance in &lab.instances {
+            std::fs::write(&instance.config, lab.config(instance, &key))
+                .with_context(|| format!("writing {}", instance.config.display()))?;
+        }
+        for backend in &lab.backends {
+            lab.setup_backend(backend)?;
+        }
+        Ok(lab)
+    }
+
+    fn client(router: &Netns, k: usize, options: EcmpOptions) -> Result<EcmpClient> {
+        let ns = Netns::new(&format!("cl{k}"))?;
+        ns.no_dad()?;
+        let mut ifaces = [String::new(), String::new()];
+        let mut router_ifs = [String::new(), String::new()];
+        let mut addrs = [[v4(0, 0, 0, 0); 2]; 2];
+        let mut gateways = [[v4(0, 0, 0, 0); 2]; 2];
+        for path in 0..2 {
+            let (client_if, router_if) = veth(&ns, &format!("c{path}"), router, &format!("k{k}{path}"))?;
+            let net4 = [[192, 0, 2], [198, 51, 100]][path];
+            let base = 16 * k as u8;
+            let net6 = [0x2001, 0xdb8, 1 + path as u16, k as u16, 0, 0, 0];
+            let own = [
+                v4(net4[0], net4[1], net4[2], base + 1),
+                v6([net6[0], net6[1], net6[2], net6[3], 0, 0, 0, 1]),
+            ];
+            let gateway = [
+                v4(net4[0], net4[1], net4[2], base + 14),
+                v6([net6[0], net6[1], net6[2], net6[3], 0, 0, 0, 0xff]),
+            ];
+            for (family, prefix) in [28, 64].into_iter().enumerate() {
+                ns.add_addr(&client_if, own[family], prefix)?;
+                router.add_addr(&router_if, gateway[family], prefix)?;
+            }
+            (ifaces[path], router_ifs[path], addrs[path], gateways[path]) =
+                (client_if, router_if, own, gateway);
+        }
+        // Default routes over path 0, and source routing so that what leaves from a path's
+        // address takes that path (a join from the second address uses the second path).
+        for (family, flag) in ["-4", "-6"].into_iter().enumerate() {
+            ns.ip(&[flag, "route", "add", "default", "via", &gateways[0][family].to_string()])?;
+            for (table, path) in (100..).zip(0..2) {
+                ns.route_from(
+                    &addrs[path][family].to_string(),
+                    gateways[path][family],
+                    &ifaces[path],
+                    table,
+                )?;
+            }
+        }
+        ns.sysctl("net.mptcp.enabled", "1")?;
+        ns.ip(&["mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "8"])?;
+        let flags: &[&str] = match options.client_endpoint {
+            ClientEndpoint::Subflow => &["subflow"],
+            ClientEndpoint::SubflowFullmesh => &["subflow", "fullmesh"],
+        };
+        for addr in &addrs[1] {
+            ns.ip(&[&["mptcp", "endpoint", "add", &addr.to_string(), "dev", &ifaces[1]][..], flags].concat())?;
+        }
+        Ok(EcmpClient { ns, ifaces, addrs, router_ifs })
+    }
+
+    /// `mptcp-agent lb backend-setup` in the backend's namespace, from the first instance's
+    /// `lb.toml` (every instance's lists the same backends): the VIPs on loopback and, with join
+    /// addressing, the join addresses with their signal endpoints.
+    fn setup_backend(&self, backend: &EcmpBackend) -> Result<String> {
+        let config = self.instances[0].config.to_str().context("config path is not UTF-8")?;
+        let args = ["lb", "backend-setup", "--config", config, "--backend", &backend.name];
+        // The command adds the IPv6 join address without IFA_F_NODAD, so for a moment it is
+        // tentative and the signal endpoint's listener cannot bind it (EADDRNOTAVAIL); the
+        // command is idempotent, so a second run finishes the job. (Reported: the agent should
+        // add it with nodad.)
+        let mut attempt = 0;
+        loop {
+            match agent::run(&backend.ns, &args) {
+                Ok(out) => return Ok(out),
+                Err(error) if attempt < 3 && format!("{error:#}").contains("os error 99") => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    pub fn vip(&self, family: usize) -> SocketAddr {
+        let ip = if family == 0 { IpAddr::V4(VIP4) } else { IpAddr::V6(VIP6) };
+        SocketAddr::new(ip, VIP_PORT)
+    }
+
+    /// MPTCP servers on both VIPs of every backend, until stopped.
+    pub fn start_servers(&self) -> Result<Vec<Server>> {
+        let backends: Vec<&Netns> = self.backends.iter().map(|b| &b.ns).collect();
+        start_servers(&backends, &[self.vip(0), self.vip(1)], Proto::Mptcp)
+    }
+
+    pub fn backend_namespaces(&self) -> Vec<&Netns> {
+        self.backends.iter().map(|b| &b.ns).collect()
+    }
+
+    /// Instance `instance`'s `lb.toml`: the same VIPs, backends and join addresses on every
+    /// instance, its own interfaces and `[sync]`.
+    pub fn config(&self, instance: &EcmpInstance, key: &Path) -> String {
+        let mut text = format!("interfaces = [{:?}]\n", instance.uplink);
+        let names: Vec<String> = self.backends.iter().map(|b| format!("{:?}", b.name)).collect();
+        for vip in [self.vip(0), self.vip(1)] {
+            text.push_str(&format!(
+                "\n[[vip]]\naddress = \"{vip}\"\nsteering = \"token\"\nbackends = [{}]\n",
+                names.join(", ")
+            ));
+        }
+        for backend in &self.backends {
+            text.push_str(&format!(
+                "\n[[backend]]\nname = \"{}\"\naddress = \"{}\"\ninterface = \"{}\"\n",
+                backend.name, backend.addrs[0], instance.lan_if
+            ));
+            if let Some([a, b]) = backend.join_addrs {
+                text.push_str(&format!("join-addresses = [\"{a}\", \"{b}\"]\n"));
+            }
+        }
+        text.push_str(&format!("\n[joins]\nunknown-token = \"{}\"\n", self.options.unknown_token));
+        if self.options.sync {
+            let peers: Vec<String> = self
+                .instances
+                .iter()
+                .filter(|other| other.name != instance.name)
+                .map(|other| format!("\"{}\"", SocketAddr::new(other.lan_addrs[0], SYNC_PORT)))
+                .collect();
+            text.push_str(&format!(
+                "\n[sync]\nname = \"{}\"\nlisten = \"{}\"\npeers = [{}]\nkey-file = \"{}\"\n",
+                instance.name,
+                SocketAddr::new(instance.lan_addrs[0], SYNC_PORT),
+                peers.join(", "),
+                key.display()
+            ));
+        }
+        text
+    }
+
+    /// `lb start` on every instance.
+    pub fn start_balancers(&self) -> Result<Vec<Balancer<'_>>> {
+        self.instances.iter().map(|i| Balancer::start_with(&i.ns, i.config.clone())).collect()
+    }
+
+    /// `lb sync` next to every balancer, each ready once it wrote its state file.
+    pub fn start_sync(&self, balancers: &[Balancer<'_>]) -> Result<Vec<SyncDaemon>> {
+        balancers.iter().map(SyncDaemon::start).collect()
+    }
+
+    /// The instance the router sends a flow from client `client`'s path `path` to a destination
+    /// to, by its own routing decision (`ip route get` with the ports): None when no live
+    /// instance would get it.
+    pub fn instance_for(
+        &self,
+        client: usize,
+        path: usize,
+        dst: SocketAddr,
+        sport: u16,
+    ) -> Result<Option<usize>> {
+        let family = usize::from(dst.is_ipv6());
+        let c = &self.clients[client];
+        let out = self.router.ip(&[
+            "-j",
+            "route",
+            "get",
+            &dst.ip().to_string(),
+            "from",
+            &c.addrs[path][family].to_string(),
+            "iif",
+            &c.router_ifs[path],
+            "ipproto",
+            "tcp",
+            "sport",
+            &sport.to_string(),
+            "dport",
+            &dst.port().to_string(),
+        ])?;
+        let routes: serde_json::Value = serde_json::from_str(out.trim()).context("ip -j route get")?;
+        let gateway = routes[0]["gateway"].as_str().map(str::parse::<IpAddr>).transpose()?;
+        Ok(gateway.and_then(|gw| self.instances.iter().position(|i| i.uplink_addrs[family] == gw)))
+    }
+
+    /// The router's live members of its VIP nexthop group (v4 or v6), by instance index.
+    pub fn ecmp_members(&self, family: usize) -> Result<Vec<usize>> {
+        let out =
+            self.router.ip(&["-j", "nexthop", "show", "id", &self.nexthop_groups[family].to_string()])?;
+        let groups: serde_json::Value = serde_json::from_str(out.trim()).context("ip -j nexthop show")?;
+        let ids: Vec<u64> = groups[0]["group"]
+            .as_array()
+            .context("no group in ip nexthop show")?
+            .iter()
+            .filter_map(|member| member["id"].as_u64())
+            .collect();
+        Ok((0..self.instances.len()).filter(|i| ids.contains(&u64::from(nexthop_id(family, *i)))).collect())
+    }
+
+    /// A balancer host dies: its links go away. The kernel itself drops the nexthop of a deleted
+    /// device from the groups (a legacy IPv4 multipath route would be deleted whole on device
+    /// removal, which is why the lab routes through nexthop groups: no routing daemon has to
+    /// replace the route); checked here.
+    pub fn kill_instance(&self, index: usize) -> Result<()> {
+        let instance = &self.instances[index];
+        self.router.ip(&["link", "del", &instance.router_if])?;
+        self.router.ip(&["link", "del", &instance.lan_port])?;
+        for family in 0..2 {
+            let members = self.ecmp_members(family)?;
+            ensure!(
+                !members.contains(&index) && !members.is_empty(),
+                "the router still routes to the dead instance {index} (family {family}): members {members:?}"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn lan_router() -> [IpAddr; 2] {
+    [v4(198, 51, 100, 254), v6([0x2001, 0xdb8, 5, 0, 0, 0, 0, 0xff])]
+}
+
+/// A fresh 32-byte sync key, readable by its owner only.
+fn write_key(path: &Path) -> Result<()> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, &key)?;
+    Ok(())
+}
+
+/// `mptcp-agent lb sync` next to a balancer, stopped on drop.
+pub struct SyncDaemon {
+    daemon: Option<Daemon>,
+    state: PathBuf,
+}
+
+impl SyncDaemon {
+    pub fn start(balancer: &Balancer<'_>) -> Result<Self> {
+        let state_dir = agent::run_dir(&format!("lb-{}", balancer.instance()));
+        let state = state_dir.join("sync.json");
+        let args = ["lb", "sync", "--config", balancer.config_arg()?, "--instance", balancer.instance()];
+        let daemon = Daemon::spawn(balancer.ns(), &args, |_| state.exists())?;
+        Ok(Self { daemon: Some(daemon), state })
+    }
+
+    /// Its state file (`sync.json`).
+    pub fn state(&self) -> Result<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.state)
+            .with_context(|| format!("reading {}", self.state.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", self.state.display()))
+    }
+
+    /// Waits (bounded) until `ready(state)` holds.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = self.state()?;
+            if ready(&state) {
+                return Ok(state);
+            }
+            ensure!(Instant::now() < deadline, "sync: {what} not within 10 s: {state}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills it with SIGKILL, as a host's death would.
+    pub fn kill(mut self) -> Result<()> {
+        self.daemon.take().map_or(Ok(()), Daemon::kill)
+    }
+}
+
+impl Drop for SyncDaemon {
+    fn drop(&mut self) {
+        drop(self.daemon.take());
+        if let Some(dir) = self.state.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
