@@ -27,6 +27,8 @@ const BYTES: u64 = 20_000;
 /// kinds) and its join subflows' local addresses, every instance's stats, the client threads'
 /// results.
 struct Held {
+    /// The kernels' join counters when the round started.
+    before: JoinCounts,
     connections: Vec<BTreeMap<u32, Vec<String>>>,
     join_locals: Vec<Vec<std::net::IpAddr>>,
     stats: Vec<Value>,
@@ -48,6 +50,7 @@ fn held_round(
         ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows, hold: Some(gate.clone()) };
     let streams = 2 * lab.clients.len();
     let backends = lab.backend_namespaces();
+    let before = JoinCounts::now(lab)?;
     thread::scope(|scope| -> Result<Held> {
         let mut handles = Vec::new();
         for stream in 0..streams {
@@ -80,7 +83,7 @@ fn held_round(
             .collect::<Result<_>>()?;
         let stats = balancers.iter().map(Balancer::stats).collect::<Result<_>>()?;
         gate.open();
-        Ok(Held { connections, join_locals, stats, transfers: join_all(handles)? })
+        Ok(Held { before, connections, join_locals, stats, transfers: join_all(handles)? })
     })
 }
 
@@ -88,12 +91,40 @@ fn client_namespaces(lab: &EcmpLab) -> Vec<&Netns> {
     lab.clients.iter().map(|c| &c.ns).collect()
 }
 
+/// The kernels' join counters: the backends' `MPJoinAckRx` (joins established) and
+/// `MPJoinNoTokenFound` (refused), the clients' `MPJoinSynAckRx` (joins answered).
+#[derive(Debug, Clone, Copy)]
+struct JoinCounts {
+    joined: u64,
+    answered: u64,
+    refused: u64,
+}
+
+impl JoinCounts {
+    fn now(lab: &EcmpLab) -> Result<Self> {
+        let backends = lab.backend_namespaces();
+        Ok(Self {
+            joined: nstat_sum(&backends, "MPTcpExtMPJoinAckRx")?,
+            answered: nstat_sum(&client_namespaces(lab), "MPTcpExtMPJoinSynAckRx")?,
+            refused: nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?,
+        })
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            joined: self.joined - before.joined,
+            answered: self.answered - before.answered,
+            refused: self.refused - before.refused,
+        }
+    }
+}
+
 fn sum_counter(stats: &[Value], name: &str) -> u64 {
     stats.iter().map(|s| counter(s, name)).sum()
 }
 
-/// Joins established on the backends, and that each connection has exactly one initial
-/// subflow and at most... (all assertions of a round where every join must land).
+/// Every connection of the round on a backend with its initial subflow and a join, and every
+/// join the clients made established there, none refused; returns the joins.
 fn assert_every_join_on_its_owner(lab: &EcmpLab, held: &Held, total: usize) -> Result<u64> {
     ensure!(held.transfers.len() == total, "{} of {total} transfers completed", held.transfers.len());
     let mut established = 0;
@@ -109,15 +140,12 @@ fn assert_every_join_on_its_owner(lab: &EcmpLab, held: &Held, total: usize) -> R
         established += connections.len();
     }
     ensure!(established == total, "{established} of {total} connections are on the backends");
-    let backends = lab.backend_namespaces();
-    let clients = client_namespaces(lab);
-    let joined = nstat_sum(&backends, "MPTcpExtMPJoinAckRx")?;
-    let answered = nstat_sum(&clients, "MPTcpExtMPJoinSynAckRx")?;
-    let refused = nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?;
+    let counts = JoinCounts::now(lab)?.since(held.before);
     ensure!(
-        joined == answered && joined >= total as u64 && refused == 0,
-        "backends' MPJoinAckRx {joined}, clients' MPJoinSynAckRx {answered}, refused {refused}, connections {total}"
+        counts.joined == counts.answered && counts.joined >= total as u64 && counts.refused == 0,
+        "{counts:?} for {total} connections"
     );
+    let joined = counts.joined;
     Ok(joined)
 }
 
@@ -188,5 +216,79 @@ fn without_sync_or_join_addresses_most_joins_are_lost() -> Result<()> {
     // A join reaches the instance that learned its token with probability 1/N (N = 3), and
     // lands on its owner anyway 1/3 of the other times: about 4/9 lost.
     ensure!(share > 0.25, "only {lost} of {total} joins lost: the lab does not exercise ECMP");
+    Ok(())
+}
+
+/// Transfers from every client (both families) that run while instance `victim` dies: the
+/// router-facing links rate-limited so that they last a few seconds. Returns how many were still
+/// running at the kill, and all of them completed (each checks the server's byte count).
+fn kill_under_load(lab: &EcmpLab, victim: usize, kill: impl FnOnce() -> Result<()>) -> Result<usize> {
+    for instance in &lab.instances {
+        lab.router.limit_rate(&instance.router_if, 100, 50)?;
+    }
+    let count = 8 * lab.clients.len();
+    let options = ClientOptions { proto: Proto::Mptcp, bytes: 2 << 20, wait_subflows: 1, hold: None };
+    let before = JoinCounts::now(lab)?;
+    thread::scope(|scope| -> Result<usize> {
+        let handles: Vec<_> = (0..count)
+            .map(|n| {
+                let (client, family, options) =
+                    (&lab.clients[n % lab.clients.len()].ns, (n / lab.clients.len()) % 2, options.clone());
+                scope.spawn(move || mptcp_tests::traffic::transfer(client, lab.vip(family), options))
+            })
+            .collect();
+        // Every transfer has its join (it waits for it before sending the bulk).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while JoinCounts::now(lab)?.since(before).joined < count as u64 {
+            ensure!(Instant::now() < deadline, "the transfers' joins did not come up");
+            thread::sleep(Duration::from_millis(20));
+        }
+        kill()?;
+        let running = handles.iter().filter(|h| !h.is_finished()).count();
+        for (family, dst) in [(0, lab.vip(0)), (1, lab.vip(1))] {
+            let members = lab.ecmp_members(family)?;
+            ensure!(!members.contains(&victim), "the dead instance is still a nexthop: {members:?}");
+            for client in 0..lab.clients.len() {
+                for sport in 40000..40064 {
+                    let chosen = lab.instance_for(client, 1, dst, sport)?;
+                    ensure!(
+                        chosen.is_some_and(|i| i != victim),
+                        "the router sends port {sport} of client {client} to instance {chosen:?}"
+                    );
+                }
+            }
+        }
+        let transfers = join_all(handles)?;
+        ensure!(transfers.len() == count, "{} of {count} transfers completed", transfers.len());
+        Ok(running)
+    })
+}
+
+#[test]
+fn an_instance_dies_under_load_with_join_addressing() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = EcmpLab::new(EcmpOptions::default())?;
+    let balancers = lab.start_balancers()?;
+    let servers = lab.start_servers()?;
+    let victim = 1;
+    let running = kill_under_load(&lab, victim, || lab.kill_instance(victim))?;
+    ensure!(running > 0, "every transfer had finished before the kill: the test proves nothing");
+    // Joins made after the kill: on their owner, through the live instances.
+    let total = 120;
+    let backends = lab.backend_namespaces();
+    let target = JoinCounts::now(&lab)?.joined + total as u64;
+    let held =
+        held_round(
+            &lab,
+            &balancers,
+            total,
+            1,
+            || Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= target),
+        )?;
+    stop_servers(servers)?;
+    let joins = assert_every_join_on_its_owner(&lab, &held, total)?;
+    println!(
+        "join addressing: {running} transfers running at the kill of instance {victim}, all completed; {joins} joins after it, all on their owner"
+    );
     Ok(())
 }
