@@ -60,7 +60,8 @@ pub struct EcmpOptions {
     pub sync: bool,
     /// `[joins] unknown-token`: `"hash"` or `"retry-once"`.
     pub unknown_token: &'static str,
-    pub client_endpoint: ClientEndpoint,
+    /// The clients' second-path endpoints; None: added later ([`EcmpLab::add_client_endpoints`]).
+    pub client_endpoint: Option<ClientEndpoint>,
 }
 
 impl Default for EcmpOptions {
@@ -72,7 +73,7 @@ impl Default for EcmpOptions {
             join_addresses: true,
             sync: false,
             unknown_token: "hash",
-            client_endpoint: ClientEndpoint::Subflow,
+            client_endpoint: Some(ClientEndpoint::Subflow),
         }
     }
 }
@@ -84,6 +85,21 @@ pub struct EcmpClient {
     pub addrs: [[IpAddr; 2]; 2],
     /// The router's interfaces towards it.
     pub router_ifs: [String; 2],
+}
+
+impl EcmpClient {
+    /// MPTCP endpoints on the second path's addresses (v4, v6).
+    fn add_endpoints(&self, endpoint: ClientEndpoint) -> Result<()> {
+        let flags: &[&str] = match endpoint {
+            ClientEndpoint::Subflow => &["subflow"],
+            ClientEndpoint::SubflowFullmesh => &["subflow", "fullmesh"],
+        };
+        for addr in &self.addrs[1] {
+            let addr = addr.to_string();
+            self.ns.ip(&[&["mptcp", "endpoint", "add", &addr, "dev", &self.ifaces[1]][..], flags].concat())?;
+        }
+        Ok(())
+    }
 }
 
 /// A balancer instance's host: its namespace, its link to the router and its LAN interface.
@@ -303,14 +319,16 @@ impl EcmpLab {
         }
         ns.sysctl("net.mptcp.enabled", "1")?;
         ns.ip(&["mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "8"])?;
-        let flags: &[&str] = match options.client_endpoint {
-            ClientEndpoint::Subflow => &["subflow"],
-            ClientEndpoint::SubflowFullmesh => &["subflow", "fullmesh"],
-        };
-        for addr in &addrs[1] {
-            ns.ip(&[&["mptcp", "endpoint", "add", &addr.to_string(), "dev", &ifaces[1]][..], flags].concat())?;
+        let client = EcmpClient { ns, ifaces, addrs, router_ifs };
+        if let Some(endpoint) = options.client_endpoint {
+            client.add_endpoints(endpoint)?;
         }
-        Ok(EcmpClient { ns, ifaces, addrs, router_ifs })
+        Ok(client)
+    }
+
+    /// Every client's second-path endpoints, from now on.
+    pub fn add_client_endpoints(&self, endpoint: ClientEndpoint) -> Result<()> {
+        self.clients.iter().try_for_each(|client| client.add_endpoints(endpoint))
     }
 
     /// `mptcp-agent lb backend-setup` in the backend's namespace, from the first instance's

@@ -12,8 +12,9 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
+    balancer::backend_counter,
     balancer::{Balancer, backend_connections, counter, join_all, nstat_sum, stop_servers},
-    ecmp::{EcmpLab, EcmpOptions},
+    ecmp::{ClientEndpoint, EcmpLab, EcmpOptions, SyncDaemon},
     kernel,
     lock::LabLock,
     netns::Netns,
@@ -219,17 +220,31 @@ fn without_sync_or_join_addresses_most_joins_are_lost() -> Result<()> {
     Ok(())
 }
 
+/// What the kill wave measured.
+struct KillWave {
+    /// Transfers still running at the kill.
+    running: usize,
+    /// From the kill to the last transfer's end.
+    drained_in: Duration,
+    /// RSTs the backends sent during the wave (a subflow that reached the wrong backend).
+    backend_resets: u64,
+}
+
 /// Transfers from every client (both families) that run while instance `victim` dies: the
-/// router-facing links rate-limited so that they last a few seconds. Returns how many were still
-/// running at the kill, and all of them completed (each checks the server's byte count).
-fn kill_under_load(lab: &EcmpLab, victim: usize, kill: impl FnOnce() -> Result<()>) -> Result<usize> {
+/// router-facing links rate-limited so that they last a few seconds. Every one completes (each
+/// checks the server's byte count).
+fn kill_under_load(lab: &EcmpLab, victim: usize, kill: impl FnOnce() -> Result<()>) -> Result<KillWave> {
     for instance in &lab.instances {
-        lab.router.limit_rate(&instance.router_if, 100, 50)?;
+        lab.router.limit_rate(&instance.router_if, 100, 200)?;
     }
     let count = 8 * lab.clients.len();
-    let options = ClientOptions { proto: Proto::Mptcp, bytes: 2 << 20, wait_subflows: 1, hold: None };
+    // The bulk starts at once: a join deferred once (retry-once) or dropped at the bottleneck
+    // comes up a second or three later, while the transfer runs.
+    let options = ClientOptions { proto: Proto::Mptcp, bytes: 4 << 20, wait_subflows: 0, hold: None };
     let before = JoinCounts::now(lab)?;
-    thread::scope(|scope| -> Result<usize> {
+    let backends = lab.backend_namespaces();
+    let resets_before = nstat_sum(&backends, "TcpOutRsts")?;
+    thread::scope(|scope| -> Result<KillWave> {
         let handles: Vec<_> = (0..count)
             .map(|n| {
                 let (client, family, options) =
@@ -237,13 +252,19 @@ fn kill_under_load(lab: &EcmpLab, victim: usize, kill: impl FnOnce() -> Result<(
                 scope.spawn(move || mptcp_tests::traffic::transfer(client, lab.vip(family), options))
             })
             .collect();
-        // Every transfer has its join (it waits for it before sending the bulk).
+        // Every transfer has its join before the kill.
         let deadline = Instant::now() + Duration::from_secs(10);
         while JoinCounts::now(lab)?.since(before).joined < count as u64 {
-            ensure!(Instant::now() < deadline, "the transfers' joins did not come up");
+            ensure!(
+                Instant::now() < deadline,
+                "the transfers' joins did not come up: {:?} since the start, {} of {count} transfers ended",
+                JoinCounts::now(lab)?.since(before),
+                handles.iter().filter(|h| h.is_finished()).count()
+            );
             thread::sleep(Duration::from_millis(20));
         }
         kill()?;
+        let killed = Instant::now();
         let running = handles.iter().filter(|h| !h.is_finished()).count();
         for (family, dst) in [(0, lab.vip(0)), (1, lab.vip(1))] {
             let members = lab.ecmp_members(family)?;
@@ -260,7 +281,9 @@ fn kill_under_load(lab: &EcmpLab, victim: usize, kill: impl FnOnce() -> Result<(
         }
         let transfers = join_all(handles)?;
         ensure!(transfers.len() == count, "{} of {count} transfers completed", transfers.len());
-        Ok(running)
+        let drained_in = killed.elapsed();
+        let backend_resets = nstat_sum(&backends, "TcpOutRsts")? - resets_before;
+        Ok(KillWave { running, drained_in, backend_resets })
     })
 }
 
@@ -271,8 +294,8 @@ fn an_instance_dies_under_load_with_join_addressing() -> Result<()> {
     let balancers = lab.start_balancers()?;
     let servers = lab.start_servers()?;
     let victim = 1;
-    let running = kill_under_load(&lab, victim, || lab.kill_instance(victim))?;
-    ensure!(running > 0, "every transfer had finished before the kill: the test proves nothing");
+    let wave = kill_under_load(&lab, victim, || lab.kill_instance(victim))?;
+    ensure!(wave.running > 0, "every transfer had finished before the kill: the test proves nothing");
     // Joins made after the kill: on their owner, through the live instances.
     let total = 120;
     let backends = lab.backend_namespaces();
@@ -288,7 +311,215 @@ fn an_instance_dies_under_load_with_join_addressing() -> Result<()> {
     stop_servers(servers)?;
     let joins = assert_every_join_on_its_owner(&lab, &held, total)?;
     println!(
-        "join addressing: {running} transfers running at the kill of instance {victim}, all completed; {joins} joins after it, all on their owner"
+        "join addressing: {} transfers running at the kill of instance {victim}, all completed {:.1} s after it \
+         (backends sent {} RSTs); {joins} joins after it, all on their owner",
+        wave.running,
+        wave.drained_in.as_secs_f64(),
+        wave.backend_resets
     );
     Ok(())
+}
+
+/// Token sync: backends without join addresses, a join whose token is not known yet dropped
+/// once so that its retransmission finds it.
+fn token_sync() -> EcmpOptions {
+    EcmpOptions { join_addresses: false, sync: true, unknown_token: "retry-once", ..EcmpOptions::default() }
+}
+
+/// `lb sync` on every instance, each ready once it hears every peer.
+fn start_sync<'l>(lab: &'l EcmpLab, balancers: &[Balancer<'l>]) -> Result<Vec<SyncDaemon>> {
+    let daemons = lab.start_sync(balancers)?;
+    for daemon in &daemons {
+        daemon.wait_for("every peer up", |state| {
+            state["peers"].as_array().is_some_and(|peers| {
+                peers.len() == lab.instances.len() - 1 && peers.iter().all(|p| p["up"] == true)
+            })
+        })?;
+    }
+    Ok(daemons)
+}
+
+fn sync_counter(daemons: &[SyncDaemon], name: &str) -> Result<u64> {
+    daemons.iter().map(|d| Ok(d.state()?["counters"][name].as_u64().unwrap_or(0))).sum()
+}
+
+#[test]
+fn token_sync_puts_every_join_on_its_owner_behind_ecmp() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = EcmpLab::new(token_sync())?;
+    let balancers = lab.start_balancers()?;
+    let daemons = start_sync(&lab, &balancers)?;
+    let servers = lab.start_servers()?;
+    let total = 300;
+    let backends = lab.backend_namespaces();
+    let started = Instant::now();
+    let held = held_round(&lab, &balancers, total, 1, || {
+        Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= total as u64)
+    })?;
+    let elapsed = started.elapsed();
+    stop_servers(servers)?;
+    let spread = assert_spread(&held, total)?;
+    let joins = assert_every_join_on_its_owner(&lab, &held, total)?;
+    let learned = sum_counter(&held.stats, "tokens_learned");
+    let deferred = sum_counter(&held.stats, "joins_deferred");
+    ensure!(learned == total as u64, "{learned} tokens learned for {total} connections");
+    ensure!(
+        sum_counter(&held.stats, "joins_steered_by_token") == joins,
+        "every join steered by its token: {:?}",
+        held.stats
+    );
+    ensure!(
+        sum_counter(&held.stats, "joins_unknown_token") == 0,
+        "a retried join was hashed: {:?}",
+        held.stats
+    );
+    // Every token reached both other instances.
+    let stored = sync_counter(&daemons, "tokens_stored")?;
+    ensure!(stored >= 2 * learned, "{stored} synced tokens stored for {learned} learned on 3 instances");
+    ensure!(sync_counter(&daemons, "auth_failures")? == 0 && sync_counter(&daemons, "queue_drops")? == 0);
+    println!(
+        "token sync: SYNs per instance {spread:?}, {joins} joins all on their owner, {deferred} retried once \
+         ({:.0}%), late syncs {}, {:.1} s for the round",
+        100.0 * deferred as f64 / joins as f64,
+        sync_counter(&daemons, "late")?,
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
+#[test]
+fn an_instance_dies_under_load_with_token_sync() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = EcmpLab::new(token_sync())?;
+    let balancers = lab.start_balancers()?;
+    let mut daemons = start_sync(&lab, &balancers)?;
+    let servers = lab.start_servers()?;
+    let victim = 1;
+    let dead = daemons.remove(victim);
+    // The host dies: its sync daemon with it, and its links.
+    let wave = kill_under_load(&lab, victim, || {
+        dead.kill()?;
+        lab.kill_instance(victim)
+    })?;
+    ensure!(wave.running > 0, "every transfer had finished before the kill: the test proves nothing");
+    let total = 120;
+    let backends = lab.backend_namespaces();
+    let target = JoinCounts::now(&lab)?.joined + total as u64;
+    let held =
+        held_round(
+            &lab,
+            &balancers,
+            total,
+            1,
+            || Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= target),
+        )?;
+    stop_servers(servers)?;
+    let joins = assert_every_join_on_its_owner(&lab, &held, total)?;
+    println!(
+        "token sync: {} transfers running at the kill of instance {victim}, all completed {:.1} s after it \
+         (backends sent {} RSTs); {joins} joins after it, all on their owner",
+        wave.running,
+        wave.drained_in.as_secs_f64(),
+        wave.backend_resets
+    );
+    Ok(())
+}
+
+#[test]
+fn one_command_drains_a_backend_on_every_instance() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = EcmpLab::new(EcmpOptions { client_endpoint: None, ..token_sync() })?;
+    let balancers = lab.start_balancers()?;
+    let _daemons = start_sync(&lab, &balancers)?;
+    let servers = lab.start_servers()?;
+    let total = 60;
+    let gate = Arc::new(Gate::default());
+    let held_options =
+        ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows: 0, hold: Some(gate.clone()) };
+    let backends = lab.backend_namespaces();
+    let connections_of = |stats: &[Value], name: &str| -> u64 {
+        stats.iter().map(|s| backend_counter(s, name, "connections")).sum()
+    };
+    thread::scope(|scope| -> Result<()> {
+        let mut held = Vec::new();
+        for (n, client) in lab.clients.iter().enumerate() {
+            let count = total / lab.clients.len();
+            held.extend(mptcp_tests::balancer::connect(
+                scope,
+                &client.ns,
+                lab.vip(n % 2),
+                count,
+                20,
+                &held_options,
+            )?);
+        }
+        let before: Vec<Value> = balancers.iter().map(Balancer::stats).collect::<Result<_>>()?;
+        let victim = lab
+            .backends
+            .iter()
+            .map(|b| b.name.as_str())
+            .max_by_key(|name| connections_of(&before, name))
+            .context("no backend")?;
+        let victim_connections = connections_of(&before, victim);
+        let out =
+            balancers[0].run(&["lb", "backend", "drain", victim, "--config", balancers[0].config_arg()?])?;
+        println!("lb backend drain {victim}:\n{out}");
+        for (instance, balancer) in lab.instances.iter().zip(&balancers) {
+            let stats = balancer.stats()?;
+            let entry = stats["backends"].as_array().and_then(|all| all.iter().find(|b| b["name"] == victim));
+            ensure!(
+                entry.is_some_and(|b| b["state"] == "draining" && b["maglev_share"].as_f64() == Some(0.0)),
+                "{}: {victim} is not draining: {entry:?}",
+                instance.name
+            );
+        }
+        // The held connections open their joins now: those of the drained backend reach it.
+        lab.add_client_endpoints(ClientEndpoint::Subflow)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? < total as u64 {
+            ensure!(Instant::now() < deadline, "the held connections did not all join");
+            thread::sleep(Duration::from_millis(50));
+        }
+        let connections = backend_connections(&backends)?;
+        let victim_index = lab.backends.iter().position(|b| b.name == victim).context("victim")?;
+        for (backend, connections) in lab.backends.iter().zip(&connections) {
+            for (token, kinds) in connections {
+                ensure!(kinds.len() == 2, "{}: connection {token:08x} has subflows {kinds:?}", backend.name);
+            }
+        }
+        ensure!(
+            connections[victim_index].len() as u64 == victim_connections,
+            "the drained backend holds {} connections, it had {victim_connections}",
+            connections[victim_index].len()
+        );
+        ensure!(nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")? == 0, "a join reached the wrong backend");
+        // New connections, from every client through every instance, avoid it.
+        let fresh = ClientOptions { hold: None, ..held_options.clone() };
+        for client in &lab.clients {
+            for family in 0..2 {
+                for _ in 0..10 {
+                    mptcp_tests::traffic::transfer(&client.ns, lab.vip(family), fresh.clone())?;
+                }
+            }
+        }
+        let after: Vec<Value> = balancers.iter().map(Balancer::stats).collect::<Result<_>>()?;
+        ensure!(
+            connections_of(&after, victim) == victim_connections,
+            "new connections reached the drained backend"
+        );
+        for instance_stats in &after {
+            let got: u64 = lab
+                .backends
+                .iter()
+                .filter(|b| b.name != victim)
+                .map(|b| backend_counter(instance_stats, &b.name, "connections"))
+                .sum();
+            ensure!(got > 0, "an instance placed no connection: {instance_stats}");
+        }
+        gate.open();
+        let transfers = join_all(held)?;
+        ensure!(transfers.len() == total, "{} of {total} held connections completed", transfers.len());
+        Ok(())
+    })?;
+    stop_servers(servers)
 }
