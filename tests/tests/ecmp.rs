@@ -192,6 +192,26 @@ fn join_addressing_puts_every_join_on_its_owner_behind_ecmp() -> Result<()> {
 }
 
 #[test]
+fn fullmesh_clients_join_from_their_second_path_to_the_owner() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let options =
+        EcmpOptions { client_endpoint: Some(ClientEndpoint::SubflowFullmesh), ..EcmpOptions::default() };
+    let lab = EcmpLab::new(options)?;
+    let balancers = lab.start_balancers()?;
+    let servers = lab.start_servers()?;
+    let total = 90;
+    let backends = lab.backend_namespaces();
+    let held = held_round(&lab, &balancers, total, 1, || {
+        Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= total as u64)
+    })?;
+    stop_servers(servers)?;
+    let joins = assert_every_join_on_its_owner(&lab, &held, total)?;
+    ensure!(sum_counter(&held.stats, "join_address_joins") == joins, "stats: {:?}", held.stats);
+    println!("fullmesh clients: {joins} joins for {total} connections, all on their owner");
+    Ok(())
+}
+
+#[test]
 fn without_sync_or_join_addresses_most_joins_are_lost() -> Result<()> {
     let _lock = LabLock::acquire()?;
     let lab = EcmpLab::new(EcmpOptions { join_addresses: false, ..EcmpOptions::default() })?;

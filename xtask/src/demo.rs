@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: the dataplane on a namespace lab, tracking real kernel MPTCP traffic.
+//! `cargo xtask demo`: the dataplane on a namespace lab, tracking real kernel MPTCP traffic; then
+//! the balancer, alone and as three instances behind ECMP.
 
 use std::{process::Command, time::Duration};
 
@@ -30,8 +31,13 @@ pub fn demo() -> Result<()> {
         tracking()?;
         path_management()?;
     }
-    // Part three: the token-steering balancer (`cargo xtask lab lb`), which takes the lock itself.
-    crate::lab::balancer_lab(20, "token")
+    // Part three: the token-steering balancer (`cargo xtask lab lb`), which takes the lock itself;
+    // part four: three instances of it behind an ECMP router, joins to the backends' join
+    // addresses (`cargo xtask lab lb --instances 3`).
+    crate::lab::balancer_lab(20, "token")?;
+    let ecmp =
+        crate::lab::EcmpArgs { instances: 3, mode: crate::lab::EcmpMode::JoinAddresses, fullmesh: false };
+    crate::lab::ecmp_lab(ecmp, 24)
 }
 
 /// The dataplane on the server's interfaces, tracking connections from a dual-homed client.

@@ -31,9 +31,10 @@ enum Task {
     /// Set up, then run every check: format, clippy, unit tests, eBPF build, integration tests.
     Test,
     /// Set up, build, and run real MPTCP traffic through a namespace lab with the dataplane on,
-    /// then through the token-steering balancer lab.
+    /// then through the token-steering balancer lab, alone and as three instances behind ECMP.
     Demo,
-    /// Set up, build, and run one lab: `lb`, the token-steering balancer before three backends.
+    /// Set up, build, and run one lab: `lb`, the token-steering balancer before three backends
+    /// (`--instances N`: N of them behind an ECMP router).
     Lab {
         #[arg(value_enum)]
         which: lab::Lab,
@@ -42,6 +43,16 @@ enum Task {
         connections: usize,
         #[arg(long, default_value = "token", value_parser = ["token", "hash-only"])]
         steering: String,
+        /// Balancer instances: 1 is the single balancer; 2 to 4 run behind an ECMP router, with
+        /// three clients and the backends on a LAN.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=4))]
+        instances: u8,
+        /// How the instances behind ECMP get joins to their owner.
+        #[arg(long, value_enum, default_value = "join-addresses")]
+        mode: lab::EcmpMode,
+        /// Behind ECMP: the clients' second-path endpoints are `subflow fullmesh`.
+        #[arg(long)]
+        fullmesh: bool,
     },
     /// Run the benchmark suites (those whose name contains FILTER, if given); results go to
     /// target/bench/results.{json,md}.
@@ -68,7 +79,10 @@ fn main() -> Result<()> {
         }
         Task::Test => test::test(),
         Task::Demo => demo::demo(),
-        Task::Lab { which, connections, steering } => lab::lab(which, connections, &steering),
+        Task::Lab { which, connections, steering, instances, mode, fullmesh } => {
+            let ecmp = lab::EcmpArgs { instances: usize::from(instances), mode, fullmesh };
+            lab::lab(which, connections, &steering, ecmp)
+        }
         Task::Bench { filter } => bench::bench(filter.as_deref()),
         Task::Fuzz { target, seconds, runs } => {
             let bound = runs.map_or(fuzz::Bound::Seconds(seconds.unwrap_or(60)), fuzz::Bound::Runs);
