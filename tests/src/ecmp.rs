@@ -136,16 +136,16 @@ pub struct EcmpLab {
     pub router: Netns,
     pub instances: Vec<EcmpInstance>,
     pub backends: Vec<EcmpBackend>,
-    /// The nexthop groups of the VIP and join routes (v4, v6).
-    nexthop_groups: [u32; 2],
-    _dir: TempDir,
+    /// The lb.toml files and the sync key.
+    dir: TempDir,
 }
 
-/// The nexthop ids of instance `i` (v4, v6) and of the groups.
+/// The router's nexthop id of instance `instance` for `family` (0: v4, 1: v6).
 fn nexthop_id(family: usize, instance: usize) -> u32 {
     10 * (family as u32 + 1) + instance as u32 + 1
 }
 
+/// The router's nexthop groups (v4, v6) that the VIP and join routes use.
 const GROUP_IDS: [u32; 2] = [100, 200];
 
 impl EcmpLab {
@@ -261,9 +261,8 @@ impl EcmpLab {
             backends.push(EcmpBackend { name, ns, addrs, join_addrs });
         }
 
-        let lab =
-            Self { options, clients, router, instances, backends, nexthop_groups: GROUP_IDS, _dir: dir };
-        let key = lab._dir.path().join("sync.key");
+        let lab = Self { options, clients, router, instances, backends, dir };
+        let key = lab.dir.path().join("sync.key");
         if options.sync {
             write_key(&key)?;
         }
@@ -453,8 +452,7 @@ impl EcmpLab {
 
     /// The router's live members of its VIP nexthop group (v4 or v6), by instance index.
     pub fn ecmp_members(&self, family: usize) -> Result<Vec<usize>> {
-        let out =
-            self.router.ip(&["-j", "nexthop", "show", "id", &self.nexthop_groups[family].to_string()])?;
+        let out = self.router.ip(&["-j", "nexthop", "show", "id", &GROUP_IDS[family].to_string()])?;
         let groups: serde_json::Value = serde_json::from_str(out.trim()).context("ip -j nexthop show")?;
         let ids: Vec<u64> = groups[0]["group"]
             .as_array()
