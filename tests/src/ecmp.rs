@@ -17,8 +17,10 @@
 //! LAN veth; the backends answer through the router.
 
 use std::{
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -27,9 +29,12 @@ use anyhow::{Context as _, Result, ensure};
 use crate::{
     TempDir,
     agent::{self, Daemon},
-    balancer::{Balancer, VIP_PORT, VIP4, VIP6, start_servers},
+    balancer::{
+        Balancer, VIP_PORT, VIP4, VIP6, backend_connections, connect, join_all, nstat_sum, start_servers,
+    },
+    kernel::{self, KernelSubflow},
     netns::{Netns, unique_name, v4, v6, veth},
-    traffic::{Proto, Server},
+    traffic::{ClientOptions, Gate, Proto, Server, Transfer},
 };
 
 /// The sync daemons' UDP port.
@@ -412,9 +417,17 @@ impl EcmpLab {
         self.instances.iter().map(|i| Balancer::start_with(&i.ns, i.config.clone())).collect()
     }
 
-    /// `lb sync` next to every balancer, each ready once it wrote its state file.
+    /// `lb sync` next to every balancer, each ready once it hears every peer.
     pub fn start_sync(&self, balancers: &[Balancer<'_>]) -> Result<Vec<SyncDaemon>> {
-        balancers.iter().map(SyncDaemon::start).collect()
+        let daemons: Vec<SyncDaemon> = balancers.iter().map(SyncDaemon::start).collect::<Result<_>>()?;
+        for daemon in &daemons {
+            daemon.wait_for("every peer up", |state| {
+                state["peers"].as_array().is_some_and(|peers| {
+                    peers.len() == self.instances.len() - 1 && peers.iter().all(|p| p["up"] == true)
+                })
+            })?;
+        }
+        Ok(daemons)
     }
 
     /// The instance the router sends a flow from client `client`'s path `path` to a destination
@@ -552,5 +565,94 @@ impl Drop for SyncDaemon {
         if let Some(dir) = self.state.parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// The kernels' join counters: the backends' `MPJoinAckRx` (joins established) and
+/// `MPJoinNoTokenFound` (refused), the clients' `MPJoinSynAckRx` (joins answered).
+#[derive(Debug, Clone, Copy)]
+pub struct JoinCounts {
+    pub joined: u64,
+    pub answered: u64,
+    pub refused: u64,
+}
+
+impl JoinCounts {
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            joined: self.joined - before.joined,
+            answered: self.answered - before.answered,
+            refused: self.refused - before.refused,
+        }
+    }
+}
+
+/// What a round of held connections left: per backend its connections (token -> subflow
+/// kinds) and its subflows, every instance's stats, the client threads' results.
+pub struct HeldRound {
+    /// The kernels' join counters when the round started.
+    pub before: JoinCounts,
+    pub connections: Vec<BTreeMap<u32, Vec<String>>>,
+    pub subflows: Vec<Vec<KernelSubflow>>,
+    pub stats: Vec<serde_json::Value>,
+    pub transfers: Vec<Transfer>,
+}
+
+impl HeldRound {
+    /// Connections whose initial subflow and a join are both on one backend: the join on its
+    /// owner.
+    pub fn joined_on_owner(&self) -> usize {
+        self.connections.iter().flat_map(|c| c.values()).filter(|kinds| kinds.len() > 1).count()
+    }
+}
+
+impl EcmpLab {
+    pub fn client_namespaces(&self) -> Vec<&Netns> {
+        self.clients.iter().map(|c| &c.ns).collect()
+    }
+
+    pub fn join_counts(&self) -> Result<JoinCounts> {
+        let backends = self.backend_namespaces();
+        Ok(JoinCounts {
+            joined: nstat_sum(&backends, "MPTcpExtMPJoinAckRx")?,
+            answered: nstat_sum(&self.client_namespaces(), "MPTcpExtMPJoinSynAckRx")?,
+            refused: nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?,
+        })
+    }
+
+    /// Opens `total` MPTCP connections spread over every client and both families (bursts of
+    /// 25, each held at a gate once its data is sent), waits (15 s at most) until `settled`
+    /// says the joins are done, then reads the backends' kernels and the instances' counters
+    /// and lets the connections close.
+    pub fn hold_connections(
+        &self,
+        balancers: &[Balancer<'_>],
+        total: usize,
+        options: ClientOptions,
+        settled: impl Fn() -> Result<bool>,
+    ) -> Result<HeldRound> {
+        let gate = Arc::new(Gate::default());
+        let options = ClientOptions { hold: Some(gate.clone()), ..options };
+        let streams = 2 * self.clients.len();
+        let backends = self.backend_namespaces();
+        let before = self.join_counts()?;
+        std::thread::scope(|scope| -> Result<HeldRound> {
+            let mut handles = Vec::new();
+            for stream in 0..streams {
+                let count = total / streams + usize::from(stream < total % streams);
+                let (client, family) = (&self.clients[stream / 2].ns, stream % 2);
+                handles.extend(connect(scope, client, self.vip(family), count, 25, &options)?);
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !settled()? {
+                ensure!(Instant::now() < deadline, "the joins did not settle within 15 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let connections = backend_connections(&backends)?;
+            let subflows = backends.iter().map(|ns| kernel::subflows(ns)).collect::<Result<_>>()?;
+            let stats = balancers.iter().map(Balancer::stats).collect::<Result<_>>()?;
+            gate.open();
+            Ok(HeldRound { before, connections, subflows, stats, transfers: join_all(handles)? })
+        })
     }
 }

@@ -4,7 +4,6 @@
 //! token sync between the instances; without either, most joins are lost (the baseline).
 
 use std::{
-    collections::BTreeMap,
     sync::Arc,
     thread,
     time::{Duration, Instant},
@@ -12,112 +11,18 @@ use std::{
 
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
-    balancer::backend_counter,
-    balancer::{Balancer, backend_connections, counter, join_all, nstat_sum, stop_servers},
-    ecmp::{ClientEndpoint, EcmpLab, EcmpOptions, SyncDaemon},
-    kernel,
+    balancer::{Balancer, backend_connections, backend_counter, counter, join_all, nstat_sum, stop_servers},
+    ecmp::{ClientEndpoint, EcmpLab, EcmpOptions, HeldRound, SyncDaemon},
     lock::LabLock,
-    netns::Netns,
-    traffic::{ClientOptions, Gate, Proto, Transfer},
+    traffic::{ClientOptions, Gate, Proto},
 };
 use serde_json::Value;
 
 const BYTES: u64 = 20_000;
 
-/// What a round of held connections left: per backend its connections (token -> subflow
-/// kinds) and its join subflows' local addresses, every instance's stats, the client threads'
-/// results.
-struct Held {
-    /// The kernels' join counters when the round started.
-    before: JoinCounts,
-    connections: Vec<BTreeMap<u32, Vec<String>>>,
-    join_locals: Vec<Vec<std::net::IpAddr>>,
-    stats: Vec<Value>,
-    transfers: Vec<Transfer>,
-}
-
-/// Opens `total` MPTCP connections spread over every client and both families (bursts of 25,
-/// each held once its data is sent), waits until `settled` says the joins are done, then reads
-/// the backends' kernels and the instances' counters and lets the connections close.
-fn held_round(
-    lab: &EcmpLab,
-    balancers: &[Balancer<'_>],
-    total: usize,
-    wait_subflows: u8,
-    settled: impl Fn() -> Result<bool>,
-) -> Result<Held> {
-    let gate = Arc::new(Gate::default());
-    let options =
-        ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows, hold: Some(gate.clone()) };
-    let streams = 2 * lab.clients.len();
-    let backends = lab.backend_namespaces();
-    let before = JoinCounts::now(lab)?;
-    thread::scope(|scope| -> Result<Held> {
-        let mut handles = Vec::new();
-        for stream in 0..streams {
-            let count = total / streams + usize::from(stream < total % streams);
-            let (client, family) = (&lab.clients[stream / 2].ns, stream % 2);
-            handles.extend(mptcp_tests::balancer::connect(
-                scope,
-                client,
-                lab.vip(family),
-                count,
-                25,
-                &options,
-            )?);
-        }
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !settled()? {
-            ensure!(Instant::now() < deadline, "the joins did not settle within 15 s");
-            thread::sleep(Duration::from_millis(50));
-        }
-        let connections = backend_connections(&backends)?;
-        let join_locals = backends
-            .iter()
-            .map(|ns| {
-                Ok(kernel::subflows(ns)?
-                    .into_iter()
-                    .filter(|s| s.flags.contains('J'))
-                    .map(|s| s.local.ip())
-                    .collect())
-            })
-            .collect::<Result<_>>()?;
-        let stats = balancers.iter().map(Balancer::stats).collect::<Result<_>>()?;
-        gate.open();
-        Ok(Held { before, connections, join_locals, stats, transfers: join_all(handles)? })
-    })
-}
-
-fn client_namespaces(lab: &EcmpLab) -> Vec<&Netns> {
-    lab.clients.iter().map(|c| &c.ns).collect()
-}
-
-/// The kernels' join counters: the backends' `MPJoinAckRx` (joins established) and
-/// `MPJoinNoTokenFound` (refused), the clients' `MPJoinSynAckRx` (joins answered).
-#[derive(Debug, Clone, Copy)]
-struct JoinCounts {
-    joined: u64,
-    answered: u64,
-    refused: u64,
-}
-
-impl JoinCounts {
-    fn now(lab: &EcmpLab) -> Result<Self> {
-        let backends = lab.backend_namespaces();
-        Ok(Self {
-            joined: nstat_sum(&backends, "MPTcpExtMPJoinAckRx")?,
-            answered: nstat_sum(&client_namespaces(lab), "MPTcpExtMPJoinSynAckRx")?,
-            refused: nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?,
-        })
-    }
-
-    fn since(self, before: Self) -> Self {
-        Self {
-            joined: self.joined - before.joined,
-            answered: self.answered - before.answered,
-            refused: self.refused - before.refused,
-        }
-    }
+/// Held connections that send [`BYTES`] and wait for `wait_subflows` joins first.
+fn hold(wait_subflows: u8) -> ClientOptions {
+    ClientOptions { proto: Proto::Mptcp, bytes: BYTES, wait_subflows, hold: None }
 }
 
 fn sum_counter(stats: &[Value], name: &str) -> u64 {
@@ -126,7 +31,7 @@ fn sum_counter(stats: &[Value], name: &str) -> u64 {
 
 /// Every connection of the round on a backend with its initial subflow and a join, and every
 /// join the clients made established there, none refused; returns the joins.
-fn assert_every_join_on_its_owner(lab: &EcmpLab, held: &Held, total: usize) -> Result<u64> {
+fn assert_every_join_on_its_owner(lab: &EcmpLab, held: &HeldRound, total: usize) -> Result<u64> {
     ensure!(held.transfers.len() == total, "{} of {total} transfers completed", held.transfers.len());
     let mut established = 0;
     for (backend, connections) in lab.backends.iter().zip(&held.connections) {
@@ -141,7 +46,7 @@ fn assert_every_join_on_its_owner(lab: &EcmpLab, held: &Held, total: usize) -> R
         established += connections.len();
     }
     ensure!(established == total, "{established} of {total} connections are on the backends");
-    let counts = JoinCounts::now(lab)?.since(held.before);
+    let counts = lab.join_counts()?.since(held.before);
     ensure!(
         counts.joined == counts.answered && counts.joined >= total as u64 && counts.refused == 0,
         "{counts:?} for {total} connections"
@@ -151,7 +56,7 @@ fn assert_every_join_on_its_owner(lab: &EcmpLab, held: &Held, total: usize) -> R
 }
 
 /// Instances' SYN counts: each got a share of the new connections.
-fn assert_spread(held: &Held, total: usize) -> Result<Vec<u64>> {
+fn assert_spread(held: &HeldRound, total: usize) -> Result<Vec<u64>> {
     let per_instance: Vec<u64> = held.stats.iter().map(|s| counter(s, "flows_hashed")).collect();
     ensure!(per_instance.iter().sum::<u64>() == total as u64, "initial SYNs per instance {per_instance:?}");
     let fair = total as f64 / per_instance.len() as f64;
@@ -170,14 +75,16 @@ fn join_addressing_puts_every_join_on_its_owner_behind_ecmp() -> Result<()> {
     let servers = lab.start_servers()?;
     let total = 300;
     let backends = lab.backend_namespaces();
-    let held = held_round(&lab, &balancers, total, 1, || {
+    let held = lab.hold_connections(&balancers, total, hold(1), || {
         Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= total as u64)
     })?;
     stop_servers(servers)?;
     let spread = assert_spread(&held, total)?;
     let joins = assert_every_join_on_its_owner(&lab, &held, total)?;
-    for (backend, locals) in lab.backends.iter().zip(&held.join_locals) {
+    for (backend, subflows) in lab.backends.iter().zip(&held.subflows) {
         let own = backend.join_addrs.context("join addressing")?;
+        let locals: Vec<_> =
+            subflows.iter().filter(|s| s.flags.contains('J')).map(|s| s.local.ip()).collect();
         ensure!(
             locals.iter().all(|addr| own.contains(addr)),
             "{}: joins to {locals:?}, its join addresses are {own:?}",
@@ -201,7 +108,7 @@ fn fullmesh_clients_join_from_their_second_path_to_the_owner() -> Result<()> {
     let servers = lab.start_servers()?;
     let total = 90;
     let backends = lab.backend_namespaces();
-    let held = held_round(&lab, &balancers, total, 1, || {
+    let held = lab.hold_connections(&balancers, total, hold(1), || {
         Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= total as u64)
     })?;
     stop_servers(servers)?;
@@ -220,13 +127,13 @@ fn without_sync_or_join_addresses_most_joins_are_lost() -> Result<()> {
     let total = 300;
     let backends = lab.backend_namespaces();
     // Every join SYN reaches some backend once: answered (established or refused).
-    let held = held_round(&lab, &balancers, total, 0, || {
+    let held = lab.hold_connections(&balancers, total, hold(0), || {
         Ok(nstat_sum(&backends, "MPTcpExtMPJoinSynRx")? + nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?
             >= total as u64)
     })?;
     stop_servers(servers)?;
     let spread = assert_spread(&held, total)?;
-    let joined: usize = held.connections.iter().flat_map(|c| c.values()).filter(|k| k.len() > 1).count();
+    let joined = held.joined_on_owner();
     let lost = total - joined;
     let share = lost as f64 / total as f64;
     println!(
@@ -261,7 +168,7 @@ fn kill_under_load(lab: &EcmpLab, victim: usize, kill: impl FnOnce() -> Result<(
     // The bulk starts at once: a join deferred once (retry-once) or dropped at the bottleneck
     // comes up a second or three later, while the transfer runs.
     let options = ClientOptions { proto: Proto::Mptcp, bytes: 4 << 20, wait_subflows: 0, hold: None };
-    let before = JoinCounts::now(lab)?;
+    let before = lab.join_counts()?;
     let backends = lab.backend_namespaces();
     let resets_before = nstat_sum(&backends, "TcpOutRsts")?;
     thread::scope(|scope| -> Result<KillWave> {
@@ -274,11 +181,11 @@ fn kill_under_load(lab: &EcmpLab, victim: usize, kill: impl FnOnce() -> Result<(
             .collect();
         // Every transfer has its join before the kill.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while JoinCounts::now(lab)?.since(before).joined < count as u64 {
+        while lab.join_counts()?.since(before).joined < count as u64 {
             ensure!(
                 Instant::now() < deadline,
                 "the transfers' joins did not come up: {:?} since the start, {} of {count} transfers ended",
-                JoinCounts::now(lab)?.since(before),
+                lab.join_counts()?.since(before),
                 handles.iter().filter(|h| h.is_finished()).count()
             );
             thread::sleep(Duration::from_millis(20));
@@ -319,15 +226,10 @@ fn an_instance_dies_under_load_with_join_addressing() -> Result<()> {
     // Joins made after the kill: on their owner, through the live instances.
     let total = 120;
     let backends = lab.backend_namespaces();
-    let target = JoinCounts::now(&lab)?.joined + total as u64;
-    let held =
-        held_round(
-            &lab,
-            &balancers,
-            total,
-            1,
-            || Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= target),
-        )?;
+    let target = lab.join_counts()?.joined + total as u64;
+    let held = lab.hold_connections(&balancers, total, hold(1), || {
+        Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= target)
+    })?;
     stop_servers(servers)?;
     let joins = assert_every_join_on_its_owner(&lab, &held, total)?;
     println!(
@@ -346,19 +248,6 @@ fn token_sync() -> EcmpOptions {
     EcmpOptions { join_addresses: false, sync: true, unknown_token: "retry-once", ..EcmpOptions::default() }
 }
 
-/// `lb sync` on every instance, each ready once it hears every peer.
-fn start_sync<'l>(lab: &'l EcmpLab, balancers: &[Balancer<'l>]) -> Result<Vec<SyncDaemon>> {
-    let daemons = lab.start_sync(balancers)?;
-    for daemon in &daemons {
-        daemon.wait_for("every peer up", |state| {
-            state["peers"].as_array().is_some_and(|peers| {
-                peers.len() == lab.instances.len() - 1 && peers.iter().all(|p| p["up"] == true)
-            })
-        })?;
-    }
-    Ok(daemons)
-}
-
 fn sync_counter(daemons: &[SyncDaemon], name: &str) -> Result<u64> {
     daemons.iter().map(|d| Ok(d.state()?["counters"][name].as_u64().unwrap_or(0))).sum()
 }
@@ -368,12 +257,12 @@ fn token_sync_puts_every_join_on_its_owner_behind_ecmp() -> Result<()> {
     let _lock = LabLock::acquire()?;
     let lab = EcmpLab::new(token_sync())?;
     let balancers = lab.start_balancers()?;
-    let daemons = start_sync(&lab, &balancers)?;
+    let daemons = lab.start_sync(&balancers)?;
     let servers = lab.start_servers()?;
     let total = 300;
     let backends = lab.backend_namespaces();
     let started = Instant::now();
-    let held = held_round(&lab, &balancers, total, 1, || {
+    let held = lab.hold_connections(&balancers, total, hold(1), || {
         Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= total as u64)
     })?;
     let elapsed = started.elapsed();
@@ -412,7 +301,7 @@ fn an_instance_dies_under_load_with_token_sync() -> Result<()> {
     let _lock = LabLock::acquire()?;
     let lab = EcmpLab::new(token_sync())?;
     let balancers = lab.start_balancers()?;
-    let mut daemons = start_sync(&lab, &balancers)?;
+    let mut daemons = lab.start_sync(&balancers)?;
     let servers = lab.start_servers()?;
     let victim = 1;
     let dead = daemons.remove(victim);
@@ -424,15 +313,10 @@ fn an_instance_dies_under_load_with_token_sync() -> Result<()> {
     ensure!(wave.running > 0, "every transfer had finished before the kill: the test proves nothing");
     let total = 120;
     let backends = lab.backend_namespaces();
-    let target = JoinCounts::now(&lab)?.joined + total as u64;
-    let held =
-        held_round(
-            &lab,
-            &balancers,
-            total,
-            1,
-            || Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= target),
-        )?;
+    let target = lab.join_counts()?.joined + total as u64;
+    let held = lab.hold_connections(&balancers, total, hold(1), || {
+        Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= target)
+    })?;
     stop_servers(servers)?;
     let joins = assert_every_join_on_its_owner(&lab, &held, total)?;
     println!(
@@ -450,7 +334,7 @@ fn one_command_drains_a_backend_on_every_instance() -> Result<()> {
     let _lock = LabLock::acquire()?;
     let lab = EcmpLab::new(EcmpOptions { client_endpoint: None, ..token_sync() })?;
     let balancers = lab.start_balancers()?;
-    let _daemons = start_sync(&lab, &balancers)?;
+    let _daemons = lab.start_sync(&balancers)?;
     let servers = lab.start_servers()?;
     let total = 60;
     let gate = Arc::new(Gate::default());

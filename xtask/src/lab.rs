@@ -223,49 +223,26 @@ pub fn ecmp_lab(args: EcmpArgs, connections: usize) -> Result<()> {
     );
     let servers = lab.start_servers()?;
     let backends = lab.backend_namespaces();
-    let gate = Arc::new(Gate::default());
     let options = ClientOptions {
         proto: Proto::Mptcp,
         bytes: 100_000,
         // Without join addresses or sync most joins are lost: do not wait for them there.
         wait_subflows: u8::from(mode != EcmpMode::TokenOnly),
-        hold: Some(gate.clone()),
+        hold: None,
     };
-    let streams = 2 * lab.clients.len();
-    let per_stream = connections.div_ceil(streams);
-    let total = per_stream * streams;
-    let (subflows, stats) = thread::scope(|scope| -> Result<_> {
-        let handles: Vec<_> = (0..total)
-            .map(|n| {
-                let (client, family, options) =
-                    (&lab.clients[(n / 2) % lab.clients.len()].ns, n % 2, options.clone());
-                let lab = &lab;
-                scope.spawn(move || transfer(client, lab.vip(family), options))
-            })
-            .collect();
-        gate.wait_for(handles.len())?;
-        // Joins that land on the wrong backend are refused within a round trip; retried ones
-        // (token sync) come a second later: wait until every join SYN was answered.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while nstat_sum(&backends, "MPTcpExtMPJoinSynRx")?
-            + nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?
-            < total as u64
-            && std::time::Instant::now() < deadline
-        {
-            thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let subflows: Vec<Vec<kernel::KernelSubflow>> =
-            backends.iter().map(|ns| kernel::subflows(ns)).collect::<Result<_>>()?;
-        let stats: Vec<serde_json::Value> = balancers.iter().map(Balancer::stats).collect::<Result<_>>()?;
-        gate.open();
-        for handle in handles {
-            handle.join().map_err(|_| anyhow::anyhow!("client thread panicked"))??;
-        }
-        Ok((subflows, stats))
+    let total = connections;
+    // Joins that land on the wrong backend are refused within a round trip; retried ones
+    // (token sync) come a second later: wait (5 s at most) until every join SYN was answered.
+    let started = std::time::Instant::now();
+    let held = lab.hold_connections(&balancers, total, options, || {
+        let answered = nstat_sum(&backends, "MPTcpExtMPJoinSynRx")?
+            + nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?;
+        Ok(answered >= total as u64 || started.elapsed() > std::time::Duration::from_secs(5))
     })?;
     for server in servers {
         server.stop()?;
     }
+    let (subflows, stats) = (held.subflows, held.stats);
 
     println!(
         "\n== {total} MPTCP connections (half IPv4, half IPv6, from every client), held open: where each subflow went"
