@@ -206,7 +206,10 @@ fn kill_under_load(lab: &EcmpLab, victim: usize, kill: impl FnOnce() -> Result<(
                 }
             }
         }
-        let transfers = join_all(handles)?;
+        let transfers = join_all(handles).with_context(|| {
+            let resets = nstat_sum(&backends, "TcpOutRsts").map(|n| n - resets_before);
+            format!("a transfer running across the kill failed (backends' RSTs since the start: {resets:?})")
+        })?;
         ensure!(transfers.len() == count, "{} of {count} transfers completed", transfers.len());
         let drained_in = killed.elapsed();
         let backend_resets = nstat_sum(&backends, "TcpOutRsts")? - resets_before;
