@@ -65,6 +65,8 @@ pub struct EcmpOptions {
     pub sync: bool,
     /// `[joins] unknown-token`: `"hash"` or `"retry-once"`.
     pub unknown_token: &'static str,
+    /// The VIPs' `steering`: `"token"` or `"hash-only"` (the baseline).
+    pub steering: &'static str,
     /// The clients' second-path endpoints; None: added later ([`EcmpLab::add_client_endpoints`]).
     pub client_endpoint: Option<ClientEndpoint>,
 }
@@ -78,6 +80,7 @@ impl Default for EcmpOptions {
             join_addresses: true,
             sync: false,
             unknown_token: "hash",
+            steering: "token",
             client_endpoint: Some(ClientEndpoint::Subflow),
         }
     }
@@ -380,7 +383,8 @@ impl EcmpLab {
         let names: Vec<String> = self.backends.iter().map(|b| format!("{:?}", b.name)).collect();
         for vip in [self.vip(0), self.vip(1)] {
             text.push_str(&format!(
-                "\n[[vip]]\naddress = \"{vip}\"\nsteering = \"token\"\nbackends = [{}]\n",
+                "\n[[vip]]\naddress = \"{vip}\"\nsteering = \"{}\"\nbackends = [{}]\n",
+                self.options.steering,
                 names.join(", ")
             ));
         }

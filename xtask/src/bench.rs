@@ -6,6 +6,7 @@
 mod daemon;
 mod failover;
 mod flood;
+mod lb_scale;
 
 use std::fmt::Write as _;
 
@@ -36,6 +37,7 @@ const SUITES: &[Suite] = &[
     Suite { name: "throughput", run: throughput },
     Suite { name: "lb", run: balancer },
     Suite { name: "lb-aggregation", run: balancer_aggregation },
+    Suite { name: "lb-scale", run: lb_scale::lb_scale },
     Suite { name: "cc", run: congestion },
     Suite { name: "failover", run: failover::failover },
     Suite { name: "daemon", run: daemon::daemon },

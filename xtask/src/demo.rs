@@ -37,7 +37,7 @@ pub fn demo() -> Result<()> {
     crate::lab::balancer_lab(20, "token")?;
     let ecmp =
         crate::lab::EcmpArgs { instances: 3, mode: crate::lab::EcmpMode::JoinAddresses, fullmesh: false };
-    crate::lab::ecmp_lab(ecmp, 24)
+    crate::lab::ecmp_lab(ecmp, 24, "token")
 }
 
 /// The dataplane on the server's interfaces, tracking connections from a dual-homed client.
