@@ -55,8 +55,15 @@ fn assert_every_join_on_its_owner(lab: &EcmpLab, held: &HeldRound, total: usize)
     Ok(joined)
 }
 
-/// Instances' SYN counts: each got a share of the new connections.
+/// Instances' SYN counts: each got a share of the new connections. And every instance places
+/// new flows alike (equal Maglev digests), so a flow the router moves to another instance
+/// mid-stream keeps its backend.
 fn assert_spread(held: &HeldRound, total: usize) -> Result<Vec<u64>> {
+    let digests: Vec<&Value> = held.stats.iter().map(|s| &s["vips"]).collect();
+    ensure!(
+        digests.windows(2).all(|pair| pair[0] == pair[1]),
+        "the instances' Maglev tables differ: {digests:?}"
+    );
     let per_instance: Vec<u64> = held.stats.iter().map(|s| counter(s, "flows_hashed")).collect();
     ensure!(per_instance.iter().sum::<u64>() == total as u64, "initial SYNs per instance {per_instance:?}");
     let fair = total as f64 / per_instance.len() as f64;
@@ -160,7 +167,12 @@ struct KillWave {
 /// Transfers from every client (both families) that run while instance `victim` dies: the
 /// router-facing links rate-limited so that they last a few seconds. Every one completes (each
 /// checks the server's byte count).
-fn kill_under_load(lab: &EcmpLab, victim: usize, kill: impl FnOnce() -> Result<()>) -> Result<KillWave> {
+fn kill_under_load(
+    lab: &EcmpLab,
+    balancers: &[Balancer<'_>],
+    victim: usize,
+    kill: impl FnOnce() -> Result<()>,
+) -> Result<KillWave> {
     for instance in &lab.instances {
         lab.router.limit_rate(&instance.router_if, 100, 200)?;
     }
@@ -208,7 +220,16 @@ fn kill_under_load(lab: &EcmpLab, victim: usize, kill: impl FnOnce() -> Result<(
         }
         let transfers = join_all(handles).with_context(|| {
             let resets = nstat_sum(&backends, "TcpOutRsts").map(|n| n - resets_before);
-            format!("a transfer running across the kill failed (backends' RSTs since the start: {resets:?})")
+            let counters: Vec<String> = balancers
+                .iter()
+                .filter_map(|b| b.stats().ok())
+                .map(|stats| format!("{}", stats["counters"]))
+                .collect();
+            format!(
+                "a transfer running across the kill failed (backends' RSTs since the start: {resets:?}); \
+                 the instances' counters: {}",
+                counters.join(" | ")
+            )
         })?;
         ensure!(transfers.len() == count, "{} of {count} transfers completed", transfers.len());
         let drained_in = killed.elapsed();
@@ -224,7 +245,7 @@ fn an_instance_dies_under_load_with_join_addressing() -> Result<()> {
     let balancers = lab.start_balancers()?;
     let servers = lab.start_servers()?;
     let victim = 1;
-    let wave = kill_under_load(&lab, victim, || lab.kill_instance(victim))?;
+    let wave = kill_under_load(&lab, &balancers, victim, || lab.kill_instance(victim))?;
     ensure!(wave.running > 0, "every transfer had finished before the kill: the test proves nothing");
     // Joins made after the kill: on their owner, through the live instances.
     let total = 120;
@@ -309,7 +330,7 @@ fn an_instance_dies_under_load_with_token_sync() -> Result<()> {
     let victim = 1;
     let dead = daemons.remove(victim);
     // The host dies: its sync daemon with it, and its links.
-    let wave = kill_under_load(&lab, victim, || {
+    let wave = kill_under_load(&lab, &balancers, victim, || {
         dead.kill()?;
         lab.kill_instance(victim)
     })?;
