@@ -215,6 +215,34 @@ fn tokens_learned_on_one_instance_reach_the_other_and_one_command_drains_both() 
     ensure!(!b_tokens.contains_key(&forged), "the forged token was stored");
     ensure!(b_tokens.get(&genuine).is_some_and(|t| t.1 == SYNCED), "the signed token was not stored");
 
+    // A join naming a token B does not know yet, then the token: counted late (the join beat
+    // the sync).
+    let late_token = 0x1a7e_0001u32;
+    let mut option = vec![30, 12, 0x10, 0x00];
+    option.extend_from_slice(&late_token.to_be_bytes());
+    option.extend_from_slice(&0x0123_4567u32.to_be_bytes());
+    let mut join = Vec::new();
+    etherparse::PacketBuilder::ethernet2(
+        flood::parse_mac(&craft::mac(&lab.client, &lab.b.client_iface)?)?,
+        flood::parse_mac(&craft::mac(&lab.b.ns, &lab.b.iface)?)?,
+    )
+    .ipv4([198, 51, 100, 77], VIP.ip().octets(), 64)
+    .tcp(40000, VIP.port(), 1, 64240)
+    .syn()
+    .options_raw(&option)?
+    .write(&mut join, &[])?;
+    let iface = lab.b.client_iface.clone();
+    lab.client.within(move || {
+        let options = FloodOptions { count: 1, rate: None, max_duration: Duration::from_secs(2) };
+        flood::send_frames(&iface, &[join], options, &AtomicU64::new(0))
+    })??;
+    let late = token_datagram(&KEY, "tester", (1 << 60) + 1, late_token, "be2")?;
+    lab.a.ns.within(move || UdpSocket::bind("198.51.100.1:0")?.send_to(&late, b_addr).map(drop))??;
+    let counted = wait_for(Duration::from_secs(3), || Ok(sync_counter(&b.stats()?, "late")? == 1))?;
+    let b_stats = b.stats()?;
+    ensure!(counted, "B's sync after a join beat the sync: {} {}", b_stats["sync"], b_stats["counters"]);
+    ensure!(b_stats["counters"]["joins_unknown_token"] == 1, "B's counters: {}", b_stats["counters"]);
+
     // One command drains be1 on both.
     let config = lab.a.config.to_str().context("config path")?;
     let out = a.run(&["lb", "backend", "drain", "be1", "--config", config])?;

@@ -235,6 +235,10 @@ pub fn entry_size(entry: &Entry) -> usize {
     postcard::experimental::serialized_size(entry).unwrap_or(usize::MAX)
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("an entry of {0} bytes does not fit a datagram")]
+pub struct TooLarge(pub usize);
+
 /// Groups entries into datagrams that stay within [`MAX_DATAGRAM`].
 pub struct Batcher {
     entries: Vec<Entry>,
@@ -248,11 +252,11 @@ impl Batcher {
     }
 
     /// Adds `entry`; returns the batch it did not fit in, to be sent. An entry larger than a
-    /// whole datagram is dropped and counted by the caller (`Err`).
-    pub fn push(&mut self, entry: Entry) -> Result<Option<Vec<Entry>>, Entry> {
+    /// whole datagram is dropped (`Err`), for the caller to count.
+    pub fn push(&mut self, entry: Entry) -> Result<Option<Vec<Entry>>, TooLarge> {
         let size = entry_size(&entry);
         if size > self.budget {
-            return Err(entry);
+            return Err(TooLarge(size));
         }
         let full = (self.size + size > self.budget).then(|| self.take()).flatten();
         self.size += size;
