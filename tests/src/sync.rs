@@ -224,19 +224,38 @@ impl SyncDaemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
+
+    /// Stops it with SIGTERM as systemd does; its exit status, `None` if it had to be killed.
+    pub fn stop(mut self) -> Result<Option<std::process::ExitStatus>> {
+        match self.child.take() {
+            Some(child) => terminate(child),
+            None => Ok(None),
+        }
+    }
+}
+
+/// SIGTERM, 5 s to exit, then SIGKILL.
+fn terminate(mut child: Child) -> Result<Option<std::process::ExitStatus>> {
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(None)
 }
 
 impl Drop for SyncDaemon {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: plain kill(2) on our child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take()
+            && let Err(error) = terminate(child)
+        {
+            eprintln!("cleanup: stopping lb sync: {error:#}");
         }
     }
 }

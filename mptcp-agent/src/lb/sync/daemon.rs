@@ -208,6 +208,10 @@ async fn run_local(instance: &Instance, config: &LbConfig, state_dir: PathBuf) -
             UdpSocket::from_std(socket)
         })
         .map_err(|source| SyncError::Socket { address: sync.listen, source })?;
+    // Everything is open: from here on the daemon, which parses what the network sends, needs
+    // its map descriptors only.
+    let kept = crate::bpf::drop_to_runtime_privileges(false)?;
+    log::info!("{}: capabilities kept: {kept:?}", instance.name);
     let shared = Rc::new(Shared {
         name: name.clone(),
         listen: sync.listen,
@@ -217,8 +221,8 @@ async fn run_local(instance: &Instance, config: &LbConfig, state_dir: PathBuf) -
         counters: RefCell::new(SyncCounters::default()),
         heard: RefCell::new(BTreeMap::new()),
     });
-    let mut terminate = signal(SignalKind::terminate()).map_err(SyncError::Ring)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(SyncError::Ring)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(SyncError::Signal)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(SyncError::Signal)?;
     // Once at start: who waits for the daemon waits for this file.
     shared.state(true).write(&state_dir)?;
     log::info!("{}: syncing as {name} on {} with {} peer(s)", instance.name, sync.listen, sync.peers.len());
@@ -550,7 +554,8 @@ impl Applier {
     }
 }
 
-/// Rewrites the state file every second.
+/// Rewrites the state file every second (a small file on /run: written in place, not on the
+/// blocking pool).
 async fn write_state(dir: PathBuf, shared: Rc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut every = tokio::time::interval(STATE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -67,6 +67,8 @@ pub enum SyncError {
     Loader(#[from] LoaderError),
     #[error("the sync ring buffer")]
     Ring(#[source] io::Error),
+    #[error("installing the SIGTERM and SIGINT handlers")]
+    Signal(#[source] io::Error),
 }
 
 /// The group's shared key.
