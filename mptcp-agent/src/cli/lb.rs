@@ -114,3 +114,71 @@ pub fn acks_text(acks: &[PeerAck]) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use mptcp_common::lb::LbCounters;
+
+    use super::*;
+    use crate::lb::sync::{PeerState, SyncCounters, wire::Summary};
+
+    #[test]
+    fn the_sync_state_shows_its_counters_and_a_row_per_peer() {
+        let peer = |name: Option<&str>, up| PeerState {
+            name: name.map(str::to_owned),
+            address: "198.51.100.2:7946".parse().unwrap(),
+            up,
+            ms_since_heard: up.then_some(250),
+            counters: up.then(|| Summary {
+                tokens_learned: 41,
+                sync: SyncCounters { late: 3, ..SyncCounters::default() },
+                ..Summary::default()
+            }),
+        };
+        let stats = LbStats {
+            counters: LbCounters::default(),
+            vips: Vec::new(),
+            backends: Vec::new(),
+            sync: Some(SyncState {
+                pid: 7,
+                running: true,
+                updated_unix_ms: 0,
+                name: "lb-a".into(),
+                listen: "198.51.100.1:7946".parse().unwrap(),
+                counters: SyncCounters { auth_failures: 2, ..SyncCounters::default() },
+                peers: vec![peer(Some("lb-b"), true), peer(None, false)],
+            }),
+        };
+        let text = stats_table(&stats);
+        assert!(text.contains("sync lb-a on 198.51.100.1:7946 (running, pid 7)"), "{text}");
+        assert!(text.lines().any(|l| l.starts_with("auth_failures") && l.ends_with(" 2")), "{text}");
+        let rows: Vec<&str> = text.lines().filter(|l| l.contains("198.51.100.2:7946")).collect();
+        assert_eq!(rows.len(), 2, "{text}");
+        assert!(
+            rows[0].starts_with("lb-b") && rows[0].contains("yes") && rows[0].ends_with(" 3"),
+            "{}",
+            rows[0]
+        );
+        assert!(rows[1].starts_with('-') && rows[1].contains(" no "), "{}", rows[1]);
+    }
+
+    #[test]
+    fn each_peer_answer_is_a_line() {
+        let peer: std::net::SocketAddr = "198.51.100.2:7946".parse().unwrap();
+        let acks = [
+            PeerAck { peer, name: Some("lb-b".into()), outcome: AckOutcome::Applied },
+            PeerAck {
+                peer,
+                name: Some("lb-c".into()),
+                outcome: AckOutcome::Failed("no backend named x".into()),
+            },
+            PeerAck { peer, name: None, outcome: AckOutcome::NoAnswer },
+        ];
+        assert_eq!(
+            acks_text(&acks),
+            "peer lb-b (198.51.100.2:7946): applied\n\
+             peer lb-c (198.51.100.2:7946): failed: no backend named x\n\
+             peer 198.51.100.2:7946: no answer\n"
+        );
+    }
+}
