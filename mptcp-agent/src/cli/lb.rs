@@ -139,6 +139,7 @@ mod tests {
             counters: LbCounters::default(),
             vips: Vec::new(),
             backends: Vec::new(),
+            collisions: Vec::new(),
             sync: Some(SyncState {
                 pid: 7,
                 running: true,
