@@ -239,11 +239,23 @@ fn tokens_learned_on_one_instance_reach_the_other_and_one_command_drains_both() 
         flood::send_frames(&iface, &[join], options, &AtomicU64::new(0))
     })??;
     let late = token_datagram(&KEY, "tester", (1 << 60) + 1, late_token, "be2")?;
-    lab.a.ns.within(move || UdpSocket::bind("198.51.100.1:0")?.send_to(&late, b_addr).map(drop))??;
-    let counted = wait_for(Duration::from_secs(3), || Ok(sync_counter(&b.stats()?, "late")? == 1))?;
+    // And a token for a backend B does not have: counted, not stored, nothing else affected.
+    let stranger = 0x0005_7a9eu32;
+    let unknown = token_datagram(&KEY, "tester", (1 << 60) + 2, stranger, "be9")?;
+    lab.a.ns.within(move || -> Result<()> {
+        let socket = UdpSocket::bind("198.51.100.1:0")?;
+        socket.send_to(&late, b_addr)?;
+        socket.send_to(&unknown, b_addr)?;
+        Ok(())
+    })??;
+    let counted = wait_for(Duration::from_secs(3), || {
+        let stats = b.stats()?;
+        Ok(sync_counter(&stats, "late")? == 1 && sync_counter(&stats, "unknown_backends")? == 1)
+    })?;
     let b_stats = b.stats()?;
     ensure!(counted, "B's sync after a join beat the sync: {} {}", b_stats["sync"], b_stats["counters"]);
     ensure!(b_stats["counters"]["joins_unknown_token"] == 1, "B's counters: {}", b_stats["counters"]);
+    ensure!(!tokens(&b_pin)?.contains_key(&stranger), "a token of an unknown backend was stored");
 
     // One command drains be1 on both.
     let config = lab.a.config.to_str().context("config path")?;
