@@ -14,6 +14,7 @@ use hmac::{Hmac, Mac as _};
 use mptcp_tests::{
     craft,
     flood::{self, FloodOptions},
+    kernel,
     lock::LabLock,
     sync::{Running, SyncDaemon, SyncLab, VIP, tokens},
 };
@@ -192,6 +193,9 @@ fn tokens_learned_on_one_instance_reach_the_other_and_one_command_drains_both() 
     let b_stats = b.stats()?;
     ensure!(counted, "B's sync: {}", b_stats["sync"]);
     ensure!(sync_counter(&b_stats, "auth_failures")? == 0, "B's sync: {}", b_stats["sync"]);
+    // The confirmed flows too: B saw none of these packets.
+    let b_flows = kernel::map_entries(&b.map_pin("LB_FLOWS"))?;
+    ensure!(b_flows == u64::from(TOKENS), "B's flow table holds {b_flows} entries");
 
     // A datagram signed with another key is counted and not applied; the same datagram signed
     // with the group's key is (the control: the refusal is the key's, not the encoding's).
