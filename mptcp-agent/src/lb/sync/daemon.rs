@@ -38,8 +38,6 @@ use crate::{
 
 /// Entries between the ring reader and the sender; past this they are dropped and counted.
 const QUEUE: usize = 16384;
-/// A batch goes out this long after its first entry at the latest.
-const FLUSH_AFTER: Duration = Duration::from_millis(1);
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 const STATE_EVERY: Duration = Duration::from_secs(1);
 /// A peer is up while heard from within this.
@@ -321,8 +319,9 @@ async fn read_ring(
     }
 }
 
-/// The sender: batches entries (a datagram when full or [`FLUSH_AFTER`] after its first
-/// entry), and a heartbeat every second.
+/// The sender: batches what the queue holds (a datagram when full, or when the queue is empty:
+/// the ring reader queues all it drained at once, so entries batch under load and go out at
+/// once when alone), and a heartbeat every second.
 async fn send(
     mut queued: mpsc::Receiver<Entry>,
     maps: LbMaps,
@@ -330,7 +329,6 @@ async fn send(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut batcher = Batcher::new(shared.signer.borrow().entry_budget());
-    let mut deadline: Option<tokio::time::Instant> = None;
     let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -339,13 +337,6 @@ async fn send(
                 Some(entry) => entry,
                 None => return,
             },
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                deadline = None;
-                if let Some(batch) = batcher.take() {
-                    shared.send(&batch, &shared.peers).await;
-                }
-                continue;
-            }
             _ = heartbeat.tick() => Entry::Heartbeat(summary(&maps, &shared)),
             _ = stopped(&mut stop) => {
                 if let Some(batch) = batcher.take() {
@@ -354,20 +345,16 @@ async fn send(
                 return;
             }
         };
-        let heartbeat = matches!(entry, Entry::Heartbeat(_));
         match batcher.push(entry) {
             Ok(Some(full)) => shared.send(&full, &shared.peers).await,
             Ok(None) => {}
             // Ring entries are small: only a bug makes one larger than a datagram.
             Err(_) => shared.count(|c| c.invalid_entries += 1),
         }
-        if heartbeat {
-            deadline = None;
-            if let Some(batch) = batcher.take() {
-                shared.send(&batch, &shared.peers).await;
-            }
-        } else if deadline.is_none() && !batcher.is_empty() {
-            deadline = Some(tokio::time::Instant::now() + FLUSH_AFTER);
+        if queued.is_empty()
+            && let Some(batch) = batcher.take()
+        {
+            shared.send(&batch, &shared.peers).await;
         }
     }
 }
