@@ -35,7 +35,9 @@ use mptcp_common::{
         JOIN_RATE_MAP, PacketCounters, RateBucket, Subflow, addr_bytes, admission, connection_flags,
         direction_flags, fallback_reason, hmac_verdict, ipv4_mapped, subflow_kind, subflow_state,
     },
-    mptcp::{DataAck, Dss, DssMapping, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst, MptcpOption},
+    mptcp::{
+        DataAck, Dss, DssMapping, MpCapable, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst, MptcpOption,
+    },
 };
 
 type Endpoint = ([u8; 4], u16);
@@ -2021,6 +2023,31 @@ fn instance_cases() -> Vec<Case<Balancer>> {
                 expect!("initial flow", events[1].flow, key(CLIENT, SERVER));
                 expect!("join flow", events[2].flow, joiner);
                 expect!("sync_events_lost", b.maps.counters()?.sync_events_lost, 0);
+                Ok(())
+            },
+        },
+        Case {
+            name: "an RFC 6824 (version 0) third ACK teaches the SHA-1 token",
+            setup: Balancer::token,
+            steps: |b| {
+                let pick = b.pick(CLIENT);
+                let v0 = |sender, receiver| match capable(sender, receiver) {
+                    MptcpOption::Capable(c) => MptcpOption::Capable(MpCapable { version: 0, ..c }),
+                    other => other,
+                };
+                Ok(vec![
+                    to_backend(Segment::syn(CLIENT, SERVER).with(v0(Some(CLIENT_KEY), None)), pick),
+                    to_backend(
+                        Segment::new(CLIENT, SERVER).with(v0(Some(CLIENT_KEY), Some(SERVER_KEY))),
+                        pick,
+                    ),
+                ])
+            },
+            check: |b| {
+                let sha1_token = mptcp_common::keys::key_digest_v0_in(SERVER_KEY, &mut [0; 16]).token;
+                ensure!(sha1_token != server_token(), "SHA-1 and SHA-256 tokens coincide");
+                expect!("token owner", b.maps.tokens.get(&sha1_token, 0)?.backend, b.pick(CLIENT));
+                expect!("SHA-256 token", b.maps.tokens.get(&server_token(), 0).is_err(), true);
                 Ok(())
             },
         },

@@ -92,7 +92,7 @@ pub fn spoofed_syns(
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
-fn parse_mac(text: &str) -> Result<[u8; 6]> {
+pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
     let bytes: Vec<u8> = text
         .split(':')
         .map(|b| u8::from_str_radix(b, 16))
@@ -131,7 +131,7 @@ const BATCH: usize = 64;
 /// Sends `frames` out of `iface` through an AF_PACKET socket opened in the calling thread's
 /// network namespace, in sendmmsg batches, paced to `options.rate`, within
 /// `options.max_duration`. `progress` counts the frames sent so far.
-fn send_frames(
+pub fn send_frames(
     iface: &str,
     frames: &[Vec<u8>],
     options: FloodOptions,

@@ -265,6 +265,28 @@ pub fn map_entries(pin: &std::path::Path) -> Result<u64> {
     Ok(dump.as_array().with_context(|| format!("the dump of {} is not a list", pin.display()))?.len() as u64)
 }
 
+/// Every entry of a pinned map as key and value bytes (`bpftool map dump`'s hex bytes).
+pub fn map_dump(pin: &std::path::Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let dump = bpftool_json(&["map", "dump", "pinned", pin_str(pin)?])?;
+    let bytes = |value: &serde_json::Value| -> Result<Vec<u8>> {
+        value
+            .as_array()
+            .context("not a list of bytes")?
+            .iter()
+            .map(|byte| {
+                let text = byte.as_str().context("not a hex byte")?;
+                u8::from_str_radix(text.trim_start_matches("0x"), 16).with_context(|| text.to_owned())
+            })
+            .collect()
+    };
+    dump.as_array()
+        .with_context(|| format!("the dump of {} is not a list", pin.display()))?
+        .iter()
+        .map(|entry| Ok((bytes(&entry["key"])?, bytes(&entry["value"])?)))
+        .collect::<Result<_>>()
+        .with_context(|| format!("the dump of {}", pin.display()))
+}
+
 /// A program's run statistics: kept by the kernel while statistics are enabled ([`BpfStats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProgramRuns {

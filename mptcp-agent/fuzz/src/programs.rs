@@ -274,12 +274,12 @@ impl Programs {
         }
         let used = |slot: u32| (slot as usize) < BACKENDS.len();
         for entry in self.balancer.maps.tokens.iter() {
-            let (token, slot) = entry.map_err(map_error(LB_TOKENS_MAP))?;
-            if !used(slot) {
+            let (token, owner) = entry.map_err(map_error(LB_TOKENS_MAP))?;
+            if !used(owner.backend) {
                 return Err(Violation::UnusedBackend {
                     map: LB_TOKENS_MAP,
                     key: format!("token {token:#010x}"),
-                    slot,
+                    slot: owner.backend,
                 });
             }
         }

@@ -25,7 +25,10 @@ use crate::{
     daemon,
     dataplane::tables::{Snapshot, SubflowView, Tables},
     dataplane::{events::EventRecord, stats},
-    lb::{BackendConfig, LbConfig, Steering},
+    lb::{
+        BackendConfig, LbConfig, Steering,
+        sync::{self, wire::BackendAction},
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -202,10 +205,22 @@ pub enum LbCommand {
     },
     /// Detach the balancer and remove its pins.
     Stop,
-    /// Print the balancer's counters and its backends.
+    /// Print the balancer's counters and its backends (and its sync daemon's, if one runs).
     Stats {
         #[arg(long)]
         json: bool,
+        /// Where the sync daemon writes its state (default: /run/mptcp-agent/lb-INSTANCE).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Sync tokens, flows and backend changes with the peers in `[sync]`: a foreground daemon
+    /// (SIGTERM or SIGINT stops it).
+    Sync {
+        #[arg(long)]
+        config: PathBuf,
+        /// Where to write its state, sync.json (default: /run/mptcp-agent/lb-INSTANCE).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// On a backend host: put in place what `lb.toml` asks of backend NAME (its VIPs on
     /// loopback; for join addressing its join addresses, their `signal` endpoints and
@@ -250,11 +265,20 @@ pub enum BackendCommand {
         join_port: Option<u16>,
     },
     /// Stop giving it new flows; its flows and MPTCP connections (with new joins) stay.
-    Drain { name: String },
+    Drain(PeerCommand),
     /// Give a drained backend new flows again.
-    Activate { name: String },
+    Activate(PeerCommand),
     /// Remove it: its flows are dropped.
-    Remove { name: String },
+    Remove(PeerCommand),
+}
+
+/// A backend change, applied here and, with a configuration that has `[sync]`, on every peer.
+#[derive(Debug, clap::Args)]
+pub struct PeerCommand {
+    pub name: String,
+    /// `lb.toml`: with `[sync]`, the change is sent to every peer, each peer's answer printed.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -368,8 +392,9 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
             crate::lb::stop(instance)?;
             println!("balancer {} stopped", instance.name);
         }
-        LbCommand::Stats { json } => {
-            let stats = crate::lb::stats(instance)?;
+        LbCommand::Stats { json, state_dir } => {
+            let state_dir = state_dir.unwrap_or_else(|| sync::default_state_dir(instance));
+            let stats = crate::lb::stats(instance, &state_dir)?;
             if json {
                 println!("{}", serde_json::to_string(&stats)?);
             } else {
@@ -400,20 +425,40 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
                 runtime()?.block_on(crate::lb::add_backend(instance, &backend, &vip))?;
                 println!("backend {name} added");
             }
-            BackendCommand::Drain { name } => {
-                crate::lb::set_backend_state(instance, &name, backend_state::DRAINING)?;
-                println!("backend {name} draining");
+            BackendCommand::Drain(command) => backend_everywhere(instance, command, BackendAction::Drain)?,
+            BackendCommand::Activate(command) => {
+                backend_everywhere(instance, command, BackendAction::Activate)?
             }
-            BackendCommand::Activate { name } => {
-                crate::lb::set_backend_state(instance, &name, backend_state::ACTIVE)?;
-                println!("backend {name} active");
-            }
-            BackendCommand::Remove { name } => {
-                crate::lb::set_backend_state(instance, &name, backend_state::UNUSED)?;
-                println!("backend {name} removed");
-            }
+            BackendCommand::Remove(command) => backend_everywhere(instance, command, BackendAction::Remove)?,
         },
+        LbCommand::Sync { config, state_dir } => {
+            let settings = LbConfig::load(&config)?;
+            let state_dir = state_dir.unwrap_or_else(|| sync::default_state_dir(instance));
+            runtime()?.block_on(sync::run(instance, &settings, state_dir))?;
+        }
     }
+    Ok(())
+}
+
+/// Applies a backend change here, then sends it to every peer of `[sync]`; fails if a peer
+/// did not apply it.
+fn backend_everywhere(instance: &Instance, command: PeerCommand, action: BackendAction) -> Result<()> {
+    let PeerCommand { name, config } = command;
+    let (state, done) = match action {
+        BackendAction::Drain => (backend_state::DRAINING, "draining"),
+        BackendAction::Activate => (backend_state::ACTIVE, "active"),
+        BackendAction::Remove => (backend_state::UNUSED, "removed"),
+    };
+    crate::lb::set_backend_state(instance, &name, state)?;
+    println!("backend {name} {done}");
+    let Some(sync) = config.map(|path| LbConfig::load(&path)).transpose()?.and_then(|c| c.sync) else {
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let acks = runtime.block_on(sync::broadcast(&sync, action, &name))?;
+    print!("{}", lb::acks_text(&acks));
+    let missing = acks.iter().filter(|ack| ack.outcome != sync::AckOutcome::Applied).count();
+    anyhow::ensure!(missing == 0, "{missing} of {} peer(s) did not apply it", acks.len());
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod maglev;
 pub mod maps;
 pub mod neighbour;
 pub mod stats;
+pub mod sync;
 
 pub use backend_host::*;
 pub use config::*;

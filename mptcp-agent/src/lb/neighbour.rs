@@ -23,15 +23,20 @@ impl Link {
     /// The backend's link: its interface from the kernel, its MAC from the configuration or the
     /// neighbour table.
     pub(super) async fn resolve(backend: &BackendConfig) -> Result<Self, SteeringError> {
-        let (ifindex, own_mac, neighbour_mac) = resolve(&backend.interface, backend.address).await?;
-        let mac = backend.mac.as_deref().and_then(parse_mac).unwrap_or(neighbour_mac);
+        // A given MAC is used as it is: the backend need not answer ARP (nor be up yet).
+        let given = backend.mac.as_deref().and_then(parse_mac);
+        let (ifindex, own_mac, mac) = resolve(&backend.interface, backend.address, given).await?;
         Ok(Self { ifindex, own_mac, mac })
     }
 }
 
-/// The interface index and MAC of `iface`, and the MAC of `neighbour` on it (probed with a UDP
-/// datagram when the neighbour table lacks it).
-async fn resolve(iface: &str, neighbour: IpAddr) -> Result<(u32, [u8; 6], [u8; 6]), SteeringError> {
+/// The interface index and MAC of `iface`, and the MAC of `neighbour` on it: `given`, else from
+/// the neighbour table (probed with a UDP datagram when the table lacks it).
+async fn resolve(
+    iface: &str,
+    neighbour: IpAddr,
+    given: Option<[u8; 6]>,
+) -> Result<(u32, [u8; 6], [u8; 6]), SteeringError> {
     let netlink = |e: rtnetlink::Error| SteeringError::Netlink(e.to_string());
     let (connection, handle, _) =
         rtnetlink::new_connection().map_err(|e| SteeringError::Netlink(e.to_string()))?;
@@ -54,6 +59,9 @@ async fn resolve(iface: &str, neighbour: IpAddr) -> Result<(u32, [u8; 6], [u8; 6
         })
         .ok_or_else(|| SteeringError::Config(format!("interface {iface} has no MAC address")))?;
     let index = link.header.index;
+    if let Some(mac) = given {
+        return Ok((index, own_mac, mac));
+    }
     for attempt in 0..20 {
         let mut neighbours = handle.neighbours().get().execute();
         while let Some(entry) = neighbours.try_next().await.map_err(netlink)? {

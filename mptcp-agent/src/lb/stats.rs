@@ -24,6 +24,8 @@ pub struct LbStats {
     pub backends: Vec<BackendStats>,
     /// Tokens refused for a second backend (the most recent, up to the table's size).
     pub collisions: Vec<CollisionStats>,
+    /// The sync daemon's last state, when one wrote it.
+    pub sync: Option<sync::SyncState>,
 }
 
 /// A token two backends claimed: who keeps it, who was refused (see `TokenLearn`).
@@ -76,7 +78,8 @@ fn backend_counters_by_name<S: serde::Serializer>(
     serializer.collect_map(BACKEND_COUNTER_NAMES.into_iter().zip(counters.values()))
 }
 
-pub fn stats(instance: &Instance) -> Result<LbStats, SteeringError> {
+/// The balancer's statistics, with the sync daemon's state from `sync_dir` if it has one.
+pub fn stats(instance: &Instance, sync_dir: &std::path::Path) -> Result<LbStats, SteeringError> {
     let maps = LbMaps::pinned(instance)?;
     let total = maps.counters()?;
     let mut vips: Vec<(VipKey, Vip)> = bpf_maps::entries(&maps.vips).map_err(map_error(LB_VIPS_MAP))?;
@@ -131,7 +134,10 @@ pub fn stats(instance: &Instance) -> Result<LbStats, SteeringError> {
             count: c.count,
         })
         .collect();
-    Ok(LbStats { counters: total, vips, backends, collisions })
+    // A state file that does not parse is reported, not hidden behind the map statistics.
+    let sync = sync::SyncState::read(sync_dir)
+        .map_err(|error| SteeringError::Config(format!("sync state: {}", crate::report::Chain(&error))))?;
+    Ok(LbStats { counters: total, vips, backends, collisions, sync })
 }
 
 pub(super) fn vip_address(key: &VipKey) -> SocketAddr {
@@ -177,6 +183,7 @@ mod tests {
                 refused_origin: "learned",
                 count: 2,
             }],
+            sync: None,
         };
         let json = serde_json::to_value(&stats).unwrap();
         assert_eq!(json["counters"].as_object().unwrap().len(), LB_COUNTER_NAMES.len());

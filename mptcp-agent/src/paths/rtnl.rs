@@ -218,9 +218,14 @@ impl Rtnl {
         Ok(messages.iter().map(Link::from_message).collect())
     }
 
-    /// Adds `addr/prefix` to interface `index`; an address already there is left alone.
+    /// Adds `addr/prefix` to interface `index`, usable at once (an IPv6 address skips
+    /// duplicate address detection: until it ends, nothing can bind it); an address already
+    /// there is left alone.
     pub async fn add_address(&self, index: u32, addr: IpAddr, prefix: u8) -> Result<(), RtnlError> {
-        match self.handle.address().add(index, addr, prefix).execute().await {
+        let mut request = self.handle.address().add(index, addr, prefix);
+        request.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        request.message_mut().attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match request.execute().await {
             Err(rtnetlink::Error::NetlinkError(error)) if error.raw_code() == -libc::EEXIST => Ok(()),
             result => result.map_err(|source| RtnlError::Request { what: "address add", source }),
         }

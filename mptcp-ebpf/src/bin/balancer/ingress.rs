@@ -21,7 +21,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use mptcp_common::{
-    keys::key_digest_in,
+    keys::version_key_digest_in,
     lb::{
         LbCollision, LbFlow, LbToken, MAGLEV_SIZE, NO_BACKEND, TokenLearn, VipKey, backend_state, flow_kind,
         maglev_slot, steering, sync_kind, token_learn, token_origin, unknown_token,
@@ -359,7 +359,7 @@ pub extern "C" fn mptcp_lb_learn_token(backend: u32) -> u32 {
         }
     }
     // SAFETY: this CPU's scratch slot, used by one packet at a time.
-    let token = key_digest_in(server_key, unsafe { &mut *schedule }).token;
+    let token = version_key_digest_in(capable.version, server_key, unsafe { &mut *schedule }).token;
     // SAFETY: map value pointer from a successful lookup.
     let existing = LB_TOKENS.get_ptr(token).map(|entry| unsafe { (*entry).backend });
     let live = |slot: u32| LB_BACKENDS.get(slot).is_some_and(|b| b.state != backend_state::UNUSED);
