@@ -179,6 +179,10 @@ impl EcmpLab {
 
         let bridge = unique_name("br");
         router.ip(&["link", "add", &bridge, "type", "bridge", "mcast_snooping", "0"])?;
+        // A bridge without an address of its own takes its ports' lowest MAC, and changes it when
+        // that port goes: the backends' ARP entries for the router would then point nowhere for
+        // seconds after an instance dies, and every reply with them.
+        router.ip(&["link", "set", &bridge, "address", "02:00:00:00:00:fe"])?;
         router.ip(&["link", "set", &bridge, "up"])?;
         let router_lan = lan_router();
         for (addr, prefix) in router_lan.iter().zip([25, 64]) {

@@ -218,6 +218,28 @@ fn kill_under_load(
                 }
             }
         }
+        // A transfer still running 8 s after the kill is stuck: what its client's subflows show
+        // then (retransmissions, backoff) goes into the failure.
+        while handles.iter().any(|h| !h.is_finished()) && killed.elapsed() < Duration::from_secs(8) {
+            thread::sleep(Duration::from_millis(100));
+        }
+        let stuck: Vec<String> = if handles.iter().any(|h| !h.is_finished()) {
+            lab.clients
+                .iter()
+                .filter_map(|c| c.ns.exec("ss", &["-tniM", "state", "established"]).ok())
+                .flat_map(|out| {
+                    let lines: Vec<String> = out.lines().map(str::to_owned).collect();
+                    // A socket line, then its detail line: keep the pairs with retransmissions.
+                    lines
+                        .windows(2)
+                        .filter(|pair| pair[1].contains("backoff") || pair[1].contains("retrans:"))
+                        .map(|pair| format!("{} {}", pair[0].trim(), pair[1].trim()))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let transfers = join_all(handles).with_context(|| {
             let resets = nstat_sum(&backends, "TcpOutRsts").map(|n| n - resets_before);
             let counters: Vec<String> = balancers
@@ -227,8 +249,9 @@ fn kill_under_load(
                 .collect();
             format!(
                 "a transfer running across the kill failed (backends' RSTs since the start: {resets:?}); \
-                 the instances' counters: {}",
-                counters.join(" | ")
+                 the instances' counters: {}; the clients' retransmitting subflows 8 s after the kill:\n{}",
+                counters.join(" | "),
+                stuck.join("\n")
             )
         })?;
         ensure!(transfers.len() == count, "{} of {count} transfers completed", transfers.len());
