@@ -10,8 +10,9 @@
 use anyhow::Result;
 use mptcp_tests::{
     balancer::nstat_sum,
-    ecmp::{EcmpLab, EcmpOptions, SyncDaemon},
+    ecmp::{EcmpLab, EcmpOptions},
     lock::LabLock,
+    sync::SyncDaemon,
     traffic::{ClientOptions, Proto},
 };
 
