@@ -45,7 +45,8 @@ pub struct SyncLab {
     pub a: Side,
     pub b: Side,
     pub key_file: PathBuf,
-    dir: TempDir,
+    /// Holds the key and the configurations; removed on drop.
+    _dir: TempDir,
 }
 
 fn sync_addr(host: u8) -> SocketAddr {
@@ -94,11 +95,7 @@ impl SyncLab {
         }
         let b = sides.pop().context("side b")?;
         let a = sides.pop().context("side a")?;
-        Ok(Self { client, a, b, key_file, dir })
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+        Ok(Self { client, a, b, key_file, _dir: dir })
     }
 }
 
