@@ -205,6 +205,11 @@ impl Daemon {
         self.log.lock().map(|log| log.clone()).unwrap_or_default()
     }
 
+    /// Stops the daemon with SIGTERM (see [`terminate`]).
+    pub fn stop(mut self) -> Result<Option<std::process::ExitStatus>> {
+        self.child.take().map_or(Ok(None), terminate)
+    }
+
     /// Kills the daemon with SIGKILL, as a crash would.
     pub fn kill(mut self) -> Result<()> {
         if let Some(mut child) = self.child.take() {
@@ -215,17 +220,29 @@ impl Daemon {
     }
 }
 
+/// SIGTERM, as systemd stops a service, 5 s to exit, then SIGKILL; the exit status, `None` if
+/// it had to be killed.
+fn terminate(mut child: std::process::Child) -> Result<Option<std::process::ExitStatus>> {
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(None)
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: plain kill(2) on our child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take()
+            && let Err(error) = terminate(child)
+        {
+            eprintln!("cleanup: stopping mptcp-agent: {error:#}");
         }
     }
 }

@@ -221,6 +221,11 @@ impl<'a> Balancer<'a> {
         self.ns
     }
 
+    /// The pin of one of its maps (`LB_TOKENS`, ...).
+    pub fn map_pin(&self, name: &str) -> PathBuf {
+        agent::instance_dir(&self.instance).join("maps").join(name)
+    }
+
     /// The `lb.toml` it was started with.
     pub fn config_arg(&self) -> Result<&str> {
         self.config.to_str().context("config path is not UTF-8")

@@ -27,13 +27,13 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 
 use crate::{
-    TempDir,
-    agent::{self, Daemon},
+    TempDir, agent,
     balancer::{
         Balancer, VIP_PORT, VIP4, VIP6, backend_connections, connect, join_all, nstat_sum, start_servers,
     },
     kernel::{self, KernelSubflow},
     netns::{Netns, unique_name, v4, v6, veth},
+    sync::{SyncDaemon, random_key, write_key},
     traffic::{ClientOptions, Gate, Proto, Server, Transfer},
 };
 
@@ -276,7 +276,7 @@ impl EcmpLab {
         let lab = Self { options, clients, router, instances, backends, dir };
         let key = lab.dir.path().join("sync.key");
         if options.sync {
-            write_key(&key)?;
+            write_key(&key, &random_key()?)?;
         }
         for instance in &lab.instances {
             std::fs::write(&instance.config, lab.config(instance, &key))
@@ -505,75 +505,6 @@ impl EcmpLab {
 
 fn lan_router() -> [IpAddr; 2] {
     [v4(198, 51, 100, 254), v6([0x2001, 0xdb8, 5, 0, 0, 0, 0, 0xff])]
-}
-
-/// A fresh 32-byte sync key, readable by its owner only.
-fn write_key(path: &Path) -> Result<()> {
-    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
-    let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    std::io::Write::write_all(&mut file, &key)?;
-    Ok(())
-}
-
-/// `mptcp-agent lb sync` next to a balancer, stopped on drop.
-pub struct SyncDaemon {
-    daemon: Option<Daemon>,
-    state: PathBuf,
-}
-
-impl SyncDaemon {
-    pub fn start(balancer: &Balancer<'_>) -> Result<Self> {
-        let state_dir = agent::run_dir(&format!("lb-{}", balancer.instance()));
-        let state = state_dir.join("sync.json");
-        let args = ["lb", "sync", "--config", balancer.config_arg()?, "--instance", balancer.instance()];
-        let daemon = Daemon::spawn(balancer.ns(), &args, |_| state.exists())?;
-        Ok(Self { daemon: Some(daemon), state })
-    }
-
-    /// Its state file (`sync.json`).
-    pub fn state(&self) -> Result<serde_json::Value> {
-        let text = std::fs::read_to_string(&self.state)
-            .with_context(|| format!("reading {}", self.state.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", self.state.display()))
-    }
-
-    /// Waits (bounded) until `ready(state)` holds.
-    pub fn wait_for(
-        &self,
-        what: &str,
-        ready: impl Fn(&serde_json::Value) -> bool,
-    ) -> Result<serde_json::Value> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let state = self.state()?;
-            if ready(&state) {
-                return Ok(state);
-            }
-            ensure!(Instant::now() < deadline, "sync: {what} not within 10 s: {state}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Kills it with SIGKILL, as a host's death would.
-    pub fn kill(mut self) -> Result<()> {
-        self.daemon.take().map_or(Ok(()), Daemon::kill)
-    }
-}
-
-impl Drop for SyncDaemon {
-    fn drop(&mut self) {
-        drop(self.daemon.take());
-        if let Some(dir) = self.state.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
 }
 
 /// The kernels' join counters: the backends' `MPJoinAckRx` (joins established) and

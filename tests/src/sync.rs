@@ -11,17 +11,17 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
-    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, ensure};
 
 use crate::{
-    TempDir, agent,
-    netns::{Netns, unique_name, veth},
+    TempDir,
+    agent::{self, Daemon},
+    balancer::Balancer,
+    netns::{Netns, veth},
 };
 
 pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(203, 0, 113, 200), 80);
@@ -38,8 +38,6 @@ pub struct Side {
     pub client_iface: String,
     pub sync_addr: SocketAddr,
     pub config: PathBuf,
-    pub state_dir: PathBuf,
-    pub instance: String,
 }
 
 pub struct SyncLab {
@@ -47,18 +45,32 @@ pub struct SyncLab {
     pub a: Side,
     pub b: Side,
     pub key_file: PathBuf,
-    dir: TempDir,
+    /// Holds the key and the configurations; removed on drop.
+    _dir: TempDir,
 }
 
 fn sync_addr(host: u8) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(198, 51, 100, host), SYNC_PORT))
 }
 
-/// Writes `bytes` to a file only its owner reads, as the sync key must be.
+/// Writes `bytes` to a new file only its owner reads, as the sync key must be.
 pub fn write_key(path: &Path, bytes: &[u8]) -> Result<()> {
-    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod {}", path.display()))
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// 32 random bytes: a fresh sync key.
+pub fn random_key() -> Result<[u8; 32]> {
+    use std::io::Read as _;
+    let mut key = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key).context("reading /dev/urandom")?;
+    Ok(key)
 }
 
 impl SyncLab {
@@ -77,27 +89,13 @@ impl SyncLab {
             let (iface, client_iface) = veth(&ns, "i", &client, "c")?;
             let (backend_iface, _) = veth(&ns, "b", &client, "bb")?;
             let config = dir.path().join(format!("{name}.toml"));
-            let state_dir = dir.path().join(format!("{name}-state"));
             let text = config_text(&iface, &backend_iface, name, sync_addr(own), sync_addr(peer), &key_file);
             std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
-            sides.push(Side {
-                ns,
-                name,
-                iface,
-                client_iface,
-                sync_addr: sync_addr(own),
-                config,
-                state_dir,
-                instance: unique_name("lbs"),
-            });
+            sides.push(Side { ns, name, iface, client_iface, sync_addr: sync_addr(own), config });
         }
         let b = sides.pop().context("side b")?;
         let a = sides.pop().context("side a")?;
-        Ok(Self { client, a, b, key_file, dir })
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
+        Ok(Self { client, a, b, key_file, _dir: dir })
     }
 }
 
@@ -129,135 +127,76 @@ fn config_text(
     text
 }
 
-/// A balancer started with `lb start`; stopped, pins and all, on drop.
-pub struct Running<'a> {
-    side: &'a Side,
-}
-
-impl<'a> Running<'a> {
-    pub fn start(side: &'a Side) -> Result<Self> {
-        let config = side.config.to_str().context("config path")?;
-        agent::run(&side.ns, &["lb", "start", "--config", config, "--instance", &side.instance])?;
-        Ok(Self { side })
-    }
-
-    /// `mptcp-agent ARGS --instance INSTANCE` in the side's namespace.
-    pub fn run(&self, args: &[&str]) -> Result<String> {
-        agent::run(&self.side.ns, &[args, &["--instance", &self.side.instance]].concat())
-    }
-
-    pub fn stats(&self) -> Result<serde_json::Value> {
-        let state_dir = self.side.state_dir.to_str().context("state dir")?;
-        let out = self.run(&["lb", "stats", "--json", "--state-dir", state_dir])?;
-        serde_json::from_str(&out).with_context(|| format!("parsing lb stats: {out}"))
-    }
-
-    pub fn map_pin(&self, name: &str) -> PathBuf {
-        agent::instance_dir(&self.side.instance).join("maps").join(name)
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        if agent::instance_dir(&self.side.instance).exists()
-            && let Err(error) = self.run(&["lb", "stop"])
-        {
-            eprintln!("cleanup: {error:#}");
-            let _ = std::fs::remove_dir_all(agent::instance_dir(&self.side.instance));
-        }
-    }
-}
-
-/// `lb sync` of a side as a child process; SIGTERM on drop, SIGKILL if it does not stop.
+/// `mptcp-agent lb sync` next to a balancer, its state in the default place
+/// (`/run/mptcp-agent/lb-INSTANCE/sync.json`, which `lb stats` reads); SIGTERM on drop.
 pub struct SyncDaemon {
-    child: Option<Child>,
-    stderr: PathBuf,
+    daemon: Option<Daemon>,
+    state: PathBuf,
 }
 
 impl SyncDaemon {
-    /// Starts it and waits for its first state file.
-    pub fn start(side: &Side, log_dir: &Path) -> Result<Self> {
-        let agent = agent::binary();
-        let stderr = log_dir.join(format!("{}-sync.log", side.name));
-        let log = std::fs::File::create(&stderr).with_context(|| format!("creating {}", stderr.display()))?;
-        let child = side
-            .ns
-            .nsenter_cmd(agent.to_str().context("agent path is not UTF-8")?)
-            .args(["lb", "sync", "--instance", &side.instance, "--config"])
-            .arg(&side.config)
-            .arg("--state-dir")
-            .arg(&side.state_dir)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("spawning mptcp-agent lb sync")?;
-        let pid = child.id();
-        let mut daemon = Self { child: Some(child), stderr };
+    /// Starts it and waits until it wrote its first state (naming its own pid).
+    pub fn start(balancer: &Balancer<'_>) -> Result<Self> {
+        let state = agent::run_dir(&format!("lb-{}", balancer.instance())).join("sync.json");
+        let args = ["lb", "sync", "--config", balancer.config_arg()?, "--instance", balancer.instance()];
+        let daemon = Daemon::spawn(balancer.ns(), &args, |pid| {
+            read_state(&state).is_ok_and(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+        })?;
+        Ok(Self { daemon: Some(daemon), state })
+    }
+
+    /// Its state file (`sync.json`).
+    pub fn state(&self) -> Result<serde_json::Value> {
+        read_state(&self.state)
+    }
+
+    /// Waits (bounded) until `ready(state)` holds.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(state) = daemon.state(side)?
-                && state["pid"].as_u64() == Some(u64::from(pid))
-            {
-                return Ok(daemon);
+            let state = self.state()?;
+            if ready(&state) {
+                return Ok(state);
             }
-            if let Some(status) = daemon.child.as_mut().map(Child::try_wait).transpose()?.flatten() {
-                bail!("lb sync exited ({status}) before writing its state:\n{}", daemon.log());
-            }
-            if Instant::now() > deadline {
-                bail!("lb sync wrote no state within 10 s:\n{}", daemon.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            ensure!(Instant::now() < deadline, "sync: {what} not within 10 s: {state}");
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// Its state file, if written.
-    pub fn state(&self, side: &Side) -> Result<Option<serde_json::Value>> {
-        match std::fs::read_to_string(side.state_dir.join("sync.json")) {
-            Ok(text) => Ok(Some(serde_json::from_str(&text).context("parsing sync.json")?)),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(error).context("reading sync.json"),
-        }
-    }
-
+    /// What it logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        self.daemon.as_ref().map(Daemon::log).unwrap_or_default()
     }
 
-    /// Stops it with SIGTERM as systemd does; its exit status, `None` if it had to be killed.
-    pub fn stop(mut self) -> Result<Option<std::process::ExitStatus>> {
-        match self.child.take() {
-            Some(child) => terminate(child),
-            None => Ok(None),
-        }
+    /// Stops it with SIGTERM, as systemd does: its exit status (`None` if it had to be killed)
+    /// and the last state it wrote.
+    pub fn stop(mut self) -> Result<(Option<std::process::ExitStatus>, serde_json::Value)> {
+        let status = self.daemon.take().map_or(Ok(None), Daemon::stop)?;
+        Ok((status, self.state()?))
     }
-}
 
-/// SIGTERM, 5 s to exit, then SIGKILL.
-fn terminate(mut child: Child) -> Result<Option<std::process::ExitStatus>> {
-    // SAFETY: plain kill(2) on our child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    /// Kills it with SIGKILL, as a host's death would.
+    pub fn kill(mut self) -> Result<()> {
+        self.daemon.take().map_or(Ok(()), Daemon::kill)
     }
-    child.kill()?;
-    child.wait()?;
-    Ok(None)
 }
 
 impl Drop for SyncDaemon {
     fn drop(&mut self) {
-        if let Some(child) = self.child.take()
-            && let Err(error) = terminate(child)
-        {
-            eprintln!("cleanup: stopping lb sync: {error:#}");
+        drop(self.daemon.take());
+        if let Some(dir) = self.state.parent() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+fn read_state(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// The token table of a balancer: token -> (backend slot, origin, stored_ns).

@@ -12,8 +12,9 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
     balancer::{Balancer, backend_connections, backend_counter, counter, join_all, nstat_sum, stop_servers},
-    ecmp::{ClientEndpoint, EcmpLab, EcmpOptions, HeldRound, SyncDaemon},
+    ecmp::{ClientEndpoint, EcmpLab, EcmpOptions, HeldRound},
     lock::LabLock,
+    sync::SyncDaemon,
     traffic::{ClientOptions, Gate, Proto},
 };
 use serde_json::Value;

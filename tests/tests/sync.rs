@@ -12,11 +12,12 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use hmac::{Hmac, Mac as _};
 use mptcp_tests::{
+    balancer::Balancer,
     craft,
     flood::{self, FloodOptions},
     kernel,
     lock::LabLock,
-    sync::{Running, SyncDaemon, SyncLab, VIP, tokens},
+    sync::{SyncDaemon, SyncLab, VIP, tokens},
 };
 
 const TOKENS: u32 = 200;
@@ -119,15 +120,16 @@ fn tokens_learned_on_one_instance_reach_the_other_and_one_command_drains_both() 
     let _lock = LabLock::acquire()?;
     let started = Instant::now();
     let lab = SyncLab::new(&KEY)?;
-    let (a, b) = (Running::start(&lab.a)?, Running::start(&lab.b)?);
-    let a_sync = SyncDaemon::start(&lab.a, lab.dir())?;
-    let b_sync = SyncDaemon::start(&lab.b, lab.dir())?;
+    let a = Balancer::start_with(&lab.a.ns, lab.a.config.clone())?;
+    let b = Balancer::start_with(&lab.b.ns, lab.b.config.clone())?;
+    let a_sync = SyncDaemon::start(&a)?;
+    let b_sync = SyncDaemon::start(&b)?;
     // Heartbeats: each daemon sees the other up.
     let up = wait_for(Duration::from_secs(5), || {
-        let state = a_sync.state(&lab.a)?.context("A's state")?;
+        let state = a_sync.state()?;
         Ok(state["peers"][0]["up"] == true && state["peers"][0]["name"] == lab.b.name)
     })?;
-    ensure!(up, "A never heard B's heartbeat: {:?}\n{}", a_sync.state(&lab.a)?, b_sync.log());
+    ensure!(up, "A never heard B's heartbeat: {}\n{}", a_sync.state()?, b_sync.log());
 
     // Real frames into A's interface: A's program learns the tokens, its ring hands them to
     // its sync daemon, which sends them to B's.
@@ -278,7 +280,7 @@ fn tokens_learned_on_one_instance_reach_the_other_and_one_command_drains_both() 
     drop(b_sync);
     let out = mptcp_tests::agent::output(
         &lab.a.ns,
-        &["lb", "backend", "activate", "be1", "--config", config, "--instance", &lab.a.instance],
+        &["lb", "backend", "activate", "be1", "--config", config, "--instance", a.instance()],
     )?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     ensure!(!out.status.success(), "activate succeeded without B: {stdout}");
@@ -286,15 +288,13 @@ fn tokens_learned_on_one_instance_reach_the_other_and_one_command_drains_both() 
     ensure!(backend_state(&a.stats()?, "be1").as_deref() == Some("active"), "A did not activate be1");
     // SIGTERM stops the daemon cleanly, its last state saying so.
     let stopping = Instant::now();
-    let status = a_sync.stop()?;
+    let (status, state) = a_sync.stop()?;
     eprintln!(
         "lb sync stopped in {:?}; the test ran {:?} with the lab lock",
         stopping.elapsed(),
         started.elapsed()
     );
     ensure!(status.is_some_and(|s| s.success()), "lb sync on A: {status:?}");
-    let text = std::fs::read_to_string(lab.a.state_dir.join("sync.json"))?;
-    let state: serde_json::Value = serde_json::from_str(&text)?;
     ensure!(state["running"] == false, "A's last state: {state}");
     Ok(())
 }

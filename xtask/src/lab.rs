@@ -7,9 +7,10 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, thread};
 use anyhow::{Result, ensure};
 use mptcp_tests::{
     balancer::{Balancer, BalancerLab, BalancerLabOptions, counter, nstat_sum},
-    ecmp::{ClientEndpoint, EcmpLab, EcmpOptions, SyncDaemon},
+    ecmp::{ClientEndpoint, EcmpLab, EcmpOptions},
     kernel,
     lock::LabLock,
+    sync::SyncDaemon,
     traffic::{ClientOptions, Gate, Proto, Server, transfer},
 };
 
