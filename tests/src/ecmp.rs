@@ -348,21 +348,7 @@ impl EcmpLab {
     fn setup_backend(&self, backend: &EcmpBackend) -> Result<String> {
         let config = self.instances[0].config.to_str().context("config path is not UTF-8")?;
         let args = ["lb", "backend-setup", "--config", config, "--backend", &backend.name];
-        // The command adds the IPv6 join address without IFA_F_NODAD, so for a moment it is
-        // tentative and the signal endpoint's listener cannot bind it (EADDRNOTAVAIL); the
-        // command is idempotent, so a second run finishes the job. (Reported: the agent should
-        // add it with nodad.)
-        let mut attempt = 0;
-        loop {
-            match agent::run(&backend.ns, &args) {
-                Ok(out) => return Ok(out),
-                Err(error) if attempt < 3 && format!("{error:#}").contains("os error 99") => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(error) => return Err(error),
-            }
-        }
+        agent::run(&backend.ns, &args)
     }
 
     pub fn vip(&self, family: usize) -> SocketAddr {
