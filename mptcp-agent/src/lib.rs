@@ -14,3 +14,4 @@ pub mod dataplane;
 pub mod lb;
 pub mod paths;
 pub mod report;
+pub mod stop;

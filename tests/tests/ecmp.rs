@@ -15,7 +15,7 @@ use mptcp_tests::{
     ecmp::{ClientEndpoint, EcmpLab, EcmpOptions, HeldRound},
     lock::LabLock,
     sync::SyncDaemon,
-    traffic::{ClientOptions, Gate, Proto},
+    traffic::{ClientOptions, Gate, Proto, Server},
 };
 use serde_json::Value;
 
@@ -270,18 +270,30 @@ fn an_instance_dies_under_load_with_join_addressing() -> Result<()> {
     let servers = lab.start_servers()?;
     let victim = 1;
     let wave = kill_under_load(&lab, &balancers, victim, || lab.kill_instance(victim))?;
+    joins_after_the_kill(&lab, &balancers, servers, &wave, victim, "join addressing")
+}
+
+/// After [`kill_under_load`]: the transfers running at the kill completed (checked there), and
+/// 120 connections made after it have their joins on their owner, through the live instances.
+fn joins_after_the_kill(
+    lab: &EcmpLab,
+    balancers: &[Balancer<'_>],
+    servers: Vec<Server>,
+    wave: &KillWave,
+    victim: usize,
+    mode: &str,
+) -> Result<()> {
     ensure!(wave.running > 0, "every transfer had finished before the kill: the test proves nothing");
-    // Joins made after the kill: on their owner, through the live instances.
     let total = 120;
     let backends = lab.backend_namespaces();
     let target = lab.join_counts()?.joined + total as u64;
-    let held = lab.hold_connections(&balancers, total, hold(1), || {
+    let held = lab.hold_connections(balancers, total, hold(1), || {
         Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= target)
     })?;
     stop_servers(servers)?;
-    let joins = assert_every_join_on_its_owner(&lab, &held, total)?;
+    let joins = assert_every_join_on_its_owner(lab, &held, total)?;
     println!(
-        "join addressing: {} transfers running at the kill of instance {victim}, all completed {:.1} s after it \
+        "{mode}: {} transfers running at the kill of instance {victim}, all completed {:.1} s after it \
          (backends sent {} RSTs); {joins} joins after it, all on their owner",
         wave.running,
         wave.drained_in.as_secs_f64(),
@@ -358,23 +370,7 @@ fn an_instance_dies_under_load_with_token_sync() -> Result<()> {
         dead.kill()?;
         lab.kill_instance(victim)
     })?;
-    ensure!(wave.running > 0, "every transfer had finished before the kill: the test proves nothing");
-    let total = 120;
-    let backends = lab.backend_namespaces();
-    let target = lab.join_counts()?.joined + total as u64;
-    let held = lab.hold_connections(&balancers, total, hold(1), || {
-        Ok(nstat_sum(&backends, "MPTcpExtMPJoinAckRx")? >= target)
-    })?;
-    stop_servers(servers)?;
-    let joins = assert_every_join_on_its_owner(&lab, &held, total)?;
-    println!(
-        "token sync: {} transfers running at the kill of instance {victim}, all completed {:.1} s after it \
-         (backends sent {} RSTs); {joins} joins after it, all on their owner",
-        wave.running,
-        wave.drained_in.as_secs_f64(),
-        wave.backend_resets
-    );
-    Ok(())
+    joins_after_the_kill(&lab, &balancers, servers, &wave, victim, "token sync")
 }
 
 #[test]

@@ -172,7 +172,7 @@ impl<S: Sink> LogWriter<S> {
                     }
                     Err(error) => {
                         self.health.log.failed("writing the event log", &error);
-                        if *stop.borrow() || !super::pause(&mut stop, delay).await {
+                        if *stop.borrow() || !crate::stop::pause(&mut stop, delay).await {
                             self.health.dropped(count);
                             break;
                         }

@@ -36,6 +36,7 @@ use crate::{
     dataplane::{events::Processor, stats, tables::Tables},
     paths::{PathError, PathEvent, PathManager},
     report::Chain,
+    stop::{pause, stopped},
 };
 
 /// Where the daemon of `instance` logs the events it processed, one JSON object per line.
@@ -79,20 +80,6 @@ const DROP_CHECK: Duration = Duration::from_millis(500);
 const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Records queued for the event log writer; past this they are dropped and counted.
 const LOG_CHANNEL: usize = 8192;
-
-/// Sleeps `delay` unless the daemon stops first; false when it stopped.
-async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = stopped(stop) => false,
-    }
-}
-
-/// Returns once the daemon stops.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone, which is a stop as well.
-    let _gone = stop.wait_for(|stop| *stop).await;
-}
 
 /// Runs until SIGTERM or SIGINT; the programs stay attached afterwards.
 pub async fn run(

@@ -34,6 +34,7 @@ use crate::{
     cc::monotonic_ns,
     lb::{LbConfig, LbMaps, SteeringError, name_of},
     report::Chain,
+    stop::{pause, stopped},
 };
 
 /// Entries between the ring reader and the sender; past this they are dropped and counted.
@@ -166,19 +167,6 @@ impl BackendNames {
         }
         Ok(find(self))
     }
-}
-
-/// Sleeps `delay` unless the daemon stops first; false when it stopped.
-async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(delay) => true,
-        _ = stopped(stop) => false,
-    }
-}
-
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // An error means the sender is gone, which is a stop as well.
-    let _gone = stop.wait_for(|stop| *stop).await;
 }
 
 /// Runs until SIGTERM or SIGINT.
