@@ -33,10 +33,11 @@ pub fn demo() -> Result<()> {
     }
     // Part three: the token-steering balancer (`cargo xtask lab lb`), which takes the lock itself;
     // part four: three instances of it behind an ECMP router, joins to the backends' join
-    // addresses (`cargo xtask lab lb --instances 3`).
+    // addresses from the clients' second paths (`subflow fullmesh`, what README asks of
+    // clients; `cargo xtask lab lb --instances 3 --fullmesh`).
     crate::lab::balancer_lab(20, "token")?;
     let ecmp =
-        crate::lab::EcmpArgs { instances: 3, mode: crate::lab::EcmpMode::JoinAddresses, fullmesh: false };
+        crate::lab::EcmpArgs { instances: 3, mode: crate::lab::EcmpMode::JoinAddresses, fullmesh: true };
     crate::lab::ecmp_lab(ecmp, 24, "token")
 }
 
