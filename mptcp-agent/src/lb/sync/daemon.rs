@@ -169,6 +169,24 @@ impl BackendNames {
     }
 }
 
+/// A whole burst of peers' datagrams may arrive while the daemon applies the last one: the
+/// receive buffer asks for 4 MiB (the kernel caps it at `net.core.rmem_max`) rather than the
+/// default 208 KiB, since a datagram dropped here is a token a peer never gets.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// The sync socket, bound to `listen`. socket2: std cannot size a socket's receive buffer.
+fn sync_socket(listen: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(listen),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+    socket.bind(&listen.into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(instance: &Instance, config: &LbConfig, state_dir: PathBuf) -> Result<(), SyncError> {
     // The maps' handles and the shared state stay on this thread.
@@ -188,12 +206,8 @@ async fn run_local(instance: &Instance, config: &LbConfig, state_dir: PathBuf) -
     // SAFETY: the descriptor belongs to `ring`, which the AsyncFd owns until it is dropped.
     let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
         .map_err(|error| SyncError::Ring(error.into_parts().1))?;
-    let socket = std::net::UdpSocket::bind(sync.listen)
-        .and_then(|socket| {
-            socket.set_nonblocking(true)?;
-            UdpSocket::from_std(socket)
-        })
-        .map_err(|source| SyncError::Socket { address: sync.listen, source })?;
+    let socket =
+        sync_socket(sync.listen).map_err(|source| SyncError::Socket { address: sync.listen, source })?;
     // Everything is open: from here on the daemon, which parses what the network sends, needs
     // its map descriptors only.
     let kept = crate::bpf::drop_to_runtime_privileges(false)?;
