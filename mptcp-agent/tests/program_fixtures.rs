@@ -1328,10 +1328,7 @@ impl Balancer {
     fn sync_events(&mut self) -> Vec<LbSyncEvent> {
         let mut events = Vec::new();
         while let Some(item) = self.sync_ring.next() {
-            if item.len() >= size_of::<LbSyncEvent>() {
-                // SAFETY: the program writes whole LbSyncEvents; read unaligned from ring memory.
-                events.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LbSyncEvent>()) });
-            }
+            events.extend(mptcp_agent::bpf::maps::ring_record::<LbSyncEvent>(&item));
         }
         events
     }

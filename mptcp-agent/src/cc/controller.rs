@@ -124,11 +124,9 @@ impl Controller {
         let mut taken = 0;
         while let Some(item) = self.events.next() {
             taken += 1;
-            if item.len() < size_of::<CcEvent>() {
+            let Some(event) = crate::bpf::maps::ring_record::<CcEvent>(&item) else {
                 continue;
-            }
-            // SAFETY: the ring holds CcEvents written by the program; read unaligned.
-            let event = unsafe { item.as_ptr().cast::<CcEvent>().read_unaligned() };
+            };
             match event.kind {
                 cc_event::UPDATE => {
                     self.changed.insert(self.known.update(event.key, event.subflow));

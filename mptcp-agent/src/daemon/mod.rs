@@ -249,11 +249,9 @@ async fn judge(
                 Ok(mut guard) => {
                     let ring = guard.get_inner_mut();
                     while let Some(item) = ring.next() {
-                        if item.len() < size_of::<Event>() {
+                        let Some(event) = crate::bpf::maps::ring_record::<Event>(&item) else {
                             continue;
-                        }
-                        // SAFETY: the programs write whole Events; the ring item may be unaligned.
-                        let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+                        };
                         health.events.fetch_add(1, Relaxed);
                         log.send(&processor.process(&event));
                     }

@@ -277,9 +277,7 @@ impl TrackerHarness {
         let mut processor = Processor::new(&mut self.tables);
         let mut records = Vec::new();
         while let Some(item) = self.events.next() {
-            if item.len() >= size_of::<Event>() {
-                // SAFETY: the programs write whole Events; the ring item may be unaligned.
-                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+            if let Some(event) = crate::bpf::maps::ring_record::<Event>(&item) {
                 records.push(processor.process(&event));
             }
         }

@@ -276,12 +276,10 @@ async fn read_ring(
                 Ok(mut guard) => {
                     let ring = guard.get_inner_mut();
                     while let Some(item) = ring.next() {
-                        if item.len() < size_of::<LbSyncEvent>() {
+                        let Some(event) = crate::bpf::maps::ring_record::<LbSyncEvent>(&item) else {
                             shared.count(|c| c.invalid_entries += 1);
                             continue;
-                        }
-                        // SAFETY: the program writes whole events; the ring item may be unaligned.
-                        let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<LbSyncEvent>()) };
+                        };
                         let backend = match names.name(event.backend, &maps) {
                             Ok(Some(name)) => name,
                             Ok(None) => {
