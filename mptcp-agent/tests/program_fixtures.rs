@@ -35,9 +35,7 @@ use mptcp_common::{
         JOIN_RATE_MAP, PacketCounters, RateBucket, Subflow, addr_bytes, admission, connection_flags,
         direction_flags, fallback_reason, hmac_verdict, ipv4_mapped, subflow_kind, subflow_state,
     },
-    mptcp::{
-        DataAck, Dss, DssMapping, MpCapable, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst, MptcpOption,
-    },
+    mptcp::{MpCapable, MpFail, MpFastClose, MpJoin, MpPrio, MpTcpRst, MptcpOption},
 };
 
 type Endpoint = ([u8; 4], u16);
@@ -298,18 +296,9 @@ fn capable_handshake<F>() -> Vec<Step<F>> {
     ]
 }
 
+/// [`frames::dss`], the mapping first as the tables read.
 fn dss(mapping: Option<(u64, u32, u16)>, data_ack: Option<u64>, data_fin: bool) -> MptcpOption {
-    MptcpOption::Dss(Dss {
-        data_fin,
-        data_ack: data_ack.map(|value| DataAck { value, wide: true }),
-        mapping: mapping.map(|(dsn, subflow_seq, data_len)| DssMapping {
-            dsn,
-            dsn_wide: true,
-            subflow_seq,
-            data_len,
-            checksum: None,
-        }),
-    })
+    frames::dss(data_ack, mapping, data_fin)
 }
 
 /// The client's first data sequence number: right after its IDSN (RFC 8684 3.3).

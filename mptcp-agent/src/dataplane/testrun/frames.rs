@@ -236,7 +236,7 @@ pub const SESSION_SERVER: ([u8; 4], u16) = ([192, 0, 2, 2], 80);
 const SESSION_SERVER_2: [u8; 4] = [198, 51, 100, 2];
 
 /// A DSS option: an optional 8-byte data ACK and an optional 8-byte mapping.
-fn dss(data_ack: Option<u64>, mapping: Option<(u64, u32, u16)>, data_fin: bool) -> MptcpOption {
+pub fn dss(data_ack: Option<u64>, mapping: Option<(u64, u32, u16)>, data_fin: bool) -> MptcpOption {
     MptcpOption::Dss(Dss {
         data_fin,
         data_ack: data_ack.map(|value| DataAck { value, wide: true }),
