@@ -1,7 +1,13 @@
 //! `mptcp-agent replay`: a capture fed through the XDP program with BPF_PROG_TEST_RUN gives the
 //! table live tracking gave for the same traffic, and malformed frames break nothing.
 
-use std::{collections::BTreeMap, fs, process::Command, thread, time::Duration};
+use std::{
+    collections::BTreeMap,
+    fs,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
@@ -69,7 +75,19 @@ fn replay_equals_live(family: Family) -> Result<()> {
     transfer(&lab.client, plain.addr, ClientOptions { wait_subflows: 0, ..options.clone() })?;
     mptcp.join()?;
     plain.join()?;
-    thread::sleep(Duration::from_millis(500));
+    // The connections' last packets (a late FIN or ACK) can follow the transfers by more than
+    // a moment: the captures stop once the live table has not changed for 500 ms (10 s at most),
+    // so that both saw the same packets.
+    let mut seen = dataplane.run(&["table"])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        thread::sleep(Duration::from_millis(500));
+        let now = dataplane.run(&["table"])?;
+        if now == seen || Instant::now() > deadline {
+            break;
+        }
+        seen = now;
+    }
     for capture in &mut captures {
         capture.stop()?;
     }
