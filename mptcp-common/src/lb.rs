@@ -288,7 +288,8 @@ counters! {
         joins_unknown_token,
         /// MP_JOIN SYNs hashed because the VIP steers by hash only.
         joins_hashed,
-        /// Server tokens learned from MP_CAPABLE third ACKs, each when it confirmed its flow.
+        /// Server tokens learned from MP_CAPABLE third ACKs, each when it confirmed its flow (a
+        /// token learned again for the same backend is not counted).
         tokens_learned,
         /// Packets for a VIP without any active backend: dropped.
         no_backend,

@@ -363,7 +363,8 @@ pub extern "C" fn mptcp_lb_learn_token(backend: u32) -> u32 {
     // SAFETY: map value pointer from a successful lookup.
     let existing = LB_TOKENS.get_ptr(token).map(|entry| unsafe { (*entry).backend });
     let live = |slot: u32| LB_BACKENDS.get(slot).is_some_and(|b| b.state != backend_state::UNUSED);
-    if token_learn(existing.map(|owner| (owner, live(owner))), backend) == TokenLearn::Collision {
+    let outcome = token_learn(existing.map(|owner| (owner, live(owner))), backend);
+    if outcome == TokenLearn::Collision {
         counters.token_collisions += 1;
         let count = LB_COLLISIONS.get_ptr(token).map_or(0, |c| {
             // SAFETY: map value pointer from a successful lookup.
@@ -386,7 +387,11 @@ pub extern "C" fn mptcp_lb_learn_token(backend: u32) -> u32 {
         counters.table_errors += 1;
         return 0;
     }
-    counters.tokens_learned += 1;
-    sync(sync_kind::TOKEN, backend, token, flow_kind::INITIAL, now);
+    // A refresh is no news: the third ACK and the first data packet (both carry the keys) can
+    // each find the half-open entry on two CPUs at once, and the second only refreshes.
+    if outcome != TokenLearn::Refresh {
+        counters.tokens_learned += 1;
+        sync(sync_kind::TOKEN, backend, token, flow_kind::INITIAL, now);
+    }
     1
 }
