@@ -39,6 +39,10 @@ impl Admission {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AgentConfig {
+    /// The interfaces to attach; `run --iface` replaces the list. What a service unit runs
+    /// with, since its command line is the same for every host.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
     #[serde(default)]
     pub admission: Admission,
     /// MP_JOIN SYNs per second accepted from one source address; absent or 0: no limit.
@@ -346,9 +350,11 @@ mod tests {
     #[test]
     fn parses_every_key() {
         let config = AgentConfig::parse(
-            "admission = \"verified\"\njoin-rate-per-sec = 20\njoin-burst = 5\nxdp-mode = \"skb\"\n",
+            "interfaces = [\"eth0\", \"wwan0\"]\nadmission = \"verified\"\njoin-rate-per-sec = 20\n\
+             join-burst = 5\nxdp-mode = \"skb\"\n",
         )
         .unwrap();
+        assert_eq!(config.interfaces, ["eth0", "wwan0"]);
         assert_eq!(config.admission, Admission::Verified);
         assert_eq!(config.dataplane().join_burst, 5);
         assert_eq!(config.xdp_mode, Some(XdpModeName::Skb));

@@ -14,4 +14,5 @@ pub mod dataplane;
 pub mod lb;
 pub mod paths;
 pub mod report;
+pub mod service;
 pub mod stop;

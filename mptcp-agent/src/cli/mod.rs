@@ -76,8 +76,9 @@ pub enum Command {
     Run {
         #[command(flatten)]
         instance: InstanceArg,
-        /// Interfaces to attach (repeat the flag); they share the instance's tables.
-        #[arg(long, required = true)]
+        /// Interfaces to attach (repeat the flag; default: the config's `interfaces`); they share
+        /// the instance's tables.
+        #[arg(long)]
         iface: Vec<String>,
         /// TOML file; flags given here override its keys.
         #[arg(long)]
@@ -174,6 +175,16 @@ pub enum Command {
         /// Also list every packet that carries MPTCP options, option by option.
         #[arg(long)]
         packets: bool,
+    },
+    /// Install this binary, its systemd units and example configurations (see README,
+    /// "Running as a service").
+    Install {
+        /// Where the file system starts: `/`, or a staging directory for a package.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Where the binary goes (PREFIX/bin) and what the units run.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
     },
     /// The token-steering load balancer: every MP_JOIN reaches the backend owning its
     /// connection (RFC 8041 section 3.12).
@@ -309,6 +320,11 @@ pub fn run(cli: Cli) -> Result<()> {
             settings.cc = cc.or(settings.cc);
             settings.cc_cgroup = cgroup.or(settings.cc_cgroup);
             let mode = xdp_mode.or(settings.xdp_mode.map(Into::into)).unwrap_or(XdpAttachMode::Auto);
+            let iface = if iface.is_empty() { settings.interfaces.clone() } else { iface };
+            anyhow::ensure!(
+                !iface.is_empty(),
+                "no interface to attach: give --iface or `interfaces` in --config"
+            );
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(daemon::run(&instance.get()?, &iface, settings, mode))?;
         }
@@ -368,6 +384,22 @@ pub fn run(cli: Cli) -> Result<()> {
             // Bytes per subflow need the dataplane; without it the rest still tells a lot.
             let tables = if instance.exists() { Some(open_tables(&instance)?) } else { None };
             paths::print(&instance, tables.as_ref(), json)?;
+        }
+        Command::Install { root, prefix } => {
+            let installed = crate::service::install(&root, &prefix)?;
+            for file in &installed.files {
+                println!("installed {}", file.display());
+            }
+            println!(
+                "next: write /etc/mptcp-agent/INSTANCE.toml (examples/ has one), then \
+                 `systemctl daemon-reload` and `systemctl enable --now UNIT` with UNIT one of: {}",
+                installed
+                    .units
+                    .iter()
+                    .map(|unit| unit.replace('@', "@INSTANCE"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         Command::Lb { instance, command } => run_lb(&Instance::new(&instance.instance)?, command)?,
     }
