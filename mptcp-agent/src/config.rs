@@ -10,7 +10,7 @@ use mptcp_common::maps::{DataplaneConfig, admission};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::{bpf::XdpAttachMode, cc::Algorithm};
+use crate::{bpf::XdpAttachMode, cc::Algorithm, metrics::ListenAddr};
 
 /// Join admission policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -58,6 +58,13 @@ pub struct AgentConfig {
     /// `[paths]`: path management; absent, the daemon leaves paths to the kernel's settings.
     #[serde(default)]
     pub paths: Option<Spanned<PathsConfig>>,
+    /// Where to serve Prometheus metrics (`ADDR:PORT`, `[IPV6]:PORT`, `PORT` on loopback); absent:
+    /// no endpoint.
+    #[serde(default)]
+    pub metrics: Option<ListenAddr>,
+    /// Per-connection series for at most this many connections (0: none).
+    #[serde(default)]
+    pub metrics_connections: usize,
 }
 
 /// Which of the kernel's path managers runs the connections (`net.mptcp.pm_type`).
@@ -353,6 +360,9 @@ mod tests {
         assert_eq!(config.dataplane().join_burst, 5);
         assert_eq!(config.xdp_mode, Some(XdpModeName::Skb));
         assert_eq!(AgentConfig::parse("").unwrap(), AgentConfig::default());
+        let config = AgentConfig::parse("metrics = \"9464\"\nmetrics-connections = 10\n").unwrap();
+        assert_eq!(config.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(config.metrics_connections, 10);
     }
 
     #[test]
@@ -361,6 +371,8 @@ mod tests {
         assert!(error.contains("join-rate") && error.contains("line 3"), "{error}");
         let error = AgentConfig::parse("admission = \"sometimes\"\n").unwrap_err().to_string();
         assert!(error.contains("sometimes") && error.contains("line 1"), "{error}");
+        let error = AgentConfig::parse("\nmetrics = \"nowhere:80\"\n").unwrap_err().to_string();
+        assert!(error.contains("\"nowhere:80\"") && error.contains("line 2"), "{error}");
     }
 
     const PATHS: &str = "\

@@ -1,0 +1,352 @@
+//! The tracker instance's metrics: per interface and direction the programs' counters (as
+//! `stats --json` reads them), the tables' sizes against their capacity, HMAC verdicts and key
+//! checks of what the tables hold, path state (`paths.json`), congestion control, and, when
+//! asked for, a bounded number of per-connection series.
+
+use std::collections::BTreeMap;
+
+use aya::{
+    Pod,
+    maps::{HashMap, MapData, MapError, MapInfo},
+};
+use mptcp_common::maps::{
+    CONNECTIONS_MAP, Direction, HALF_OPEN_SUBFLOWS_MAP, HMAC_VERDICTS_MAP, PACKET_COUNTER_NAMES, SUBFLOWS_MAP,
+};
+
+use super::{Families, Kind, MetricsError};
+use crate::{
+    bpf::{Instance, LoaderError},
+    cc::{self, SubflowCc},
+    dataplane::{
+        stats::{self, InterfaceCounters},
+        tables::{self, Snapshot, TableError, Tables, Token, map_error},
+    },
+    labels,
+    paths::{ConnectionState, PathState, state_path},
+};
+
+/// What a scrape of the tracker includes beyond the bounded series.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentOptions {
+    /// Per-connection series for at most this many connections (the oldest first); 0: none.
+    pub connections: usize,
+}
+
+/// Where one of the programs' counters goes: its metric (without `_total`), its help, and the
+/// label that tells it from the others of that metric.
+fn packet_metric(
+    counter: &'static str,
+) -> (&'static str, &'static str, Option<(&'static str, &'static str)>) {
+    match counter {
+        "tcp_packets" => ("mptcp_tcp_packets", "TCP segments over IPv4 or IPv6.", None),
+        "tcp_without_mptcp" => {
+            ("mptcp_tcp_packets_without_mptcp", "TCP segments without any MPTCP option.", None)
+        }
+        "malformed" => (
+            "mptcp_malformed_options",
+            "Malformed option framing, or MPTCP options of a length their subtype does not allow.",
+            None,
+        ),
+        "joins_admitted" => {
+            ("mptcp_admission_joins_admitted", "MP_JOIN SYNs let through by the admission policy.", None)
+        }
+        "joins_dropped_unknown_token" => (
+            "mptcp_admission_dropped_packets",
+            "Packets the admission policy dropped, by reason.",
+            Some(("reason", "unknown_token")),
+        ),
+        "joins_dropped_rate_limit" => (
+            "mptcp_admission_dropped_packets",
+            "Packets the admission policy dropped, by reason.",
+            Some(("reason", "rate_limit")),
+        ),
+        "packets_dropped_hmac" => (
+            "mptcp_admission_dropped_packets",
+            "Packets the admission policy dropped, by reason.",
+            Some(("reason", "hmac_failed")),
+        ),
+        "events_dropped" => {
+            ("mptcp_ring_events_dropped", "Events lost because the ring buffer was full.", None)
+        }
+        "mp_capable" | "mp_join" | "dss" | "add_addr" | "remove_addr" | "mp_prio" | "mp_fail"
+        | "mp_fastclose" | "mp_tcprst" | "mp_experimental" | "mp_unknown" => {
+            ("mptcp_options", "MPTCP options seen, by subtype.", Some(("subtype", counter)))
+        }
+        "subflows_created" => ("mptcp_subflows_created", "Subflow entries created.", None),
+        "connections_created" => ("mptcp_connections_created", "Connection entries created.", None),
+        "table_errors" => ("mptcp_table_errors", "Table inserts the kernel refused.", None),
+        "half_open_created" => {
+            ("mptcp_half_open_created", "SYN-ACK server keys recorded in HALF_OPEN.", None)
+        }
+        "half_open_evicted" => {
+            ("mptcp_half_open_evicted", "Third ACKs whose SYN-ACK's HALF_OPEN entry was evicted.", None)
+        }
+        "half_open_key_mismatch" => {
+            ("mptcp_half_open_key_mismatch", "Third ACKs whose server key differs from the SYN-ACK's.", None)
+        }
+        "half_open_subflows_created" => {
+            ("mptcp_half_open_subflows_created", "Subflow entries created by a SYN or SYN-ACK.", None)
+        }
+        "subflows_established" => (
+            "mptcp_subflows_established",
+            "Subflows moved to SUBFLOWS by the client's ACK of the SYN-ACK.",
+            None,
+        ),
+        "connections_missing" => {
+            ("mptcp_connections_missing", "Packets whose subflow names a connection no longer held.", None)
+        }
+        _ => (
+            "mptcp_dataplane_counter",
+            "Dataplane counters without a metric of their own, by name.",
+            Some(("counter", counter)),
+        ),
+    }
+}
+
+/// The programs' counters of each interface, per direction.
+pub fn counter_families(families: &mut Families, interfaces: &[(String, InterfaceCounters)]) {
+    for (iface, counters) in interfaces {
+        for direction in Direction::ALL {
+            let values = counters.direction(direction).values();
+            for (counter, value) in PACKET_COUNTER_NAMES.iter().zip(values) {
+                let (name, help, label) = packet_metric(counter);
+                let mut labels = labels!("iface" => iface, "direction" => direction.name());
+                labels.extend(label.map(|(key, value)| (key, value.to_owned())));
+                families.counter(name, help, labels, value);
+            }
+        }
+    }
+}
+
+/// A table's size against its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableUsage {
+    pub table: &'static str,
+    pub entries: u64,
+    pub max_entries: u64,
+}
+
+pub fn table_families(families: &mut Families, usage: &[TableUsage]) {
+    for table in usage {
+        families.count(
+            "mptcp_table_entries",
+            "Entries in a tracking table.",
+            labels!("table" => table.table),
+            table.entries,
+        );
+        families.count(
+            "mptcp_table_max_entries",
+            "Capacity of a tracking table (LRU tables evict beyond it).",
+            labels!("table" => table.table),
+            table.max_entries,
+        );
+    }
+}
+
+/// Subflows by state and HMAC verdict, connections, the agent's checks, as the tables hold them.
+pub fn snapshot_families(families: &mut Families, snapshot: &Snapshot, per_connection: usize) {
+    let subflows = snapshot.connections.iter().flat_map(|c| &c.subflows).chain(&snapshot.orphans);
+    let mut by_state: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let mut verdicts: BTreeMap<&str, u64> =
+        ["unknown", "pending", "verified", "failed"].map(|v| (v, 0)).into();
+    for (_, subflow) in subflows {
+        *by_state.entry((tables::kind_name(subflow.kind), tables::state_name(subflow.state))).or_default() +=
+            1;
+        *verdicts.entry(tables::hmac_name(subflow.hmac)).or_default() += 1;
+    }
+    families.declare("mptcp_subflows", "Tracked subflows, by kind and state.", Kind::Gauge);
+    for ((kind, state), count) in by_state {
+        families.count(
+            "mptcp_subflows",
+            "Tracked subflows, by kind and state.",
+            labels!("kind" => kind, "state" => state),
+            count,
+        );
+    }
+    for (verdict, count) in verdicts {
+        families.count(
+            "mptcp_hmac_verdicts",
+            "HMAC verdicts of what the tables hold: MP_JOIN subflows and ADD_ADDR options checked.",
+            labels!("option" => "mp_join", "verdict" => verdict),
+            count,
+        );
+    }
+    let checks = snapshot.connections.iter().map(|c| c.checks);
+    let (mut matched, mut mismatched, mut add_verified, mut add_failed) = (0u64, 0u64, 0u64, 0u64);
+    for check in checks {
+        matched += u64::from(check.keys_matched);
+        mismatched += u64::from(check.keys_mismatched);
+        add_verified += u64::from(check.add_addr_verified);
+        add_failed += u64::from(check.add_addr_failed);
+    }
+    let hmac = "HMAC verdicts of what the tables hold: MP_JOIN subflows and ADD_ADDR options checked.";
+    families.count(
+        "mptcp_hmac_verdicts",
+        hmac,
+        labels!("option" => "add_addr", "verdict" => "verified"),
+        add_verified,
+    );
+    families.count(
+        "mptcp_hmac_verdicts",
+        hmac,
+        labels!("option" => "add_addr", "verdict" => "failed"),
+        add_failed,
+    );
+    let keys =
+        "The agent's recomputation of the tokens and IDSNs the programs derived, over tracked connections.";
+    families.count("mptcp_key_checks", keys, labels!("result" => "matched"), matched);
+    families.count("mptcp_key_checks", keys, labels!("result" => "mismatched"), mismatched);
+    families.count(
+        "mptcp_connections",
+        "Tracked MPTCP connections.",
+        Vec::new(),
+        snapshot.connections.len() as u64,
+    );
+    // Opt-in and bounded: one series per connection and direction.
+    let bytes = "Data bytes of a connection (the span of data sequence space mapped), per direction.";
+    let count = "Subflows of a connection.";
+    if per_connection > 0 {
+        families.declare("mptcp_connection_data_bytes", bytes, Kind::Gauge);
+        families.declare("mptcp_connection_subflows", count, Kind::Gauge);
+    }
+    for tracked in snapshot.connections.iter().take(per_connection) {
+        let token = Token(tracked.connection.server_token);
+        for (direction, value) in ["c2s", "s2c"].into_iter().zip(tracked.connection.data_bytes) {
+            families.count(
+                "mptcp_connection_data_bytes",
+                bytes,
+                labels!("token" => token, "direction" => direction),
+                value,
+            );
+        }
+        families.count(
+            "mptcp_connection_subflows",
+            count,
+            labels!("token" => token),
+            u64::from(tracked.connection.subflows),
+        );
+    }
+}
+
+/// The path manager's state: the policy's interfaces with their role and which is primary, and
+/// the connections it follows with their subflows.
+pub fn path_families(families: &mut Families, state: &PathState) {
+    for interface in &state.policy.interfaces {
+        let role = serde_json::to_value(interface.role)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        families.info(
+            "mptcp_path_interface",
+            "Interfaces of the path policy, with their role.",
+            labels!("iface" => interface.name, "role" => role),
+        );
+        let primary = state.primary.as_deref() == Some(interface.name.as_str());
+        families.count(
+            "mptcp_path_primary",
+            "1 for the interface carrying the traffic (backup and single-path modes).",
+            labels!("iface" => interface.name),
+            u64::from(primary),
+        );
+    }
+    let connections = &state.connections;
+    families.count(
+        "mptcp_path_connections",
+        "Connections the path manager follows.",
+        Vec::new(),
+        connections.len() as u64,
+    );
+    let sum = |count: fn(&ConnectionState) -> usize| connections.iter().map(count).sum::<usize>() as u64;
+    let help =
+        "Subflows of the connections the path manager follows: established, asked for, failed recently.";
+    families.count(
+        "mptcp_path_subflows",
+        help,
+        labels!("state" => "established"),
+        sum(|c| c.connection.subflows.len()),
+    );
+    families.count(
+        "mptcp_path_subflows",
+        help,
+        labels!("state" => "pending"),
+        sum(|c| c.connection.pending.len()),
+    );
+    families.count(
+        "mptcp_path_subflows",
+        help,
+        labels!("state" => "failed"),
+        sum(|c| c.connection.failed.len()),
+    );
+}
+
+/// Subflows the sock_ops program follows, by the decision in force.
+pub fn cc_families(families: &mut Families, subflows: &[SubflowCc]) {
+    let help = "Subflows under coupled congestion control, by algorithm and whether its decision is fresh.";
+    families.declare("mptcp_cc_subflows", help, Kind::Gauge);
+    let mut by: BTreeMap<(&str, bool), u64> = BTreeMap::new();
+    for subflow in subflows {
+        *by.entry((subflow.algorithm, subflow.increase.is_some())).or_default() += 1;
+    }
+    for ((algorithm, fresh), count) in by {
+        let decision = if fresh { "fresh" } else { "stale" };
+        families.count(
+            "mptcp_cc_subflows",
+            help,
+            labels!("algorithm" => algorithm, "decision" => decision),
+            count,
+        );
+    }
+    let loss = "Loss events of the subflows under coupled congestion control (those the table holds now).";
+    let losses: u64 = subflows.iter().map(|s| u64::from(s.loss_events)).sum();
+    families.count("mptcp_cc_loss_events", loss, Vec::new(), losses);
+}
+
+/// The keys of a map; one deleted while being read (an LRU eviction) is not counted, any other
+/// failure is an error.
+fn count_keys<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, name: &'static str) -> Result<usize, TableError> {
+    let mut count = 0;
+    for key in map.keys() {
+        match key {
+            Ok(_) => count += 1,
+            Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(map_error(name)(source)),
+        }
+    }
+    Ok(count)
+}
+
+fn usage(instance: &Instance, table: &'static str, entries: usize) -> Result<TableUsage, MetricsError> {
+    let path = instance.map_path(table);
+    let info = MapInfo::from_pin(&path).map_err(|source| LoaderError::Map { path, source })?;
+    Ok(TableUsage { table, entries: entries as u64, max_entries: u64::from(info.max_entries()) })
+}
+
+/// Reads everything afresh: the values equal what `stats --json`, `conns --json` and `paths`
+/// read at the same moment.
+pub fn read(instance: &Instance, options: AgentOptions) -> Result<Families, MetricsError> {
+    let mut families = Families::default();
+    let interfaces = instance
+        .interfaces()?
+        .into_iter()
+        .map(|iface| Ok((iface.clone(), stats::read_counters(instance, &iface)?)))
+        .collect::<Result<Vec<_>, MetricsError>>()?;
+    counter_families(&mut families, &interfaces);
+    let tables = Tables::open(|name| Ok(instance.open_map(name)?))?;
+    let established = count_keys(&tables.subflows, SUBFLOWS_MAP)?;
+    let half_open = count_keys(&tables.half_open_subflows, HALF_OPEN_SUBFLOWS_MAP)?;
+    let verdicts = count_keys(&tables.verdicts, HMAC_VERDICTS_MAP)?;
+    let snapshot = Snapshot::read(&tables)?;
+    let usage = [
+        usage(instance, SUBFLOWS_MAP, established)?,
+        usage(instance, HALF_OPEN_SUBFLOWS_MAP, half_open)?,
+        usage(instance, CONNECTIONS_MAP, snapshot.connections.len())?,
+        usage(instance, HMAC_VERDICTS_MAP, verdicts)?,
+    ];
+    table_families(&mut families, &usage);
+    snapshot_families(&mut families, &snapshot, options.connections);
+    if let Some(state) = PathState::read(&state_path(instance))? {
+        path_families(&mut families, &state);
+    }
+    cc_families(&mut families, &cc::snapshot(instance)?);
+    Ok(families)
+}
