@@ -228,9 +228,21 @@ pub fn snapshot_families(families: &mut Families, snapshot: &Snapshot, per_conne
     }
 }
 
+const PATH_INTERFACE: &str = "Interfaces of the path policy, with their role.";
+const PATH_PRIMARY: &str = "1 for the interface carrying the traffic (backup and single-path modes).";
+const PATH_CONNECTIONS: &str = "Connections the path manager follows.";
+const PATH_SUBFLOWS: &str =
+    "Subflows of the connections the path manager follows: established, asked for, failed recently.";
+
 /// The path manager's state: the policy's interfaces with their role and which is primary, and
-/// the connections it follows with their subflows.
-pub fn path_families(families: &mut Families, state: &PathState) {
+/// the connections it follows with their subflows. Without one (no `[paths]`), the families are
+/// described and empty.
+pub fn path_families(families: &mut Families, state: Option<&PathState>) {
+    families.declare("mptcp_path_interface", PATH_INTERFACE, Kind::Info);
+    families.declare("mptcp_path_primary", PATH_PRIMARY, Kind::Gauge);
+    families.declare("mptcp_path_connections", PATH_CONNECTIONS, Kind::Gauge);
+    families.declare("mptcp_path_subflows", PATH_SUBFLOWS, Kind::Gauge);
+    let Some(state) = state else { return };
     for interface in &state.policy.interfaces {
         let role = serde_json::to_value(interface.role)
             .ok()
@@ -238,45 +250,28 @@ pub fn path_families(families: &mut Families, state: &PathState) {
             .unwrap_or_default();
         families.info(
             "mptcp_path_interface",
-            "Interfaces of the path policy, with their role.",
+            PATH_INTERFACE,
             labels!("iface" => interface.name, "role" => role),
         );
         let primary = state.primary.as_deref() == Some(interface.name.as_str());
         families.count(
             "mptcp_path_primary",
-            "1 for the interface carrying the traffic (backup and single-path modes).",
+            PATH_PRIMARY,
             labels!("iface" => interface.name),
             u64::from(primary),
         );
     }
     let connections = &state.connections;
-    families.count(
-        "mptcp_path_connections",
-        "Connections the path manager follows.",
-        Vec::new(),
-        connections.len() as u64,
-    );
+    families.count("mptcp_path_connections", PATH_CONNECTIONS, Vec::new(), connections.len() as u64);
     let sum = |count: fn(&ConnectionState) -> usize| connections.iter().map(count).sum::<usize>() as u64;
-    let help =
-        "Subflows of the connections the path manager follows: established, asked for, failed recently.";
-    families.count(
-        "mptcp_path_subflows",
-        help,
-        labels!("state" => "established"),
-        sum(|c| c.connection.subflows.len()),
-    );
-    families.count(
-        "mptcp_path_subflows",
-        help,
-        labels!("state" => "pending"),
-        sum(|c| c.connection.pending.len()),
-    );
-    families.count(
-        "mptcp_path_subflows",
-        help,
-        labels!("state" => "failed"),
-        sum(|c| c.connection.failed.len()),
-    );
+    let subflows = [
+        ("established", sum(|c| c.connection.subflows.len())),
+        ("pending", sum(|c| c.connection.pending.len())),
+        ("failed", sum(|c| c.connection.failed.len())),
+    ];
+    for (state, count) in subflows {
+        families.count("mptcp_path_subflows", PATH_SUBFLOWS, labels!("state" => state), count);
+    }
 }
 
 /// Subflows the sock_ops program follows, by the decision in force.
@@ -344,9 +339,52 @@ pub fn read(instance: &Instance, options: AgentOptions) -> Result<Families, Metr
     ];
     table_families(&mut families, &usage);
     snapshot_families(&mut families, &snapshot, options.connections);
-    if let Some(state) = PathState::read(&state_path(instance))? {
-        path_families(&mut families, &state);
-    }
+    path_families(&mut families, PathState::read(&state_path(instance))?.as_ref());
     cc_families(&mut families, &cc::snapshot(instance)?);
     Ok(families)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Value;
+
+    #[test]
+    fn every_counter_has_a_metric_of_its_own() {
+        for counter in PACKET_COUNTER_NAMES {
+            assert_ne!(packet_metric(counter).0, "mptcp_dataplane_counter", "{counter} has no metric");
+        }
+    }
+
+    #[test]
+    fn counters_equal_what_stats_json_prints() {
+        let mut counters = InterfaceCounters::default();
+        counters.ingress.tcp_packets = 10;
+        counters.ingress.dss = 4;
+        counters.egress.joins_dropped_rate_limit = 2;
+        counters.egress.events_dropped = 1;
+        let mut families = Families::default();
+        counter_families(&mut families, &[("veth0".to_owned(), counters)]);
+        let json = stats::to_json("veth0", &counters);
+        let mut samples = 0;
+        for family in &families.0 {
+            assert_eq!(family.kind, Kind::Counter);
+            for sample in &family.samples {
+                let label =
+                    |key: &str| sample.labels.iter().find(|(k, _)| *k == key).map(|(_, v)| v.as_str());
+                let direction = label("direction").unwrap();
+                // The counter a sample came from: its metric and distinguishing label.
+                let counter = PACKET_COUNTER_NAMES
+                    .iter()
+                    .find(|name| {
+                        let (metric, _, extra) = packet_metric(name);
+                        metric == family.name && extra.is_none_or(|(key, value)| label(key) == Some(value))
+                    })
+                    .unwrap();
+                assert_eq!(sample.value, Value::Int(json[direction][counter].as_u64().unwrap()));
+                samples += 1;
+            }
+        }
+        assert_eq!(samples, 2 * PACKET_COUNTER_NAMES.len());
+    }
 }

@@ -13,11 +13,14 @@ use tokio::{
     sync::watch,
 };
 
-use super::{Families, ListenAddr, MetricsError, server};
+use super::{Families, Kind, ListenAddr, MetricsError, server};
 use crate::{
     bpf::Instance,
     labels,
-    lb::{self, LbStats, sync::SyncState},
+    lb::{
+        self, LbStats,
+        sync::{SyncCounters, SyncState, wire::Summary},
+    },
     report::Chain,
 };
 
@@ -37,6 +40,13 @@ fn integer_fields<T: serde::Serialize>(value: &T) -> Vec<(String, u64)> {
     }
 }
 
+const VIP: &str = "A VIP and how it steers joins.";
+const MAGLEV: &str = "A VIP's Maglev table digest: instances with equal digests place new flows alike.";
+const BACKEND_COUNTER: &str = "Backend counter (see `lb stats`).";
+const BACKEND: &str = "A backend, its address and state (active or draining).";
+const WEIGHT: &str = "A backend's Maglev weight.";
+const SHARE: &str = "A backend's share of its VIPs' Maglev entries (0 to 1).";
+
 pub fn families(stats: &LbStats) -> Families {
     let mut families = Families::default();
     for (name, value) in LB_COUNTER_NAMES.iter().zip(stats.counters.values()) {
@@ -48,6 +58,8 @@ pub fn families(stats: &LbStats) -> Families {
             value,
         );
     }
+    families.declare("mptcp_lb_vip", VIP, Kind::Info);
+    families.declare("mptcp_lb_maglev", MAGLEV, Kind::Info);
     for vip in &stats.vips {
         let steering = serde_json::to_value(vip.steering)
             .ok()
@@ -60,10 +72,16 @@ pub fn families(stats: &LbStats) -> Families {
         );
         families.info(
             "mptcp_lb_maglev",
-            "A VIP's Maglev table digest: instances with equal digests place new flows alike.",
+            MAGLEV,
             labels!("vip" => vip.address, "digest" => vip.maglev_digest),
         );
     }
+    for counter in BACKEND_COUNTER_NAMES {
+        families.declare(&format!("mptcp_lb_backend_{counter}"), BACKEND_COUNTER, Kind::Counter);
+    }
+    families.declare("mptcp_lb_backend", BACKEND, Kind::Info);
+    families.declare("mptcp_lb_backend_weight", WEIGHT, Kind::Gauge);
+    families.declare("mptcp_lb_backend_maglev_share_ratio", SHARE, Kind::Gauge);
     for backend in &stats.backends {
         let name = || labels!("backend" => backend.name);
         for (counter, value) in BACKEND_COUNTER_NAMES.iter().zip(backend.counters.values()) {
@@ -76,7 +94,7 @@ pub fn families(stats: &LbStats) -> Families {
         }
         families.info(
             "mptcp_lb_backend",
-            "A backend, its address and state (active or draining).",
+            BACKEND,
             labels!("backend" => backend.name, "address" => backend.address, "state" => backend.state),
         );
         families.count(
@@ -102,6 +120,19 @@ pub fn families(stats: &LbStats) -> Families {
     families
 }
 
+const SYNC_COUNTER: &str = "Sync daemon counter (see `lb stats`).";
+const PEER: &str = "A sync peer: its address and the name its heartbeats give.";
+const PEER_UP: &str = "1 when the peer was heard within 3 s.";
+const PEER_HEARD: &str = "Seconds since the peer's last heartbeat.";
+const PEER_COUNTER: &str = "A peer's counter, from its last heartbeat.";
+
+/// A heartbeat's counters by name: the balancer's, then its sync daemon's under `sync_`.
+fn heartbeat_fields(summary: &Summary) -> Vec<(String, u64)> {
+    let sync = integer_fields(&summary.sync).into_iter().map(|(name, value)| (format!("sync_{name}"), value));
+    integer_fields(summary).into_iter().chain(sync).collect()
+}
+
+/// The sync daemon's families; without a state file (no `lb sync` here) described and empty.
 fn sync_families(families: &mut Families, sync: Option<&SyncState>) {
     families.count(
         "mptcp_lb_sync_running",
@@ -109,47 +140,35 @@ fn sync_families(families: &mut Families, sync: Option<&SyncState>) {
         Vec::new(),
         u64::from(sync.is_some_and(|s| s.running)),
     );
+    for (name, _) in integer_fields(&SyncCounters::default()) {
+        families.declare(&format!("mptcp_lb_sync_{name}"), SYNC_COUNTER, Kind::Counter);
+    }
+    families.declare("mptcp_lb_sync_peer", PEER, Kind::Info);
+    families.declare("mptcp_lb_sync_peer_up", PEER_UP, Kind::Gauge);
+    families.declare("mptcp_lb_sync_peer_last_heard_seconds", PEER_HEARD, Kind::Gauge);
+    for (name, _) in heartbeat_fields(&Summary::default()) {
+        families.declare(&format!("mptcp_lb_sync_peer_{name}"), PEER_COUNTER, Kind::Counter);
+    }
     let Some(sync) = sync else { return };
     for (name, value) in integer_fields(&sync.counters) {
-        families.counter(
-            &format!("mptcp_lb_sync_{name}"),
-            "Sync daemon counter (see `lb stats`).",
-            Vec::new(),
-            value,
-        );
+        families.counter(&format!("mptcp_lb_sync_{name}"), SYNC_COUNTER, Vec::new(), value);
     }
     for peer in &sync.peers {
         let address = || labels!("peer" => peer.address);
-        families.info(
-            "mptcp_lb_sync_peer",
-            "A sync peer: its address and the name its heartbeats give.",
-            labels!("peer" => peer.address, "name" => peer.name.as_deref().unwrap_or("")),
-        );
-        families.count(
-            "mptcp_lb_sync_peer_up",
-            "1 when the peer was heard within 3 s.",
-            address(),
-            u64::from(peer.up),
-        );
+        let name = peer.name.as_deref().unwrap_or("");
+        families.info("mptcp_lb_sync_peer", PEER, labels!("peer" => peer.address, "name" => name));
+        families.count("mptcp_lb_sync_peer_up", PEER_UP, address(), u64::from(peer.up));
         if let Some(ms) = peer.ms_since_heard {
             families.gauge(
                 "mptcp_lb_sync_peer_last_heard_seconds",
-                "Seconds since the peer's last heartbeat.",
+                PEER_HEARD,
                 address(),
                 ms as f64 / 1000.0,
             );
         }
         let Some(summary) = &peer.counters else { continue };
-        let heartbeat = integer_fields(summary).into_iter().chain(
-            integer_fields(&summary.sync).into_iter().map(|(name, value)| (format!("sync_{name}"), value)),
-        );
-        for (name, value) in heartbeat {
-            families.counter(
-                &format!("mptcp_lb_sync_peer_{name}"),
-                "A peer's counter, from its last heartbeat.",
-                address(),
-                value,
-            );
+        for (name, value) in heartbeat_fields(summary) {
+            families.counter(&format!("mptcp_lb_sync_peer_{name}"), PEER_COUNTER, address(), value);
         }
     }
 }
