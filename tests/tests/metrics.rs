@@ -188,6 +188,18 @@ fn tracker_metrics_in_prometheus_equal_stats_json() -> Result<()> {
             tracked == subflows as f64,
             "sum(mptcp_subflows) = {tracked}, subflows --json lists {subflows}"
         );
+        let joins_verified = before["subflows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["kind"] == "join" && s["hmac"] == "verified")
+            .count();
+        ensure!(joins_verified >= 1, "no join verified: {}", before["subflows"]);
+        let verified = prometheus.value("mptcp_hmac_verdicts{option=\"mp_join\",verdict=\"verified\"}")?;
+        ensure!(
+            verified == joins_verified as f64,
+            "{verified} joins verified, subflows --json: {joins_verified}"
+        );
         // Per-connection series: at most --metrics-connections of them.
         let per_connection = prometheus.query("mptcp_connection_subflows")?;
         ensure!(per_connection.len() == conns.min(2), "{} per-connection series", per_connection.len());

@@ -10,7 +10,8 @@ use aya::{
     maps::{HashMap, MapData, MapError, MapInfo},
 };
 use mptcp_common::maps::{
-    CONNECTIONS_MAP, Direction, HALF_OPEN_SUBFLOWS_MAP, HMAC_VERDICTS_MAP, PACKET_COUNTER_NAMES, SUBFLOWS_MAP,
+    CONNECTIONS_MAP, Direction, HALF_OPEN_SUBFLOWS_MAP, HMAC_VERDICTS_MAP, PACKET_COUNTER_NAMES,
+    SUBFLOWS_MAP, subflow_kind,
 };
 
 use super::{Families, Kind, MetricsError};
@@ -150,9 +151,12 @@ pub fn snapshot_families(families: &mut Families, snapshot: &Snapshot, per_conne
     let mut verdicts: BTreeMap<&str, u64> =
         ["unknown", "pending", "verified", "failed"].map(|v| (v, 0)).into();
     for (_, subflow) in subflows {
-        *by_state.entry((tables::kind_name(subflow.kind), tables::state_name(subflow.state))).or_default() +=
-            1;
-        *verdicts.entry(tables::hmac_name(subflow.hmac)).or_default() += 1;
+        let kind = tables::kind_name(subflow.kind);
+        *by_state.entry((kind, tables::state_name(subflow.state))).or_default() += 1;
+        // Only joins carry HMACs; an initial subflow's verdict stays unknown.
+        if subflow.kind == subflow_kind::JOIN {
+            *verdicts.entry(tables::hmac_name(subflow.hmac)).or_default() += 1;
+        }
     }
     families.declare("mptcp_subflows", "Tracked subflows, by kind and state.", Kind::Gauge);
     for ((kind, state), count) in by_state {

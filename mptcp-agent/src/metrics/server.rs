@@ -90,16 +90,14 @@ async fn respond(
         let families = scrape()?;
         if openmetrics { families.openmetrics() } else { families.prometheus_text() }
     })
-    .await;
+    .await
+    .map_err(|error| -> Box<dyn Error> { Box::new(error) })
+    .and_then(|encoded| encoded.map_err(|error| -> Box<dyn Error> { Box::new(error) }));
     let body = match encoded {
-        Ok(Ok(body)) => body,
-        Ok(Err(error)) => {
-            failure("a metrics scrape", &error);
-            return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{}\n", Chain(&error))));
-        }
+        Ok(body) => body,
         Err(error) => {
-            failure("a metrics scrape", &error);
-            return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{}\n", Chain(&error))));
+            failure("a metrics scrape", error.as_ref());
+            return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, format!("{}\n", Chain(error.as_ref()))));
         }
     };
     let content_type = if openmetrics { OPENMETRICS_CONTENT_TYPE } else { TEXT_CONTENT_TYPE };
