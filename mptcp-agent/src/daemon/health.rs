@@ -338,6 +338,21 @@ mod tests {
     }
 
     #[test]
+    fn metrics_count_path_events_by_kind_and_name_the_parts_that_run() {
+        let health = Health::new(false, true).serving_metrics();
+        health.path_event("path_primary");
+        health.path_event("path_primary");
+        health.path_event("endpoint_added");
+        health.cc.as_ref().unwrap().failed("tick", &io::Error::other("gone"));
+        let text = health.families().openmetrics().unwrap();
+        assert!(text.contains("mptcp_path_events_total{kind=\"path_primary\"} 2\n"), "{text}");
+        assert!(text.contains("mptcp_path_events_total{kind=\"endpoint_added\"} 1\n"), "{text}");
+        assert!(text.contains("mptcp_daemon_errors_total{part=\"cc\"} 1\n"), "{text}");
+        assert!(text.contains("mptcp_daemon_errors_total{part=\"metrics\"} 0\n"), "{text}");
+        assert!(!text.contains("part=\"paths\""), "{text}");
+    }
+
+    #[test]
     fn the_status_reads_back_as_written() {
         let health = Health::new(true, false);
         health.log.failed("writing", &io::Error::other("no space"));

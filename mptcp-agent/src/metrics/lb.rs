@@ -198,3 +198,91 @@ pub async fn run(instance: &Instance, listen: ListenAddr, state_dir: PathBuf) ->
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use mptcp_common::lb::{BackendCounters, LbCounters};
+
+    use super::*;
+    use crate::lb::{
+        BackendStats, Steering, VipStats,
+        sync::{PeerState, SyncCounters},
+    };
+
+    fn stats() -> LbStats {
+        LbStats {
+            counters: LbCounters { tokens_learned: 7, ..LbCounters::default() },
+            vips: vec![VipStats {
+                address: "203.0.113.200:80".parse().unwrap(),
+                steering: Steering::HashOnly,
+                maglev_digest: "0011223344556677".into(),
+            }],
+            backends: vec![BackendStats {
+                name: "b1".into(),
+                address: "203.0.113.1".parse().unwrap(),
+                state: "draining",
+                mac: "02:00:00:00:00:01".into(),
+                weight: 2,
+                maglev_share: 50.0,
+                join_addresses: Vec::new(),
+                counters: BackendCounters { subflows: 3, packets: 9, ..BackendCounters::default() },
+            }],
+            collisions: Vec::new(),
+            sync: Some(SyncState {
+                pid: 1,
+                running: true,
+                updated_unix_ms: 2,
+                name: "lb-a".into(),
+                listen: "198.51.100.1:7946".parse().unwrap(),
+                counters: SyncCounters { late: 4, ..SyncCounters::default() },
+                peers: vec![PeerState {
+                    name: Some("lb-b".into()),
+                    address: "198.51.100.2:7946".parse().unwrap(),
+                    up: true,
+                    ms_since_heard: Some(1500),
+                    counters: Some(Summary {
+                        tokens_learned: 5,
+                        sync: SyncCounters { datagrams_sent: 6, ..SyncCounters::default() },
+                        ..Summary::default()
+                    }),
+                }],
+            }),
+        }
+    }
+
+    #[test]
+    fn stats_become_counters_info_and_gauges() {
+        let text = families(&stats()).openmetrics().unwrap();
+        for line in [
+            "mptcp_lb_tokens_learned_total 7\n",
+            "mptcp_lb_vip_info{vip=\"203.0.113.200:80\",steering=\"hash-only\"} 1\n",
+            "mptcp_lb_maglev_info{vip=\"203.0.113.200:80\",digest=\"0011223344556677\"} 1\n",
+            "mptcp_lb_backend_subflows_total{backend=\"b1\"} 3\n",
+            "mptcp_lb_backend_packets_total{backend=\"b1\"} 9\n",
+            "mptcp_lb_backend_info{backend=\"b1\",address=\"203.0.113.1\",state=\"draining\"} 1\n",
+            "mptcp_lb_backend_weight{backend=\"b1\"} 2\n",
+            "mptcp_lb_backend_maglev_share_ratio{backend=\"b1\"} 0.5\n",
+            "mptcp_lb_sync_running 1\n",
+            "mptcp_lb_sync_late_total 4\n",
+            "mptcp_lb_sync_peer_info{peer=\"198.51.100.2:7946\",name=\"lb-b\"} 1\n",
+            "mptcp_lb_sync_peer_up{peer=\"198.51.100.2:7946\"} 1\n",
+            "mptcp_lb_sync_peer_last_heard_seconds{peer=\"198.51.100.2:7946\"} 1.5\n",
+            "mptcp_lb_sync_peer_tokens_learned_total{peer=\"198.51.100.2:7946\"} 5\n",
+            "mptcp_lb_sync_peer_sync_datagrams_sent_total{peer=\"198.51.100.2:7946\"} 6\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn without_a_sync_daemon_its_families_are_described_and_empty() {
+        let mut stats = stats();
+        stats.sync = None;
+        let plain = families(&stats);
+        let with_sync = families(&self::stats());
+        let names = |families: &Families| families.0.iter().map(|f| f.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&plain), names(&with_sync));
+        let late = plain.0.iter().find(|f| f.name == "mptcp_lb_sync_late").unwrap();
+        assert!(late.samples.is_empty());
+    }
+}
