@@ -3,7 +3,7 @@
 
 use mptcp_agent::{
     daemon::health::Health,
-    dataplane::{stats::InterfaceCounters, tables::Snapshot},
+    dataplane::stats::InterfaceCounters,
     lb::LbStats,
     metrics::{
         Families,
@@ -18,7 +18,7 @@ fn every_family() -> Families {
     let mut families = Families::default();
     agent::counter_families(&mut families, &[("eth0".to_owned(), InterfaceCounters::default())]);
     agent::table_families(&mut families, &[TableUsage { table: "SUBFLOWS", entries: 1, max_entries: 2 }]);
-    agent::snapshot_families(&mut families, &Snapshot { connections: Vec::new(), orphans: Vec::new() }, 0);
+    agent::tracked_families(&mut families, &[], &[], 0);
     agent::path_families(&mut families, None);
     agent::cc_families(&mut families, &[]);
     families.extend(Health::new(true, true).serving_metrics().families());

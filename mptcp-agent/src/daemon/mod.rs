@@ -138,20 +138,23 @@ async fn run_local(
         }
         None => None,
     };
-    // Everything is loaded and attached: from here on the daemon needs its maps and netlink only.
-    let kept = bpf::drop_to_runtime_privileges(config.paths().is_some())?;
-    log::info!("{name}: capabilities kept: {kept:?}");
-    let mut health = Health::new(config.paths().is_some(), config.cc.is_some());
-    // Bound before the daemon is ready, so an address that cannot be had fails the command.
+    // Bound at start-up, so an address that cannot be had fails the command, and before the
+    // privileges go (a port below 1024 needs CAP_NET_BIND_SERVICE).
     let metrics = match config.metrics {
         Some(addr) => {
-            health = health.serving_metrics();
             let listener = metrics::server::bind(addr).await?;
             log::info!("{name}: metrics at http://{addr}/metrics");
             Some(listener)
         }
         None => None,
     };
+    // Everything is loaded and attached: from here on the daemon needs its maps and netlink only.
+    let kept = bpf::drop_to_runtime_privileges(config.paths().is_some())?;
+    log::info!("{name}: capabilities kept: {kept:?}");
+    let mut health = Health::new(config.paths().is_some(), config.cc.is_some());
+    if metrics.is_some() {
+        health = health.serving_metrics();
+    }
     let health = Arc::new(health);
     // The log is opened by its writer: a log that cannot be written is a run-time failure.
     let (log, writer) = event_log::channel(
