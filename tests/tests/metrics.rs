@@ -13,6 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 use mptcp_tests::{
+    TempDir,
     agent::{self, Daemon, Dataplane},
     balancer::{
         Balancer, BalancerLab, BalancerLabOptions, backend_counter, connect, counter, join_all, start_servers,
@@ -26,6 +27,37 @@ use mptcp_tests::{
 use serde_json::Value;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The path events in the daemon's event log, by kind (the dataplane's events have kinds of
+/// their own, none of which a path event has).
+fn path_events(instance: &str) -> Result<Value> {
+    const DATAPLANE: &[&str] = &[
+        "mp_capable",
+        "join_syn",
+        "join_synack",
+        "join_ack",
+        "add_addr",
+        "remove_addr",
+        "mp_prio",
+        "mp_fail",
+        "mp_fastclose",
+        "mp_tcprst",
+        "fallback",
+        "unknown",
+    ];
+    let log = std::fs::read_to_string(agent::run_dir(instance).join("events.jsonl"))?;
+    let mut kinds = serde_json::Map::new();
+    for line in log.lines() {
+        let record: Value =
+            serde_json::from_str(line).with_context(|| format!("an event log line: {line}"))?;
+        let kind = record["kind"].as_str().with_context(|| format!("no kind: {line}"))?;
+        if !DATAPLANE.contains(&kind) {
+            let count = kinds.get(kind).and_then(Value::as_u64).unwrap_or(0);
+            kinds.insert(kind.to_owned(), Value::from(count + 1));
+        }
+    }
+    Ok(Value::Object(kinds))
+}
 
 /// Reads `read` until two reads 300 ms apart agree (10 s at most): the traffic's last packets
 /// (FINs, TIME-WAIT ACKs) are counted.
@@ -106,9 +138,20 @@ fn tracker_metrics_in_prometheus_equal_stats_json() -> Result<()> {
     };
     ensure!(error.contains(&format!("binding the metrics endpoint to {unbindable}")), "{error}");
 
-    // Only a port: loopback, not the lab's addresses.
+    // Only a port: loopback, not the lab's addresses. With path management, for its metrics:
+    // the server announces its second address.
     let port = prometheus::free_port(&lab.server)?;
-    let _daemon = Daemon::start(&dataplane, &["--metrics", &port.to_string(), "--metrics-connections", "2"])?;
+    let scratch = TempDir::new("mtr")?;
+    let config = scratch.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "metrics = \"{port}\"\nmetrics-connections = 2\n[paths]\nserver = true\n\
+             [[paths.interface]]\nname = \"{}\"\n[[paths.interface]]\nname = \"{}\"\n",
+            ifaces[0], ifaces[1]
+        ),
+    )?;
+    let _daemon = Daemon::start(&dataplane, &["--config", config.to_str().context("config path")?])?;
     let endpoint = SocketAddr::from(([127, 0, 0, 1], port));
     ensure!(prometheus::listening(&lab.server, endpoint), "nothing listens on {endpoint}");
     let outside = lab.server_addr(0, port);
@@ -129,6 +172,7 @@ fn tracker_metrics_in_prometheus_equal_stats_json() -> Result<()> {
             "stats": stats,
             "conns": dataplane.json(&["conns"])?,
             "subflows": dataplane.json(&["subflows"])?,
+            "path_events": path_events(dataplane.instance())?,
         }))
     };
     let compare = |before: &Value| -> Result<()> {
@@ -200,10 +244,29 @@ fn tracker_metrics_in_prometheus_equal_stats_json() -> Result<()> {
             verified == joins_verified as f64,
             "{verified} joins verified, subflows --json: {joins_verified}"
         );
+        // Path management: the policy's interfaces, and every path event the log holds.
+        let interfaces = prometheus.query("mptcp_path_interface_info")?;
+        ensure!(interfaces.len() == 2, "path interfaces: {interfaces:?}");
+        let logged = before["path_events"].as_object().context("path events")?;
+        ensure!(logged.contains_key("paths_started"), "path events logged: {logged:?}");
+        for (labels, value) in prometheus.query("mptcp_path_events_total")? {
+            let kind = &labels["kind"];
+            let count = logged.get(kind.as_str()).and_then(Value::as_u64).unwrap_or(0);
+            ensure!(
+                value == count as f64,
+                "mptcp_path_events_total{{kind={kind}}} = {value}, logged {count}"
+            );
+        }
+        let counted = prometheus.value("sum(mptcp_path_events_total)")?;
+        let total: u64 = logged.values().filter_map(Value::as_u64).sum();
+        ensure!(counted == total as f64, "{counted} path events counted, {total} logged");
         // Per-connection series: at most --metrics-connections of them.
         let per_connection = prometheus.query("mptcp_connection_subflows")?;
         ensure!(per_connection.len() == conns.min(2), "{} per-connection series", per_connection.len());
-        println!("compared {compared} per-interface counters, {total_packets} packets, {conns} connections");
+        println!(
+            "compared {compared} per-interface counters, {total_packets} packets, {conns} connections, \
+             {total} path events {logged:?}"
+        );
         Ok(())
     };
     compare_when_still(&prometheus, "the counters and tables", read_all, compare)?;
