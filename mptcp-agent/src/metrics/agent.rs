@@ -280,14 +280,19 @@ pub fn path_families(families: &mut Families, state: Option<&PathState>) {
 
 /// Subflows the sock_ops program follows, by the decision in force.
 pub fn cc_families(families: &mut Families, subflows: &[SubflowCc]) {
-    let help = "Subflows under coupled congestion control, by algorithm and whether its decision is fresh.";
+    let help = "Subflows the sock_ops program follows, by algorithm and decision (fresh, stale, none).";
     families.declare("mptcp_cc_subflows", help, Kind::Gauge);
-    let mut by: BTreeMap<(&str, bool), u64> = BTreeMap::new();
+    let mut by: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for subflow in subflows {
-        *by.entry((subflow.algorithm, subflow.increase.is_some())).or_default() += 1;
+        // `none`: the subflow has no decision (`--cc none`, or none made yet).
+        let decision = match (subflow.algorithm, subflow.increase) {
+            ("none", _) => "none",
+            (_, Some(_)) => "fresh",
+            (_, None) => "stale",
+        };
+        *by.entry((subflow.algorithm, decision)).or_default() += 1;
     }
-    for ((algorithm, fresh), count) in by {
-        let decision = if fresh { "fresh" } else { "stale" };
+    for ((algorithm, decision), count) in by {
         families.count(
             "mptcp_cc_subflows",
             help,
@@ -365,6 +370,42 @@ mod tests {
     fn every_counter_has_a_metric_of_its_own() {
         for counter in PACKET_COUNTER_NAMES {
             assert_ne!(packet_metric(counter).0, "mptcp_dataplane_counter", "{counter} has no metric");
+        }
+    }
+
+    #[test]
+    fn cc_subflows_are_counted_by_algorithm_and_freshness() {
+        let subflow = |algorithm, increase, loss_events| SubflowCc {
+            token: Token(1),
+            ends: ["192.0.2.1:1".parse().unwrap(), "203.0.113.1:2".parse().unwrap()],
+            cwnd: 10,
+            ssthresh: 20,
+            srtt_us: 1000,
+            coupled_cwnd: None,
+            loss_events,
+            total_retrans: 0,
+            bytes_acked: 0,
+            algorithm,
+            increase,
+            decrease: increase.map(|_| 0.5),
+            decision_age_ms: None,
+        };
+        let subflows = [
+            subflow("lia", Some(0.1), 2),
+            subflow("lia", Some(0.2), 1),
+            subflow("lia", None, 0),
+            subflow("none", None, 4),
+        ];
+        let mut families = Families::default();
+        cc_families(&mut families, &subflows);
+        let text = families.openmetrics().unwrap();
+        for line in [
+            "mptcp_cc_subflows{algorithm=\"lia\",decision=\"fresh\"} 2\n",
+            "mptcp_cc_subflows{algorithm=\"lia\",decision=\"stale\"} 1\n",
+            "mptcp_cc_subflows{algorithm=\"none\",decision=\"none\"} 1\n",
+            "mptcp_cc_loss_events 7\n",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
         }
     }
 
