@@ -7,11 +7,7 @@ pub mod agent;
 pub mod lb;
 pub mod server;
 
-use std::{
-    fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    str::FromStr,
-};
+use std::{fmt::Write as _, net::SocketAddr};
 
 use prometheus_client::{
     collector::Collector,
@@ -19,6 +15,8 @@ use prometheus_client::{
     metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
+
+pub use crate::config::ListenAddr;
 
 /// The content type of the OpenMetrics text format, what Prometheus asks for first.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -28,8 +26,6 @@ pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("bad metrics address {0:?}: expected ADDR:PORT, [IPV6]:PORT or PORT")]
-    Address(String),
     #[error("binding the metrics endpoint to {addr}")]
     Bind {
         addr: SocketAddr,
@@ -50,36 +46,6 @@ pub enum MetricsError {
     Signal(#[source] std::io::Error),
     #[error("encoding the metrics")]
     Encode(#[from] std::fmt::Error),
-}
-
-/// Where the endpoint listens: `ADDR:PORT`, `[IPV6]:PORT`, or a bare `PORT` on 127.0.0.1 (the
-/// metrics are not published beyond the host unless an address says so).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ListenAddr(pub SocketAddr);
-
-impl FromStr for ListenAddr {
-    type Err = MetricsError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let text = text.trim();
-        if let Ok(port) = text.parse::<u16>() {
-            return Ok(Self(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
-        }
-        text.parse::<SocketAddr>().map(Self).map_err(|_| MetricsError::Address(text.to_owned()))
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for ListenAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl std::fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
 }
 
 /// The kind of a family, as both formats name it.
@@ -276,24 +242,6 @@ macro_rules! labels {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_port_alone_listens_on_loopback() {
-        assert_eq!("9464".parse::<ListenAddr>().unwrap().0, "127.0.0.1:9464".parse().unwrap());
-        assert_eq!("0.0.0.0:80".parse::<ListenAddr>().unwrap().0, "0.0.0.0:80".parse().unwrap());
-        assert_eq!(
-            "[2001:db8::1]:9464".parse::<ListenAddr>().unwrap().0,
-            "[2001:db8::1]:9464".parse().unwrap()
-        );
-    }
-
-    #[test]
-    fn a_bad_address_is_named() {
-        for bad in ["localhost:9464", "2001:db8::1:9464", "192.0.2.1", "70000", ""] {
-            let error = bad.parse::<ListenAddr>().unwrap_err().to_string();
-            assert!(error.contains(&format!("{bad:?}")), "{error}");
-        }
-    }
 
     fn families() -> Families {
         let mut families = Families::default();
