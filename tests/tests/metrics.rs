@@ -244,6 +244,21 @@ fn tracker_metrics_in_prometheus_equal_stats_json() -> Result<()> {
             verified == joins_verified as f64,
             "{verified} joins verified, subflows --json: {joins_verified}"
         );
+        // The agent's checks of every tracked connection, summed.
+        for (result, field) in [("matched", "keys_matched"), ("mismatched", "keys_mismatched")] {
+            let sum: u64 = before["conns"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| c["agent_checks"][field].as_u64().unwrap_or(0))
+                .sum();
+            let got = prometheus.value(&format!("mptcp_key_checks{{result=\"{result}\"}}"))?;
+            ensure!(
+                got == sum as f64,
+                "mptcp_key_checks{{result={result}}} = {got}, conns --json sums {sum}"
+            );
+        }
+        ensure!(prometheus.value("mptcp_key_checks{result=\"matched\"}")? > 0.0, "no key check matched");
         // Path management: the policy's interfaces, and every path event the log holds.
         let interfaces = prometheus.query("mptcp_path_interface_info")?;
         ensure!(interfaces.len() == 2, "path interfaces: {interfaces:?}");
