@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod lb;
+pub mod metrics;
 pub mod paths;
 pub mod report;
 pub mod service;

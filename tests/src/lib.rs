@@ -17,6 +17,7 @@ pub mod lab;
 pub mod lock;
 pub mod mptcpd;
 pub mod netns;
+pub mod prometheus;
 pub mod sync;
 pub mod systemd;
 pub mod traffic;

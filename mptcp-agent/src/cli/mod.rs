@@ -29,6 +29,7 @@ use crate::{
         BackendConfig, LbConfig, Steering,
         sync::{self, wire::BackendAction},
     },
+    metrics::ListenAddr,
 };
 
 #[derive(Debug, Parser)]
@@ -101,6 +102,13 @@ pub enum Command {
         /// The cgroup v2 directory whose sockets --cc covers (default: the hierarchy's root).
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics: ADDR:PORT, [IPV6]:PORT, or PORT
+        /// (on 127.0.0.1).
+        #[arg(long)]
+        metrics: Option<ListenAddr>,
+        /// Per-connection metric series for at most N connections (default 0: none).
+        #[arg(long)]
+        metrics_connections: Option<usize>,
     },
     /// Print the packet, option and dataplane counters of an interface.
     Stats {
@@ -224,6 +232,16 @@ pub enum LbCommand {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Serve the balancer's Prometheus metrics (its maps and its sync daemon's state, read on
+    /// every scrape): a foreground exporter (SIGTERM or SIGINT stops it).
+    Metrics {
+        /// ADDR:PORT, [IPV6]:PORT, or PORT (on 127.0.0.1).
+        #[arg(long)]
+        listen: ListenAddr,
+        /// Where the sync daemon writes its state (default: /run/mptcp-agent/lb-INSTANCE).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
     /// Sync tokens, flows and backend changes with the peers in `[sync]`: a foreground daemon
     /// (SIGTERM or SIGINT stops it).
     Sync {
@@ -309,7 +327,19 @@ pub fn run(cli: Cli) -> Result<()> {
             bpf::detach(&instance.get()?, &iface)?;
             println!("detached from {iface}");
         }
-        Command::Run { instance, iface, config, admission, join_rate, join_burst, xdp_mode, cc, cgroup } => {
+        Command::Run {
+            instance,
+            iface,
+            config,
+            admission,
+            join_rate,
+            join_burst,
+            xdp_mode,
+            cc,
+            cgroup,
+            metrics,
+            metrics_connections,
+        } => {
             let mut settings = match &config {
                 Some(path) => AgentConfig::load(path)?,
                 None => AgentConfig::default(),
@@ -319,6 +349,8 @@ pub fn run(cli: Cli) -> Result<()> {
             settings.join_burst = join_burst.or(settings.join_burst);
             settings.cc = cc.or(settings.cc);
             settings.cc_cgroup = cgroup.or(settings.cc_cgroup);
+            settings.metrics = metrics.or(settings.metrics);
+            settings.metrics_connections = metrics_connections.unwrap_or(settings.metrics_connections);
             let mode = xdp_mode.or(settings.xdp_mode.map(Into::into)).unwrap_or(XdpAttachMode::Auto);
             let iface = if iface.is_empty() { settings.interfaces.clone() } else { iface };
             anyhow::ensure!(
@@ -463,6 +495,10 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
             }
             BackendCommand::Remove(command) => backend_everywhere(instance, command, BackendAction::Remove)?,
         },
+        LbCommand::Metrics { listen, state_dir } => {
+            let state_dir = state_dir.unwrap_or_else(|| sync::default_state_dir(instance));
+            runtime()?.block_on(crate::metrics::lb::run(instance, listen, state_dir))?;
+        }
         LbCommand::Sync { config, state_dir } => {
             let settings = LbConfig::load(&config)?;
             let state_dir = state_dir.unwrap_or_else(|| sync::default_state_dir(instance));
