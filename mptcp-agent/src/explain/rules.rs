@@ -26,7 +26,7 @@ pub enum Cause {
     /// This client has endpoints, none with the `subflow` flag.
     EndpointNotSubflow,
     /// The peer announced an address but this host accepts no ADD_ADDR.
-    AddAddrLimitZero,
+    AddAddrAcceptedLimitZero,
     /// No subflow endpoint here, no other address, and the peer announced nothing.
     PeerAnnouncedNothing,
     /// This server saw no join and announces nothing: the client opened no subflow.
@@ -261,15 +261,13 @@ fn explain_client(
         );
     };
     let subflow_endpoints: Vec<_> = endpoints.iter().filter(|e| e.flags.subflow).collect();
-    if subflow_endpoints.is_empty() && connection.add_addr_accepted == 0 && announced > 0 {
-        if connection.add_addr_accepted_max == 0 {
-            return verdict(
-                Cause::AddAddrLimitZero,
-                vec![mib_line("AddAddr", announced), mib_line("AddAddrDrop", mib("AddAddrDrop")), shape],
-                "the peer announced addresses but the limit accepts none: \
-                 `ip mptcp limits set add_addr_accepted 2`",
-            );
-        }
+    if subflow_endpoints.is_empty() && connection.add_addr_accepted_max == 0 && announced > 0 {
+        return verdict(
+            Cause::AddAddrAcceptedLimitZero,
+            vec![mib_line("AddAddr", announced), mib_line("AddAddrDrop", mib("AddAddrDrop")), shape],
+            "the peer announced addresses but the limit accepts none: \
+             `ip mptcp limits set add_addr_accepted 2`",
+        );
     }
     if !subflow_endpoints.is_empty() {
         let tx = mib("MPJoinSynTx");
@@ -456,7 +454,7 @@ mod tests {
         let mut c = connection(false, 0);
         c.add_addr_accepted_max = 0;
         let v = explain_connection(&host(vec![], &[("AddAddr", 1)]), &c);
-        assert_eq!(v.cause, Cause::AddAddrLimitZero);
+        assert_eq!(v.cause, Cause::AddAddrAcceptedLimitZero);
         assert!(v.fix.contains("add_addr_accepted"));
     }
 
