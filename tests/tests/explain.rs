@@ -1,12 +1,17 @@
 //! `mptcp-agent explain`: each cause made in a namespace lab with real kernel MPTCP, and the
 //! verdict's cause and fix checked (`--json`) on the host whose connection it explains.
 
-use std::{sync::Arc, thread, time::Duration};
+use std::{
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
     admission::second_path,
     agent::{self, Daemon, Dataplane},
+    balancer::{Balancer, BalancerLab, BalancerLabOptions, connect, join_all, nstat_sum, start_servers},
     craft,
     lab::{DualHomedLab, LabOptions},
     lock::LabLock,
@@ -21,8 +26,24 @@ const SETTLE: Duration = Duration::from_millis(400);
 /// The verdicts of `explain --json` in `ns`, the dataplane and balancer instances given (names
 /// no other test uses when absent, so another run's pins are never read).
 fn explain(ns: &Netns, instance: Option<&str>, selector: Option<&str>) -> Result<Value> {
+    explain_with(ns, instance, None, selector)
+}
+
+fn explain_with(
+    ns: &Netns,
+    instance: Option<&str>,
+    lb: Option<&str>,
+    selector: Option<&str>,
+) -> Result<Value> {
     let none = unique_name("none");
-    let mut args = vec!["explain", "--json", "--instance", instance.unwrap_or(&none), "--lb-instance", &none];
+    let mut args = vec![
+        "explain",
+        "--json",
+        "--instance",
+        instance.unwrap_or(&none),
+        "--lb-instance",
+        lb.unwrap_or(&none),
+    ];
     args.extend(selector);
     let out = agent::run(ns, &args)?;
     serde_json::from_str(&out).with_context(|| format!("explain --json: {out}"))
@@ -193,4 +214,62 @@ fn a_rate_limited_join_is_an_admission_drop() -> Result<()> {
         flood.join().map_err(|_| anyhow::anyhow!("flooder panicked"))??;
         judged
     })
+}
+
+/// Behind a hash-only balancer most joins land on a backend that does not own their token: the
+/// balancer says it hashed them, and a backend that refused joins explains its connections
+/// without one by it.
+#[test]
+fn a_hash_only_balancer_refuses_joins() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = BalancerLab::new(BalancerLabOptions::default())?;
+    let balancer = Balancer::start(&lab, "hash-only")?;
+    let backends: Vec<&Netns> = lab.backends.iter().map(|b| &b.ns).collect();
+    let servers = start_servers(&backends, &[lab.vip(0)], Proto::Mptcp)?;
+    let total = 12;
+    let gate = Arc::new(Gate::default());
+    let options =
+        ClientOptions { proto: Proto::Mptcp, bytes: 20_000, wait_subflows: 0, hold: Some(gate.clone()) };
+    let judged = thread::scope(|scope| -> Result<()> {
+        let handles = connect(scope, &lab.client, lab.vip(0), total, total, &options)?;
+        let judged = (|| -> Result<()> {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while nstat_sum(&backends, "MPTcpExtMPJoinSynRx")?
+                + nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?
+                < total as u64
+            {
+                ensure!(Instant::now() < deadline, "not every join SYN reached a backend");
+                thread::sleep(Duration::from_millis(50));
+            }
+            let on_balancer = explain_with(&lab.balancer, None, Some(balancer.instance()), None)?;
+            let verdict = on_balancer["explained"]
+                .as_array()
+                .and_then(|all| all.iter().find(|e| e["connection"].is_null()))
+                .context(format!("no balancer verdict: {on_balancer}"))?;
+            check(&verdict["verdict"], "hash-only-balancer", "steering = \"token\"")?;
+            let mut refused_here = 0;
+            for backend in &backends {
+                if nstat_sum(&[backend], "MPTcpExtMPJoinNoTokenFound")? == 0 {
+                    continue;
+                }
+                let explanation = explain(backend, None, None)?;
+                for explained in explanation["explained"].as_array().context("explained")? {
+                    if explained["connection"]["subflows"] == 0 {
+                        check(&explained["verdict"], "hash-only-balancer", "steering")?;
+                        refused_here += 1;
+                    }
+                }
+            }
+            ensure!(refused_here > 0, "no backend that refused a join had a connection without one");
+            println!("hash-only: {refused_here} of {total} connections explained by a refused join");
+            Ok(())
+        })();
+        gate.open();
+        join_all(handles)?;
+        judged
+    });
+    for server in servers {
+        server.stop()?;
+    }
+    judged
 }
