@@ -122,12 +122,29 @@ fn kernel_configuration_causes() -> Result<()> {
     let (client, server) = both_ends(&lab, 5600, 0)?;
     check(&client, "server-c-flag", "allow_join_initial_addr_port=1")?;
     check(&server, "server-c-flag", "allow_join_initial_addr_port=1")?;
+    // With the dataplane on the client, the flag itself is the evidence: it saw the SYN-ACK.
+    let dataplane = Dataplane::attach(&lab.client, &lab.client_ifaces())?;
+    let client = while_open(&lab, 5607, 0, || {
+        verdict_on(&explain(&lab.client, Some(dataplane.instance()), None)?, 5607)
+    })?;
+    check(&client, "server-c-flag", "allow_join_initial_addr_port=1")?;
+    ensure!(client["evidence"][0].as_str().is_some_and(|e| e.contains("C flag")), "{client}");
+    drop(dataplane);
     lab.server.sysctl("net.mptcp.allow_join_initial_addr_port", "1")?;
 
     // Healthy: the client joins from its second address.
     let (client, server) = both_ends(&lab, 5601, 1)?;
     check(&client, "all-paths-in-use", "none needed")?;
     check(&server, "all-paths-in-use", "none needed")?;
+    // The text form, and the sources it could not read, said.
+    let text = while_open(&lab, 5608, 1, || {
+        agent::run(
+            &lab.client,
+            &["explain", "--instance", &unique_name("none"), "--lb-instance", &unique_name("none")],
+        )
+    })?;
+    ensure!(text.contains("cause: all-paths-in-use") && text.contains("fix: none needed"), "{text}");
+    ensure!(text.contains("unavailable: dataplane") && text.contains("not attached"), "{text}");
 
     // The client's subflow limit is 0.
     lab.client.ip(&["mptcp", "limits", "set", "subflows", "0", "add_addr_accepted", "8"])?;

@@ -87,6 +87,8 @@ pub struct DataplaneConnection {
     pub joins: u32,
     pub joins_verified: u32,
     pub joins_failed: u32,
+    /// The server's MP_CAPABLE SYN-ACK carried the C flag.
+    pub server_no_join_to_source: bool,
 }
 
 /// The dataplane's admission policy and what it dropped, summed over the instance's interfaces.
@@ -279,6 +281,7 @@ fn dataplane(instance: &Instance) -> Result<DataplaneEvidence, BoxError> {
             let tracked = DataplaneConnection {
                 server_token: token,
                 client_token: client.then_some(c.client_token),
+                server_no_join_to_source: c.flags & connection_flags::SERVER_NO_JOIN_TO_SOURCE != 0,
                 ..DataplaneConnection::default()
             };
             (token, tracked)

@@ -178,6 +178,19 @@ pub fn explain_connection(host: &HostEvidence, connection: &KernelConnection) ->
         }
     }
 
+    if tracked.is_some_and(|t| t.server_no_join_to_source) {
+        return verdict(
+            Cause::ServerCFlag,
+            vec![
+                "dataplane: the server's MP_CAPABLE SYN-ACK carried the C flag: no join to its \
+                 initial address and port"
+                    .to_owned(),
+                shape,
+            ],
+            "on the server: `sysctl -w net.mptcp.allow_join_initial_addr_port=1`, or a `signal` \
+             endpoint there so clients learn an address they may join",
+        );
+    }
     if connection.server_side {
         return explain_server(host, connection, shape, &mib);
     }
@@ -467,6 +480,23 @@ mod tests {
     }
 
     #[test]
+    fn the_dataplane_saw_the_c_flag() {
+        let mut h = host(vec![subflow_endpoint()], &[("MPJoinSynTx", 5)]);
+        h.dataplane = Some(DataplaneEvidence {
+            connections: vec![DataplaneConnection {
+                server_token: 0x77,
+                client_token: Some(0x1234),
+                server_no_join_to_source: true,
+                ..DataplaneConnection::default()
+            }],
+            ..DataplaneEvidence::default()
+        });
+        let v = explain_connection(&h, &connection(false, 0));
+        assert_eq!(v.cause, Cause::ServerCFlag);
+        assert!(v.evidence[0].starts_with("dataplane"), "{v:?}");
+    }
+
+    #[test]
     fn a_server_that_sets_the_c_flag() {
         let mut h = host(vec![], &[]);
         h.switches.as_mut().unwrap().allow_join_initial_addr_port = Some(false);
@@ -498,6 +528,7 @@ mod tests {
                 joins: 2,
                 joins_verified: 1,
                 joins_failed: 1,
+                server_no_join_to_source: false,
             }],
             ..DataplaneEvidence::default()
         });
