@@ -31,6 +31,8 @@ pub enum Cause {
     PeerAnnouncedNothing,
     /// This server saw no join and announces nothing: the client opened no subflow.
     PeerOpenedNothing,
+    /// The userspace path manager (`net.mptcp.pm_type = 1`) opened no subflow.
+    UserspacePathManager,
     /// The connection has the additional subflows its endpoints and limits give it.
     AllPathsInUse,
     /// No additional subflow, and no rule matched the evidence.
@@ -115,6 +117,20 @@ pub fn explain_connection(host: &HostEvidence, connection: &KernelConnection) ->
             ],
             "joins arrived with a wrong HMAC: forged, or keys rewritten by a middlebox; \
              `--admission verified` drops such subflows",
+        );
+    }
+
+    if connection.subflows == 0 && host.switches.as_ref().is_some_and(|s| s.pm_type == Some(1)) {
+        return verdict(
+            Cause::UserspacePathManager,
+            vec![
+                "net.mptcp.pm_type = 1: a userspace path manager opens subflows, not the kernel's \
+                 endpoints and limits"
+                    .to_owned(),
+                shape,
+            ],
+            "the userspace path manager (mptcpd, or `mptcp-agent run` with `pm = \"userspace\"`) \
+             opened none: see `mptcp-agent paths` and its log",
         );
     }
 
@@ -552,6 +568,15 @@ mod tests {
         let v = explain_connection(&h, &connection(true, 0));
         assert_eq!(v.cause, Cause::AdmissionDrop);
         assert!(v.fix.contains("--join-rate"));
+    }
+
+    #[test]
+    fn the_userspace_path_manager_decides() {
+        let mut h = host(vec![subflow_endpoint()], &[]);
+        h.switches.as_mut().unwrap().pm_type = Some(1);
+        let v = explain_connection(&h, &connection(false, 0));
+        assert_eq!(v.cause, Cause::UserspacePathManager);
+        assert!(v.fix.contains("mptcp-agent paths"));
     }
 
     #[test]
