@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod explain;
 pub mod lb;
 pub mod metrics;
 pub mod paths;

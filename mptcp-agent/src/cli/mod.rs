@@ -3,6 +3,7 @@
 
 mod daemon_status;
 pub mod decode;
+mod explain;
 mod lb;
 mod paths;
 mod tables;
@@ -193,6 +194,20 @@ pub enum Command {
         /// Where the binary goes (PREFIX/bin) and what the units run.
         #[arg(long, default_value = "/usr/local")]
         prefix: PathBuf,
+    },
+    /// Explain why each MPTCP connection of this network namespace (or the one given by a token,
+    /// either end's, or an ADDR:PORT of either end) has the subflows it has: one verdict with its
+    /// evidence and the fix. Run it in the namespace of the host whose connections it explains.
+    Explain {
+        /// A token (hex) or ADDR:PORT.
+        connection: Option<crate::explain::Selector>,
+        #[command(flatten)]
+        instance: InstanceArg,
+        /// The balancer instance whose counters to read if one runs here.
+        #[arg(long, default_value = "lb")]
+        lb_instance: String,
+        #[arg(long)]
+        json: bool,
     },
     /// The token-steering load balancer: every MP_JOIN reaches the backend owning its
     /// connection (RFC 8041 section 3.12).
@@ -432,6 +447,20 @@ pub fn run(cli: Cli) -> Result<()> {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
+        }
+        Command::Explain { connection, instance, lb_instance, json } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let explanation = runtime.block_on(crate::explain::explain(
+                &instance.get()?,
+                &Instance::new(&lb_instance)?,
+                connection,
+            ))?;
+            let text = if json {
+                serde_json::to_string(&explanation)? + "\n"
+            } else {
+                explain::to_text(&explanation)?
+            };
+            write_stdout(&text)?;
         }
         Command::Lb { instance, command } => run_lb(&Instance::new(&instance.instance)?, command)?,
     }
