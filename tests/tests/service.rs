@@ -4,7 +4,7 @@
 //! lab namespace, is restarted after a crash and resumes its pins; the balancer's units start
 //! it, its sync daemon with it, and stop both, pins and all.
 
-use std::{path::Path, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
@@ -13,6 +13,7 @@ use mptcp_tests::{
     lab::{DualHomedLab, LabOptions},
     lock::LabLock,
     netns::{Netns, unique_name},
+    prometheus,
     sync::random_key,
     systemd::SystemdHost,
     traffic::{ClientOptions, Proto, Server, transfer},
@@ -26,6 +27,17 @@ const CAP_BPF: u32 = 39;
 /// `systemd-analyze security` scores units from 0 (locked down) to 10; the daemon needs BPF and
 /// network administration, which cost about 2 of them on their own.
 const MAX_EXPOSURE: f64 = 4.0;
+/// Where the daemon's and the balancer's metrics units listen (loopback of the lab namespace).
+const METRICS_PORT: u16 = 9464;
+const LB_METRICS_PORT: u16 = 9465;
+
+/// One scrape of a metrics unit; its body must name `family`.
+fn scrape(ns: &Netns, port: u16, family: &str) -> Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let response = prometheus::get(ns, addr, "/metrics", None)?;
+    ensure!(response.body.contains(family), "no {family} at {addr}: {}", response.body);
+    Ok(())
+}
 
 /// Stops a balancer instance a unit started, if the unit did not (a failed test).
 struct BalancerInstance<'a> {
@@ -117,7 +129,11 @@ fn the_daemon_unit_runs_sandboxed_restarts_and_resumes() -> Result<()> {
     let interfaces: Vec<String> = ifaces.iter().map(|i| format!("{i:?}")).collect();
     host.write(
         &format!("/etc/mptcp-agent/{instance}.toml"),
-        format!("interfaces = [{}]\nadmission = \"known-token\"\n", interfaces.join(", ")).as_bytes(),
+        format!(
+            "interfaces = [{}]\nadmission = \"known-token\"\nmetrics = \"{METRICS_PORT}\"\n",
+            interfaces.join(", ")
+        )
+        .as_bytes(),
         "0644",
     )?;
     lab_drop_in(&host, &unit, &lab.server)?;
@@ -145,6 +161,7 @@ fn the_daemon_unit_runs_sandboxed_restarts_and_resumes() -> Result<()> {
     };
     mptcp_transfer(&lab, 5801)?;
     host.wait_for("the first connection tracked", Duration::from_secs(5), || conns(1))?;
+    scrape(&lab.server, METRICS_PORT, "mptcp_connections ")?;
     host.systemctl(&["kill", "--signal=KILL", &unit])?;
     host.wait_for("a restart", Duration::from_secs(15), || {
         let pid = host.property(&unit, "MainPID")?;
@@ -168,11 +185,11 @@ fn the_balancer_units_start_it_with_its_sync_and_stop_both() -> Result<()> {
     let _lock = LabLock::acquire()?;
     let lab = BalancerLab::new(BalancerLabOptions::default())?;
     let instance = unique_name("svl");
-    let (lb_unit, sync_unit) =
-        (format!("mptcp-agent-lb@{instance}.service"), format!("mptcp-agent-lb-sync@{instance}.service"));
+    let [lb_unit, sync_unit, metrics_unit] =
+        ["lb", "lb-sync", "lb-metrics"].map(|unit| format!("mptcp-agent-{unit}@{instance}.service"));
     let _pins = BalancerInstance { ns: &lab.balancer, instance: instance.clone() };
     let host = installed_host()?;
-    for unit in [&lb_unit, &sync_unit] {
+    for unit in [&lb_unit, &sync_unit, &metrics_unit] {
         let exposure = verify(&host, unit)?;
         println!("{unit}: exposure {exposure}");
         ensure!(exposure <= MAX_EXPOSURE, "{unit}: exposure {exposure} > {MAX_EXPOSURE}");
@@ -185,6 +202,11 @@ fn the_balancer_units_start_it_with_its_sync_and_stop_both() -> Result<()> {
     host.write(&format!("/etc/mptcp-agent/lb-{instance}.toml"), config.as_bytes(), "0644")?;
     // One drop-in for both, by the dash prefix every unit of ours shares.
     lab_drop_in(&host, "mptcp-agent-.service", &lab.balancer)?;
+    host.write(
+        &format!("/etc/mptcp-agent/lb-{instance}.env"),
+        format!("LISTEN={LB_METRICS_PORT}\n").as_bytes(),
+        "0644",
+    )?;
     host.systemctl(&["daemon-reload"])?;
 
     // Starting the sync starts the balancer it is bound to.
@@ -213,10 +235,18 @@ fn the_balancer_units_start_it_with_its_sync_and_stop_both() -> Result<()> {
         .sum();
     ensure!(forwarded > 0, "nothing forwarded: {}", stats()?);
     ensure!(stats()?["sync"].is_object(), "lb stats shows no sync daemon: {}", stats()?);
+    host.systemctl(&["start", &metrics_unit]).with_context(|| host.journal(&metrics_unit))?;
+    host.wait_for("the balancer's metrics", Duration::from_secs(10), || {
+        Ok(prometheus::listening(&lab.balancer, SocketAddr::from(([127, 0, 0, 1], LB_METRICS_PORT))))
+    })
+    .with_context(|| host.journal(&metrics_unit))?;
+    scrape(&lab.balancer, LB_METRICS_PORT, "mptcp_lb_maglev_info")?;
 
-    // Stopping the balancer stops its sync too, and `lb stop` removes the pins.
+    // Stopping the balancer stops its sync and metrics too, and `lb stop` removes the pins.
     host.systemctl(&["stop", &lb_unit])?;
-    ensure!(host.property(&sync_unit, "ActiveState")? == "inactive", "{sync_unit} outlived the balancer");
+    for unit in [&sync_unit, &metrics_unit] {
+        ensure!(host.property(unit, "ActiveState")? == "inactive", "{unit} outlived the balancer");
+    }
     ensure!(!instance_dir(&instance).exists(), "the balancer's pins outlived its unit");
     Ok(())
 }

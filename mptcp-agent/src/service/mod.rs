@@ -8,6 +8,7 @@
 //!   `mptcp-agent-.service.d/10-sandbox.conf`
 //! - `/etc/mptcp-agent/INSTANCE.toml` (daemon), `lb-INSTANCE.toml` (balancer), the sync key;
 //!   `examples/` beside them, rewritten by every install, never the operator's own files
+//! - `PREFIX/share/mptcp-agent/grafana/mptcp-dataplane.json`, the dashboard over the metrics
 //! - `PREFIX/share/mptcp-agent/grafana/mptcp-dataplane.json`
 
 use std::{
@@ -47,11 +48,19 @@ const UNITS: &[Asset] = &[
         contents: include_str!("../../../deploy/systemd/mptcp-agent-lb-sync@.service"),
     },
     Asset {
+        path: "mptcp-agent-lb-metrics@.service",
+        mode: 0o644,
+        contents: include_str!("../../../deploy/systemd/mptcp-agent-lb-metrics@.service"),
+    },
+    Asset {
         path: "mptcp-agent-.service.d/10-sandbox.conf",
         mode: 0o644,
         contents: include_str!("../../../deploy/systemd/mptcp-agent-.service.d/10-sandbox.conf"),
     },
 ];
+
+const DASHBOARD_PATH: &str = "share/mptcp-agent/grafana/mptcp-dataplane.json";
+const DASHBOARD: &str = include_str!("../../../deploy/grafana/mptcp-dataplane.json");
 
 /// The example of each configuration file, by the name the units read.
 pub const EXAMPLE_DAEMON_CONFIG: &str = include_str!("../../../deploy/etc/daemon.toml");
@@ -124,6 +133,9 @@ pub fn install(root: &Path, prefix: &Path) -> Result<Installed, InstallError> {
         write(&path, render_unit(unit.contents, &binary).as_bytes(), unit.mode)?;
         files.push(path);
     }
+    let dashboard = root.join(relative_prefix).join(DASHBOARD_PATH);
+    write(&dashboard, DASHBOARD.as_bytes(), 0o644)?;
+    files.push(dashboard);
     let config_dir = root.join(CONFIG_DIR);
     for example in EXAMPLES {
         let path = config_dir.join(example.path);
