@@ -346,3 +346,16 @@ pub fn nstat_sum(namespaces: &[&Netns], name: &str) -> Result<u64> {
     }
     Ok(sum)
 }
+
+/// Waits until `total` join SYNs reached the backends, accepted or refused for an unknown token
+/// (at most 10 s).
+pub fn wait_joins_answered(backends: &[&Netns], total: usize) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while nstat_sum(backends, "MPTcpExtMPJoinSynRx")? + nstat_sum(backends, "MPTcpExtMPJoinNoTokenFound")?
+        < total as u64
+    {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "not every join SYN reached a backend");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}

@@ -12,7 +12,7 @@ use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
     balancer::{
         Balancer, BalancerLab, BalancerLabOptions, backend_connections, backend_counter, connect, counter,
-        join_all, nstat_sum, start_servers,
+        join_all, nstat_sum, start_servers, wait_joins_answered,
     },
     kernel,
     lock::LabLock,
@@ -134,14 +134,7 @@ fn hash_only_loses_the_joins_that_land_on_another_backend() -> Result<()> {
     let (connections, stats) = thread::scope(|scope| -> Result<_> {
         let handles = connect(scope, &lab.client, lab.vip(0), total, 15, &options)?;
         // Every join SYN reaches some backend: wait until all were answered one way or the other.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while nstat_sum(&backends, "MPTcpExtMPJoinSynRx")?
-            + nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?
-            < total as u64
-        {
-            ensure!(Instant::now() < deadline, "not every join SYN reached a backend");
-            thread::sleep(Duration::from_millis(50));
-        }
+        wait_joins_answered(&backends, total)?;
         thread::sleep(Duration::from_millis(200));
         let connections = backend_connections(&backend_namespaces(&lab))?;
         let stats = balancer.stats()?;

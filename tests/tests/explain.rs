@@ -1,17 +1,16 @@
 //! `mptcp-agent explain`: each cause made in a namespace lab with real kernel MPTCP, and the
 //! verdict's cause and fix checked (`--json`) on the host whose connection it explains.
 
-use std::{
-    sync::Arc,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, thread, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
     admission::second_path,
     agent::{self, Daemon, Dataplane},
-    balancer::{Balancer, BalancerLab, BalancerLabOptions, connect, join_all, nstat_sum, start_servers},
+    balancer::{
+        Balancer, BalancerLab, BalancerLabOptions, connect, join_all, nstat_sum, start_servers,
+        wait_joins_answered,
+    },
     craft,
     lab::{DualHomedLab, LabOptions},
     lock::LabLock,
@@ -250,14 +249,7 @@ fn a_hash_only_balancer_refuses_joins() -> Result<()> {
     let judged = thread::scope(|scope| -> Result<()> {
         let handles = connect(scope, &lab.client, lab.vip(0), total, total, &options)?;
         let judged = (|| -> Result<()> {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while nstat_sum(&backends, "MPTcpExtMPJoinSynRx")?
-                + nstat_sum(&backends, "MPTcpExtMPJoinNoTokenFound")?
-                < total as u64
-            {
-                ensure!(Instant::now() < deadline, "not every join SYN reached a backend");
-                thread::sleep(Duration::from_millis(50));
-            }
+            wait_joins_answered(&backends, total)?;
             let on_balancer = explain_with(&lab.balancer, None, Some(balancer.instance()), None)?;
             let verdict = on_balancer["explained"]
                 .as_array()
