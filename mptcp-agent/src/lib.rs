@@ -15,3 +15,4 @@ pub mod lb;
 pub mod paths;
 pub mod report;
 pub mod stop;
+pub mod top;
