@@ -18,6 +18,7 @@ pub mod lock;
 pub mod mptcpd;
 pub mod netns;
 pub mod sync;
+pub mod tmux;
 pub mod traffic;
 pub mod tshark;
 

@@ -62,7 +62,7 @@ pub fn draw(frame: &mut Frame<'_>, top: &Top, title: &Title<'_>) {
     let [title_area, table_area, detail_area, keys_area] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(3),
-        Constraint::Length(2),
+        Constraint::Length(3),
         Constraint::Length(1),
     ])
     .areas(frame.area());
@@ -159,12 +159,19 @@ fn subflow_cc<'a>(row: &Row<'a>) -> Option<&'a crate::cc::SubflowCc> {
     }
 }
 
-/// Smoothed RTT in ms.
+/// Smoothed RTT, unit included: 45u (us), 1.2m, 12m (ms), 1.5s.
 fn rtt(_: &Top, row: &Row<'_>) -> String {
-    subflow_cc(row).map_or_else(String::new, |cc| {
-        let ms = f64::from(cc.srtt_us) / 1000.0;
-        if ms < 9.95 { format!("{ms:.1}") } else { format!("{ms:.0}") }
-    })
+    subflow_cc(row).map_or_else(String::new, |cc| srtt(cc.srtt_us))
+}
+
+fn srtt(us: u32) -> String {
+    let ms = f64::from(us) / 1000.0;
+    match ms {
+        ..0.9995 => format!("{us}u"),
+        ..9.95 => format!("{ms:.1}m"),
+        ..999.5 => format!("{ms:.0}m"),
+        _ => format!("{:.1}s", ms / 1000.0),
+    }
 }
 
 fn cwnd(_: &Top, row: &Row<'_>) -> String {
@@ -314,6 +321,21 @@ mod tests {
         for exponent in 0..18 {
             let value = 9.96 * 10f64.powi(exponent);
             assert!(human(value).len() <= 4, "{value}: {}", human(value));
+        }
+    }
+
+    #[test]
+    fn rtts_carry_their_unit_in_four_characters() {
+        let cases = [
+            (45, "45u"),
+            (999, "999u"),
+            (1000, "1.0m"),
+            (12_345, "12m"),
+            (999_000, "999m"),
+            (1_500_000, "1.5s"),
+        ];
+        for (us, text) in cases {
+            assert_eq!(srtt(us), text, "{us}");
         }
     }
 
