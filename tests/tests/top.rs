@@ -151,6 +151,7 @@ fn top_follows_a_transfer_sorts_filters_and_restores_the_terminal() -> Result<()
 
 fn during_the_transfers(lab: &DualHomedLab, tmux: &Tmux) -> Result<()> {
     let screen = tmux.wait_for(WAIT, "two sending connections of two subflows", ready)?;
+    println!("{screen}");
     // The subflows and tokens the kernel has: ss on the client (local = client) and the server.
     let kernel_subflows: BTreeSet<(SocketAddr, SocketAddr)> =
         kernel::subflows(&lab.client)?.iter().map(|s| (s.local, s.peer)).collect();
@@ -185,6 +186,10 @@ fn during_the_transfers(lab: &DualHomedLab, tmux: &Tmux) -> Result<()> {
     let (before, after): (f64, f64) = (before.iter().sum(), after.iter().sum());
     ensure!(after > before + 0.5e6, "{before} then {after} bytes in a second at 2x10 Mbit/s:\n{screen}");
     println!("bytes c2s shown: {before} then {after} one second later");
+    // Against the shapers: two paths of 10 Mbit/s (1.25 MB/s) each carry both connections.
+    let rate: f64 = connection_lines(&screen).iter().map(|c| field(c, C2S_RATE)).sum::<Result<f64>>()?;
+    println!("c2s rate shown: {rate} B/s");
+    ensure!((1e6..3.2e6).contains(&rate), "{rate} B/s through 2x10 Mbit/s:\n{screen}");
 
     // Selecting a subflow shows it in full below the table.
     tmux.keys(&["Down"])?;

@@ -62,13 +62,12 @@ pub fn run(tables: &Tables, instance: &Instance, interval: Duration) -> Result<(
         }
         terminal.draw(|frame| view::draw(frame, &top, &title))?;
         // Keys (and resizes) redraw at once; otherwise the next read does.
-        if event::poll(next_read.saturating_duration_since(Instant::now()))? {
-            if let Event::Key(press) = event::read()?
-                && let Some(key) = key(press)
-                && top.handle(key) == Action::Quit
-            {
-                return Ok(());
-            }
+        if event::poll(next_read.saturating_duration_since(Instant::now()))?
+            && let Event::Key(press) = event::read()?
+            && let Some(key) = key(press)
+            && top.handle(key) == Action::Quit
+        {
+            return Ok(());
         }
     }
 }
