@@ -230,7 +230,7 @@ fn during_the_transfers(lab: &DualHomedLab, tmux: &Tmux) -> Result<()> {
     tmux.keys(&["Escape"])?;
     // The filter closed before the next key: an Esc and an arrow sent together read as one
     // escape sequence.
-    tmux.wait_for(WAIT, "the keys line", |s| s.contains("up/down select"))?;
+    tmux.wait_for(WAIT, "the keys line", |s| s.contains("up/down select q quit"))?;
 
     // Narrower: the byte columns go, nothing wraps.
     tmux.resize(60, 24)?;

@@ -48,8 +48,9 @@ impl Drop for Restore {
 
 /// Reads the tables every `interval` and draws them until `q` or Ctrl-C.
 pub fn run(tables: &Tables, instance: &Instance, interval: Duration) -> Result<(), TopError> {
-    let mut terminal = ratatui::try_init()?;
+    // Before the terminal is set up, so that a setup failing half-way is undone too.
     let _restore = Restore;
+    let mut terminal = ratatui::try_init()?;
     let title = view::Title { instance: &instance.name, interval_ms: interval.as_millis() as u64 };
     let mut top = Top::default();
     let mut next_read = Instant::now();

@@ -356,7 +356,7 @@ impl Top {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use mptcp_common::maps::{Connection, ConnectionChecks, FlowKey, Subflow, subflow_kind, subflow_state};
 
     use super::*;
@@ -393,7 +393,7 @@ mod tests {
     }
 
     /// Two connections: 0xa with two subflows, 0xb (older) with one; `bytes` scales the counts.
-    fn snapshot(bytes: [u64; 3]) -> Snapshot {
+    pub(in crate::top) fn snapshot(bytes: [u64; 3]) -> Snapshot {
         Snapshot {
             connections: vec![
                 tracked(

@@ -107,7 +107,7 @@ pub fn draw(frame: &mut Frame<'_>, top: &Top, title: &Title<'_>) {
     } else if !top.filter.is_empty() {
         Line::from(format!("filter: {}  (/ new, Esc clears)  s sort r reverse q quit", top.filter))
     } else {
-        Line::from("s sort  r reverse  / filter  Esc clear  up/down select  q quit")
+        Line::from("s sort r reverse / filter Esc clear up/down select q quit")
     };
     frame.render_widget(Paragraph::new(keys), keys_area);
 }
@@ -337,6 +337,47 @@ mod tests {
         for (us, text) in cases {
             assert_eq!(srtt(us), text, "{us}");
         }
+    }
+
+    /// The screen of `top` drawn `width` columns wide, line by line.
+    fn screen(top: &Top, width: u16) -> Vec<String> {
+        let mut terminal =
+            ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, 24)).expect("terminal");
+        terminal
+            .draw(|frame| draw(frame, top, &Title { instance: "default", interval_ms: 1000 }))
+            .expect("draw");
+        let buffer = terminal.backend().buffer();
+        (0..24).map(|y| (0..width).map(|x| buffer[(x, y)].symbol()).collect::<String>()).collect()
+    }
+
+    #[test]
+    fn at_80x24_every_column_and_whole_ipv4_paths_show() {
+        let mut top = Top::default();
+        top.update(&super::super::model::tests::snapshot([0, 0, 0]), &[], 1_000_000_000);
+        top.update(&super::super::model::tests::snapshot([2_500_000, 1234, 0]), &[], 2_000_000_000);
+        let lines = screen(&top, 80);
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            ["path", "state", "c2s/s", "s2c/s", "c2s", "s2c", "rtt", "cwnd", "fl"]
+        );
+        assert!(lines[2].starts_with("0x0000000a 2 subflows "), "{lines:#?}");
+        let fields: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(fields[3..8], ["open", "2.5M", "0", "2.5M", "20"], "{lines:#?}");
+        assert!(lines[3].starts_with(" 192.0.2.1:40000>192.0.2.2:5601 "), "{lines:#?}");
+        assert!(lines[4].starts_with(" 198.51.100.1:40001>192.0.2.2:5601 "), "{lines:#?}");
+        assert!(lines[3].split_whitespace().skip(1).eq(["estab", "2.5M", "0", "2.5M", "10"]), "{lines:#?}");
+        assert!(lines[23].contains("q quit"), "{lines:#?}");
+        // The first row is selected: its details above the keys.
+        assert!(lines[20].starts_with("token 0x0000000a"), "{lines:#?}");
+        // 60 columns: the byte totals go, the rates stay.
+        let narrow = screen(&top, 60);
+        assert_eq!(
+            narrow[1].split_whitespace().collect::<Vec<_>>(),
+            ["path", "state", "c2s/s", "s2c/s", "rtt", "cwnd", "fl"]
+        );
+        // The path takes what is left, 29 columns here: cut, not wrapped; the keys still fit.
+        assert!(narrow[4].starts_with(" 198.51.100.1:40001>192.0.2.2 estab"), "{narrow:#?}");
+        assert!(narrow[23].trim_end().ends_with("q quit"), "{narrow:#?}");
     }
 
     #[test]
