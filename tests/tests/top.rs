@@ -2,7 +2,12 @@
 //! shows against the kernel's `ss`, rates that move, sorting, filtering, a narrower terminal, and
 //! the terminal left as it was after `q` and after an error.
 
-use std::{collections::BTreeSet, net::SocketAddr, thread, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    thread,
+    time::Duration,
+};
 
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
@@ -92,6 +97,26 @@ fn ready(screen: &str) -> bool {
         && connections.iter().all(|c| c.len() > C2S_BYTES && field(c, C2S_RATE).is_ok_and(|r| r > 0.0))
 }
 
+/// Per subflow (local, peer) of `ns`: bytes_sent and rtt (ms) as `ss -tin` reports them.
+fn kernel_sent(ns: &Netns) -> Result<BTreeMap<(SocketAddr, SocketAddr), (f64, f64)>> {
+    let out = ns.exec("ss", &["-tinH", "state", "established"])?;
+    let mut sockets = BTreeMap::new();
+    let mut ends = None;
+    for line in out.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            let mut addrs = line.split_whitespace().filter_map(kernel::parse_addr);
+            ends = addrs.next().zip(addrs.next());
+            continue;
+        }
+        let value = |name: &str| line.split_whitespace().find_map(|f| f.strip_prefix(name));
+        if let (Some(ends), Some(sent), Some(rtt)) = (ends, value("bytes_sent:"), value("rtt:")) {
+            let rtt = rtt.split('/').next().unwrap_or_default();
+            sockets.insert(ends, (sent.parse()?, rtt.parse()?));
+        }
+    }
+    Ok(sockets)
+}
+
 /// After `q` or an error: the shell's screen is back, raw mode off, cursor shown.
 fn check_restored(tmux: &Tmux, status: &str) -> Result<String> {
     let exited = format!("top exited {status}");
@@ -138,6 +163,11 @@ fn top_follows_a_transfer_sorts_filters_and_restores_the_terminal() -> Result<()
     }
     tmux.keys(&["q"])?;
     check_restored(&tmux, "0")?;
+    // Ctrl-C quits the same way (raw mode turns it into a key, not a signal).
+    let tmux = top_session(&lab.client, dataplane.instance(), 80)?;
+    tmux.wait_for(WAIT, "the table", |s| connection_lines(s).len() == 2)?;
+    tmux.keys(&["C-c"])?;
+    check_restored(&tmux, "0")?;
 
     // An error while it runs (the pins go away under it) restores the terminal too.
     let tmux = top_session(&lab.client, dataplane.instance(), 80)?;
@@ -168,6 +198,10 @@ fn during_the_transfers(lab: &DualHomedLab, tmux: &Tmux) -> Result<()> {
     let shown_tokens: BTreeSet<String> = tokens(&screen).into_iter().collect();
     ensure!(shown_tokens == kernel_tokens, "top shows {shown_tokens:?}, the server's ss {kernel_tokens:?}");
 
+    // Sorted by rate at first: the faster connection on top.
+    let rates = connection_lines(&screen).iter().map(|c| field(c, C2S_RATE)).collect::<Result<Vec<_>>>()?;
+    ensure!(rates[0] >= rates[1], "not sorted by rate: {rates:?}\n{screen}");
+
     // 80 columns: every column, whole addresses, srtt and cwnd from the sock_ops records.
     let header = screen.lines().find(|l| l.starts_with("path")).context("no header")?;
     let titles: Vec<&str> = header.split_whitespace().collect();
@@ -182,6 +216,7 @@ fn during_the_transfers(lab: &DualHomedLab, tmux: &Tmux) -> Result<()> {
     let before = connection_lines(&screen).iter().map(|c| field(c, C2S_BYTES)).collect::<Result<Vec<_>>>()?;
     thread::sleep(Duration::from_secs(1));
     let screen = tmux.screen()?;
+    let kernel = kernel_sent(&lab.client)?;
     let after = connection_lines(&screen).iter().map(|c| field(c, C2S_BYTES)).collect::<Result<Vec<_>>>()?;
     let (before, after): (f64, f64) = (before.iter().sum(), after.iter().sum());
     ensure!(after > before + 0.5e6, "{before} then {after} bytes in a second at 2x10 Mbit/s:\n{screen}");
@@ -195,6 +230,20 @@ fn during_the_transfers(lab: &DualHomedLab, tmux: &Tmux) -> Result<()> {
     tmux.keys(&["Down"])?;
     let screen = tmux.wait_for(WAIT, "a subflow's details", |s| s.contains(" hmac ") && s.contains(" > "))?;
     ensure!(screen.contains("srtt"), "the selected subflow's congestion state:\n{screen}");
+
+    // Each subflow's c2s bytes against the client's `ss -ti` bytes_sent (the tracker counts at
+    // tc egress, before the shaper: retransmissions included), read up to one interval later.
+    for subflow in subflow_lines(&screen) {
+        let (client, server) = subflow[0].split_once('>').context("client>server")?;
+        let ends: (SocketAddr, SocketAddr) = (client.parse()?, server.parse()?);
+        let (sent, rtt_ms) = *kernel.get(&ends).with_context(|| format!("{ends:?} not in ss"))?;
+        let shown = field(&subflow, 4)?;
+        println!("{ends:?}: top {shown} B, ss bytes_sent {sent}; srtt top {}, ss {rtt_ms} ms", subflow[6]);
+        ensure!(
+            (shown - sent).abs() <= 0.1 * sent + 400e3,
+            "top {shown} B, ss bytes_sent {sent}: {subflow:?}"
+        );
+    }
 
     // Sorting: s cycles rate -> bytes -> token; r reverses.
     tmux.keys(&["s"])?;
