@@ -88,3 +88,20 @@ fn key(event: KeyEvent) -> Option<Key> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ctrl_c_interrupts_and_only_presses_count() {
+        let press = |code, modifiers| KeyEvent::new(code, modifiers);
+        assert_eq!(key(press(KeyCode::Char('c'), KeyModifiers::CONTROL)), Some(Key::Interrupt));
+        assert_eq!(key(press(KeyCode::Char('c'), KeyModifiers::NONE)), Some(Key::Char('c')));
+        assert_eq!(key(press(KeyCode::Esc, KeyModifiers::NONE)), Some(Key::Esc));
+        let mut release = press(KeyCode::Char('q'), KeyModifiers::NONE);
+        release.kind = KeyEventKind::Release;
+        assert_eq!(key(release), None);
+        assert_eq!(key(press(KeyCode::F(1), KeyModifiers::NONE)), None);
+    }
+}

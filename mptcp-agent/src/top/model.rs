@@ -12,8 +12,9 @@ use crate::{
 type Ends = (SocketAddr, SocketAddr);
 
 /// What the rows are ordered by (`s` cycles through them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum SortKey {
+    #[default]
     Rate,
     Bytes,
     Token,
@@ -151,7 +152,7 @@ pub enum Action {
 
 /// The state of the view: the latest groups, the previous byte counts, and the operator's
 /// choices.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Top {
     groups: Vec<Group>,
     /// Bytes per subflow (c2s, s2c) at `previous_ns`.
@@ -166,23 +167,6 @@ pub struct Top {
     selected: Option<RowId>,
     /// Where the selection was, for when its row goes away.
     selected_index: usize,
-}
-
-impl Default for Top {
-    fn default() -> Self {
-        Self {
-            groups: Vec::new(),
-            previous: HashMap::new(),
-            previous_ns: None,
-            now_ns: 0,
-            sort: SortKey::Rate,
-            reversed: false,
-            filter: String::new(),
-            editing: false,
-            selected: None,
-            selected_index: 0,
-        }
-    }
 }
 
 impl Top {
