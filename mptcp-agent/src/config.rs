@@ -2,8 +2,10 @@
 
 use std::{
     collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
+    str::FromStr,
 };
 
 use mptcp_common::maps::{DataplaneConfig, admission};
@@ -39,6 +41,10 @@ impl Admission {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct AgentConfig {
+    /// The interfaces to attach; `run --iface` replaces the list. What a service unit runs
+    /// with, since its command line is the same for every host.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
     #[serde(default)]
     pub admission: Admission,
     /// MP_JOIN SYNs per second accepted from one source address; absent or 0: no limit.
@@ -58,6 +64,48 @@ pub struct AgentConfig {
     /// `[paths]`: path management; absent, the daemon leaves paths to the kernel's settings.
     #[serde(default)]
     pub paths: Option<Spanned<PathsConfig>>,
+    /// Where to serve Prometheus metrics (`ADDR:PORT`, `[IPV6]:PORT`, `PORT` on loopback); absent:
+    /// no endpoint.
+    #[serde(default)]
+    pub metrics: Option<ListenAddr>,
+    /// Per-connection series for at most this many connections (0: none).
+    #[serde(default)]
+    pub metrics_connections: usize,
+}
+
+/// A metrics address that is none of the forms [`ListenAddr`] takes.
+#[derive(Debug, thiserror::Error)]
+#[error("bad metrics address {0:?}: expected ADDR:PORT, [IPV6]:PORT or PORT")]
+pub struct BadAddress(pub String);
+
+/// Where a metrics endpoint listens: `ADDR:PORT`, `[IPV6]:PORT`, or a bare `PORT` on 127.0.0.1 (the
+/// metrics are not published beyond the host unless an address says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub SocketAddr);
+
+impl FromStr for ListenAddr {
+    type Err = BadAddress;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if let Ok(port) = text.parse::<u16>() {
+            return Ok(Self(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)));
+        }
+        text.parse::<SocketAddr>().map(Self).map_err(|_| BadAddress(text.to_owned()))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ListenAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// Which of the kernel's path managers runs the connections (`net.mptcp.pm_type`).
@@ -346,13 +394,36 @@ mod tests {
     #[test]
     fn parses_every_key() {
         let config = AgentConfig::parse(
-            "admission = \"verified\"\njoin-rate-per-sec = 20\njoin-burst = 5\nxdp-mode = \"skb\"\n",
+            "interfaces = [\"eth0\", \"wwan0\"]\nadmission = \"verified\"\njoin-rate-per-sec = 20\n\
+             join-burst = 5\nxdp-mode = \"skb\"\n",
         )
         .unwrap();
+        assert_eq!(config.interfaces, ["eth0", "wwan0"]);
         assert_eq!(config.admission, Admission::Verified);
         assert_eq!(config.dataplane().join_burst, 5);
         assert_eq!(config.xdp_mode, Some(XdpModeName::Skb));
         assert_eq!(AgentConfig::parse("").unwrap(), AgentConfig::default());
+        let config = AgentConfig::parse("metrics = \"9464\"\nmetrics-connections = 10\n").unwrap();
+        assert_eq!(config.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(config.metrics_connections, 10);
+    }
+
+    #[test]
+    fn a_port_alone_listens_on_loopback() {
+        assert_eq!("9464".parse::<ListenAddr>().unwrap().0, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!("0.0.0.0:80".parse::<ListenAddr>().unwrap().0, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(
+            "[2001:db8::1]:9464".parse::<ListenAddr>().unwrap().0,
+            "[2001:db8::1]:9464".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_bad_address_is_named() {
+        for bad in ["localhost:9464", "2001:db8::1:9464", "192.0.2.1", "70000", ""] {
+            let error = bad.parse::<ListenAddr>().unwrap_err().to_string();
+            assert!(error.contains(&format!("{bad:?}")), "{error}");
+        }
     }
 
     #[test]
@@ -361,6 +432,8 @@ mod tests {
         assert!(error.contains("join-rate") && error.contains("line 3"), "{error}");
         let error = AgentConfig::parse("admission = \"sometimes\"\n").unwrap_err().to_string();
         assert!(error.contains("sometimes") && error.contains("line 1"), "{error}");
+        let error = AgentConfig::parse("\nmetrics = \"nowhere:80\"\n").unwrap_err().to_string();
+        assert!(error.contains("\"nowhere:80\"") && error.contains("line 2"), "{error}");
     }
 
     const PATHS: &str = "\

@@ -327,7 +327,9 @@ pub struct HalfOpen {
     pub version: u8,
     /// The SYN-ACK asked for DSS checksums.
     pub checksum: u8,
-    pub _pad: [u8; 6],
+    /// The SYN-ACK's C flag: no join to the server's initial address and port.
+    pub no_join_to_source: u8,
+    pub _pad: [u8; 5],
 }
 
 const _: () = assert!(size_of::<HalfOpen>() == 24);
@@ -378,6 +380,9 @@ pub mod connection_flags {
     pub const FASTCLOSE: u32 = 1 << 5;
     pub const TCPRST: u32 = 1 << 6;
     pub const CHECKSUM: u32 = 1 << 7;
+    /// The server's MP_CAPABLE SYN-ACK set the C flag: clients must not join its initial
+    /// address and port (`net.mptcp.allow_join_initial_addr_port = 0` on Linux).
+    pub const SERVER_NO_JOIN_TO_SOURCE: u32 = 1 << 8;
 }
 
 /// One MPTCP connection, keyed by the server's token. Direction index 0 is client to server.

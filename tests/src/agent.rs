@@ -84,6 +84,12 @@ impl<'a> Dataplane<'a> {
         Ok(dataplane)
     }
 
+    /// The instance `instance` that something else (a service unit) attaches to `ifaces`:
+    /// undone on drop like one this attached.
+    pub fn adopt(ns: &'a Netns, instance: &str, ifaces: &[&str]) -> Self {
+        Self { ns, instance: instance.to_owned(), ifaces: ifaces.iter().map(|i| (*i).to_owned()).collect() }
+    }
+
     pub fn instance(&self) -> &str {
         &self.instance
     }

@@ -54,6 +54,14 @@ enum Task {
         #[arg(long)]
         fullmesh: bool,
     },
+    /// Set up, build the agent (release) and install it as a service: `mptcp-agent install`
+    /// (the binary, systemd units, example configurations).
+    Install {
+        #[arg(long, default_value = "/")]
+        root: std::path::PathBuf,
+        #[arg(long, default_value = "/usr/local")]
+        prefix: std::path::PathBuf,
+    },
     /// Run the benchmark suites (those whose name contains FILTER, if given); results go to
     /// target/bench/results.{json,md}.
     Bench { filter: Option<String> },
@@ -82,6 +90,18 @@ fn main() -> Result<()> {
         Task::Lab { which, connections, steering, instances, mode, fullmesh } => {
             let ecmp = lab::EcmpArgs { instances: usize::from(instances), mode, fullmesh };
             lab::lab(which, connections, &steering, ecmp)
+        }
+        Task::Install { root, prefix } => {
+            setup::setup()?;
+            let agent = util::build_agent(true)?;
+            util::run(
+                std::process::Command::new(agent)
+                    .arg("install")
+                    .arg("--root")
+                    .arg(root)
+                    .arg("--prefix")
+                    .arg(prefix),
+            )
         }
         Task::Bench { filter } => bench::bench(filter.as_deref()),
         Task::Fuzz { target, seconds, runs } => {

@@ -64,6 +64,10 @@ fn to_text(status: &DaemonStatus, now_ms: u64) -> Result<String> {
         Some(part) => part_line(&mut out, "congestion control", part, "")?,
         None => writeln!(out, "{:<22} not running", "congestion control")?,
     }
+    match &status.metrics {
+        Some(part) => part_line(&mut out, "metrics endpoint", part, "")?,
+        None => writeln!(out, "{:<22} not running", "metrics endpoint")?,
+    }
     part_line(&mut out, "status file", &status.status_file, "")?;
     Ok(out)
 }

@@ -3,6 +3,7 @@
 
 mod daemon_status;
 pub mod decode;
+mod explain;
 mod lb;
 mod paths;
 mod tables;
@@ -29,6 +30,7 @@ use crate::{
         BackendConfig, LbConfig, Steering,
         sync::{self, wire::BackendAction},
     },
+    metrics::ListenAddr,
     top,
 };
 
@@ -77,8 +79,9 @@ pub enum Command {
     Run {
         #[command(flatten)]
         instance: InstanceArg,
-        /// Interfaces to attach (repeat the flag); they share the instance's tables.
-        #[arg(long, required = true)]
+        /// Interfaces to attach (repeat the flag; default: the config's `interfaces`); they share
+        /// the instance's tables.
+        #[arg(long)]
         iface: Vec<String>,
         /// TOML file; flags given here override its keys.
         #[arg(long)]
@@ -101,6 +104,13 @@ pub enum Command {
         /// The cgroup v2 directory whose sockets --cc covers (default: the hierarchy's root).
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://ADDR/metrics: ADDR:PORT, [IPV6]:PORT, or PORT
+        /// (on 127.0.0.1).
+        #[arg(long)]
+        metrics: Option<ListenAddr>,
+        /// Per-connection metric series for at most N connections (default 0: none).
+        #[arg(long)]
+        metrics_connections: Option<usize>,
     },
     /// Print the packet, option and dataplane counters of an interface.
     Stats {
@@ -186,6 +196,30 @@ pub enum Command {
         #[arg(long)]
         packets: bool,
     },
+    /// Install this binary, its systemd units and example configurations (see README,
+    /// "Running as a service").
+    Install {
+        /// Where the file system starts: `/`, or a staging directory for a package.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// Where the binary goes (PREFIX/bin) and what the units run.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+    },
+    /// Explain why each MPTCP connection of this network namespace (or the one given by a token,
+    /// either end's, or an ADDR:PORT of either end) has the subflows it has: one verdict with its
+    /// evidence and the fix. Run it in the namespace of the host whose connections it explains.
+    Explain {
+        /// A token (hex) or ADDR:PORT.
+        connection: Option<crate::explain::Selector>,
+        #[command(flatten)]
+        instance: InstanceArg,
+        /// The balancer instance whose counters to read if one runs here.
+        #[arg(long, default_value = "lb")]
+        lb_instance: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// The token-steering load balancer: every MP_JOIN reaches the backend owning its
     /// connection (RFC 8041 section 3.12).
     Lb {
@@ -220,6 +254,16 @@ pub enum LbCommand {
     Stats {
         #[arg(long)]
         json: bool,
+        /// Where the sync daemon writes its state (default: /run/mptcp-agent/lb-INSTANCE).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+    },
+    /// Serve the balancer's Prometheus metrics (its maps and its sync daemon's state, read on
+    /// every scrape): a foreground exporter (SIGTERM or SIGINT stops it).
+    Metrics {
+        /// ADDR:PORT, [IPV6]:PORT, or PORT (on 127.0.0.1).
+        #[arg(long)]
+        listen: ListenAddr,
         /// Where the sync daemon writes its state (default: /run/mptcp-agent/lb-INSTANCE).
         #[arg(long)]
         state_dir: Option<PathBuf>,
@@ -309,7 +353,19 @@ pub fn run(cli: Cli) -> Result<()> {
             bpf::detach(&instance.get()?, &iface)?;
             println!("detached from {iface}");
         }
-        Command::Run { instance, iface, config, admission, join_rate, join_burst, xdp_mode, cc, cgroup } => {
+        Command::Run {
+            instance,
+            iface,
+            config,
+            admission,
+            join_rate,
+            join_burst,
+            xdp_mode,
+            cc,
+            cgroup,
+            metrics,
+            metrics_connections,
+        } => {
             let mut settings = match &config {
                 Some(path) => AgentConfig::load(path)?,
                 None => AgentConfig::default(),
@@ -319,7 +375,14 @@ pub fn run(cli: Cli) -> Result<()> {
             settings.join_burst = join_burst.or(settings.join_burst);
             settings.cc = cc.or(settings.cc);
             settings.cc_cgroup = cgroup.or(settings.cc_cgroup);
+            settings.metrics = metrics.or(settings.metrics);
+            settings.metrics_connections = metrics_connections.unwrap_or(settings.metrics_connections);
             let mode = xdp_mode.or(settings.xdp_mode.map(Into::into)).unwrap_or(XdpAttachMode::Auto);
+            let iface = if iface.is_empty() { settings.interfaces.clone() } else { iface };
+            anyhow::ensure!(
+                !iface.is_empty(),
+                "no interface to attach: give --iface or `interfaces` in --config"
+            );
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(daemon::run(&instance.get()?, &iface, settings, mode))?;
         }
@@ -384,6 +447,36 @@ pub fn run(cli: Cli) -> Result<()> {
             let tables = if instance.exists() { Some(open_tables(&instance)?) } else { None };
             paths::print(&instance, tables.as_ref(), json)?;
         }
+        Command::Install { root, prefix } => {
+            let installed = crate::service::install(&root, &prefix)?;
+            for file in &installed.files {
+                println!("installed {}", file.display());
+            }
+            println!(
+                "next: write /etc/mptcp-agent/INSTANCE.toml (examples/ has one), then \
+                 `systemctl daemon-reload` and `systemctl enable --now UNIT` with UNIT one of: {}",
+                installed
+                    .units
+                    .iter()
+                    .map(|unit| unit.replace('@', "@INSTANCE"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Command::Explain { connection, instance, lb_instance, json } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let explanation = runtime.block_on(crate::explain::explain(
+                &instance.get()?,
+                &Instance::new(&lb_instance)?,
+                connection,
+            ))?;
+            let text = if json {
+                serde_json::to_string(&explanation)? + "\n"
+            } else {
+                explain::to_text(&explanation)?
+            };
+            write_stdout(&text)?;
+        }
         Command::Lb { instance, command } => run_lb(&Instance::new(&instance.instance)?, command)?,
     }
     Ok(())
@@ -446,6 +539,10 @@ fn run_lb(instance: &Instance, command: LbCommand) -> Result<()> {
             }
             BackendCommand::Remove(command) => backend_everywhere(instance, command, BackendAction::Remove)?,
         },
+        LbCommand::Metrics { listen, state_dir } => {
+            let state_dir = state_dir.unwrap_or_else(|| sync::default_state_dir(instance));
+            runtime()?.block_on(crate::metrics::lb::run(instance, listen, state_dir))?;
+        }
         LbCommand::Sync { config, state_dir } => {
             let settings = LbConfig::load(&config)?;
             let state_dir = state_dir.unwrap_or_else(|| sync::default_state_dir(instance));

@@ -3,6 +3,7 @@
 //! `daemon.json` in the run directory, which `mptcp-agent daemon-status` reads.
 
 use std::{
+    collections::BTreeMap,
     error::Error,
     fs, io,
     path::{Path, PathBuf},
@@ -15,7 +16,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{bpf::Instance, report::Chain};
+use crate::{
+    bpf::Instance,
+    labels,
+    metrics::{Families, Kind},
+    report::Chain,
+};
 
 /// Where the daemon of `instance` writes its [`DaemonStatus`].
 pub fn status_path(instance: &Instance) -> PathBuf {
@@ -93,7 +99,11 @@ pub struct Health {
     /// `None` for a part the configuration does not run.
     pub paths: Option<PartHealth>,
     pub cc: Option<PartHealth>,
+    /// The metrics endpoint, when `--metrics` serves one.
+    pub metrics: Option<PartHealth>,
     pub status: PartHealth,
+    /// Path events logged, by kind (a bounded set: the kinds of `PathEvent`).
+    path_events: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 impl Health {
@@ -108,8 +118,91 @@ impl Health {
             records_dropped: AtomicU64::new(0),
             paths: paths.then(PartHealth::default),
             cc: cc.then(PartHealth::default),
+            metrics: None,
             status: PartHealth::default(),
+            path_events: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// With the metrics endpoint's part.
+    pub fn serving_metrics(mut self) -> Self {
+        self.metrics = Some(PartHealth::default());
+        self
+    }
+
+    pub fn path_event(&self, kind: &'static str) {
+        let mut events = self.path_events.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *events.entry(kind).or_default() += 1;
+    }
+
+    /// The daemon's metrics: the status it writes to `daemon.json`, and the path events.
+    pub fn families(&self) -> Families {
+        let status = self.snapshot(true);
+        let mut families = Families::default();
+        let parts = [
+            ("core", Some(&status.core.part)),
+            ("event_log", Some(&status.event_log.part)),
+            ("paths", status.paths.as_ref()),
+            ("cc", status.cc.as_ref()),
+            ("metrics", status.metrics.as_ref()),
+            ("status_file", Some(&status.status_file)),
+        ];
+        for (part, health) in parts.into_iter().filter_map(|(part, health)| Some((part, health?))) {
+            families.counter(
+                "mptcp_daemon_errors",
+                "Errors a part of the daemon met.",
+                labels!("part" => part),
+                health.errors,
+            );
+            families.counter(
+                "mptcp_daemon_retries",
+                "Retries a part of the daemon made.",
+                labels!("part" => part),
+                health.retries,
+            );
+        }
+        families.counter(
+            "mptcp_daemon_events",
+            "Ring buffer events the daemon processed.",
+            Vec::new(),
+            status.core.events,
+        );
+        families.counter(
+            "mptcp_daemon_rescans",
+            "Scans of the subflow table for pending joins (start-up, lost events).",
+            Vec::new(),
+            status.core.rescans,
+        );
+        let log = "Event log records, written or dropped (the writer's queue was full).";
+        families.counter(
+            "mptcp_daemon_log_records",
+            log,
+            labels!("outcome" => "written"),
+            status.event_log.written,
+        );
+        families.counter(
+            "mptcp_daemon_log_records",
+            log,
+            labels!("outcome" => "dropped"),
+            status.event_log.dropped,
+        );
+        families.gauge(
+            "mptcp_daemon_uptime_seconds",
+            "Seconds since the daemon started.",
+            Vec::new(),
+            self.started.elapsed().as_secs_f64(),
+        );
+        families.declare("mptcp_path_events", "Path events the daemon logged, by kind.", Kind::Counter);
+        let events = self.path_events.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (kind, count) in events.iter() {
+            families.counter(
+                "mptcp_path_events",
+                "Path events the daemon logged, by kind.",
+                labels!("kind" => kind),
+                *count,
+            );
+        }
+        families
     }
 
     pub fn dropped(&self, records: u64) {
@@ -136,6 +229,7 @@ impl Health {
             },
             paths: self.paths.as_ref().map(PartHealth::status),
             cc: self.cc.as_ref().map(PartHealth::status),
+            metrics: self.metrics.as_ref().map(PartHealth::status),
             status_file: self.status.status(),
         }
     }
@@ -154,6 +248,9 @@ pub struct DaemonStatus {
     pub event_log: LogStatus,
     pub paths: Option<PartStatus>,
     pub cc: Option<PartStatus>,
+    /// The metrics endpoint (`--metrics`); absent from the files of older daemons.
+    #[serde(default)]
+    pub metrics: Option<PartStatus>,
     /// Writing this file.
     pub status_file: PartStatus,
 }
@@ -238,6 +335,21 @@ mod tests {
         assert_eq!(status.last_error.as_deref(), Some("writing: disk full 4"));
         let throttle = part.throttle.lock().unwrap();
         assert_eq!(throttle.suppressed, 4, "only the first of a burst is logged");
+    }
+
+    #[test]
+    fn metrics_count_path_events_by_kind_and_name_the_parts_that_run() {
+        let health = Health::new(false, true).serving_metrics();
+        health.path_event("path_primary");
+        health.path_event("path_primary");
+        health.path_event("endpoint_added");
+        health.cc.as_ref().unwrap().failed("tick", &io::Error::other("gone"));
+        let text = health.families().openmetrics().unwrap();
+        assert!(text.contains("mptcp_path_events_total{kind=\"path_primary\"} 2\n"), "{text}");
+        assert!(text.contains("mptcp_path_events_total{kind=\"endpoint_added\"} 1\n"), "{text}");
+        assert!(text.contains("mptcp_daemon_errors_total{part=\"cc\"} 1\n"), "{text}");
+        assert!(text.contains("mptcp_daemon_errors_total{part=\"metrics\"} 0\n"), "{text}");
+        assert!(!text.contains("part=\"paths\""), "{text}");
     }
 
     #[test]

@@ -34,6 +34,7 @@ use crate::{
     cc::{Controller, monotonic_ns},
     config::{AgentConfig, PathsConfig},
     dataplane::{events::Processor, stats, tables::Tables},
+    metrics,
     paths::{PathError, PathEvent, PathManager},
     report::Chain,
     stop::{pause, stopped},
@@ -137,10 +138,24 @@ async fn run_local(
         }
         None => None,
     };
+    // Bound at start-up, so an address that cannot be had fails the command, and before the
+    // privileges go (a port below 1024 needs CAP_NET_BIND_SERVICE).
+    let metrics = match config.metrics {
+        Some(addr) => {
+            let listener = metrics::server::bind(addr).await?;
+            log::info!("{name}: metrics at http://{addr}/metrics");
+            Some(listener)
+        }
+        None => None,
+    };
     // Everything is loaded and attached: from here on the daemon needs its maps and netlink only.
     let kept = bpf::drop_to_runtime_privileges(config.paths().is_some())?;
     log::info!("{name}: capabilities kept: {kept:?}");
-    let health = Arc::new(Health::new(config.paths().is_some(), config.cc.is_some()));
+    let mut health = Health::new(config.paths().is_some(), config.cc.is_some());
+    if metrics.is_some() {
+        health = health.serving_metrics();
+    }
+    let health = Arc::new(health);
     // The log is opened by its writer: a log that cannot be written is a run-time failure.
     let (log, writer) = event_log::channel(
         FileSink::new(event_log_path(instance)),
@@ -154,7 +169,10 @@ async fn run_local(
         Some(policy) => {
             let (manager, records) =
                 PathManager::start(instance, policy.clone()).await.context("starting the path manager")?;
-            records.iter().for_each(|record| log.send(record));
+            records.iter().for_each(|record| {
+                health.path_event(record.event.kind());
+                log.send(record)
+            });
             log::info!("{name}: path manager running ({:?} path manager, mode {:?})", policy.pm, policy.mode);
             Some((manager, policy.clone()))
         }
@@ -189,6 +207,16 @@ async fn run_local(
             "congestion controller",
             tokio::task::spawn_local(congestion(controller, health.clone(), stop_rx.clone())),
         ));
+    }
+    if let Some(listener) = metrics {
+        let task = serve_metrics(
+            instance.clone(),
+            config.metrics_connections,
+            listener,
+            health.clone(),
+            stop_rx.clone(),
+        );
+        parts.push(("metrics endpoint", tokio::task::spawn_local(task)));
     }
     let status = status_path(instance);
     parts.push((
@@ -346,6 +374,7 @@ async fn manage_paths(
                     if let PathEvent::PathError { op, error, .. } = &record.event {
                         part.failed_with(format!("path manager: the kernel refused {op}: {error}"));
                     }
+                    health.path_event(record.event.kind());
                     log.send(record);
                 }
                 delay = backoff.initial;
@@ -365,7 +394,10 @@ async fn manage_paths(
                 match PathManager::start(&instance, policy.clone()).await {
                     Ok((restarted, records)) => {
                         log::info!("{}: path manager restarted", instance.name);
-                        records.iter().for_each(|record| log.send(record));
+                        records.iter().for_each(|record| {
+                            health.path_event(record.event.kind());
+                            log.send(record)
+                        });
                         manager = restarted;
                         break;
                     }
@@ -417,6 +449,30 @@ async fn congestion(mut controller: Controller, health: Arc<Health>, mut stop: w
             }
         }
     }
+}
+
+/// The metrics endpoint: each scrape reads the pinned maps and the state files afresh, on the
+/// blocking pool, and adds the daemon's own health. A failed scrape is counted and answered with
+/// an error; it touches no other part.
+async fn serve_metrics(
+    instance: Instance,
+    connections: usize,
+    listener: tokio::net::TcpListener,
+    health: Arc<Health>,
+    stop: watch::Receiver<bool>,
+) {
+    let scrape_health = health.clone();
+    let scrape = move || -> Result<metrics::Families, metrics::MetricsError> {
+        let mut families = metrics::agent::read(&instance, metrics::agent::AgentOptions { connections })?;
+        families.extend(scrape_health.families());
+        Ok(families)
+    };
+    let failure = move |what: &str, error: &(dyn std::error::Error + 'static)| {
+        if let Some(part) = &health.metrics {
+            part.failed(what, error);
+        }
+    };
+    metrics::server::serve(listener, Arc::new(scrape), Arc::new(failure), stop).await;
 }
 
 /// Rewrites `daemon.json` every second, on the blocking pool.

@@ -166,7 +166,7 @@ impl LbConfig {
     }
 
     /// Parses and checks the text of `lb.toml`; `path` names it in errors.
-    pub(super) fn parse(text: &str, path: &str) -> Result<Self, SteeringError> {
+    pub(crate) fn parse(text: &str, path: &str) -> Result<Self, SteeringError> {
         let config: Self = toml::from_str(text)
             .map_err(|error| SteeringError::ParseConfig { path: path.to_owned(), error })?;
         config.validate()?;

@@ -24,7 +24,7 @@ pub use self::{
     record::{PathEvent, PathRecord, Request},
     report::{EndpointView, InterfaceView, PathSubflow, Report, report},
     state::{ConnectionState, InterfacePolicy, PathState, Policy, state_path},
-    sysctl::{check_mptcp, pm_type, set_sysctl},
+    sysctl::{check_mptcp, pm_type, read as mptcp_switch, set_sysctl},
 };
 use self::{pm::PmError, rtnl::RtnlError};
 use crate::config::PmKind;

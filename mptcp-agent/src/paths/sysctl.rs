@@ -6,7 +6,7 @@ use super::{PROC_MPTCP, PathError};
 use crate::config::PmKind;
 
 /// A switch's value; `None` when the kernel does not have it.
-fn read(name: &str) -> Result<Option<String>, PathError> {
+pub fn read(name: &str) -> Result<Option<String>, PathError> {
     let path = Path::new(PROC_MPTCP).join(name);
     match fs::read_to_string(&path) {
         Ok(text) => Ok(Some(text.trim().to_owned())),

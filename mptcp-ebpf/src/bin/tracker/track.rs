@@ -452,13 +452,15 @@ impl Tracker {
         if subflow.conn_token == 0 {
             let checksum = capable.flags & mptcp_common::mptcp::capable_flags::CHECKSUM_REQUIRED != 0;
             if client_key.is_none() {
+                let no_join = capable.flags & mptcp_common::mptcp::capable_flags::NO_MORE_SUBFLOWS_TO_SOURCE;
                 // Only the SYN-ACK: a spoofed SYN gets one too, so nothing enters CONNECTIONS yet.
                 let half_open = HalfOpen {
                     server_key,
                     first_seen_ns: now(),
                     version: capable.version,
                     checksum: u8::from(checksum),
-                    _pad: [0; 6],
+                    no_join_to_source: u8::from(no_join != 0),
+                    _pad: [0; 5],
                 };
                 if HALF_OPEN.insert(&self.state.key, &half_open, NOEXIST).is_ok() {
                     self.counters().half_open_created += 1;
@@ -467,6 +469,7 @@ impl Tracker {
             }
             let (mut version, mut first_seen_ns) = (capable.version, now());
             let mut checksum = checksum;
+            let mut no_join_to_source = false;
             match HALF_OPEN.get_ptr(&self.state.key) {
                 Some(half_open) => {
                     // SAFETY: map value pointer from a successful lookup.
@@ -478,6 +481,7 @@ impl Tracker {
                     version = half_open.version;
                     first_seen_ns = half_open.first_seen_ns;
                     checksum |= half_open.checksum != 0;
+                    no_join_to_source = half_open.no_join_to_source != 0;
                 }
                 // The server's MP_CAPABLE was seen, its key is gone: pushed out by other
                 // half-open entries.
@@ -502,6 +506,9 @@ impl Tracker {
                     connection.flags = connection_flags::SERVER_KEY;
                     if checksum {
                         connection.flags |= connection_flags::CHECKSUM;
+                    }
+                    if no_join_to_source {
+                        connection.flags |= connection_flags::SERVER_NO_JOIN_TO_SOURCE;
                     }
                     connection.version = version;
                     connection.subflows = 1;
