@@ -122,13 +122,17 @@ fn flows(row: &Row<'_>) -> (super::model::Flow, super::model::Flow) {
 fn path(row: &Row<'_>) -> String {
     match row {
         Row::Connection(Group { connection: Some(c), subflows, .. }) => {
-            format!("{} {} subflows", c.server_token, subflows.len())
+            format!("{} {}", c.server_token, count(subflows.len()))
         }
         Row::Connection(Group { connection: None, subflows, .. }) => {
-            format!("unclaimed {} subflows", subflows.len())
+            format!("unclaimed {}", count(subflows.len()))
         }
         Row::Subflow(s) => format!(" {}>{}", s.view.client, s.view.server),
     }
+}
+
+fn count(subflows: usize) -> String {
+    if subflows == 1 { "1 subflow".to_owned() } else { format!("{subflows} subflows") }
 }
 
 /// The subflow's state as `subflows` names it, shortened to five characters; a connection is
@@ -250,12 +254,12 @@ fn detail(top: &Top, row: &Row<'_>) -> String {
             .map(|(_, name)| *name)
             .collect();
             format!(
-                "token {} client token {} v{} {} subflows fallback {} age {}; wire c2s {} B s2c {} B; \
+                "token {} client token {} v{} {} fallback {} age {}; wire c2s {} B s2c {} B; \
                  data c2s {} B s2c {} B; reinjected {} B; closing {}",
                 c.server_token,
                 crate::dataplane::tables::Token::or_dash(c.client_token),
                 c.version,
-                subflows.len(),
+                count(subflows.len()),
                 c.fallback.unwrap_or("no"),
                 duration(top.age_ns(*first_seen_ns)),
                 c2s.bytes,
@@ -267,10 +271,7 @@ fn detail(top: &Top, row: &Row<'_>) -> String {
             )
         }
         Row::Connection(Group { connection: None, subflows, .. }) => {
-            format!(
-                "{} subflows no tracked connection claims (half-open, or no token learned)",
-                subflows.len()
-            )
+            format!("{} no tracked connection claims (half-open, or no token learned)", count(subflows.len()))
         }
         Row::Subflow(s) => {
             let v = &s.view;
