@@ -18,3 +18,4 @@ pub mod paths;
 pub mod report;
 pub mod service;
 pub mod stop;
+pub mod top;

@@ -24,7 +24,8 @@ pub struct KernelSubflow {
     pub flags: String,
 }
 
-fn parse_addr(text: &str) -> Option<SocketAddr> {
+/// An address as ss prints it: `addr:port`, `[v6]:port`, or with `%dev`.
+pub fn parse_addr(text: &str) -> Option<SocketAddr> {
     text.parse().ok().or_else(|| {
         // ss prints IPv6 as [addr]:port, which parses, or addr:port; and a socket bound to a
         // device (a subflow from an endpoint with `dev`) as addr%dev:port.

@@ -20,6 +20,7 @@ pub mod netns;
 pub mod prometheus;
 pub mod sync;
 pub mod systemd;
+pub mod tmux;
 pub mod traffic;
 pub mod tshark;
 

@@ -31,6 +31,7 @@ use crate::{
         sync::{self, wire::BackendAction},
     },
     metrics::ListenAddr,
+    top,
 };
 
 #[derive(Debug, Parser)]
@@ -126,6 +127,16 @@ pub enum Command {
         instance: InstanceArg,
         #[arg(long)]
         json: bool,
+    },
+    /// A live terminal view of the tracked connections and their subflows: rates per direction,
+    /// srtt and cwnd where the daemon runs with --cc. Keys: s sort, r reverse, / filter, Esc
+    /// clear, up/down select, q quit.
+    Top {
+        #[command(flatten)]
+        instance: InstanceArg,
+        /// Milliseconds between reads of the tables.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
+        interval: u64,
     },
     /// Print the connection table in the format `replay` prints (JSON).
     Table {
@@ -408,6 +419,10 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", tables::connections_text(&rows));
             }
+        }
+        Command::Top { instance, interval } => {
+            let instance = instance.get()?;
+            top::run(&open_tables(&instance)?, &instance, Duration::from_millis(interval))?;
         }
         Command::Table { instance } => {
             let tables = open_tables(&instance.get()?)?;
