@@ -3,8 +3,8 @@
 //! systemd. The host is never touched: `/etc` and `/usr/local` are overlays whose writes stay in
 //! a scratch directory, `/run`, `/tmp` and `/var/log` are private tmpfs, and the host's own unit
 //! enablement is hidden. Only `/run/netns` (so units can join a lab's namespace through
-//! `NetworkNamespacePath=`), `/run/mptcp-agent` (the daemon's run files) and the BPF file system
-//! are shared. Killing PID 1 (on drop) ends every process and mount in it.
+//! `NetworkNamespacePath=`), `/run/mptcp-agent` (the daemon's run files), the agent binary under
+//! test and the BPF file system are shared. Killing PID 1 (on drop) ends every process and mount in it.
 
 use std::{
     io::Write as _,
@@ -37,6 +37,9 @@ mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/netns /run/mptcp-agent
 mount --move "$s/netns" /run/netns
 mount --move "$s/agent" /run/mptcp-agent
+# The binary under test, wherever it was built (often below /tmp, which is hidden next).
+mkdir -p /run/mptcp-tests && touch /run/mptcp-tests/mptcp-agent
+mount --bind "$3" /run/mptcp-tests/mptcp-agent
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /var/log
 exec env container=mptcp-tests /lib/systemd/systemd --system --unit=mptcp-tests-boot.target --log-target=console
@@ -49,8 +52,12 @@ pub struct SystemdHost {
 }
 
 impl SystemdHost {
-    /// Boots it and waits until its manager answers `systemctl`.
-    pub fn boot() -> Result<Self> {
+    /// Where the agent binary `boot` was given is seen inside.
+    pub const AGENT: &str = "/run/mptcp-tests/mptcp-agent";
+
+    /// Boots it, with the agent binary `agent` at [`Self::AGENT`], and waits until its manager
+    /// answers `systemctl`.
+    pub fn boot(agent: &Path) -> Result<Self> {
         ensure!(
             Path::new("/lib/systemd/systemd").exists(),
             "systemd is not installed (/lib/systemd/systemd)"
@@ -70,6 +77,7 @@ impl SystemdHost {
                 "--uts",
             ])
             .args(["bash", "-c", BOOT_SCRIPT, "boot", &scratch_path, BOOT_TARGET])
+            .arg(agent)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -59,9 +59,8 @@ impl Drop for BalancerInstance<'_> {
 
 /// Boots systemd and installs the agent in it the way an operator does.
 fn installed_host() -> Result<SystemdHost> {
-    let host = SystemdHost::boot()?;
-    let agent = agent::binary();
-    let out = host.run(agent.to_str().context("agent path")?, &["install"])?;
+    let host = SystemdHost::boot(&agent::binary())?;
+    let out = host.run(SystemdHost::AGENT, &["install"])?;
     ensure!(out.contains("/usr/local/bin/mptcp-agent"), "{out}");
     Ok(host)
 }
