@@ -157,8 +157,18 @@ fn connection(out: &mut PcapStream, port: u16, keys: (u64, u64), segments: u64, 
         }
     }
     next(out, to_server(client_seq, server_seq).fin(), dss(server_data, None), &[])?;
-    next(out, to_client(server_seq, client_seq.wrapping_add(1)).fin(), dss(client_data.wrapping_add(sent), None), &[])?;
-    next(out, to_server(client_seq.wrapping_add(1), server_seq.wrapping_add(1)), dss(server_data, None), &[])?;
+    next(
+        out,
+        to_client(server_seq, client_seq.wrapping_add(1)).fin(),
+        dss(client_data.wrapping_add(sent), None),
+        &[],
+    )?;
+    next(
+        out,
+        to_server(client_seq.wrapping_add(1), server_seq.wrapping_add(1)),
+        dss(server_data, None),
+        &[],
+    )?;
     Ok(number)
 }
 
@@ -192,24 +202,36 @@ pub struct Usage {
     pub max_rss_kib: u64,
 }
 
-/// Runs `command` to its end (stdout to the file `stdout`, stderr inherited) and measures it.
-pub fn measure(command: &mut Command, stdout: &Path) -> Result<Usage> {
+/// Runs `command` (stdout to the file `stdout`, stderr inherited) and measures it; `None` if it
+/// was still running after `limit` (it is killed then).
+pub fn measure(command: &mut Command, stdout: &Path, limit: Duration) -> Result<Option<Usage>> {
     let out = File::create(stdout).with_context(|| format!("creating {}", stdout.display()))?;
     let start = Instant::now();
-    let child = command.stdout(out).stdin(Stdio::null()).spawn().context("spawning")?;
+    let mut child = command.stdout(out).stdin(Stdio::null()).spawn().context("spawning")?;
     let pid = i32::try_from(child.id()).context("pid")?;
     let mut status = 0;
     // SAFETY: a zeroed rusage is a valid value for wait4 to fill.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: wait4 on our own child, with valid pointers; the Child is not waited on again.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    if waited != pid {
-        bail!("wait4: {}", std::io::Error::last_os_error());
+    loop {
+        // SAFETY: wait4 on our own child, with valid pointers; the Child is not waited on after
+        // it is reaped here.
+        let waited = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if waited == pid {
+            break;
+        }
+        if waited != 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        if start.elapsed() > limit {
+            child.kill().context("killing the command past its limit")?;
+            child.wait().context("reaping the killed command")?;
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    drop(child);
-    Ok(Usage {
+    Ok(Some(Usage {
         status: std::os::unix::process::ExitStatusExt::from_raw(status),
         wall: start.elapsed(),
         max_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
-    })
+    }))
 }

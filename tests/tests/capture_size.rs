@@ -2,19 +2,21 @@
 //! (almost) no more memory. Generated captures of one long connection, measured with the
 //! child's getrusage peak RSS.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
-    TempDir,
-    agent,
+    TempDir, agent,
     synthetic::{self, Usage},
 };
 
 /// Runs `mptcp-agent ARGS FILE --json` on `file` and returns its usage and parsed output.
 fn run(scratch: &TempDir, args: &[&str], file: &std::path::Path) -> Result<(Usage, serde_json::Value)> {
     let stdout = scratch.path().join("out.json");
-    let usage = synthetic::measure(Command::new(agent::binary()).args(args).arg(file).arg("--json"), &stdout)?;
+    let mut command = Command::new(agent::binary());
+    command.args(args).arg(file).arg("--json");
+    let usage = synthetic::measure(&mut command, &stdout, Duration::from_secs(120))?
+        .with_context(|| format!("mptcp-agent {args:?} still running after 120 s"))?;
     ensure!(usage.status.success(), "mptcp-agent {args:?} failed: {:?}", usage.status);
     let output = std::fs::read(&stdout).context("reading the output")?;
     Ok((usage, serde_json::from_slice(&output).context("parsing the output")?))

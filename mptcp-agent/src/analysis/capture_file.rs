@@ -156,7 +156,8 @@ impl<R: Read> CaptureReader<R> {
             let header = if bytes.is_empty() {
                 Err(PcapError::IncompleteBuffer)
             } else if bytes.starts_with(&PCAPNG_MAGIC) {
-                PcapNgParser::new(bytes).map(|(rest, parser)| (bytes.len() - rest.len(), Format::PcapNg(parser)))
+                PcapNgParser::new(bytes)
+                    .map(|(rest, parser)| (bytes.len() - rest.len(), Format::PcapNg(parser)))
             } else {
                 PcapParser::new(bytes).map(|(rest, parser)| {
                     let link_type = parser.header().datalink;
@@ -209,17 +210,24 @@ impl<R: Read> CaptureReader<R> {
                 let record = match block {
                     Block::EnhancedPacket(packet) => match parser.packet_interface(&packet) {
                         Some(interface) => Record::Frame(interface.linktype, packet.data.into_owned()),
-                        None => Record::Broken(format!("packet on undeclared interface {}", packet.interface_id)),
+                        None => {
+                            Record::Broken(format!("packet on undeclared interface {}", packet.interface_id))
+                        }
                     },
                     // A simple packet block belongs to the first interface.
                     Block::SimplePacket(packet) => match parser.interfaces().first() {
                         Some(interface) => Record::Frame(interface.linktype, packet.data.into_owned()),
                         None => Record::Broken("simple packet block before any interface".to_owned()),
                     },
-                    Block::Packet(packet) => match parser.interfaces().get(usize::from(packet.interface_id)) {
-                        Some(interface) => Record::Frame(interface.linktype, packet.data.into_owned()),
-                        None => Record::Broken(format!("packet on undeclared interface {}", packet.interface_id)),
-                    },
+                    Block::Packet(packet) => {
+                        match parser.interfaces().get(usize::from(packet.interface_id)) {
+                            Some(interface) => Record::Frame(interface.linktype, packet.data.into_owned()),
+                            None => Record::Broken(format!(
+                                "packet on undeclared interface {}",
+                                packet.interface_id
+                            )),
+                        }
+                    }
                     _ => Record::Other,
                 };
                 (rest, record)
