@@ -88,7 +88,7 @@ fn read_corpus() -> Result<Corpus> {
     let pcap = scratch.path().join("corpus.pcap");
     corpus::write_pcap(&pcap, &corpus_frames()?)?;
     let decoded = decode::decode_file(&pcap, true)?;
-    let (harness, skipped) = replay::run_capture(&capture_file::read(&pcap)?)?;
+    let (harness, skipped) = replay::run_capture(&mut capture_file::open(&pcap)?)?;
     ensure!(skipped == 0, "{skipped} frames not replayed");
     let table = replay::table(&harness.tables)?.connections;
     let views = Snapshot::read(&harness.tables)?.connection_views();
@@ -493,7 +493,7 @@ fn live_tracking_equals_replay() -> Result<()> {
     corpus::write_pcap(&pcap, &frames)?;
     craft::send_pcap(&sender, &out_if, &pcap)?;
 
-    let (harness, _) = replay::run_capture(&capture_file::read(&pcap)?)?;
+    let (harness, _) = replay::run_capture(&mut capture_file::open(&pcap)?)?;
     let replayed = comparable(&serde_json::to_value(Snapshot::read(&harness.tables)?.connection_views())?)?;
     let replayed_table = serde_json::to_value(replay::table(&harness.tables)?)?;
     // The daemon judges events as they come: wait until its checks are in the maps.

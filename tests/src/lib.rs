@@ -19,6 +19,7 @@ pub mod mptcpd;
 pub mod netns;
 pub mod prometheus;
 pub mod sync;
+pub mod synthetic;
 pub mod systemd;
 pub mod tmux;
 pub mod traffic;

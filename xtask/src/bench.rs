@@ -3,6 +3,7 @@
 //!
 //! A suite is a function returning [`Row`]s; add one to [`SUITES`] to extend the report.
 
+mod capture;
 mod daemon;
 mod failover;
 mod flood;
@@ -42,6 +43,7 @@ const SUITES: &[Suite] = &[
     Suite { name: "failover", run: failover::failover },
     Suite { name: "daemon", run: daemon::daemon },
     Suite { name: "flood", run: flood::flood },
+    Suite { name: "capture", run: capture::capture },
 ];
 
 pub fn bench(filter: Option<&str>) -> Result<()> {

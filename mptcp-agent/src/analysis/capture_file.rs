@@ -1,7 +1,7 @@
 //! Reading capture files (pcap and pcapng, through `pcap-file`) and slicing their frames down to
 //! the TCP header (through `etherparse`), for the link types tcpdump and Wireshark write on Linux.
 
-use std::{net::SocketAddr, path::Path};
+use std::{fs::File, io::Read, net::SocketAddr, path::Path};
 
 use etherparse::{EtherType, LaxSlicedPacket, LinuxSllHeaderSlice, LinuxSllProtocolType, TransportSlice};
 use pcap_file::{
@@ -44,14 +44,6 @@ pub struct Frame {
     pub data: Vec<u8>,
 }
 
-/// Every frame of a file that could be read; a file cut short keeps the frames before the cut.
-#[derive(Debug)]
-pub struct CaptureFile {
-    pub frames: Vec<Frame>,
-    /// Set when reading stopped early (truncated or corrupt file).
-    pub read_error: Option<String>,
-}
-
 /// The TCP header of a frame, as far as the decoder needs it.
 #[derive(Debug, Clone)]
 pub struct TcpSegment<'a> {
@@ -74,18 +66,64 @@ pub struct TcpSegment<'a> {
 
 const PCAPNG_MAGIC: [u8; 4] = [0x0a, 0x0d, 0x0d, 0x0a];
 
-/// Reads every frame of a pcap or pcapng file.
-pub fn read(path: &Path) -> Result<CaptureFile, CaptureFileError> {
-    let display = path.display().to_string();
-    let bytes =
-        std::fs::read(path).map_err(|source| CaptureFileError::Io { path: display.clone(), source })?;
-    parse(&bytes).map_err(|source| CaptureFileError::Format { path: display, source })
+/// Bytes asked of the source at a time; a record larger than what is buffered doubles it.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// More unparsed bytes than any record can hold (pcap-file caps a packet at 256 KiB, pcapng
+/// blocks are bounded the same way in practice): a parser still asking for more is reading
+/// garbage, so the file is cut there rather than read whole into memory.
+const MAX_RECORD: usize = 64 * 1024 * 1024;
+
+enum Format {
+    Pcap { parser: PcapParser, link_type: DataLink },
+    PcapNg(PcapNgParser),
 }
 
-/// Reads every frame of a pcap or pcapng file held in memory (what [`read`] reads, and what the
-/// fuzz targets feed).
-pub fn parse(bytes: &[u8]) -> Result<CaptureFile, PcapError> {
-    if bytes.starts_with(&PCAPNG_MAGIC) { read_pcapng(bytes) } else { read_pcap(bytes) }
+/// The frames of a pcap or pcapng file, read one at a time: memory holds one record (and the
+/// read-ahead), whatever the file's size. A file cut short ends the frames and sets
+/// [`CaptureReader::read_error`].
+pub struct CaptureReader<R> {
+    source: R,
+    format: Format,
+    buffer: Vec<u8>,
+    /// The first byte of `buffer` not parsed yet.
+    start: usize,
+    end_of_source: bool,
+    frames_read: u64,
+    read_error: Option<String>,
+}
+
+/// Opens a pcap or pcapng file and reads its header.
+pub fn open(path: &Path) -> Result<CaptureReader<File>, CaptureFileError> {
+    let display = path.display().to_string();
+    let file = File::open(path).map_err(|source| CaptureFileError::Io { path: display.clone(), source })?;
+    CaptureReader::new(file).map_err(|source| match source {
+        PcapError::IoError(source) if source.kind() != std::io::ErrorKind::UnexpectedEof => {
+            CaptureFileError::Io { path: display, source }
+        }
+        source => CaptureFileError::Format { path: display, source },
+    })
+}
+
+/// The frames of a pcap or pcapng file held in memory (what the fuzz targets feed).
+pub fn parse(bytes: &[u8]) -> Result<CaptureReader<&[u8]>, PcapError> {
+    CaptureReader::new(bytes)
+}
+
+/// Drops the parsed bytes before `start` and appends what `source` gives next; true at its end.
+fn fill(source: &mut impl Read, buffer: &mut Vec<u8>, start: usize) -> std::io::Result<bool> {
+    buffer.drain(..start);
+    let unparsed = buffer.len();
+    buffer.resize(unparsed + unparsed.max(READ_CHUNK), 0);
+    let read = loop {
+        match source.read(&mut buffer[unparsed..]) {
+            Ok(read) => break Ok(read),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => break Err(error),
+        }
+    };
+    buffer.truncate(unparsed + read.as_ref().map_or(0, |&read| read));
+    Ok(read? == 0)
 }
 
 /// A record cut short is the end of the file, as `pcap-file`'s readers report it.
@@ -96,72 +134,142 @@ fn cut_short(error: PcapError) -> PcapError {
     }
 }
 
-// The slice parsers, not `pcap-file`'s readers: the bytes are in memory already, and a reader
-// allocates and zeroes an 8 MB buffer for every file (most of the time a fuzz execution took).
-fn read_pcap(bytes: &[u8]) -> Result<CaptureFile, PcapError> {
-    let (mut rest, parser) = PcapParser::new(bytes).map_err(cut_short)?;
-    let link_type = parser.header().datalink;
-    let mut capture = CaptureFile { frames: Vec::new(), read_error: None };
-    // Raw packets: pcap-file 2.0 rejects every packet whose original length exceeds the snap
-    // length, which is exactly what a capture with `tcpdump -s N` holds.
-    while !rest.is_empty() {
-        match parser.next_raw_packet(rest) {
-            Ok((remainder, packet)) => {
-                capture.push(link_type, packet.data.into_owned());
-                rest = remainder;
-            }
-            Err(error) => {
-                capture.read_error = Some(cut_short(error).to_string());
-                break;
+/// What one record of the file is: a frame, something else (a pcapng block that carries no
+/// packet), or a packet that cannot be placed.
+enum Record {
+    Frame(DataLink, Vec<u8>),
+    Other,
+    Broken(String),
+}
+
+// The slice parsers over a buffer of our own, not `pcap-file`'s readers: a reader allocates and
+// zeroes an 8 MB buffer for every file (most of the time a fuzz execution took), and its pcap
+// reader rejects every packet whose original length exceeds the snap length, which is exactly
+// what a capture with `tcpdump -s N` holds (hence raw packets).
+impl<R: Read> CaptureReader<R> {
+    /// Reads the file header from `source`.
+    pub fn new(mut source: R) -> Result<Self, PcapError> {
+        let mut buffer = Vec::new();
+        let mut end_of_source = false;
+        loop {
+            let bytes = &buffer[..];
+            let header = if bytes.is_empty() {
+                Err(PcapError::IncompleteBuffer)
+            } else if bytes.starts_with(&PCAPNG_MAGIC) {
+                PcapNgParser::new(bytes)
+                    .map(|(rest, parser)| (bytes.len() - rest.len(), Format::PcapNg(parser)))
+            } else {
+                PcapParser::new(bytes).map(|(rest, parser)| {
+                    let link_type = parser.header().datalink;
+                    (bytes.len() - rest.len(), Format::Pcap { parser, link_type })
+                })
+            };
+            match header {
+                Ok((start, format)) => {
+                    return Ok(Self {
+                        source,
+                        format,
+                        buffer,
+                        start,
+                        end_of_source,
+                        frames_read: 0,
+                        read_error: None,
+                    });
+                }
+                Err(PcapError::IncompleteBuffer) if !end_of_source && buffer.len() < MAX_RECORD => {
+                    end_of_source = fill(&mut source, &mut buffer, 0).map_err(PcapError::IoError)?;
+                }
+                Err(error) => return Err(cut_short(error)),
             }
         }
     }
-    Ok(capture)
-}
 
-fn read_pcapng(bytes: &[u8]) -> Result<CaptureFile, PcapError> {
-    let (mut rest, mut parser) = PcapNgParser::new(bytes).map_err(cut_short)?;
-    let mut capture = CaptureFile { frames: Vec::new(), read_error: None };
-    while !rest.is_empty() {
-        let frame = match parser.next_block(rest) {
-            Ok((remainder, block)) => {
-                rest = remainder;
-                match block {
+    /// Frames given so far.
+    pub fn frames_read(&self) -> u64 {
+        self.frames_read
+    }
+
+    /// Why reading stopped before the end of the file, once the frames are exhausted.
+    pub fn read_error(&self) -> Option<&str> {
+        self.read_error.as_deref()
+    }
+
+    /// Parses the next record of the unparsed bytes: how many bytes it took, and what it is.
+    fn next_record(&mut self) -> Result<(usize, Record), PcapError> {
+        let bytes = &self.buffer[self.start..];
+        if bytes.is_empty() {
+            return Err(PcapError::IncompleteBuffer);
+        }
+        let (rest, record) = match &mut self.format {
+            Format::Pcap { parser, link_type } => {
+                let (rest, packet) = parser.next_raw_packet(bytes)?;
+                (rest, Record::Frame(*link_type, packet.data.into_owned()))
+            }
+            Format::PcapNg(parser) => {
+                let (rest, block) = parser.next_block(bytes)?;
+                let record = match block {
                     Block::EnhancedPacket(packet) => match parser.packet_interface(&packet) {
-                        Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
-                        None => Err(format!("packet on undeclared interface {}", packet.interface_id)),
+                        Some(interface) => Record::Frame(interface.linktype, packet.data.into_owned()),
+                        None => {
+                            Record::Broken(format!("packet on undeclared interface {}", packet.interface_id))
+                        }
                     },
                     // A simple packet block belongs to the first interface.
                     Block::SimplePacket(packet) => match parser.interfaces().first() {
-                        Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
-                        None => Err("simple packet block before any interface".to_owned()),
+                        Some(interface) => Record::Frame(interface.linktype, packet.data.into_owned()),
+                        None => Record::Broken("simple packet block before any interface".to_owned()),
                     },
                     Block::Packet(packet) => {
                         match parser.interfaces().get(usize::from(packet.interface_id)) {
-                            Some(interface) => Ok((interface.linktype, packet.data.into_owned())),
-                            None => Err(format!("packet on undeclared interface {}", packet.interface_id)),
+                            Some(interface) => Record::Frame(interface.linktype, packet.data.into_owned()),
+                            None => Record::Broken(format!(
+                                "packet on undeclared interface {}",
+                                packet.interface_id
+                            )),
                         }
                     }
-                    _ => continue,
-                }
+                    _ => Record::Other,
+                };
+                (rest, record)
             }
-            Err(error) => Err(cut_short(error).to_string()),
         };
-        match frame {
-            Ok((link_type, data)) => capture.push(link_type, data),
-            Err(error) => {
-                capture.read_error = Some(error);
-                break;
-            }
-        }
+        Ok((bytes.len() - rest.len(), record))
     }
-    Ok(capture)
 }
 
-impl CaptureFile {
-    fn push(&mut self, link_type: DataLink, data: Vec<u8>) {
-        let number = self.frames.len() as u64 + 1;
-        self.frames.push(Frame { number, link_type, data });
+impl<R: Read> Iterator for CaptureReader<R> {
+    type Item = Frame;
+
+    fn next(&mut self) -> Option<Frame> {
+        while self.read_error.is_none() {
+            match self.next_record() {
+                Ok((used, record)) => {
+                    self.start += used;
+                    match record {
+                        Record::Frame(link_type, data) => {
+                            self.frames_read += 1;
+                            return Some(Frame { number: self.frames_read, link_type, data });
+                        }
+                        Record::Other => {}
+                        Record::Broken(error) => self.read_error = Some(error),
+                    }
+                }
+                Err(PcapError::IncompleteBuffer)
+                    if !self.end_of_source && self.buffer.len() - self.start < MAX_RECORD =>
+                {
+                    let filled = fill(&mut self.source, &mut self.buffer, self.start);
+                    self.start = 0;
+                    match filled {
+                        Ok(end_of_source) => self.end_of_source = end_of_source,
+                        Err(error) => self.read_error = Some(error.to_string()),
+                    }
+                }
+                // The whole file parsed.
+                Err(PcapError::IncompleteBuffer) if self.start == self.buffer.len() => return None,
+                Err(error) => self.read_error = Some(cut_short(error).to_string()),
+            }
+        }
+        None
     }
 }
 

@@ -2,7 +2,7 @@
 //! XDP program (BPF_PROG_TEST_RUN), with the daemon's event processing, then the resulting
 //! connection table.
 
-use std::{net::SocketAddr, path::Path};
+use std::{io::Read, net::SocketAddr, path::Path};
 
 use anyhow::Result;
 use mptcp_common::maps::{
@@ -11,7 +11,7 @@ use mptcp_common::maps::{
 use serde::Serialize;
 
 use crate::{
-    analysis::capture_file::{self, CaptureFile},
+    analysis::capture_file::{self, CaptureReader},
     bpf::XDP_PROGRAM,
     dataplane::stats,
     dataplane::tables::{DataBytes, Hex64, Snapshot, TableError, Tables, Token, endpoints, state_name},
@@ -28,7 +28,7 @@ pub struct Replay {
     /// As `mptcp-agent stats --json` prints them, for the interface "replay".
     pub counters: serde_json::Value,
     pub key_checks: KeyChecks,
-    pub packets: usize,
+    pub packets: u64,
     pub read_error: Option<String>,
     pub skipped_frames: u64,
 }
@@ -74,8 +74,8 @@ pub struct TableSubflow {
 
 /// Replays `path` and returns the resulting table.
 pub fn replay(path: &Path) -> Result<Replay> {
-    let capture = capture_file::read(path)?;
-    let (harness, skipped) = run_capture(&capture)?;
+    let mut capture = capture_file::open(path)?;
+    let (harness, skipped) = run_capture(&mut capture)?;
     let counters = harness.counters()?;
     let (mut matched, mut mismatched) = (0, 0);
     for (token, _) in harness.tables.connections()? {
@@ -86,18 +86,18 @@ pub fn replay(path: &Path) -> Result<Replay> {
         connections: table(&harness.tables)?.connections,
         counters: stats::to_json("replay", &counters),
         key_checks: KeyChecks { matched, mismatched },
-        packets: capture.frames.len(),
-        read_error: capture.read_error,
+        packets: capture.frames_read(),
+        read_error: capture.read_error().map(str::to_owned),
         skipped_frames: skipped,
     })
 }
 
-/// Runs every frame of `capture` through a fresh tracker, its events processed after each frame;
-/// returns the tracker and how many frames it could not be given.
-pub fn run_capture(capture: &CaptureFile) -> Result<(TrackerHarness, u64)> {
+/// Runs every frame of `capture`, as it is read, through a fresh tracker, its events processed
+/// after each frame; returns the tracker and how many frames it could not be given.
+pub fn run_capture<R: Read>(capture: &mut CaptureReader<R>) -> Result<(TrackerHarness, u64)> {
     let mut harness = TestHarness::tracker()?;
     let mut skipped = 0u64;
-    for frame in &capture.frames {
+    for frame in capture.by_ref() {
         // Test runs of XDP need at least an Ethernet header.
         let Some(ethernet) = frame.to_ethernet().ok().filter(|ethernet| ethernet.len() >= 14) else {
             skipped += 1;

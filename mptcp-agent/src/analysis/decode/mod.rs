@@ -9,24 +9,31 @@ mod report;
 #[cfg(test)]
 mod tests;
 
-use std::path::Path;
+use std::{io::Read, path::Path};
 
 pub use report::*;
 
-use crate::analysis::capture_file::{self, CaptureFile, CaptureFileError};
+use crate::analysis::capture_file::{self, CaptureFileError, CaptureReader};
 
-/// Decodes a capture file.
+/// Decodes a capture file, frame by frame.
 pub fn decode_file(path: &Path, with_packets: bool) -> Result<Report, CaptureFileError> {
-    Ok(decode(path.display().to_string(), capture_file::read(path)?, with_packets))
+    Ok(decode(path.display().to_string(), &mut capture_file::open(path)?, with_packets))
 }
 
-/// Decodes the frames of a capture read already; `file` names it in the report.
-pub fn decode(file: String, capture: CaptureFile, with_packets: bool) -> Report {
+/// Decodes the frames `capture` gives, one at a time; `file` names it in the report. Only the
+/// subflows' state is kept from frame to frame, and the packet records only `with_packets`.
+pub fn decode<R: Read>(file: String, capture: &mut CaptureReader<R>, with_packets: bool) -> Report {
     let mut analysis = analysis::Analysis::default();
-    let packets: Vec<PacketRecord> =
-        capture.frames.iter().filter_map(|frame| analysis.frame(frame)).collect();
+    let mut packets = Vec::new();
+    for frame in capture.by_ref() {
+        if let Some(packet) = analysis.frame(&frame)
+            && with_packets
+        {
+            packets.push(packet);
+        }
+    }
     let mut report = analysis.finish(file);
-    report.read_error = capture.read_error;
+    report.read_error = capture.read_error().map(str::to_owned);
     report.packets = with_packets.then_some(packets);
     report
 }

@@ -385,7 +385,7 @@ mod tests {
     }
 
     fn decoded(capture: &[u8]) -> Report {
-        decode::decode("session".to_owned(), capture_file::parse(capture).unwrap(), false)
+        decode::decode("session".to_owned(), &mut capture_file::parse(capture).unwrap(), false)
     }
 
     /// The fuzz targets start from this session: it must be the deep state it claims to be.
