@@ -283,6 +283,8 @@ async fn judge(
                         health.events.fetch_add(1, Relaxed);
                         log.send(&processor.process(&event));
                     }
+                    // The burst's verdicts and checks, one write per entry.
+                    processor.flush();
                     guard.clear_ready();
                 }
                 Err(error) => {

@@ -3,6 +3,7 @@
 
 use std::{
     borrow::Cow,
+    collections::HashMap,
     net::{IpAddr, SocketAddr},
 };
 
@@ -151,8 +152,15 @@ impl EventDetails {
     }
 }
 
+/// Lowercase hex digits of `bytes`, in one allocation (this runs for every join event).
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    text
 }
 
 /// The subflow key of an event's packet.
@@ -194,24 +202,64 @@ fn logged<V>(map: &str, read: Result<Option<V>, aya::maps::MapError>) -> Option<
     })
 }
 
-/// Applies events to the tables.
+/// Events a [`Processor`] takes before it writes what it learnt ([`Processor::flush`]): a bound
+/// on how late a verdict reaches the programs and on the batch's memory.
+const BATCH_EVENTS: usize = 1024;
+
+/// What a [`Processor`] knows between two flushes. Reads are cached only where the answer cannot
+/// change meanwhile, writes are coalesced per entry; the flush writes them and forgets all.
+#[derive(Default)]
+struct Batch {
+    events: usize,
+    /// Connections read with both keys known, and the key check's result once made: keys,
+    /// version and the programs' tokens and IDSNs of an entry are set once, with the keys.
+    connections: HashMap<u32, (Connection, Option<bool>)>,
+    /// The agent's checks to write; the agent is the map's only writer.
+    checks: HashMap<u32, ConnectionChecks>,
+    verdicts: Vec<(FlowKey, u8)>,
+}
+
+/// Applies events to the tables. What it writes waits for [`Processor::flush`] (or every
+/// [`BATCH_EVENTS`] events, or the drop): one write per entry for a burst of events.
 pub struct Processor<'t> {
     tables: &'t mut Tables,
+    batch: Batch,
 }
 
 impl<'t> Processor<'t> {
     pub fn new(tables: &'t mut Tables) -> Self {
-        Self { tables }
+        Self { tables, batch: Batch::default() }
     }
 
     pub fn tables(&self) -> &Tables {
         self.tables
     }
 
-    fn connection(&self, token: u32) -> Option<Connection> {
-        (token != 0)
-            .then(|| logged(CONNECTIONS_MAP, maps::lookup(&self.tables.connections, &token)))
-            .flatten()
+    /// Writes the verdicts and checks of the events processed since the last flush.
+    pub fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        let (keys, verdicts): (Vec<_>, Vec<_>) = batch.verdicts.into_iter().unzip();
+        if let Err(error) = maps::insert_batch(&self.tables.verdicts, &keys, &verdicts) {
+            log::warn!("recording {} HMAC verdict(s): {}", keys.len(), Chain(&error));
+        }
+        let (tokens, checks): (Vec<_>, Vec<_>) = batch.checks.into_iter().unzip();
+        if let Err(error) = maps::insert_batch(&self.tables.checks, &tokens, &checks) {
+            log::warn!("recording the checks of {} connection(s): {}", tokens.len(), Chain(&error));
+        }
+    }
+
+    fn connection(&mut self, token: u32) -> Option<Connection> {
+        if token == 0 {
+            return None;
+        }
+        if let Some((connection, _)) = self.batch.connections.get(&token) {
+            return Some(*connection);
+        }
+        let connection = logged(CONNECTIONS_MAP, maps::lookup(&self.tables.connections, &token))?;
+        if keys(&connection).is_some() {
+            self.batch.connections.insert(token, (connection, None));
+        }
+        Some(connection)
     }
 
     fn subflow(&self, key: &FlowKey) -> Option<Subflow> {
@@ -222,17 +270,17 @@ impl<'t> Processor<'t> {
     }
 
     fn update_checks(&mut self, token: u32, update: impl FnOnce(&mut ConnectionChecks)) {
-        let mut checks = match self.tables.checks(token) {
-            Ok(checks) => checks,
-            Err(error) => {
-                log::warn!("reading checks of connection {token:#010x}: {}", Chain(&error));
-                return;
-            }
+        let checks = match self.batch.checks.entry(token) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => match self.tables.checks(token) {
+                Ok(checks) => entry.insert(checks),
+                Err(error) => {
+                    log::warn!("reading checks of connection {token:#010x}: {}", Chain(&error));
+                    return;
+                }
+            },
         };
-        update(&mut checks);
-        if let Err(error) = self.tables.checks.insert(token, checks, 0) {
-            log::warn!("recording checks of connection {token:#010x}: {}", Chain(&error));
-        }
+        update(checks);
     }
 
     /// Verifies the join subflow `key` if its handshake is complete and unjudged; returns the
@@ -242,16 +290,17 @@ impl<'t> Processor<'t> {
         if subflow.kind != subflow_kind::JOIN || subflow.hmac != hmac_verdict::PENDING {
             return None;
         }
-        let verdict = join_verdict(&subflow, self.connection(subflow.conn_token).as_ref());
-        if let Err(error) = self.tables.verdicts.insert(key, verdict, 0) {
-            log::warn!("recording an HMAC verdict: {}", Chain(&error));
-        }
+        let connection = self.connection(subflow.conn_token);
+        let verdict = join_verdict(&subflow, connection.as_ref());
+        self.batch.verdicts.push((*key, verdict));
         Some(verdict)
     }
 
     /// Verifies every complete join that has no verdict yet: after a restart, events may have
     /// been consumed by a previous run that died before judging them.
     pub fn verify_pending(&mut self) -> Result<usize, TableError> {
+        // Verdicts not yet written would be judged twice.
+        self.flush();
         let mut pending = Vec::new();
         for (key, subflow) in maps::entries(&self.tables.subflows).map_err(map_error(SUBFLOWS_MAP))? {
             if subflow.kind == subflow_kind::JOIN
@@ -261,21 +310,20 @@ impl<'t> Processor<'t> {
                 pending.push(key);
             }
         }
-        Ok(pending.iter().filter(|key| self.verify_join(key).is_some()).count())
+        let judged = pending.iter().filter(|key| self.verify_join(key).is_some()).count();
+        self.flush();
+        Ok(judged)
     }
 
     /// Cross-checks the programs' tokens and IDSNs of a connection's keys against the agent's
     /// own SHA-256 (SHA-1 for version 0).
     fn check_keys(&mut self, token: u32) -> Option<bool> {
         let connection = self.connection(token)?;
-        let derived = |key| handshake::token_and_idsn(connection.version, key);
-        let mut matched = true;
-        if connection.flags & connection_flags::SERVER_KEY != 0 {
-            matched &= derived(connection.server_key) == (connection.server_token, connection.server_idsn);
-        }
-        if connection.flags & connection_flags::CLIENT_KEY != 0 {
-            matched &= derived(connection.client_key) == (connection.client_token, connection.client_idsn);
-        }
+        let matched = match self.batch.connections.get_mut(&token) {
+            Some((_, Some(matched))) => *matched,
+            Some((_, unchecked)) => *unchecked.insert(derived_match(&connection)),
+            None => derived_match(&connection),
+        };
         self.update_checks(token, |checks| {
             if matched {
                 checks.keys_matched += 1;
@@ -315,6 +363,15 @@ impl<'t> Processor<'t> {
 
     /// Acts on one event and describes it.
     pub fn process(&mut self, event: &Event) -> EventRecord {
+        let record = self.describe(event);
+        self.batch.events += 1;
+        if self.batch.events >= BATCH_EVENTS {
+            self.flush();
+        }
+        record
+    }
+
+    fn describe(&mut self, event: &Event) -> EventRecord {
         let backup = event.flags & event_flags::BACKUP != 0;
         let details = match event.kind {
             event_kind::MP_CAPABLE => EventDetails::MpCapable {
@@ -369,6 +426,25 @@ impl<'t> Processor<'t> {
             token,
         }
     }
+}
+
+impl Drop for Processor<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Whether the programs' tokens and IDSNs of a connection's keys equal the agent's own.
+fn derived_match(connection: &Connection) -> bool {
+    let derived = |key| handshake::token_and_idsn(connection.version, key);
+    let mut matched = true;
+    if connection.flags & connection_flags::SERVER_KEY != 0 {
+        matched &= derived(connection.server_key) == (connection.server_token, connection.server_idsn);
+    }
+    if connection.flags & connection_flags::CLIENT_KEY != 0 {
+        matched &= derived(connection.client_key) == (connection.client_token, connection.client_idsn);
+    }
+    matched
 }
 
 #[cfg(test)]

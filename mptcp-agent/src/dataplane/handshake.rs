@@ -33,7 +33,7 @@ fn trailing_u64(digest: &[u8]) -> u64 {
 }
 
 /// HMAC over `message` keyed with `key1 || key2` (8 bytes each, big-endian).
-fn hmac<D>(key1: u64, key2: u64, message: &[&[u8]]) -> Vec<u8>
+fn hmac<D>(key1: u64, key2: u64, message: &[&[u8]]) -> hmac::digest::Output<D>
 where
     D: Digest + hmac::digest::core_api::BlockSizeUser + Clone,
 {
@@ -43,7 +43,7 @@ where
     // SimpleHmac accepts keys of any length; 16 bytes is below every block size.
     let mut mac = SimpleHmac::<D>::new_from_slice(&key).expect("HMAC takes keys of any length");
     message.iter().for_each(|part| mac.update(part));
-    mac.finalize().into_bytes().to_vec()
+    mac.finalize().into_bytes()
 }
 
 /// v1 token: the most significant 32 bits of SHA-256(key).
@@ -68,8 +68,16 @@ pub fn idsn_v0(key: u64) -> u64 {
 
 /// Token and IDSN of a key with the hash of MPTCP `version` (SHA-1 for RFC 6824's version 0),
 /// as the programs compute them (`mptcp_common::keys::version_key_digest_in`).
+/// One digest gives both.
 pub fn token_and_idsn(version: u8, key: u64) -> (u32, u64) {
-    if version == 0 { (token_v0(key), idsn_v0(key)) } else { (token(key), idsn(key)) }
+    let bytes = key.to_be_bytes();
+    if version == 0 {
+        let digest = Sha1::digest(bytes);
+        (leading_u32(&digest), trailing_u64(&digest))
+    } else {
+        let digest = Sha256::digest(bytes);
+        (leading_u32(&digest), trailing_u64(&digest))
+    }
 }
 
 /// SYN-ACK: leftmost 64 bits of HMAC-SHA256(Key_B||Key_A, R_B||R_A); B = responder (sends the
@@ -178,6 +186,8 @@ mod tests {
         assert_eq!(idsn_v0(KEY_A), 0x3a95_ed6e_4ebb_4ad5);
         assert_eq!(token_v0(KEY_B), 0x3383_d918);
         assert_eq!(idsn_v0(KEY_B), 0x9e1a_e42f_7026_27a9);
+        assert_eq!(token_and_idsn(1, KEY_A), (token(KEY_A), idsn(KEY_A)));
+        assert_eq!(token_and_idsn(0, KEY_B), (token_v0(KEY_B), idsn_v0(KEY_B)));
     }
 
     #[test]

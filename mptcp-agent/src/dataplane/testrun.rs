@@ -281,6 +281,7 @@ impl TrackerHarness {
                 records.push(processor.process(&event));
             }
         }
+        processor.flush();
         records
     }
 
