@@ -237,11 +237,11 @@ fn tracking_matches_the_kernel_and_tshark(family: Family) -> Result<()> {
             .filter_map(|s| Some(ends(addr(&s["client"])?, addr(&s["server"])?)))
             .collect();
         assert_eq!(tshark.subflows, subflows, "subflow grouping");
-        // tshark counts data re-sent on another subflow; the dataplane also counts data mapped
-        // again on the same subflow (an MPTCP-level retransmission), so it sees at least as many.
-        if tshark.reinjected_packets > 0 {
-            assert!(conn["reinjections"].as_u64() > Some(0), "tshark saw reinjections the dataplane missed");
-        }
+        // Not compared: tshark counts data re-sent on another subflow, the dataplane a mapping
+        // that goes back in data sequence on its own subflow (a per-subflow rule; the program
+        // fixtures check it), and a reinjection onto a subflow that never sent later data is one
+        // and not the other. Shown for whoever reads a failure.
+        println!("reinjections: tshark {}, dataplane {}", tshark.reinjected_packets, conn["reinjections"]);
         assert_eq!(conn["data_bytes"]["c2s"].as_u64(), Some(BYTES), "client data");
         assert_eq!(conn["data_bytes"]["s2c"].as_u64(), Some(8), "server data");
     }
