@@ -9,6 +9,23 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::netns::{Netns, unique_name};
 
+/// Capability numbers (linux/capability.h) the tests check processes for.
+pub mod capability {
+    pub const SETPCAP: u32 = 8;
+    pub const NET_ADMIN: u32 = 12;
+    pub const PERFMON: u32 = 38;
+    pub const BPF: u32 = 39;
+}
+
+/// `field` (`CapEff:`, `CapBnd:`, ...) of a /proc/PID/status text as a capability mask.
+pub fn capability_mask(status: &str, field: &str) -> Result<u64> {
+    let hex = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .with_context(|| format!("{field} missing"))?;
+    Ok(u64::from_str_radix(hex.trim(), 16)?)
+}
+
 /// The agent binary: `$MPTCP_AGENT_BIN`, else the workspace's debug build.
 pub fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("MPTCP_AGENT_BIN") {

@@ -11,26 +11,15 @@ use std::{
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
     admission::forged_join_fails_under_verified,
-    agent::{self, Daemon, Dataplane, instance_dir, run_dir},
+    agent::{self, Daemon, Dataplane, capability, capability_mask, instance_dir, run_dir},
     lab::{DualHomedLab, LabOptions},
     lock::LabLock,
     netns::Netns,
     traffic::{Proto, Server},
 };
 
-/// linux/capability.h
-const CAP_BPF: u32 = 39;
 /// The unprivileged user tests act as.
 const NOBODY: &str = "65534";
-
-/// `field` of /proc/PID/task/TID/status as a capability mask.
-fn capabilities(status: &str, field: &str) -> Result<u64> {
-    let hex = status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .with_context(|| format!("{field} missing"))?;
-    Ok(u64::from_str_radix(hex.trim(), 16)?)
-}
 
 /// `program args` run in `ns` as user and group nobody, with `caps` (setpriv syntax, e.g.
 /// "+bpf") as its inheritable and ambient capabilities.
@@ -76,13 +65,13 @@ fn an_unprivileged_user_can_neither_read_the_keys_nor_touch_the_maps() -> Result
         let context = || format!("thread {:?} of the daemon:\n{status}", task.file_name());
         for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
             ensure!(
-                capabilities(&status, field)? == 1 << CAP_BPF,
+                capability_mask(&status, field)? == 1 << capability::BPF,
                 "{field} is not CAP_BPF alone: {}",
                 context()
             );
         }
         for field in ["CapInh:", "CapAmb:"] {
-            ensure!(capabilities(&status, field)? == 0, "{field} not empty: {}", context());
+            ensure!(capability_mask(&status, field)? == 0, "{field} not empty: {}", context());
         }
         ensure!(status.lines().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])), "{}", context());
     }

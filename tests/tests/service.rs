@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
-    agent::{self, Dataplane, instance_dir, run_dir},
+    agent::{self, Dataplane, capability, capability_mask, instance_dir, run_dir},
     balancer::{BalancerLab, BalancerLabOptions, start_servers, stop_servers},
     lab::{DualHomedLab, LabOptions},
     lock::LabLock,
@@ -19,11 +19,6 @@ use mptcp_tests::{
     traffic::{ClientOptions, Proto, Server, transfer},
 };
 
-/// linux/capability.h
-const CAP_NET_ADMIN: u32 = 12;
-const CAP_SETPCAP: u32 = 8;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
 /// `systemd-analyze security` scores units from 0 (locked down) to 10; the daemon needs BPF and
 /// network administration, which cost about 2 of them on their own.
 const MAX_EXPOSURE: f64 = 4.0;
@@ -94,12 +89,6 @@ fn lab_drop_in(host: &SystemdHost, unit: &str, ns: &Netns) -> Result<()> {
     )
 }
 
-fn capability_mask(status: &str, field: &str) -> Result<u64> {
-    let hex =
-        status.lines().find_map(|l| l.strip_prefix(field)).with_context(|| format!("{field} missing"))?;
-    Ok(u64::from_str_radix(hex.trim(), 16)?)
-}
-
 fn mptcp_transfer(lab: &DualHomedLab, port: u16) -> Result<()> {
     let server = Server::start(&lab.server, lab.server_addr(0, port), Proto::Mptcp, 1)?;
     let options = ClientOptions { proto: Proto::Mptcp, bytes: 256 * 1024, wait_subflows: 1, hold: None };
@@ -148,7 +137,9 @@ fn the_daemon_unit_runs_sandboxed_restarts_and_resumes() -> Result<()> {
     ensure!(host.property(&unit, "ProtectSystem")? == "strict", "{unit}: ProtectSystem");
     ensure!(host.property(&unit, "NoNewPrivileges")? == "yes", "{unit}: NoNewPrivileges");
     let status = host.run("cat", &[&format!("/proc/{main_pid}/status")])?;
-    let allowed = [CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, CAP_SETPCAP].iter().fold(0u64, |m, c| m | 1 << c);
+    let allowed = [capability::BPF, capability::PERFMON, capability::NET_ADMIN, capability::SETPCAP]
+        .iter()
+        .fold(0u64, |m, c| m | 1 << c);
     for field in ["CapBnd:", "CapEff:", "CapPrm:"] {
         let mask = capability_mask(&status, field)?;
         ensure!(mask & !allowed == 0, "{field} {mask:#x} outside the unit's {allowed:#x}");
