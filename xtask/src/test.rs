@@ -8,7 +8,7 @@ use anyhow::{Result, ensure};
 use crate::{
     fuzz,
     setup::setup,
-    util::{build_agent, cargo, is_root, run},
+    util::{cargo, is_root, run, workspace_root},
 };
 
 pub fn test() -> Result<()> {
@@ -26,11 +26,15 @@ pub fn test() -> Result<()> {
     ]))?;
     // The eBPF crate only builds for the BPF target, with the nightly toolchain.
     run(Command::new("cargo")
-        .current_dir(crate::util::workspace_root())
+        .current_dir(workspace_root())
         .args(["+nightly", "clippy", "-p", "mptcp-ebpf", "--release", "--target", "bpfel-unknown-none"])
         .args(["-Z", "build-std=core", "--", "-D", "warnings"]))?;
     run(cargo().args(["test", "--workspace", "--exclude", "mptcp-tests", "--exclude", "mptcp-ebpf"]))?;
-    let agent = build_agent(false)?;
+    // That `cargo test` built the agent's binary for the agent's own integration tests, with
+    // the dev-dependencies' features; `cargo build -p mptcp-agent` would build it once more
+    // without them (a minute on this machine kind).
+    let agent = workspace_root().join("target/debug/mptcp-agent");
+    ensure!(agent.is_file(), "`cargo test` built no agent binary at {}", agent.display());
     ensure!(
         is_root(),
         "the integration tests create network namespaces and load eBPF programs: run them as root"
