@@ -174,6 +174,36 @@ impl DualHomedLab {
         self.paths.iter().map(|p| p.client_if.as_str()).collect()
     }
 
+    /// The prefix length of every path's subnet.
+    pub fn prefix_len(&self) -> u8 {
+        path_addresses(self.options.family, 0).2
+    }
+
+    /// A second client address in path `index`'s subnet (host part 11), for address changes.
+    pub fn spare_client_addr(&self, index: usize) -> IpAddr {
+        match path_addresses(self.options.family, index).0 {
+            IpAddr::V4(v4) => IpAddr::from([v4.octets()[0], v4.octets()[1], v4.octets()[2], 11]),
+            IpAddr::V6(v6) => {
+                let mut segments = v6.segments();
+                segments[7] = 0x11;
+                IpAddr::from(segments)
+            }
+        }
+    }
+
+    /// `ip`'s family switch for this lab's addresses.
+    pub fn ip_family(&self) -> &'static str {
+        if self.options.family == Family::V6 { "-6" } else { "-4" }
+    }
+
+    /// The wildcard address of this lab's family, with `port`.
+    pub fn any_addr(&self, port: u16) -> SocketAddr {
+        match self.options.family {
+            Family::V4 => SocketAddr::from(([0, 0, 0, 0], port)),
+            Family::V6 => SocketAddr::from(([0u16; 8], port)),
+        }
+    }
+
     /// The server's address on path `index`, with `port`.
     pub fn server_addr(&self, index: usize, port: u16) -> SocketAddr {
         SocketAddr::new(self.paths[index].server_addr, port)

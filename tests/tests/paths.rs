@@ -16,7 +16,7 @@ use mptcp_tests::{
     agent,
     failover::{self, Agent, Break, ClientPm, Scenario, agent_config},
     kernel::{self, KernelEndpoint},
-    lab::{DualHomedLab, LabOptions},
+    lab::{DualHomedLab, Family, LabOptions},
     lock::LabLock,
     netns::Netns,
     traffic::{ClientOptions, Gate, Proto, Server, Transfer, transfer},
@@ -43,8 +43,9 @@ fn policy(keys: &str) -> String {
 }
 
 /// Two 20 Mbit/s paths and no endpoints: the path manager under test decides.
-fn lab() -> Result<DualHomedLab> {
-    let lab = DualHomedLab::new(LabOptions { client_subflow_endpoint: false, ..LabOptions::default() })?;
+fn lab(family: Family) -> Result<DualHomedLab> {
+    let lab =
+        DualHomedLab::new(LabOptions { family, client_subflow_endpoint: false, ..LabOptions::default() })?;
     lab.shape_client("20mbit")?;
     Ok(lab)
 }
@@ -85,10 +86,9 @@ fn contains_in_order(kinds: &[String], expected: &[&str]) -> bool {
     expected.iter().all(|want| rest.any(|kind| kind == want))
 }
 
-#[test]
-fn backup_mode_keeps_the_backup_idle_then_fails_over_at_once() -> Result<()> {
+fn backup_mode_keeps_the_backup_idle_then_fails_over_at_once(family: Family) -> Result<()> {
     let _lock = LabLock::acquire()?;
-    let lab = lab()?;
+    let lab = lab(family)?;
     let (primary, backup) = (lab.paths[0].client_addr, lab.paths[1].client_addr);
     let pm = ClientPm::Agent(policy("mode = \"backup\"")).start(&lab)?;
     let agent = pm.agent().context("agent")?;
@@ -155,10 +155,9 @@ fn backup_mode_keeps_the_backup_idle_then_fails_over_at_once() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn full_mode_failover_completes_over_the_remaining_path() -> Result<()> {
+fn full_mode_failover_completes_over_the_remaining_path(family: Family) -> Result<()> {
     let _lock = LabLock::acquire()?;
-    let lab = lab()?;
+    let lab = lab(family)?;
     let pm = ClientPm::Agent(policy("")).start(&lab)?;
     let agent = pm.agent().context("agent")?;
     let endpoints = kernel::endpoints(&lab.client)?;
@@ -179,10 +178,9 @@ fn full_mode_failover_completes_over_the_remaining_path() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn single_path_opens_the_second_path_only_after_the_primary_fails() -> Result<()> {
+fn single_path_opens_the_second_path_only_after_the_primary_fails(family: Family) -> Result<()> {
     let _lock = LabLock::acquire()?;
-    let lab = lab()?;
+    let lab = lab(family)?;
     let pm = ClientPm::Agent(policy("mode = \"single-path\"")).start(&lab)?;
     let agent = pm.agent().context("agent")?;
     let (primary, second) = (lab.paths[0].client_addr, lab.paths[1].client_addr);
@@ -218,19 +216,21 @@ fn held_transfer<'s>(
     scope.spawn(move || transfer(&lab.client, server, options))
 }
 
-#[test]
-fn addresses_that_come_and_go_add_and_remove_endpoints() -> Result<()> {
+fn addresses_that_come_and_go_add_and_remove_endpoints(family: Family) -> Result<()> {
     let _lock = LabLock::acquire()?;
-    let lab = lab()?;
+    let lab = lab(family)?;
     let pm = ClientPm::Agent(policy("")).start(&lab)?;
     let agent = pm.agent().context("agent")?;
     let path = &lab.paths[1];
     let old = path.client_addr;
-    let new: IpAddr = "198.51.100.11".parse()?;
-    // The new address is a secondary one of the same subnet: it must outlive the old one.
-    lab.client.sysctl(&format!("net.ipv4.conf.{}.promote_secondaries", path.client_if), "1")?;
-    lab.client.ip(&["addr", "add", &format!("{new}/24"), "dev", &path.client_if])?;
-    lab.client.ip(&["rule", "add", "from", &new.to_string(), "table", "101"])?;
+    let new = lab.spare_client_addr(1);
+    let prefix = lab.prefix_len();
+    if family == Family::V4 {
+        // The new address is a secondary one of the same subnet: it must outlive the old one.
+        lab.client.sysctl(&format!("net.ipv4.conf.{}.promote_secondaries", path.client_if), "1")?;
+    }
+    lab.client.ip(&["addr", "add", &format!("{new}/{prefix}"), "dev", &path.client_if, "nodad"])?;
+    lab.client.ip(&[lab.ip_family(), "rule", "add", "from", &new.to_string(), "table", "101"])?;
     eventually("the new address has an endpoint", || {
         Ok(endpoint(&kernel::endpoints(&lab.client)?, new).is_some_and(|e| e.has("subflow")))
     })?;
@@ -245,7 +245,7 @@ fn addresses_that_come_and_go_add_and_remove_endpoints() -> Result<()> {
             let locals: Vec<IpAddr> = kernel::subflows(&lab.client)?.iter().map(|s| s.local.ip()).collect();
             ensure!(locals.contains(&new) && locals.contains(&old), "subflows from {locals:?}");
             // The old address goes: its endpoint and its subflows go with it.
-            lab.client.ip(&["addr", "del", &format!("{old}/24"), "dev", &path.client_if])?;
+            lab.client.ip(&["addr", "del", &format!("{old}/{prefix}"), "dev", &path.client_if])?;
             eventually("the old address's endpoint and subflows are gone", || {
                 let endpoints = kernel::endpoints(&lab.client)?;
                 let subflows = kernel::subflows(&lab.client)?;
@@ -271,14 +271,14 @@ fn addresses_that_come_and_go_add_and_remove_endpoints() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn make_before_break_off_replaces_an_address_at_once() -> Result<()> {
+fn make_before_break_off_replaces_an_address_at_once(family: Family) -> Result<()> {
     let _lock = LabLock::acquire()?;
-    let lab = lab()?;
+    let lab = lab(family)?;
     let pm = ClientPm::Agent(policy("make-before-break = false")).start(&lab)?;
     let path = &lab.paths[1];
-    let new: IpAddr = "198.51.100.11".parse()?;
-    lab.client.ip(&["addr", "add", &format!("{new}/24"), "dev", &path.client_if])?;
+    let new = lab.spare_client_addr(1);
+    let cidr = format!("{new}/{}", lab.prefix_len());
+    lab.client.ip(&["addr", "add", &cidr, "dev", &path.client_if, "nodad"])?;
     eventually("the newest address alone has the interface's endpoint", || {
         let endpoints = kernel::endpoints(&lab.client)?;
         Ok(endpoint(&endpoints, new).is_some() && endpoint(&endpoints, path.client_addr).is_none())
@@ -291,15 +291,79 @@ fn make_before_break_off_replaces_an_address_at_once() -> Result<()> {
     Ok(())
 }
 
+/// Whether `ip addr` lists `addr` on `iface` with `flag` (`tentative`, `deprecated`).
+fn address_has(ns: &Netns, iface: &str, addr: IpAddr, flag: &str) -> Result<bool> {
+    let shown = ns.ip(&["-6", "addr", "show", "dev", iface])?;
+    let addr = addr.to_string();
+    Ok(shown.lines().any(|l| {
+        l.split_whitespace().nth(1).is_some_and(|a| a.starts_with(&format!("{addr}/"))) && l.contains(flag)
+    }))
+}
+
+/// IPv6 only: duplicate address detection and preferred lifetimes have no IPv4 counterpart. An
+/// address still in DAD gets no endpoint until it is valid; a deprecated one loses its endpoint,
+/// so new connections never join from it.
+#[test]
+fn tentative_and_deprecated_ipv6_addresses_are_not_used() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = lab(Family::V6)?;
+    let pm = ClientPm::Agent(policy("")).start(&lab)?;
+    let path = &lab.paths[1];
+    // Three probes 500 ms apart: the address stays tentative for 1.5 s or more.
+    lab.client.sysctl(&format!("net.ipv6.conf.{}.dad_transmits", path.client_if), "3")?;
+    lab.client.sysctl(&format!("net.ipv6.neigh.{}.retrans_time_ms", path.client_if), "500")?;
+    let new = lab.spare_client_addr(1);
+    let cidr = format!("{new}/{}", lab.prefix_len());
+    lab.client.ip(&["addr", "add", &cidr, "dev", &path.client_if])?;
+    lab.client.ip(&["-6", "rule", "add", "from", &new.to_string(), "table", "101"])?;
+    // Time for the agent to act on the address's RTM_NEWADDR, while DAD still runs.
+    thread::sleep(Duration::from_millis(500));
+    ensure!(address_has(&lab.client, &path.client_if, new, "tentative")?, "DAD ended too early to test");
+    let endpoints = kernel::endpoints(&lab.client)?;
+    ensure!(endpoint(&endpoints, new).is_none(), "an endpoint for a tentative address: {endpoints:?}");
+    ensure!(address_has(&lab.client, &path.client_if, new, "tentative")?, "DAD ended during the check");
+    eventually("DAD is over and the address has an endpoint", || {
+        Ok(endpoint(&kernel::endpoints(&lab.client)?, new).is_some_and(|e| e.has("subflow")))
+    })?;
+    ensure!(!address_has(&lab.client, &path.client_if, new, "tentative")?);
+
+    lab.client.ip(&["addr", "change", &cidr, "dev", &path.client_if, "preferred_lft", "0"])?;
+    ensure!(address_has(&lab.client, &path.client_if, new, "deprecated")?);
+    eventually("the deprecated address loses its endpoint", || {
+        Ok(endpoint(&kernel::endpoints(&lab.client)?, new).is_none())
+    })?;
+    let endpoints = kernel::endpoints(&lab.client)?;
+    ensure!(endpoint(&endpoints, path.client_addr).is_some(), "{endpoints:?}");
+    // A new connection joins from the path's valid address only, as `ip mptcp monitor` shows.
+    let monitor = kernel::Monitor::start(&lab.client)?;
+    let server = Server::start(&lab.server, lab.server_addr(0, 5606), Proto::Mptcp, 1)?;
+    let done = transfer(
+        &lab.client,
+        server.addr,
+        ClientOptions { proto: Proto::Mptcp, bytes: 300_000, wait_subflows: 1, hold: None },
+    )?;
+    server.join()?;
+    ensure!(done.subflows == 1, "MPTCP_INFO reports {} additional subflows", done.subflows);
+    let joins: Vec<IpAddr> = monitor
+        .events()
+        .iter()
+        .filter(|e| e.kind == "SF_ESTABLISHED")
+        .filter_map(|e| e.ends().map(|(local, _)| local.ip()))
+        .collect();
+    ensure!(joins == [path.client_addr], "joins from {joins:?}");
+    let kinds = pm.agent().context("agent")?.event_kinds()?;
+    ensure!(contains_in_order(&kinds, &["endpoint_added", "endpoint_removed"]), "{kinds:?}");
+    Ok(())
+}
+
 /// The subflows `ss -M` shows for the connection with local token `token`.
 fn subflows_of(ns: &Netns, token: u32) -> Result<Vec<kernel::KernelSubflow>> {
     Ok(kernel::subflows(ns)?.into_iter().filter(|s| s.token == token).collect())
 }
 
-#[test]
-fn userspace_pm_opens_each_connections_subflows_as_the_policy_says() -> Result<()> {
+fn userspace_pm_opens_each_connections_subflows_as_the_policy_says(family: Family) -> Result<()> {
     let _lock = LabLock::acquire()?;
-    let lab = lab()?;
+    let lab = lab(family)?;
     // Two subflows per address pair, at most three beside the initial one: one more over the
     // first path, two over the second.
     let pm = ClientPm::Agent(policy("pm = \"userspace\"\nndiffports = 2\nmax-subflows = 3")).start(&lab)?;
@@ -348,10 +412,9 @@ fn userspace_pm_opens_each_connections_subflows_as_the_policy_says() -> Result<(
     Ok(())
 }
 
-#[test]
-fn userspace_backup_mode_promotes_the_backup_subflow_on_link_down() -> Result<()> {
+fn userspace_backup_mode_promotes_the_backup_subflow_on_link_down(family: Family) -> Result<()> {
     let _lock = LabLock::acquire()?;
-    let lab = lab()?;
+    let lab = lab(family)?;
     let pm = ClientPm::Agent(policy("pm = \"userspace\"\nmode = \"backup\"")).start(&lab)?;
     let agent = pm.agent().context("agent")?;
     let backup = lab.paths[1].client_addr;
@@ -389,10 +452,10 @@ fn userspace_backup_mode_promotes_the_backup_subflow_on_link_down() -> Result<()
     Ok(())
 }
 
-#[test]
-fn a_server_announces_its_other_addresses() -> Result<()> {
+fn a_server_announces_its_other_addresses(family: Family) -> Result<()> {
     let _lock = LabLock::acquire()?;
-    let lab = DualHomedLab::new(LabOptions { client_subflow_endpoint: false, ..LabOptions::default() })?;
+    let lab =
+        DualHomedLab::new(LabOptions { family, client_subflow_endpoint: false, ..LabOptions::default() })?;
     let server_ifaces: Vec<&str> = lab.paths.iter().map(|p| p.server_if.as_str()).collect();
     let config = format!(
         "[paths]\nserver = true\n[[paths.interface]]\nname = \"{}\"\n[[paths.interface]]\nname = \"{}\"\n",
@@ -404,7 +467,7 @@ fn a_server_announces_its_other_addresses() -> Result<()> {
     assert!(endpoints.iter().all(|e| e.has("signal") && !e.has("subflow")), "{endpoints:?}");
     let monitor = kernel::Monitor::start(&lab.client)?;
     // Joins to the announced address need a listener there too: the server listens on all.
-    let any = std::net::SocketAddr::from(([0, 0, 0, 0], 5605));
+    let any = lab.any_addr(5605);
     let server = Server::start(&lab.server, any, Proto::Mptcp, 1)?;
     let done = transfer(
         &lab.client,
@@ -417,7 +480,7 @@ fn a_server_announces_its_other_addresses() -> Result<()> {
     let announced: Vec<_> = events.iter().filter(|e| e.kind == "ANNOUNCED").collect();
     assert_eq!(announced.len(), 1, "{events:?}");
     assert_eq!(
-        announced[0].fields.get("daddr4").map(String::as_str),
+        announced[0].fields.get(if family == Family::V6 { "daddr6" } else { "daddr4" }).map(String::as_str),
         Some(lab.paths[1].server_addr.to_string().as_str())
     );
     let joined = events.iter().find(|e| e.kind == "SF_ESTABLISHED").context("no join")?;
@@ -431,7 +494,7 @@ fn a_server_announces_its_other_addresses() -> Result<()> {
 #[test]
 fn bad_input_is_a_clear_error() -> Result<()> {
     let _lock = LabLock::acquire()?;
-    let lab = lab()?;
+    let lab = lab(Family::V4)?;
     let dir = mptcp_tests::TempDir::new("cfg")?;
     let write = |name: &str, text: &str| -> Result<String> {
         let path = dir.path().join(name);
@@ -482,3 +545,31 @@ fn bad_input_is_a_clear_error() -> Result<()> {
     assert!(!agent::instance_dir(&instance).exists());
     Ok(())
 }
+
+/// Each path test once per address family: `NAME::v4` and `NAME::v6`.
+macro_rules! both_families {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn v4() -> Result<()> {
+                super::$name(Family::V4)
+            }
+            #[test]
+            fn v6() -> Result<()> {
+                super::$name(Family::V6)
+            }
+        }
+    )*};
+}
+
+both_families!(
+    backup_mode_keeps_the_backup_idle_then_fails_over_at_once,
+    full_mode_failover_completes_over_the_remaining_path,
+    single_path_opens_the_second_path_only_after_the_primary_fails,
+    addresses_that_come_and_go_add_and_remove_endpoints,
+    make_before_break_off_replaces_an_address_at_once,
+    userspace_pm_opens_each_connections_subflows_as_the_policy_says,
+    userspace_backup_mode_promotes_the_backup_subflow_on_link_down,
+    a_server_announces_its_other_addresses
+);

@@ -302,6 +302,7 @@ mod tests {
                 addr: addr.parse().unwrap(),
                 prefix_len: 24,
                 tentative: false,
+                deprecated: false,
             }));
         }
         net
@@ -373,6 +374,7 @@ mod tests {
             addr: "198.51.100.7".parse().unwrap(),
             prefix_len: 24,
             tentative: false,
+            deprecated: false,
         }));
         let both = summary(&endpoints(&config("", "subflow"), &state));
         assert_eq!(

@@ -1,7 +1,10 @@
 //! What `mptcp-agent paths` shows: the kernel's path manager, the interfaces, the daemon's state
 //! and the dataplane's subflows, gathered in one [`Report`].
 
-use std::{collections::BTreeMap, net::SocketAddr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+};
 
 use serde::Serialize;
 
@@ -126,11 +129,22 @@ fn dataplane_subflows(tables: &Tables, net: &NetState) -> Result<Vec<PathSubflow
         .collect();
     let mut subflows = tables.subflows()?;
     subflows.sort_by_key(|(_, subflow)| subflow.first_seen_ns);
+    // Connections this host is the client of, known by a subflow whose client end is ours now.
+    // An end whose address is gone (IPv6 flushes a link's addresses when it goes down) is
+    // oriented by its connection, else the dead initial subflow would show as the server's.
+    let local_clients: BTreeSet<u32> = subflows
+        .iter()
+        .filter(|(key, subflow)| net.link_of(SubflowView::new(key, subflow).client.ip()).is_some())
+        .map(|(_, subflow)| subflow.conn_token)
+        .collect();
     Ok(subflows
         .iter()
         .map(|(key, subflow)| {
             let view = SubflowView::new(key, subflow);
-            let client_is_local = net.link_of(view.client.ip()).is_some();
+            let client_is_local = net.link_of(view.client.ip()).is_some()
+                || (net.link_of(view.server.ip()).is_none()
+                    && subflow.conn_token != 0
+                    && local_clients.contains(&subflow.conn_token));
             let (local, remote, sent, received) = if client_is_local {
                 (view.client, view.server, &view.c2s, &view.s2c)
             } else {

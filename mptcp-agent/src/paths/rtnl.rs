@@ -65,16 +65,23 @@ pub struct Address {
     pub prefix_len: u8,
     /// IPv6 duplicate address detection has not finished (or failed): not usable yet.
     pub tentative: bool,
+    /// Preferred lifetime over (`preferred_lft 0`, an old SLAAC or privacy address): kept for
+    /// the connections already on it, never chosen for new ones.
+    pub deprecated: bool,
 }
 
 impl Address {
-    /// Worth an endpoint or a subflow: not loopback, link-local or still tentative.
+    /// Worth an endpoint or a subflow: not loopback, link-local, still tentative or deprecated.
     pub fn usable(&self) -> bool {
         let link_local = match self.addr {
             IpAddr::V4(v4) => v4.is_link_local(),
             IpAddr::V6(v6) => v6.is_unicast_link_local(),
         };
-        !self.tentative && !self.addr.is_loopback() && !link_local && !self.addr.is_unspecified()
+        !self.tentative
+            && !self.deprecated
+            && !self.addr.is_loopback()
+            && !link_local
+            && !self.addr.is_unspecified()
     }
 
     fn from_message(message: &AddressMessage) -> Option<Self> {
@@ -93,11 +100,14 @@ impl Address {
         let tentative = flags.contains(AddressFlags::Tentative)
             || flags.contains(AddressFlags::Dadfailed)
             || header_flags.contains(AddressHeaderFlags::Tentative);
+        let deprecated =
+            flags.contains(AddressFlags::Deprecated) || header_flags.contains(AddressHeaderFlags::Deprecated);
         Some(Self {
             index: message.header.index,
             addr: addr?,
             prefix_len: message.header.prefix_len,
             tentative,
+            deprecated,
         })
     }
 }
@@ -325,7 +335,7 @@ mod tests {
     }
 
     fn address(index: u32, addr: &str) -> Address {
-        Address { index, addr: addr.parse().unwrap(), prefix_len: 24, tentative: false }
+        Address { index, addr: addr.parse().unwrap(), prefix_len: 24, tentative: false, deprecated: false }
     }
 
     #[test]
@@ -354,5 +364,6 @@ mod tests {
         assert!(!address(2, "fe80::1").usable());
         assert!(!address(1, "127.0.0.1").usable());
         assert!(!Address { tentative: true, ..address(2, "2001:db8::1") }.usable());
+        assert!(!Address { deprecated: true, ..address(2, "2001:db8::1") }.usable());
     }
 }
