@@ -65,8 +65,9 @@ pub struct Address {
     pub prefix_len: u8,
     /// IPv6 duplicate address detection has not finished (or failed): not usable yet.
     pub tentative: bool,
-    /// Preferred lifetime over (`preferred_lft 0`, an old SLAAC or privacy address): kept for
-    /// the connections already on it, never chosen for new ones.
+    /// Preferred lifetime over (`preferred_lft 0`, an old SLAAC or privacy address): the kernel
+    /// keeps it, the agent withdraws its endpoint so no new subflow uses it (the in-kernel path
+    /// manager then also closes the subflows on it, by REMOVE_ADDR).
     pub deprecated: bool,
 }
 
