@@ -180,8 +180,16 @@ impl Monitor {
                 }
             }
         });
-        // Give it time to subscribe before traffic starts.
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        // Traffic must not start before it has joined the events' multicast group (a fixed
+        // sleep of 200 ms was too short once in CI: it saw no event at all).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !subscribed(child.id()) {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "ip mptcp monitor did not subscribe to the MPTCP events within 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         Ok(Self { child, lines })
     }
 
@@ -201,6 +209,25 @@ impl Monitor {
             })
             .collect()
     }
+}
+
+/// Whether process `pid` holds a generic netlink socket (protocol 16) that has joined a
+/// multicast group: `/proc/PID/net/netlink` (its namespace's sockets) joined with its open fds.
+fn subscribed(pid: u32) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    let inodes: Vec<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|link| Some(link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned()))
+        .collect();
+    let Ok(table) = std::fs::read_to_string(format!("/proc/{pid}/net/netlink")) else { return false };
+    table.lines().skip(1).any(|row| {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        // sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode
+        columns.len() >= 10
+            && columns[1] == "16"
+            && !columns[3].trim_start_matches('0').is_empty()
+            && inodes.iter().any(|inode| inode == columns[9])
+    })
 }
 
 impl Drop for Monitor {
