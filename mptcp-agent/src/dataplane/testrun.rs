@@ -86,16 +86,18 @@ pub struct RunResult {
     pub duration: Duration,
 }
 
-/// A private copy of one object: its programs loaded, its maps fresh.
+/// A private copy of one object: its maps fresh, each program verified the first time it runs.
+/// Verifying a program takes about a second here, and most users (the program fixtures, one
+/// harness per case) run only one of an object's programs.
 pub struct TestHarness {
     ebpf: Ebpf,
 }
 
 impl TestHarness {
-    /// The tracker, its ingress XDP and its ingress and egress TC programs loaded, with the
-    /// agent's view of its tables and events.
+    /// The tracker (its ingress XDP and its ingress and egress TC programs), with the agent's
+    /// view of its tables and events.
     pub fn tracker() -> Result<TrackerHarness, TestRunError> {
-        let mut harness = Self::load(TRACKER_OBJECT, &[XDP_PROGRAM], &[TC_PROGRAM, TC_INGRESS_PROGRAM])?;
+        let mut harness = Self::load(TRACKER_OBJECT)?;
         let tables = Tables::open(|name| harness.ebpf.take_map(name).ok_or(TableError::Missing(name)))?;
         let events = harness.ebpf.take_map(EVENTS_MAP).ok_or(TableError::Missing(EVENTS_MAP))?;
         let events =
@@ -105,27 +107,39 @@ impl TestHarness {
 
     /// The load balancer's XDP and TC programs.
     pub fn balancer() -> Result<Self, TestRunError> {
-        Self::load(BALANCER_OBJECT, &[LB_XDP_PROGRAM], &[LB_TC_PROGRAM])
+        Self::load(BALANCER_OBJECT)
     }
 
     /// The benchmarks' reference programs ([`BASELINE_PASS`], [`BASELINE_FLOW_LOOKUP`]).
     pub fn reference() -> Result<Self, TestRunError> {
-        Self::load(REFERENCE_OBJECT, &[BASELINE_PASS, BASELINE_FLOW_LOOKUP], &[])
+        Self::load(REFERENCE_OBJECT)
     }
 
-    /// Loads `object` and, of its programs, the XDP ones `xdp` and the TC classifiers `tc`.
-    fn load(object: &[u8], xdp: &[&'static str], tc: &[&'static str]) -> Result<Self, TestRunError> {
+    /// Loads `object`: its maps are created, its programs not yet verified.
+    fn load(object: &[u8]) -> Result<Self, TestRunError> {
         check_privileges(Privilege::Attach)?;
-        let mut ebpf = Ebpf::load(object).map_err(LoaderError::Load)?;
-        for &name in xdp {
-            let program: &mut Xdp = bpf::program(&mut ebpf, name)?;
-            program.load().map_err(|source| TestRunError::Run { program: name, source })?;
-        }
-        for &name in tc {
-            let program: &mut SchedClassifier = bpf::program(&mut ebpf, name)?;
-            program.load().map_err(|source| TestRunError::Run { program: name, source })?;
-        }
+        let ebpf = Ebpf::load(object).map_err(LoaderError::Load)?;
         Ok(Self { ebpf })
+    }
+
+    /// The program `name` of type `P`, loaded into the kernel (verified) if it was not yet.
+    fn loaded<P>(&mut self, name: &'static str) -> Result<&mut P, TestRunError>
+    where
+        for<'p> &'p mut P: TryFrom<&'p mut Program, Error = ProgramError>,
+    {
+        let program = self.ebpf.program_mut(name).ok_or(LoaderError::Program {
+            what: format!("finding program {name} in the embedded object"),
+            source: ProgramError::UnexpectedProgramType,
+        })?;
+        if program.fd().is_err() {
+            let loaded = match program {
+                Program::Xdp(xdp) => xdp.load(),
+                Program::SchedClassifier(classifier) => classifier.load(),
+                _ => Err(ProgramError::UnexpectedProgramType),
+            };
+            loaded.map_err(|source| TestRunError::Run { program: name, source })?;
+        }
+        Ok(bpf::program(&mut self.ebpf, name)?)
     }
 
     /// Runs the XDP program `name` on `frame`, `repeat` times.
@@ -154,7 +168,7 @@ impl TestHarness {
         P: for<'o> TestRun<Opts<'o> = TestRunOptions<'o>, Result = TestRunResult>,
         for<'p> &'p mut P: TryFrom<&'p mut Program, Error = ProgramError>,
     {
-        let program: &mut P = bpf::program(&mut self.ebpf, name)?;
+        let program: &mut P = self.loaded(name)?;
         let result = program
             .test_run(TestRunOptions { data_in: Some(frame), repeat, ..TestRunOptions::new() })
             .map_err(|source| TestRunError::Run { program: name, source })?;
@@ -168,7 +182,7 @@ impl TestHarness {
         name: &'static str,
         frame: &[u8],
     ) -> Result<(RunResult, Vec<u8>), TestRunError> {
-        let program: &mut Xdp = bpf::program(&mut self.ebpf, name)?;
+        let program: &mut Xdp = self.loaded(name)?;
         // XDP may grow the frame by its headroom; 256 bytes more than the input is ample.
         let mut out = vec![0u8; frame.len() + 256];
         let result = program
