@@ -70,6 +70,17 @@ pub enum Bound {
     Runs(u64),
 }
 
+/// How the target is compiled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Optimised, for runs that look for bugs.
+    Release,
+    /// Unoptimised: builds in less than half the CPU time (the agent's targets pull in its
+    /// whole dependency tree) and runs about fifty times slower; enough to show a target builds
+    /// and runs, which is what the test suite's smoke run checks.
+    Dev,
+}
+
 /// What a clean run did.
 pub struct Outcome {
     pub runs: u64,
@@ -86,7 +97,7 @@ pub fn target(name: &str) -> Result<&'static Target> {
 
 pub fn fuzz(name: &str, bound: Bound) -> Result<()> {
     let target = target(name)?;
-    let outcome = run_target(target, bound)?;
+    let outcome = run_target(target, bound, Profile::Release)?;
     println!(
         "fuzz: {} executions of {} ran clean in {} s ({:.0} per second)",
         outcome.runs,
@@ -98,13 +109,17 @@ pub fn fuzz(name: &str, bound: Bound) -> Result<()> {
 }
 
 /// Runs one target (libFuzzer's own output passes through) and reads its summary.
-pub fn run_target(target: &Target, bound: Bound) -> Result<Outcome> {
+pub fn run_target(target: &Target, bound: Bound, profile: Profile) -> Result<Outcome> {
     install_cargo_fuzz()?;
     let fuzz_dir = workspace_root().join(target.crate_dir).join("fuzz");
     let corpus = fuzz_dir.join("corpus").join(target.name);
     std::fs::create_dir_all(&corpus).with_context(|| format!("creating {}", corpus.display()))?;
     let mut command = Command::new("cargo");
-    command.current_dir(&fuzz_dir).args(["+nightly", "fuzz", "run"]).args(target.build).arg(target.name);
+    command.current_dir(&fuzz_dir).args(["+nightly", "fuzz", "run"]).args(target.build);
+    if profile == Profile::Dev {
+        command.arg("--dev");
+    }
+    command.arg(target.name);
     command.arg(&corpus);
     if let Some(seeds) = target.seeds {
         command.arg(fuzz_dir.join(seeds));
