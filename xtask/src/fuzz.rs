@@ -76,7 +76,7 @@ pub enum Profile {
     /// Optimised, for runs that look for bugs.
     Release,
     /// Unoptimised: builds in less than half the CPU time (the agent's targets pull in its
-    /// whole dependency tree) and runs about fifty times slower; enough to show a target builds
+    /// whole dependency tree) and runs tens of times slower; enough to show a target builds
     /// and runs, which is what the test suite's smoke run checks.
     Dev,
 }
