@@ -147,6 +147,10 @@ pub enum Role {
     Backup,
     /// Never used for MPTCP paths.
     Ignore,
+    /// In-kernel path manager, Linux 6.18: answers an address the peer announces with one
+    /// subflow from this interface's address, instead of from the address routing picks; opens
+    /// none to the peer's initial address.
+    Laminar,
 }
 
 /// `[[paths.interface]]`
@@ -195,6 +199,11 @@ pub struct PathsConfig {
     /// once.
     #[serde(default = "yes")]
     pub make_before_break: bool,
+    /// `net.mptcp.allow_join_initial_addr_port = 0`: the MP_CAPABLE SYN-ACKs of connections
+    /// this host accepts set the C flag (RFC 8684 3.1), so peers join only the addresses it
+    /// announces. Absent: the switch is left as it is.
+    #[serde(default)]
+    pub deny_join_initial: Option<bool>,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
 }
@@ -240,6 +249,14 @@ impl PathsConfig {
         for interface in &self.interfaces {
             let name = interface.name();
             let span = interface.name.span();
+            if interface.role == Role::Laminar && self.pm != PmKind::Kernel {
+                let message = format!(
+                    "interface {name}: role = \"laminar\" is an in-kernel path manager endpoint flag; it \
+                     needs pm = \"kernel\" (the userspace path manager opens no subflow to announced \
+                     addresses)"
+                );
+                return Err(Invalid { span, key: "paths.interface.role", message });
+            }
             let key = "paths.interface.name";
             if name.is_empty()
                 || name.len() > 15
@@ -492,5 +509,26 @@ role = \"backup\"
         let server = fullmesh.replace("ndiffports = 2", "server = true").replace("userspace", "kernel");
         assert_error(&server, "paths.fullmesh", 7);
         assert_error("\n[paths]\nmode = \"full\"\n", "paths.interface", 2);
+    }
+
+    #[test]
+    fn laminar_interfaces_and_deny_join_initial() {
+        let text = PATHS.replace("role = \"backup\"", "role = \"laminar\"").replace("userspace", "kernel");
+        let text = text.replace("ndiffports = 2\n", "deny-join-initial = true\n");
+        let config = AgentConfig::parse(&text).unwrap();
+        let paths = config.paths().unwrap();
+        assert_eq!(paths.interfaces[1].role, Role::Laminar);
+        assert_eq!(paths.deny_join_initial, Some(true));
+        assert_eq!(AgentConfig::parse(PATHS).unwrap().paths().unwrap().deny_join_initial, None);
+        // The userspace path manager never answers an announcement from an endpoint.
+        let userspace = PATHS.replace("role = \"backup\"", "role = \"laminar\"");
+        assert_error(&userspace, "paths.interface.role", 12);
+        let error = AgentConfig::parse(&userspace).unwrap_err().to_string();
+        assert!(error.contains("wwan0") && error.contains("pm = \"kernel\""), "{error}");
+        assert_error(
+            &text.replace("deny-join-initial = true", "deny-join-initial = 0"),
+            "deny-join-initial",
+            4,
+        );
     }
 }

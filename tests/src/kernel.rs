@@ -80,7 +80,7 @@ pub fn connection_tokens(ns: &Netns) -> Result<Vec<u32>> {
 pub struct KernelEndpoint {
     pub id: u64,
     pub addr: IpAddr,
-    /// signal, subflow, backup, fullmesh, implicit: those set.
+    /// signal, subflow, backup, fullmesh, implicit, laminar: those set.
     pub flags: Vec<String>,
     pub dev: Option<String>,
 }
@@ -98,11 +98,16 @@ pub fn endpoints(ns: &Netns) -> Result<Vec<KernelEndpoint>> {
         serde_json::from_str(out.trim()).context("ip -j mptcp endpoint show")?;
     list.iter()
         .map(|entry| {
-            let flags = ["signal", "subflow", "backup", "fullmesh", "implicit"]
+            let mut flags: Vec<String> = ["signal", "subflow", "backup", "fullmesh", "implicit"]
                 .into_iter()
                 .filter(|flag| entry[*flag] == true)
                 .map(str::to_owned)
                 .collect();
+            // iproute2 older than Linux 6.18's laminar flag (bit 5) prints it as `rawflags 20`.
+            let raw = entry["rawflags"].as_str().and_then(|hex| u32::from_str_radix(hex, 16).ok());
+            if entry["laminar"] == true || raw.is_some_and(|bits| bits & 0x20 != 0) {
+                flags.push("laminar".to_owned());
+            }
             Ok(KernelEndpoint {
                 id: entry["id"].as_u64().context("endpoint id")?,
                 addr: entry["address"].as_str().context("endpoint address")?.parse()?,

@@ -491,6 +491,189 @@ fn a_server_announces_its_other_addresses(family: Family) -> Result<()> {
     Ok(())
 }
 
+/// Monitor SF_ESTABLISHED events as (local, remote) addresses.
+fn joins(events: &[kernel::MonitorEvent]) -> Vec<(IpAddr, IpAddr)> {
+    events
+        .iter()
+        .filter(|e| e.kind == "SF_ESTABLISHED")
+        .filter_map(|e| e.ends())
+        .map(|(local, remote)| (local.ip(), remote.ip()))
+        .collect()
+}
+
+/// A transfer from the client to the server's first address whose connection is held open while
+/// `look` reads `ss -M` on the client; returns what it read and the transfer.
+fn look_while_open<T>(
+    lab: &DualHomedLab,
+    port: u16,
+    wait_subflows: u8,
+    look: impl FnOnce() -> Result<T>,
+) -> Result<(T, Transfer)> {
+    let server = Server::start(&lab.server, lab.any_addr(port), Proto::Mptcp, 1)?;
+    let gate = Arc::new(Gate::default());
+    let (seen, done) = thread::scope(|scope| -> Result<(T, Transfer)> {
+        let client = held_transfer(scope, lab, lab.server_addr(0, port), &gate, wait_subflows);
+        let seen = gate.wait_for(1).and_then(|()| look());
+        gate.open();
+        let done = client.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+        Ok((seen?, done))
+    })?;
+    server.join()?;
+    Ok((seen, done))
+}
+
+/// RFC 8684 3.1: with `deny-join-initial` the server's MP_CAPABLE SYN-ACK sets the C flag, and
+/// the kernel client, whose `subflow` endpoint would otherwise join the server's initial
+/// address, joins only the address the server announces.
+fn deny_join_initial_keeps_joins_off_the_servers_initial_address(family: Family) -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    // The client's second address is a `subflow` endpoint: it joins the server's initial
+    // address unless told not to.
+    let lab = DualHomedLab::new(LabOptions { family, ..LabOptions::default() })?;
+    let server_ifaces: Vec<&str> = lab.paths.iter().map(|p| p.server_if.as_str()).collect();
+    let config = format!(
+        "[paths]\nserver = true\ndeny-join-initial = true\n[[paths.interface]]\nname = \"{}\"\n\
+         [[paths.interface]]\nname = \"{}\"\n",
+        server_ifaces[0], server_ifaces[1]
+    );
+    let switch = "net.mptcp.allow_join_initial_addr_port";
+    assert_eq!(lab.server.exec("sysctl", &["-n", switch])?.trim(), "1", "the kernel's default");
+    let agent = Agent::start(&lab.server, &server_ifaces, &config)?;
+    assert_eq!(lab.server.exec("sysctl", &["-n", switch])?.trim(), "0");
+    let set = agent.events()?.into_iter().find(|e| e["kind"] == "sysctl_set").context("no sysctl_set")?;
+    assert_eq!(
+        (set["name"].as_str(), set["value"].as_str(), set["previous"].as_str()),
+        (Some(switch), Some("0"), Some("1"))
+    );
+    let report = agent.dataplane.json(&["paths"])?;
+    assert_eq!(report["allow_join_initial"], false, "{report}");
+    assert_eq!(report["daemon"]["policy"]["deny_join_initial"], true);
+
+    let (initial, announced) = (lab.paths[0].server_addr, lab.paths[1].server_addr);
+    let dir = mptcp_tests::TempDir::new("pcap")?;
+    let mut capture =
+        mptcp_tests::capture::Capture::start(&lab.server, server_ifaces[0], &dir.path().join("c.pcap"))?;
+    let monitor = kernel::Monitor::start(&lab.client)?;
+    let (ss, done) = look_while_open(&lab, 5606, 1, || kernel::subflows(&lab.client))?;
+    capture.stop()?;
+    assert_eq!(done.subflows, 1, "one join: to the announced address");
+    let peers: Vec<IpAddr> = ss.iter().map(|s| s.peer.ip()).collect();
+    assert_eq!(peers.iter().filter(|p| **p == initial).count(), 1, "only the initial subflow: {ss:?}");
+    assert!(peers.contains(&announced), "no subflow to the announced address: {ss:?}");
+    let joined = joins(&monitor.events());
+    assert!(!joined.is_empty() && joined.iter().all(|(_, remote)| *remote == announced), "{joined:?}");
+
+    // tshark: the SYN-ACK's MP_CAPABLE (subtype 0) has C set, "do not attempt to establish new
+    // subflows to this address and port".
+    let rows = mptcp_tests::capture::tshark_fields(
+        capture.path(),
+        &[
+            "tcp.flags.syn",
+            "tcp.flags.ack",
+            "tcp.options.mptcp.subtype",
+            "tcp.options.mptcp.nomoresubflows.flag",
+        ],
+    )?;
+    let syn_ack = rows
+        .iter()
+        .find(|r| r[0] == "1" && r[1] == "1" && r[2].split(',').any(|t| t == "0"))
+        .with_context(|| format!("no MP_CAPABLE SYN-ACK in {rows:?}"))?;
+    assert_eq!(syn_ack[3], "1", "C flag of the SYN-ACK: {syn_ack:?}");
+
+    // The same client joins the initial address once the switch is back at its default: the
+    // C flag is what kept it away.
+    lab.server.sysctl(switch, "1")?;
+    let monitor = kernel::Monitor::start(&lab.client)?;
+    let to_initial = (lab.paths[1].client_addr, initial);
+    look_while_open(&lab, 5607, 1, || {
+        eventually("the endpoint joins the initial address", || {
+            Ok(joins(&monitor.events()).contains(&to_initial))
+        })
+    })?;
+    Ok(())
+}
+
+/// A laminar endpoint (Linux 6.18) answers the server's announcement with a subflow from its
+/// own address, against what routing would pick, and opens none to the initial address.
+fn a_laminar_endpoint_answers_the_servers_announcement(family: Family) -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = DualHomedLab::new(LabOptions {
+        family,
+        client_subflow_endpoint: false,
+        server_signal_endpoint: true,
+        ..LabOptions::default()
+    })?;
+    let (first, second) = (&lab.paths[0], &lab.paths[1]);
+    // Routing sends what goes to the announced address over the first path, from its address:
+    // without the laminar endpoint that is where the kernel's answer would come from.
+    let host = if family == Family::V6 { "128" } else { "32" };
+    lab.client.ip(&[
+        lab.ip_family(),
+        "route",
+        "add",
+        &format!("{}/{host}", second.server_addr),
+        "via",
+        &first.server_addr.to_string(),
+        "dev",
+        &first.client_if,
+        "src",
+        &first.client_addr.to_string(),
+    ])?;
+    let route = lab.client.ip(&["route", "get", &second.server_addr.to_string()])?;
+    ensure!(route.contains(&format!("src {}", first.client_addr)), "route: {route}");
+
+    let pm =
+        ClientPm::Agent(policy("").replacen("name = \"{if1}\"", "name = \"{if1}\"\nrole = \"laminar\"", 1))
+            .start(&lab)?;
+    let agent = pm.agent().context("agent")?;
+    let report = agent.dataplane.json(&["paths"])?;
+    let flags_of = |addr: IpAddr| -> Vec<String> {
+        report["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["addr"] == addr.to_string())
+            .flat_map(|e| e["flags"].as_array().cloned().unwrap_or_default())
+            .filter_map(|f| f.as_str().map(str::to_owned))
+            .collect()
+    };
+    // The kernel's endpoints as iproute2 prints them, and as the agent reads them back.
+    let endpoints = kernel::endpoints(&lab.client)?;
+    let kernel_flags = |addr| endpoint(&endpoints, addr).map(|e| e.flags.clone());
+    assert_eq!(kernel_flags(second.client_addr), Some(vec!["laminar".to_owned()]), "{endpoints:?}");
+    assert_eq!(kernel_flags(first.client_addr), Some(vec!["subflow".to_owned()]), "{endpoints:?}");
+    assert_eq!(flags_of(second.client_addr), ["laminar"], "{report}");
+    assert_eq!(flags_of(first.client_addr), ["subflow"], "{report}");
+    let added: Vec<Value> = agent.events()?.into_iter().filter(|e| e["kind"] == "endpoint_added").collect();
+    assert!(
+        added
+            .iter()
+            .any(|e| e["addr"] == second.client_addr.to_string()
+                && e["flags"] == serde_json::json!(["laminar"])),
+        "{added:?}"
+    );
+    let role = report["interfaces"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["name"] == second.client_if.as_str());
+    assert_eq!(role.map(|i| &i["role"]), Some(&serde_json::json!("laminar")));
+
+    let monitor = kernel::Monitor::start(&lab.client)?;
+    let (ss, done) = look_while_open(&lab, 5608, 1, || kernel::subflows(&lab.client))?;
+    assert_eq!(done.subflows, 1);
+    let pairs: Vec<(IpAddr, IpAddr)> = ss.iter().map(|s| (s.local.ip(), s.peer.ip())).collect();
+    assert_eq!(
+        pairs.iter().copied().collect::<std::collections::BTreeSet<_>>(),
+        [(first.client_addr, first.server_addr), (second.client_addr, second.server_addr)].into(),
+        "ss -M: {ss:?}"
+    );
+    let events = monitor.events();
+    assert!(events.iter().any(|e| e.kind == "ANNOUNCED"), "{events:?}");
+    assert_eq!(joins(&events), [(second.client_addr, second.server_addr)], "{events:?}");
+    Ok(())
+}
+
 #[test]
 fn bad_input_is_a_clear_error() -> Result<()> {
     let _lock = LabLock::acquire()?;
@@ -519,6 +702,9 @@ fn bad_input_is_a_clear_error() -> Result<()> {
     let error =
         run(&write("ndiffports.toml", "[paths]\nndiffports = 4\n[[paths.interface]]\nname = \"{if0}\"\n")?)?;
     assert!(error.contains("paths.ndiffports (line 2)") && error.contains("userspace"), "{error}");
+    let laminar = "[paths]\npm = \"userspace\"\n[[paths.interface]]\nname = \"{if0}\"\nrole = \"laminar\"\n";
+    let error = run(&write("laminar.toml", laminar)?)?;
+    assert!(error.contains("paths.interface.role (line 4)") && error.contains("pm = \"kernel\""), "{error}");
     assert!(!agent::instance_dir(&instance).exists());
 
     // MPTCP disabled in the namespace.
@@ -571,5 +757,7 @@ both_families!(
     make_before_break_off_replaces_an_address_at_once,
     userspace_pm_opens_each_connections_subflows_as_the_policy_says,
     userspace_backup_mode_promotes_the_backup_subflow_on_link_down,
-    a_server_announces_its_other_addresses
+    a_server_announces_its_other_addresses,
+    deny_join_initial_keeps_joins_off_the_servers_initial_address,
+    a_laminar_endpoint_answers_the_servers_announcement
 );

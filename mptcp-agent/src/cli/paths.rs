@@ -60,6 +60,14 @@ fn to_text(report: &Report) -> Result<String> {
         "limits: subflows {}, add_addr_accepted {}",
         report.limits.subflows, report.limits.add_addr_accepted
     )?;
+    let joins = match report.allow_join_initial {
+        Some(true) => "allowed (net.mptcp.allow_join_initial_addr_port = 1)",
+        Some(false) => {
+            "denied: accepted connections' SYN-ACKs set the C flag (net.mptcp.allow_join_initial_addr_port = 0)"
+        }
+        None => "allowed (this kernel has no net.mptcp.allow_join_initial_addr_port)",
+    };
+    writeln!(out, "joins to the initial address: {joins}")?;
     writeln!(
         out,
         "\n{:<16} {:<5} {:<8} {:<7} {:<40} routes (default in tables)",

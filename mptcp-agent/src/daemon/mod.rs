@@ -101,10 +101,11 @@ async fn run_local(
     xdp_mode: XdpAttachMode,
 ) -> Result<()> {
     let name = &instance.name;
-    if config.paths().is_some() {
+    if let Some(policy) = config.paths() {
         // Before anything is attached: what the path manager lacks is the operator's to fix.
         bpf::check_privileges(bpf::Privilege::ManagePaths)?;
         crate::paths::check_mptcp()?;
+        crate::paths::check_features(policy)?;
     }
     let attached = instance.interfaces()?;
     for iface in ifaces {

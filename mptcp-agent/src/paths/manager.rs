@@ -10,13 +10,13 @@ use std::{
 };
 
 use super::{
-    PathError, check_mptcp, hex_token, monotonic_ns,
+    PathError, check_features, check_mptcp, hex_token, monotonic_ns,
     pm::{self, EventKind, LocalAddr, PmClient, PmError, PmEvent, PmEvents},
     policy::{self, Action, Attempt, ConnectionInfo, SubflowInfo},
     record::{PathEvent, PathRecord, Request},
     rtnl::{NetEvent, NetState, Rtnl},
     state::{ConnectionState, PathState, Policy, state_path},
-    sysctl::set_pm_type,
+    sysctl::{set_deny_join_initial, set_pm_type},
 };
 use crate::{
     bpf::Instance,
@@ -77,12 +77,16 @@ impl PathManager {
         config: PathsConfig,
     ) -> Result<(Self, Vec<PathRecord>), PathError> {
         check_mptcp()?;
+        check_features(&config)?;
         let rtnl = Rtnl::connect(true)?;
         let mut pm = PmClient::connect().await?;
         let events = pm.subscribe()?;
         let mut records = Vec::new();
         if set_pm_type(config.pm)? {
             records.push(PathRecord::now(PathEvent::PmTypeSet { pm: config.pm }));
+        }
+        if let Some(change) = config.deny_join_initial.map(set_deny_join_initial).transpose()?.flatten() {
+            records.push(PathRecord::now(PathEvent::SysctlSet(change)));
         }
         if config.pm == PmKind::Kernel {
             let limits = pm::Limits {
@@ -255,6 +259,7 @@ impl PathManager {
                 Some(wanted)
                     if wanted.flags.signal != endpoint.flags.signal
                         || wanted.flags.subflow != endpoint.flags.subflow
+                        || wanted.flags.laminar != endpoint.flags.laminar
                         || endpoint.if_index.is_some_and(|i| i != wanted.if_index) =>
                 {
                     replaced.push(endpoint)

@@ -24,7 +24,7 @@ pub use self::{
     record::{PathEvent, PathRecord, Request},
     report::{EndpointView, InterfaceView, PathSubflow, Report, report},
     state::{ConnectionState, InterfacePolicy, PathState, Policy, state_path},
-    sysctl::{check_mptcp, pm_type, read as mptcp_switch, set_sysctl},
+    sysctl::{SwitchChange, check_features, check_mptcp, pm_type, read as mptcp_switch, set_sysctl},
 };
 use self::{pm::PmError, rtnl::RtnlError};
 use crate::config::PmKind;
@@ -85,6 +85,12 @@ pub enum PathError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "role = \"laminar\" needs laminar endpoints, which came with Linux 6.18; this kernel is {release}"
+    )]
+    NoLaminar { release: String },
+    #[error("{key} needs net.mptcp.{name}, which this kernel lacks (it came with Linux {since})")]
+    NoSwitch { name: &'static str, key: &'static str, since: &'static str },
     #[error("the {0} socket closed")]
     SocketClosed(&'static str),
     #[error(transparent)]

@@ -337,7 +337,14 @@ pub struct EndpointFlags {
     pub fullmesh: bool,
     /// Created by the kernel for an address a peer joined, not configured.
     pub implicit: bool,
+    /// Linux 6.18: answers an address the peer announces with a subflow from this endpoint,
+    /// once per endpoint, instead of from the address routing picks.
+    pub laminar: bool,
 }
+
+/// `MPTCP_PM_ADDR_FLAG_LAMINAR` (include/uapi/linux/mptcp.h, Linux 6.18), which the `mptcp-pm`
+/// crate knows only as one of the bits it collects in `Other`.
+const FLAG_LAMINAR: u32 = 1 << 5;
 
 impl EndpointFlags {
     fn from_attr(flags: &[AddrFlag]) -> Self {
@@ -348,6 +355,7 @@ impl EndpointFlags {
             backup: has(AddrFlag::Backup),
             fullmesh: has(AddrFlag::Fullmesh),
             implicit: has(AddrFlag::Implicit),
+            laminar: flags.iter().any(|f| matches!(f, AddrFlag::Other(bits) if bits & FLAG_LAMINAR != 0)),
         }
     }
 
@@ -358,6 +366,7 @@ impl EndpointFlags {
             (self.backup, AddrFlag::Backup),
             (self.fullmesh, AddrFlag::Fullmesh),
             (self.implicit, AddrFlag::Implicit),
+            (self.laminar, AddrFlag::Other(FLAG_LAMINAR)),
         ]
         .into_iter()
         .filter_map(|(on, flag)| on.then_some(flag))
@@ -372,6 +381,7 @@ impl EndpointFlags {
             (self.backup, "backup"),
             (self.fullmesh, "fullmesh"),
             (self.implicit, "implicit"),
+            (self.laminar, "laminar"),
         ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
@@ -826,6 +836,19 @@ mod tests {
         let flags = EndpointFlags { signal: true, backup: true, ..EndpointFlags::default() };
         assert_eq!(EndpointFlags::from_attr(&flags.to_attr()), flags);
         assert_eq!(flags.names(), ["signal", "backup"]);
+    }
+
+    #[test]
+    fn the_laminar_flag_is_bit_5_on_the_wire_and_reads_back() {
+        let laminar = EndpointFlags { laminar: true, ..EndpointFlags::default() };
+        let attrs = address_attrs("198.51.100.1".parse().unwrap(), None, None, Some(laminar), Some(7));
+        let nested = PmMessage { command: Command::AddAddr as u8, attrs: vec![PmAttr::Addr(attrs)] };
+        let endpoint_attrs = decode_attrs(&decode_attrs(&emit(&nested))[0].1);
+        assert!(endpoint_attrs.contains(&(6, 32u32.to_ne_bytes().to_vec())), "flags {endpoint_attrs:?}");
+        assert_eq!(EndpointFlags::from_attr(&laminar.to_attr()), laminar);
+        // The crate folds every bit it does not know into one `Other`.
+        let both = EndpointFlags::from_attr(&[AddrFlag::Subflow, AddrFlag::Other(FLAG_LAMINAR | 1 << 7)]);
+        assert_eq!(both.names(), ["subflow", "laminar"]);
     }
 
     /// A family no kernel has.

@@ -51,7 +51,7 @@ fn addresses(config: &PathsConfig, link: &Link, net: &NetState) -> Vec<IpAddr> {
 fn participation(config: &PathsConfig, interface: &InterfaceConfig, is_primary: bool) -> Option<bool> {
     match (interface.role, config.mode) {
         (Role::Ignore, _) => None,
-        (Role::Signal, _) => Some(false),
+        (Role::Signal | Role::Laminar, _) => Some(false),
         (_, PathMode::Full) => Some(interface.role == Role::Backup),
         (_, PathMode::Backup) => Some(!is_primary),
         (_, PathMode::SinglePath) => is_primary.then_some(false),
@@ -75,13 +75,16 @@ pub fn endpoints(config: &PathsConfig, net: &NetState) -> Vec<DesiredEndpoint> {
         let Some(backup) = participation(config, interface, primary == Some(interface.name())) else {
             continue;
         };
-        let announces = config.server || interface.role == Role::Signal;
+        // A laminar endpoint only answers the peer's announcements, on a server too.
+        let laminar = interface.role == Role::Laminar;
+        let announces = (config.server && !laminar) || interface.role == Role::Signal;
         let flags = EndpointFlags {
             signal: announces,
-            subflow: !announces,
+            subflow: !announces && !laminar,
             backup,
-            fullmesh: !announces && config.fullmesh(),
+            fullmesh: !announces && !laminar && config.fullmesh(),
             implicit: false,
+            laminar,
         };
         desired.extend(addresses(config, link, net).into_iter().map(|addr| DesiredEndpoint {
             addr,
@@ -364,6 +367,25 @@ mod tests {
         assert_eq!(summary(&endpoints(&config, &net(true, true))), [("192.0.2.1".into(), vec!["signal"])]);
         let signal = self::config("", "signal");
         assert_eq!(summary(&endpoints(&signal, &net(true, true)))[1].1, ["signal"]);
+    }
+
+    #[test]
+    fn a_laminar_interface_gets_a_laminar_endpoint_in_every_mode_and_on_a_server() {
+        for keys in ["", "mode = \"backup\"", "mode = \"single-path\"", "fullmesh = true"] {
+            let config = config(keys, "laminar");
+            assert_eq!(
+                summary(&endpoints(&config, &net(true, true)))[1],
+                ("198.51.100.1".into(), vec!["laminar"])
+            );
+            // It never becomes the primary: it opens no subflow to the peer's initial address.
+            assert_eq!(primary(&config, &net(false, true)), None, "{keys}");
+        }
+        let server = config("server = true", "laminar");
+        assert_eq!(
+            summary(&endpoints(&server, &net(true, true))),
+            [("192.0.2.1".into(), vec!["signal"]), ("198.51.100.1".into(), vec!["laminar"])]
+        );
+        assert!(endpoints(&config("", "laminar"), &net(true, false)).len() == 1, "down: no endpoint");
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::{
     pm::{EndpointFlags, EventKind, Limits, PmError, PmEvent},
     policy::Action,
     state::Policy,
+    sysctl::SwitchChange,
 };
 use crate::config::PmKind;
 
@@ -28,6 +29,7 @@ pub enum PathEvent {
         pm: PmKind,
     },
     LimitsSet(Limits),
+    SysctlSet(SwitchChange),
     PathsStarted {
         policy: Policy,
     },
@@ -111,6 +113,7 @@ impl PathEvent {
         match self {
             Self::PmTypeSet { .. } => "pm_type_set",
             Self::LimitsSet(_) => "limits_set",
+            Self::SysctlSet(_) => "sysctl_set",
             Self::PathsStarted { .. } => "paths_started",
             Self::PathPrimary { .. } => "path_primary",
             Self::PathLink { up: true, .. } => "path_link_up",
@@ -206,6 +209,13 @@ mod tests {
         assert_eq!(
             line(PathEvent::PathLink { up: false, iface: Some("eth0".into()), index: 3 }),
             json!({"time_ns": 5, "kind": "path_link_down", "iface": "eth0", "index": 3})
+        );
+        let change =
+            SwitchChange { name: "net.mptcp.allow_join_initial_addr_port", value: "0", previous: "1".into() };
+        assert_eq!(
+            line(PathEvent::SysctlSet(change)),
+            json!({"time_ns": 5, "kind": "sysctl_set", "name": "net.mptcp.allow_join_initial_addr_port",
+                   "value": "0", "previous": "1"})
         );
         assert_eq!(
             line(PathEvent::LimitsSet(Limits { subflows: 8, add_addr_accepted: 2 })),

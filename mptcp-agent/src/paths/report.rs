@@ -9,7 +9,7 @@ use std::{
 use serde::Serialize;
 
 use super::{
-    PathError, check_mptcp, hex_token,
+    PathError, check_mptcp, hex_token, mptcp_switch,
     pm::{self, PmClient},
     pm_type,
     rtnl::{self, NetState, Rtnl},
@@ -63,6 +63,9 @@ pub struct EndpointView {
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub pm_type: Option<u8>,
+    /// `net.mptcp.allow_join_initial_addr_port`: `false` when this host's MP_CAPABLE SYN-ACKs
+    /// set the C flag; `None` on a kernel without the switch.
+    pub allow_join_initial: Option<bool>,
     pub limits: pm::Limits,
     pub endpoints: Vec<EndpointView>,
     pub interfaces: Vec<InterfaceView>,
@@ -114,7 +117,8 @@ pub async fn report(instance: &Instance, tables: Option<&Tables>) -> Result<Repo
         })
         .collect();
     let subflows = tables.map(|tables| dataplane_subflows(tables, &net)).transpose()?;
-    Ok(Report { pm_type: pm_type()?, limits, endpoints, interfaces, daemon, subflows })
+    let allow_join_initial = mptcp_switch("allow_join_initial_addr_port")?.map(|value| value != "0");
+    Ok(Report { pm_type: pm_type()?, allow_join_initial, limits, endpoints, interfaces, daemon, subflows })
 }
 
 /// The dataplane's subflows, each oriented from this host: sent is what the local end sent, and

@@ -40,6 +40,9 @@ pub struct Policy {
     pub max_subflows: u8,
     pub add_addr_accepted: u8,
     pub make_before_break: bool,
+    /// `deny-join-initial`: `None` leaves the kernel's switch as it is.
+    #[serde(default)]
+    pub deny_join_initial: Option<bool>,
     pub interfaces: Vec<InterfacePolicy>,
 }
 
@@ -68,6 +71,7 @@ impl Policy {
             max_subflows: config.max_subflows(),
             add_addr_accepted: config.add_addr_accepted(),
             make_before_break: config.make_before_break,
+            deny_join_initial: config.deny_join_initial,
             interfaces: config
                 .interfaces
                 .iter()

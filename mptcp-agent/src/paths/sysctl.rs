@@ -2,8 +2,10 @@
 
 use std::{fs, io, path::Path};
 
+use serde::Serialize;
+
 use super::{PROC_MPTCP, PathError};
-use crate::config::PmKind;
+use crate::config::{PathsConfig, PmKind, Role};
 
 /// A switch's value; `None` when the kernel does not have it.
 pub fn read(name: &str) -> Result<Option<String>, PathError> {
@@ -65,4 +67,81 @@ pub fn set_sysctl(name: &str, value: &str) -> Result<bool, PathError> {
     }
     fs::write(&path, value).map_err(|source| PathError::Sysctl { path, source })?;
     Ok(true)
+}
+
+/// `net.mptcp.allow_join_initial_addr_port` (Linux 5.14): 0 sets the C flag in this host's
+/// MP_CAPABLE SYN-ACKs.
+const ALLOW_JOIN_INITIAL: &str = "allow_join_initial_addr_port";
+
+/// A switch the policy set, for the event log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SwitchChange {
+    /// Dotted, as `sysctl` spells it.
+    pub name: &'static str,
+    pub value: &'static str,
+    pub previous: String,
+}
+
+fn no_allow_join_initial() -> PathError {
+    PathError::NoSwitch { name: ALLOW_JOIN_INITIAL, key: "paths.deny-join-initial", since: "5.14" }
+}
+
+/// Sets `net.mptcp.allow_join_initial_addr_port` to 0 when `deny`, else to 1; returns what
+/// changed, if anything.
+pub(super) fn set_deny_join_initial(deny: bool) -> Result<Option<SwitchChange>, PathError> {
+    let previous = read(ALLOW_JOIN_INITIAL)?.ok_or_else(no_allow_join_initial)?;
+    let value = if deny { "0" } else { "1" };
+    if previous == value {
+        return Ok(None);
+    }
+    let name = "net.mptcp.allow_join_initial_addr_port";
+    set_sysctl(name, value)?;
+    Ok(Some(SwitchChange { name, value, previous }))
+}
+
+/// The first Linux release with laminar endpoints (MPTCP_PM_ADDR_FLAG_LAMINAR).
+const LAMINAR_SINCE: (u32, u32) = (6, 18);
+
+/// Whether a kernel of `release` (as `uname -r` prints it) has laminar endpoints. The kernel
+/// cannot be asked: one without the flag may keep the unknown bit and show it back, unused.
+fn has_laminar(release: &str) -> bool {
+    let mut numbers = release.split(['.', '-', '+']).map(|part| part.parse::<u32>().ok());
+    match (numbers.next().flatten(), numbers.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= LAMINAR_SINCE,
+        _ => false,
+    }
+}
+
+/// Fails when the policy asks for something this kernel lacks: laminar endpoints, or the
+/// switch behind `deny-join-initial`. Run before anything is attached.
+pub fn check_features(config: &PathsConfig) -> Result<(), PathError> {
+    if config.interfaces.iter().any(|i| i.role == Role::Laminar) {
+        let path = Path::new("/proc/sys/kernel/osrelease");
+        let release = fs::read_to_string(path)
+            .map_err(|source| PathError::Sysctl { path: path.to_owned(), source })?
+            .trim()
+            .to_owned();
+        if !has_laminar(&release) {
+            return Err(PathError::NoLaminar { release });
+        }
+    }
+    if config.deny_join_initial.is_some() && read(ALLOW_JOIN_INITIAL)?.is_none() {
+        return Err(no_allow_join_initial());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn laminar_endpoints_came_with_linux_6_18() {
+        for release in ["6.18.44-fc-v1045", "6.18.0", "6.19-rc1", "7.0.1+"] {
+            assert!(has_laminar(release), "{release}");
+        }
+        for release in ["6.17.9-300.fc43.x86_64", "5.15.0-91-generic", "4.19", "", "six.eighteen"] {
+            assert!(!has_laminar(release), "{release}");
+        }
+    }
 }
