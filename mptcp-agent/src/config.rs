@@ -206,6 +206,113 @@ pub struct PathsConfig {
     pub deny_join_initial: Option<bool>,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
+    /// Per-application policies (userspace path manager); the first that matches a connection
+    /// applies, the table's own `mode` and interfaces to the others.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<Spanned<RuleConfig>>,
+}
+
+/// Ports a rule matches: one (`5201`) or a range (`"5200-5299"`, both ends included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn contains(self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let port = |p: &str| {
+            p.trim().parse::<u16>().map_err(|_| format!("{text:?} is not a port or a range FIRST-LAST"))
+        };
+        let (first, last) = match text.split_once('-') {
+            Some((first, last)) => (port(first)?, port(last)?),
+            None => (port(text)?, port(text)?),
+        };
+        if first > last {
+            return Err(format!("{text:?}: the range ends before it starts"));
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PortRange;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a port (5201) or a range (\"5200-5299\")")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, port: i64) -> Result<PortRange, E> {
+                let port = u16::try_from(port).map_err(|_| E::custom(format!("{port} is not a port")))?;
+                Ok(PortRange { first: port, last: port })
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, port: u64) -> Result<PortRange, E> {
+                self.visit_i64(i64::try_from(port).unwrap_or(-1))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<PortRange, E> {
+                text.parse().map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// `[[paths.rule]]`: which connections (all the given keys match), and the mode and interfaces
+/// they get.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RuleConfig {
+    /// The peer's port.
+    #[serde(default)]
+    pub dport: Option<PortRange>,
+    /// The local port (on a server: the one it listens on).
+    #[serde(default)]
+    pub sport: Option<PortRange>,
+    /// The owning socket's cgroup v2, as a path under the hierarchy's mount (`/app.slice/a`).
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// The owning process's name (`comm`, at most 15 bytes).
+    #[serde(default)]
+    pub process: Option<Spanned<String>>,
+    pub mode: PathMode,
+    /// Names of `[[paths.interface]]` entries, in order of preference.
+    pub interfaces: Spanned<Vec<Spanned<String>>>,
+}
+
+impl RuleConfig {
+    /// Whether matching needs the socket's owner (sock_diag and /proc), not the event alone.
+    pub fn needs_owner(&self) -> bool {
+        self.cgroup.is_some() || self.process.is_some()
+    }
 }
 
 fn yes() -> bool {
@@ -296,6 +403,7 @@ impl PathsConfig {
                 return Err(Invalid { span: ndiffports.span(), key: "paths.ndiffports", message });
             }
         }
+        self.validate_rules()?;
         if let Some(fullmesh) = self.fullmesh.as_ref().filter(|f| *f.get_ref()) {
             let problem = if self.pm != PmKind::Kernel {
                 Some("fullmesh is an in-kernel path manager flag; it needs pm = \"kernel\"")
@@ -313,6 +421,74 @@ impl PathsConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl PathsConfig {
+    fn validate_rules(&self) -> Result<(), Invalid> {
+        let Some(first) = self.rules.first() else { return Ok(()) };
+        if self.pm != PmKind::Userspace {
+            return Err(Invalid {
+                span: first.span(),
+                key: "paths.rule",
+                message: "rules choose subflows per connection, which needs pm = \"userspace\"".into(),
+            });
+        }
+        for rule in &self.rules {
+            let span = rule.span();
+            let rule = rule.get_ref();
+            if rule.dport.is_none() && rule.sport.is_none() && !rule.needs_owner() {
+                return Err(Invalid {
+                    span,
+                    key: "paths.rule",
+                    message: "a rule needs at least one of dport, sport, cgroup, process".into(),
+                });
+            }
+            if let Some(process) =
+                rule.process.as_ref().filter(|p| p.get_ref().is_empty() || p.get_ref().len() > 15)
+            {
+                return Err(Invalid {
+                    span: process.span(),
+                    key: "paths.rule.process",
+                    message: format!(
+                        "{:?} cannot be a process name (comm: 1 to 15 bytes)",
+                        process.get_ref()
+                    ),
+                });
+            }
+            if rule.interfaces.get_ref().is_empty() {
+                return Err(Invalid {
+                    span: rule.interfaces.span(),
+                    key: "paths.rule.interfaces",
+                    message: "name at least one of the [[paths.interface]] entries".into(),
+                });
+            }
+            let mut names = BTreeSet::new();
+            for name in rule.interfaces.get_ref() {
+                let problem = if !self.interfaces.iter().any(|i| i.name() == name.get_ref()) {
+                    format!("{} is not a [[paths.interface]] name", name.get_ref())
+                } else if !names.insert(name.get_ref()) {
+                    format!("interface {} is listed twice", name.get_ref())
+                } else {
+                    continue;
+                };
+                return Err(Invalid { span: name.span(), key: "paths.rule.interfaces", message: problem });
+            }
+        }
+        Ok(())
+    }
+
+    /// The policy of the connections rule `index` matches: its mode and its interfaces, in its
+    /// order, with their roles; the table's other keys.
+    pub fn for_rule(&self, index: usize) -> Option<Self> {
+        let rule = self.rules.get(index)?.get_ref();
+        let interfaces = rule
+            .interfaces
+            .get_ref()
+            .iter()
+            .filter_map(|name| self.interfaces.iter().find(|i| i.name() == name.get_ref()).cloned())
+            .collect();
+        Some(Self { mode: rule.mode, interfaces, rules: Vec::new(), ..self.clone() })
     }
 }
 
@@ -530,5 +706,53 @@ role = \"backup\"
             "deny-join-initial",
             4,
         );
+    }
+
+    const RULE: &str = "
+[[paths.rule]]
+dport = \"5200-5299\"
+mode = \"full\"
+interfaces = [\"wwan0\", \"wlan0\"]
+";
+
+    #[test]
+    fn a_rule_gets_its_mode_and_its_interfaces_in_its_order() {
+        let config = AgentConfig::parse(&format!("{PATHS}{RULE}")).unwrap();
+        let paths = config.paths().unwrap();
+        let rule = paths.rules[0].get_ref();
+        assert_eq!(rule.dport, Some(PortRange { first: 5200, last: 5299 }));
+        assert!(rule.dport.unwrap().contains(5299) && !rule.dport.unwrap().contains(5300));
+        let policy = paths.for_rule(0).unwrap();
+        assert_eq!(policy.mode, PathMode::Full);
+        let names: Vec<(&str, Role)> = policy.interfaces.iter().map(|i| (i.name(), i.role)).collect();
+        assert_eq!(names, [("wwan0", Role::Backup), ("wlan0", Role::Subflow)]);
+        assert!(policy.rules.is_empty() && policy.ndiffports() == paths.ndiffports());
+        assert_eq!(paths.for_rule(1), None);
+        let single =
+            AgentConfig::parse(&format!("{PATHS}{}", RULE.replace("\"5200-5299\"", "5201"))).unwrap();
+        assert_eq!(
+            single.paths().unwrap().rules[0].get_ref().dport,
+            Some(PortRange { first: 5201, last: 5201 })
+        );
+    }
+
+    #[test]
+    fn rule_errors_name_the_key_and_line() {
+        let with = |rule: &str| format!("{PATHS}{rule}");
+        assert_error(&with(&RULE.replace("wwan0\", ", "eth9\", ")), "eth9 is not a [[paths.interface]]", 18);
+        assert_error(&with(&RULE.replace("\"wlan0\"", "\"wwan0\"")), "listed twice", 18);
+        assert_error(&with(&RULE.replace("[\"wwan0\", \"wlan0\"]", "[]")), "paths.rule.interfaces", 18);
+        assert_error(&with(&RULE.replace("dport = \"5200-5299\"\n", "")), "at least one of dport", 15);
+        assert_error(&with(&RULE.replace("5200-5299", "5300-5200")), "ends before it starts", 16);
+        assert_error(&with(&RULE.replace("\"5200-5299\"", "70000")), "70000 is not a port", 16);
+        assert_error(&with(&RULE.replace("dport", "port")), "port", 16);
+        assert_error(
+            &with(&RULE.replace("dport = \"5200-5299\"", "process = \"a-process-name-too-long\"")),
+            "paths.rule.process",
+            16,
+        );
+        let kernel =
+            with(RULE).replace("pm = \"userspace\"", "pm = \"kernel\"").replace("ndiffports = 2\n", "");
+        assert_error(&kernel, "needs pm = \"userspace\"", 14);
     }
 }

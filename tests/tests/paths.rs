@@ -452,6 +452,150 @@ fn userspace_backup_mode_promotes_the_backup_subflow_on_link_down(family: Family
     Ok(())
 }
 
+/// The dataplane's subflow from `addr` (this host) to server port `port`.
+fn subflow_to(subflows: &Value, addr: IpAddr, port: u16) -> Result<&Value> {
+    let end = |s: &Value, key: &str| s[key].as_str().and_then(|e| e.parse::<std::net::SocketAddr>().ok());
+    subflows
+        .as_array()
+        .context("subflows")?
+        .iter()
+        .find(|s| {
+            end(s, "client").map(|c| c.ip()) == Some(addr) && end(s, "server").map(|e| e.port()) == Some(port)
+        })
+        .with_context(|| format!("no subflow from {addr} to port {port} in {subflows}"))
+}
+
+/// Two applications on one host, each under its own `[[paths.rule]]`: one found by its process
+/// name (and port) gets backup mode, one by its cgroup (and port) full mode; the table's own
+/// mode, single-path, would give neither a second subflow before the break. Both are this test
+/// process: its name and cgroup are what the agent finds from the socket (sock_diag, /proc).
+fn per_application_rules_give_each_connection_its_own_mode(family: Family) -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let lab = lab(family)?;
+    let comm = std::fs::read_to_string("/proc/self/comm")?.trim_end().to_owned();
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")?
+        .lines()
+        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+        .context("no cgroup v2 in /proc/self/cgroup")?;
+    let (backup_port, full_port) = (5611, 5612);
+    let config = format!(
+        "[paths]\npm = \"userspace\"\nmode = \"single-path\"\n\
+         [[paths.interface]]\nname = \"{{if0}}\"\n[[paths.interface]]\nname = \"{{if1}}\"\n\
+         [[paths.rule]]\ndport = {backup_port}\nprocess = \"{comm}\"\nmode = \"backup\"\n\
+         interfaces = [\"{{if0}}\", \"{{if1}}\"]\n\
+         [[paths.rule]]\ndport = \"{full_port}-5613\"\ncgroup = \"{cgroup}\"\nmode = \"full\"\n\
+         interfaces = [\"{{if0}}\", \"{{if1}}\"]\n"
+    );
+    let pm = ClientPm::Agent(config).start(&lab)?;
+    let agent = pm.agent().context("agent")?;
+    let (path0, path1) = (lab.paths[0].client_addr, lab.paths[1].client_addr);
+    let backup_server =
+        Server::start_recording(&lab.server, lab.server_addr(0, backup_port), Proto::Mptcp, 1)?;
+    let full_server = Server::start_recording(&lab.server, lab.server_addr(0, full_port), Proto::Mptcp, 1)?;
+    let options = ClientOptions { proto: Proto::Mptcp, bytes: 6 << 20, wait_subflows: 1, hold: None };
+    let (before, ss, report, text, counters, broken_at) = thread::scope(|scope| -> Result<_> {
+        let backup_client = scope.spawn(|| transfer(&lab.client, backup_server.addr, options.clone()));
+        let full_client = scope.spawn(|| transfer(&lab.client, full_server.addr, options.clone()));
+        thread::sleep(Duration::from_secs(1));
+        let seen = (|| -> Result<_> {
+            Ok((
+                agent.dataplane.json(&["subflows"])?,
+                kernel::subflows(&lab.client)?,
+                (agent.dataplane.json(&["paths"])?, agent.dataplane.run(&["paths"])?),
+                kernel::counters(&lab.client)?,
+            ))
+        })();
+        let broken_at = Instant::now();
+        let broken = Break::LinkDown.apply(&lab, 0);
+        for client in [backup_client, full_client] {
+            client
+                .join()
+                .map_err(|_| anyhow::anyhow!("client panicked"))?
+                .context("transfer across the break")?;
+        }
+        broken?;
+        let (before, ss, (report, text), counters) = seen?;
+        Ok((before, ss, report, text, counters, broken_at))
+    })?;
+    let stall = |server: Server| -> Result<Duration> {
+        let received = server.join_received()?.pop().context("no connection")?;
+        received.longest_gap_after(broken_at).context("no data after the break")
+    };
+    let (backup_stall, full_stall) = (stall(backup_server)?, stall(full_server)?);
+
+    // The kernel's view before the break: two subflows each; only the backup rule's second one
+    // is a backup (`b`), and it carried nothing while the full rule's carried data. The kernel
+    // sends on a backup subflow while the active one is stale (after losses on the shared
+    // 20 Mbit/s path, MPTcpExtSubflowStale): then it carries less than the active one.
+    let token_of = |port: u16| ss.iter().find(|s| s.peer.port() == port).map(|s| s.token);
+    let (backup_token, full_token) = (
+        token_of(backup_port).context("backup rule's connection in ss")?,
+        token_of(full_port).context("full")?,
+    );
+    for (token, backup_flag) in [(backup_token, true), (full_token, false)] {
+        let subflows: Vec<_> = ss.iter().filter(|s| s.token == token).collect();
+        ensure!(subflows.len() == 2, "connection {token:08x}: {subflows:?}");
+        let second = subflows.iter().find(|s| s.local.ip() == path1).context("subflow on the second path")?;
+        ensure!(second.flags.contains('b') == backup_flag, "{second:?}");
+        ensure!(subflows.iter().all(|s| s.local.ip() == path1 || !s.flags.contains('b')), "{subflows:?}");
+    }
+    let (idle, active) =
+        (sent(subflow_to(&before, path1, backup_port)?), sent(subflow_to(&before, path0, backup_port)?));
+    let stale = counters.get("MPTcpExtSubflowStale").copied().unwrap_or(0);
+    ensure!(
+        idle == 0 || (stale > 0 && idle < active),
+        "backup subflow sent {idle}, active {active}, stale {stale}"
+    );
+    ensure!(
+        sent(subflow_to(&before, path0, full_port)?) > 0 && sent(subflow_to(&before, path1, full_port)?) > 0
+    );
+
+    // The rules as the agent logged and reported them, with the owner it found.
+    let events = agent.events()?;
+    let hex = |token: u32| format!("0x{token:08x}");
+    let rule_of =
+        |token: u32| events.iter().find(|e| e["kind"] == "path_rule" && e["token"] == hex(token).as_str());
+    let backup_rule = rule_of(backup_token).context("no path_rule for the backup connection")?;
+    let full_rule = rule_of(full_token).context("no path_rule for the full connection")?;
+    ensure!(backup_rule["rule"] == 1 && backup_rule["mode"] == "backup", "{backup_rule}");
+    ensure!(backup_rule["owner"]["process"] == comm.as_str(), "{backup_rule}");
+    ensure!(backup_rule["owner"]["pid"] == std::process::id(), "{backup_rule}");
+    ensure!(
+        full_rule["rule"] == 2 && full_rule["mode"] == "full" && full_rule["owner"]["cgroup_id"].is_u64(),
+        "{full_rule}"
+    );
+    let connections = report["daemon"]["connections"].as_array().context("connections")?;
+    for (token, rule) in [(backup_token, 1), (full_token, 2)] {
+        let listed =
+            connections.iter().find(|c| c["token"] == hex(token).as_str()).context("connection in paths")?;
+        ensure!(listed["rule"] == rule, "{listed}");
+    }
+    ensure!(report["daemon"]["policy"]["rules"][1]["cgroup"] == cgroup.as_str(), "{report}");
+    for line in
+        [format!("{} client rule 1 ", hex(backup_token)), format!("{} client rule 2 ", hex(full_token))]
+    {
+        ensure!(text.contains(&line), "no {line:?} in\n{text}");
+    }
+    ensure!(text.contains(&format!("dport {full_port}-5613, cgroup {cgroup}")), "{text}");
+
+    // Link down: the backup rule's connection promoted its backup subflow (MP_PRIO), which then
+    // carried the rest; the full rule's had nothing to promote.
+    let promoted = |token: u32| {
+        events.iter().any(|e| {
+            e["kind"] == "subflow_priority" && e["token"] == hex(token).as_str() && e["backup"] == false
+        })
+    };
+    ensure!(promoted(backup_token) && !promoted(full_token), "{events:?}");
+    let after = agent.dataplane.json(&["subflows"])?;
+    ensure!(sent(subflow_to(&after, path1, backup_port)?) > 1 << 20, "{after}");
+    ensure!(events.iter().all(|e| e["kind"] != "path_error"), "{events:?}");
+    eprintln!(
+        "per-rule failover: backup rule stall {backup_stall:?}, full rule stall {full_stall:?}; \
+         backup subflow sent {idle} bytes before the break (SubflowStale {stale})"
+    );
+    Ok(())
+}
+
 fn a_server_announces_its_other_addresses(family: Family) -> Result<()> {
     let _lock = LabLock::acquire()?;
     let lab =
@@ -757,6 +901,7 @@ both_families!(
     make_before_break_off_replaces_an_address_at_once,
     userspace_pm_opens_each_connections_subflows_as_the_policy_says,
     userspace_backup_mode_promotes_the_backup_subflow_on_link_down,
+    per_application_rules_give_each_connection_its_own_mode,
     a_server_announces_its_other_addresses,
     deny_join_initial_keeps_joins_off_the_servers_initial_address,
     a_laminar_endpoint_answers_the_servers_announcement

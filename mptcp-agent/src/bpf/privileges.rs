@@ -72,11 +72,16 @@ pub fn check_bpffs() -> Result<(), LoaderError> {
 
 /// Drops every capability the running daemon no longer uses, once its programs are loaded and
 /// attached: it keeps CAP_BPF (its maps and ring buffer) and, when it manages paths,
-/// CAP_NET_ADMIN (netlink requests). Dropped from the bounding set as well when CAP_SETPCAP
+/// CAP_NET_ADMIN (netlink requests), and when path rules match on process names,
+/// CAP_SYS_PTRACE (reading other processes' /proc/PID/fd, which a process with fewer
+/// capabilities than its owner may not). Dropped from the bounding set as well when CAP_SETPCAP
 /// allows, and no_new_privs set, so nothing it could exec regains them. Returns what is kept.
 ///
 /// Capabilities are per thread: this must run before the process starts a second one.
-pub fn drop_to_runtime_privileges(manage_paths: bool) -> Result<CapsHashSet, LoaderError> {
+pub fn drop_to_runtime_privileges(
+    manage_paths: bool,
+    find_processes: bool,
+) -> Result<CapsHashSet, LoaderError> {
     let threads = fs::read_dir("/proc/self/task")
         .map_err(|source| LoaderError::Io { what: "reading", path: "/proc/self/task".into(), source })?
         .count();
@@ -94,6 +99,9 @@ pub fn drop_to_runtime_privileges(manage_paths: bool) -> Result<CapsHashSet, Loa
     kept.insert(bpf);
     if manage_paths {
         kept.insert(Capability::CAP_NET_ADMIN);
+    }
+    if find_processes {
+        kept.insert(Capability::CAP_SYS_PTRACE);
     }
     kept.retain(|cap| effective.contains(cap));
     if effective.contains(&Capability::CAP_SETPCAP) {

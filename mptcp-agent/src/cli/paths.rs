@@ -52,6 +52,28 @@ fn to_text(report: &Report) -> Result<String> {
                 policy.make_before_break,
                 daemon.primary.as_deref().unwrap_or("null")
             )?;
+            if !policy.rules.is_empty() {
+                out.push_str(
+                    "rules (the first that matches a connection applies; unmatched: the policy above):\n",
+                );
+            }
+            for (number, rule) in policy.rules.iter().enumerate() {
+                let keys = [
+                    rule.dport.map(|p| format!("dport {p}")),
+                    rule.sport.map(|p| format!("sport {p}")),
+                    rule.cgroup.as_ref().map(|c| format!("cgroup {c}")),
+                    rule.process.as_ref().map(|p| format!("process {p}")),
+                ];
+                let keys: Vec<String> = keys.into_iter().flatten().collect();
+                writeln!(
+                    out,
+                    "  {:<3} {:<40} mode {:<12} interfaces {}",
+                    number + 1,
+                    keys.join(", "),
+                    spelled(rule.mode)?,
+                    rule.interfaces.join(", ")
+                )?;
+            }
         }
         None => out.push_str("policy: none (no daemon with a [paths] table runs for this instance)\n"),
     }
@@ -140,11 +162,17 @@ fn to_text(report: &Report) -> Result<String> {
                 .iter()
                 .map(|s| format!("{}->{}{}", s.local, s.remote, if s.backup { " (backup)" } else { "" }))
                 .collect();
+            let rule = match state.connection.rule {
+                Some(rule) => format!(" rule {rule}"),
+                None if daemon.policy.rules.is_empty() => String::new(),
+                None => " no rule".into(),
+            };
             writeln!(
                 out,
-                "  {} {} {}",
+                "  {} {}{} {}",
                 state.token,
                 if state.connection.server_side { "server" } else { "client" },
+                rule,
                 subflows.join(", ")
             )?;
         }

@@ -149,8 +149,11 @@ async fn run_local(
         }
         None => None,
     };
-    // Everything is loaded and attached: from here on the daemon needs its maps and netlink only.
-    let kept = bpf::drop_to_runtime_privileges(config.paths().is_some())?;
+    // Everything is loaded and attached: from here on the daemon needs its maps and netlink
+    // only, and other processes' descriptors if path rules name processes.
+    let find_processes =
+        config.paths().is_some_and(|p| p.rules.iter().any(|r| r.get_ref().process.is_some()));
+    let kept = bpf::drop_to_runtime_privileges(config.paths().is_some(), find_processes)?;
     log::info!("{name}: capabilities kept: {kept:?}");
     let mut health = Health::new(config.paths().is_some(), config.cc.is_some());
     if metrics.is_some() {

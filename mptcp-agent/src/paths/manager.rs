@@ -4,22 +4,23 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     time::Duration,
 };
 
 use super::{
-    PathError, check_features, check_mptcp, hex_token, monotonic_ns,
+    PathError, check_features, check_mptcp, hex_token, monotonic_ns, owner,
     pm::{self, EventKind, LocalAddr, PmClient, PmError, PmEvent, PmEvents},
     policy::{self, Action, Attempt, ConnectionInfo, SubflowInfo},
     record::{PathEvent, PathRecord, Request},
     rtnl::{NetEvent, NetState, Rtnl},
+    rules,
     state::{ConnectionState, PathState, Policy, state_path},
     sysctl::{set_deny_join_initial, set_pm_type},
 };
 use crate::{
-    bpf::Instance,
+    bpf::{self, Instance},
     config::{PathsConfig, PmKind},
 };
 
@@ -56,6 +57,8 @@ pub enum PathInput {
 /// The path manager of the daemon.
 pub struct PathManager {
     config: PathsConfig,
+    /// The policy of each `[[paths.rule]]`, in file order.
+    rule_configs: Vec<PathsConfig>,
     rtnl: Rtnl,
     pm: PmClient,
     events: PmEvents,
@@ -99,8 +102,10 @@ impl PathManager {
         let net = rtnl.snapshot().await?;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let rule_configs = (0..config.rules.len()).filter_map(|i| config.for_rule(i)).collect();
         let mut manager = Self {
             config,
+            rule_configs,
             rtnl,
             pm,
             events,
@@ -326,6 +331,15 @@ impl PathManager {
         let mut act = false;
         match kind {
             EventKind::Created | EventKind::Established => {
+                // Matched once, on the first event with the connection's ends.
+                if self.connections.get(&token).is_none_or(|c| c.remote.is_none())
+                    && let (Some(local), Some(remote)) = (event.local, event.remote)
+                    && !self.config.rules.is_empty()
+                {
+                    let (rule, record) = self.match_rule(token, local, remote);
+                    records.push(record);
+                    self.connections.entry(token).or_default().rule = rule;
+                }
                 let connection = self.connections.entry(token).or_default();
                 connection.local = event.local;
                 connection.remote = event.remote;
@@ -386,6 +400,31 @@ impl PathManager {
         Ok(true)
     }
 
+    /// The rule (numbered from 1) the new connection `token` falls under, and the record
+    /// saying so. Its owner is looked up only if a rule names a cgroup or a process.
+    fn match_rule(&self, token: u32, local: SocketAddr, remote: SocketAddr) -> (Option<usize>, PathRecord) {
+        let rules = &self.config.rules;
+        let lookup =
+            rules.iter().any(|r| r.get_ref().needs_owner()).then(|| owner::owner(token, remote.ip()));
+        let (owner, owner_error) = match lookup {
+            Some(Ok(owner)) => (Some(owner), None),
+            Some(Err(error)) => (None, Some(error.to_string())),
+            None => (None, None),
+        };
+        let root = bpf::cgroup2_root().ok();
+        let cgroup_id = |path: &str| root.as_deref().and_then(|root| owner::cgroup_id(root, path).ok());
+        let rule = rules::first_match(rules, local, remote, owner.as_ref(), cgroup_id).map(|i| i + 1);
+        let mode = rule.and_then(|r| self.rule_configs.get(r - 1)).unwrap_or(&self.config).mode;
+        let event =
+            PathEvent::PathRule { token: hex_token(token), local, remote, rule, mode, owner, owner_error };
+        (rule, PathRecord::now(event))
+    }
+
+    /// The policy of a connection: its rule's, else the table's.
+    fn config_of(&self, connection: &ConnectionInfo) -> &PathsConfig {
+        connection.rule.and_then(|r| self.rule_configs.get(r.wrapping_sub(1))).unwrap_or(&self.config)
+    }
+
     async fn on_tick(&mut self, records: &mut Vec<PathRecord>) -> Result<bool, PathError> {
         let now = monotonic_ns();
         let pending_timeout = PENDING_TIMEOUT.as_nanos() as u64;
@@ -417,7 +456,7 @@ impl PathManager {
     /// Applies the policy's actions on one connection (userspace path manager).
     async fn reconcile_connection(&mut self, token: u32, records: &mut Vec<PathRecord>) {
         let Some(connection) = self.connections.get(&token) else { return };
-        let actions = policy::actions(&self.config, &self.net, connection);
+        let actions = policy::actions(self.config_of(connection), &self.net, connection);
         let remote = connection.remote;
         let token_hex = hex_token(token);
         let mut withdrawn = BTreeSet::new();

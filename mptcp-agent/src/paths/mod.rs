@@ -9,11 +9,13 @@
 //! daemon's event log; the state it keeps goes to `paths.json` for `mptcp-agent paths`.
 
 mod manager;
+mod owner;
 pub mod pm;
 pub mod policy;
 mod record;
 mod report;
 pub mod rtnl;
+mod rules;
 mod state;
 mod sysctl;
 

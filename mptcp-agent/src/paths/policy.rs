@@ -129,6 +129,9 @@ pub struct ConnectionInfo {
     pub failed: Vec<Attempt>,
     /// Local addresses announced to the peer.
     pub announced: Vec<IpAddr>,
+    /// The `[[paths.rule]]` whose policy applies, numbered from 1; none: the table's own.
+    #[serde(default)]
+    pub rule: Option<usize>,
 }
 
 /// What the userspace path manager should do on one connection.

@@ -1,18 +1,19 @@
 //! Path events as the daemon's event log records them: `time_ns`, `kind` and the event's own
 //! fields, one typed variant per shape.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Serialize, Serializer};
 
 use super::{
     monotonic_ns,
+    owner::Owner,
     pm::{EndpointFlags, EventKind, Limits, PmError, PmEvent},
     policy::Action,
     state::Policy,
     sysctl::SwitchChange,
 };
-use crate::config::PmKind;
+use crate::config::{PathMode, PmKind};
 
 /// One line of the event log.
 #[derive(Debug, Clone)]
@@ -52,6 +53,20 @@ pub enum PathEvent {
     PathAddressRemoved {
         iface: Option<String>,
         addr: IpAddr,
+    },
+    /// The `[[paths.rule]]` a new connection falls under, and who owns it.
+    PathRule {
+        token: String,
+        local: SocketAddr,
+        remote: SocketAddr,
+        /// Numbered from 1; none: the table's own policy.
+        rule: Option<usize>,
+        mode: PathMode,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        owner: Option<Owner>,
+        /// Why the owner is unknown, when a rule needed it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        owner_error: Option<String>,
     },
     /// An event of the kernel's path manager.
     Pm(PmEvent),
@@ -120,6 +135,7 @@ impl PathEvent {
             Self::PathLink { up: false, .. } => "path_link_down",
             Self::PathAddressAdded { .. } => "path_address_added",
             Self::PathAddressRemoved { .. } => "path_address_removed",
+            Self::PathRule { .. } => "path_rule",
             Self::Pm(event) => event.kind.unwrap_or(EventKind::Unknown).log_name(),
             Self::Done { request, .. } => request.kind(),
             Self::PathError { .. } => "path_error",

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{PathError, policy::ConnectionInfo};
 use crate::{
     bpf::Instance,
-    config::{PathMode, PathsConfig, PmKind, Role},
+    config::{PathMode, PathsConfig, PmKind, PortRange, Role},
 };
 
 /// Where the daemon of `instance` keeps its path state.
@@ -44,6 +44,20 @@ pub struct Policy {
     #[serde(default)]
     pub deny_join_initial: Option<bool>,
     pub interfaces: Vec<InterfacePolicy>,
+    /// `[[paths.rule]]` in file order; `paths` and the connections number them from 1.
+    #[serde(default)]
+    pub rules: Vec<RulePolicy>,
+}
+
+/// A `[[paths.rule]]`: what it matches, and the mode and interfaces it gives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulePolicy {
+    pub dport: Option<PortRange>,
+    pub sport: Option<PortRange>,
+    pub cgroup: Option<String>,
+    pub process: Option<String>,
+    pub mode: PathMode,
+    pub interfaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +90,21 @@ impl Policy {
                 .interfaces
                 .iter()
                 .map(|i| InterfacePolicy { name: i.name().to_owned(), role: i.role })
+                .collect(),
+            rules: config
+                .rules
+                .iter()
+                .map(|rule| {
+                    let rule = rule.get_ref();
+                    RulePolicy {
+                        dport: rule.dport,
+                        sport: rule.sport,
+                        cgroup: rule.cgroup.clone(),
+                        process: rule.process.as_ref().map(|p| p.get_ref().clone()),
+                        mode: rule.mode,
+                        interfaces: rule.interfaces.get_ref().iter().map(|n| n.get_ref().clone()).collect(),
+                    }
+                })
                 .collect(),
         }
     }
@@ -116,8 +145,9 @@ mod tests {
 
     fn state() -> PathState {
         let config = AgentConfig::parse(
-            "[paths]\nmode = \"single-path\"\n[[paths.interface]]\nname = \"eth0\"\n\
-             [[paths.interface]]\nname = \"wwan0\"\nrole = \"backup\"\n",
+            "[paths]\npm = \"userspace\"\nmode = \"single-path\"\n[[paths.interface]]\nname = \"eth0\"\n\
+             [[paths.interface]]\nname = \"wwan0\"\nrole = \"backup\"\n\
+             [[paths.rule]]\ndport = \"5200-5299\"\nmode = \"full\"\ninterfaces = [\"wwan0\", \"eth0\"]\n",
         )
         .unwrap();
         let connection = ConnectionInfo {
@@ -133,6 +163,7 @@ mod tests {
             pending: vec![Attempt { addr: "198.51.100.1".parse().unwrap(), backup: true, at_ns: 7 }],
             failed: Vec::new(),
             announced: Vec::new(),
+            rule: Some(1),
         };
         PathState {
             updated_ns: 42,
@@ -168,7 +199,13 @@ mod tests {
     fn the_file_keeps_its_keys() {
         let json = serde_json::to_value(state()).unwrap();
         assert_eq!(json["policy"]["mode"], "single-path");
-        assert_eq!(json["policy"]["pm"], "kernel");
+        assert_eq!(json["policy"]["pm"], "userspace");
+        assert_eq!(
+            json["policy"]["rules"][0],
+            serde_json::json!({"dport": "5200-5299", "sport": null, "cgroup": null, "process": null,
+                               "mode": "full", "interfaces": ["wwan0", "eth0"]})
+        );
+        assert_eq!(json["connections"][0]["rule"], 1);
         assert_eq!(json["policy"]["interfaces"][1], serde_json::json!({"name": "wwan0", "role": "backup"}));
         assert_eq!(json["primary"], "eth0");
         let connection = &json["connections"][0];

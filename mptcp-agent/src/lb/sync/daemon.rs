@@ -210,7 +210,7 @@ async fn run_local(instance: &Instance, config: &LbConfig, state_dir: PathBuf) -
         sync_socket(sync.listen).map_err(|source| SyncError::Socket { address: sync.listen, source })?;
     // Everything is open: from here on the daemon, which parses what the network sends, needs
     // its map descriptors only.
-    let kept = crate::bpf::drop_to_runtime_privileges(false)?;
+    let kept = crate::bpf::drop_to_runtime_privileges(false, false)?;
     log::info!("{}: capabilities kept: {kept:?}", instance.name);
     let shared = Rc::new(Shared {
         name: name.clone(),
