@@ -727,7 +727,12 @@ impl Tracker {
         let index = usize::from(!from_client);
         let direction = &mut subflow.dir[index];
         direction.flags |= direction_flags::MPTCP;
-        if let Some(ack) = dss.data_ack {
+        // A repeated 8-byte data ACK (a bulk sender's every segment) changes nothing: the
+        // connection already holds at least what this subflow acknowledged, so its lookup is
+        // skipped.
+        if let Some(ack) = dss.data_ack
+            && !(ack.wide && ack.value <= direction.data_ack)
+        {
             // This side acknowledges the other side's data. A 4-byte data ACK carries the low
             // bits; the high ones come from the connection's ACKs seen, else from where the
             // other side's data starts.
@@ -916,7 +921,16 @@ impl Tracker {
             subflow.hmac = unsafe { *verdict };
         }
 
+        let segment = &self.state.segment;
+        let mapping = self.state.saw_mapping.then_some((self.state.map_ssn, self.state.map_len));
         if subflow.fallback == fallback_reason::NONE
+            && !MappingState::unchanged_by(
+                direction.map_ssn,
+                direction.map_len,
+                segment.has(tcp_flags::SYN) || self.state.saw_fail,
+                segment.payload_len,
+                mapping,
+            )
             && let Some(reason) = self.fallback_rule()
         {
             self.fall_back(reason);
