@@ -67,7 +67,7 @@ pub fn observe(packet: &impl Packet, direction: Direction) -> Verdict {
         counters.tcp_without_mptcp += 1;
         // Most segments without an MPTCP option are plain TCP: their lookups miss and no
         // tracker call follows.
-        return match held_in(&state.key) {
+        return match held_in(&state.key, state.segment.flags) {
             Held::Nowhere => Verdict::Pass,
             held => Verdict::from_code(mptcp_track_finish(held as u32)),
         };

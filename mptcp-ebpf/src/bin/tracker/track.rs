@@ -148,13 +148,17 @@ pub enum Held {
     HalfOpen = 2,
 }
 
-/// Where the subflow of `key` is: SUBFLOWS, else HALF_OPEN_SUBFLOWS (which a fallback third ACK,
-/// without MP_CAPABLE, confirms).
+/// Where the subflow of a segment with TCP flags `flags` from `key` is: SUBFLOWS or
+/// HALF_OPEN_SUBFLOWS (which a fallback third ACK, without MP_CAPABLE, confirms), the latter first
+/// for a handshake segment (see [`Tracker::resume`]).
 #[inline(always)]
-pub fn held_in(key: &FlowKey) -> Held {
-    if SUBFLOWS.get_ptr(key).is_some() {
+pub fn held_in(key: &FlowKey, flags: u8) -> Held {
+    let syn = flags & tcp_flags::SYN != 0;
+    if syn && HALF_OPEN_SUBFLOWS.get_ptr(key).is_some() {
+        Held::HalfOpen
+    } else if SUBFLOWS.get_ptr(key).is_some() {
         Held::Established
-    } else if HALF_OPEN_SUBFLOWS.get_ptr(key).is_some() {
+    } else if !syn && HALF_OPEN_SUBFLOWS.get_ptr(key).is_some() {
         Held::HalfOpen
     } else {
         Held::Nowhere
@@ -192,9 +196,15 @@ impl Tracker {
         let state = &mut scratch()?.packet;
         let counters = counters(state.hook)?;
         let mut tracker = Self { state, counters, subflow: null_mut(), connection: null_mut() };
-        if let Some(subflow) = SUBFLOWS.get_ptr_mut(&tracker.state.key) {
-            tracker.subflow = subflow;
-        } else {
+        // At most one table holds a subflow: a handshake segment's is most likely half-open.
+        let syn = tracker.state.segment.has(tcp_flags::SYN);
+        if syn {
+            tracker.resume_half_open();
+        }
+        if tracker.subflow.is_null() {
+            tracker.subflow = SUBFLOWS.get_ptr_mut(&tracker.state.key).unwrap_or(null_mut());
+        }
+        if !syn && tracker.subflow.is_null() {
             tracker.resume_half_open();
         }
         Some(tracker)
