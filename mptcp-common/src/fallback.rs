@@ -74,6 +74,28 @@ impl MappingState {
         Some(fallback_reason::OPTIONS_VANISHED)
     }
 
+    /// Whether [`MappingState::on_segment`] would leave a side whose last mapping is
+    /// (`map_ssn`, `map_len`) as it is and find no fallback, known without the rest of its
+    /// state: a segment without SYN or MP_FAIL (`syn_or_fail`) that carries no data and no
+    /// mapping (a pure ACK, a data ACK alone), or repeats the side's last mapping (every segment
+    /// of one TSO burst does). The programs skip the rule on those.
+    #[inline(always)]
+    pub fn unchanged_by(
+        map_ssn: u32,
+        map_len: u16,
+        syn_or_fail: bool,
+        payload_len: u32,
+        mapping: Option<(u32, u16)>,
+    ) -> bool {
+        if syn_or_fail {
+            return false;
+        }
+        match mapping {
+            None => payload_len == 0,
+            Some((ssn, len)) => len != 0 && (ssn, len) == (map_ssn, map_len),
+        }
+    }
+
     /// Whether `[ssn, ssn+len)` lies in the last mapping, or wholly before it (data mapped
     /// earlier, sent again); serial arithmetic (RFC 1982).
     #[inline(always)]
@@ -196,6 +218,41 @@ mod tests {
             s.on_segment(&data(start.wrapping_add(3000), 1, None)),
             Some(fallback_reason::OPTIONS_VANISHED)
         );
+    }
+
+    #[test]
+    fn segments_the_rule_leaves_alone_change_nothing() {
+        let mapped = |s: MappingState| {
+            let mut s = s;
+            assert_eq!(s.on_segment(&data(1, 1000, Some((1, 3000)))), None);
+            s
+        };
+        let states =
+            [MappingState::default(), started(ISN), mapped(started(ISN)), mapped(MappingState::default())];
+        let shapes =
+            [(1, 0, None), (5000, 0, None), (1, 1000, Some((1, 3000))), (1001, 1000, Some((1, 3000)))];
+        let mut skipped = 0;
+        for state in states {
+            for (established, initial) in [(false, false), (false, true), (true, false), (true, true)] {
+                for (rel, len, mapping) in shapes {
+                    let seg = SegmentFacts { established, initial, ..data(rel, len, mapping) };
+                    if !MappingState::unchanged_by(state.map_ssn, state.map_len, false, len, mapping) {
+                        continue;
+                    }
+                    skipped += 1;
+                    let mut after = state;
+                    assert_eq!(after.on_segment(&seg), None, "{state:?} {seg:?}");
+                    assert_eq!(after, state, "{seg:?}");
+                }
+            }
+        }
+        assert!(skipped >= 16, "{skipped} segments skipped");
+        // What the rule must see: a SYN, MP_FAIL, data without mapping, a new or infinite mapping.
+        let s = mapped(started(ISN));
+        assert!(!MappingState::unchanged_by(s.map_ssn, s.map_len, true, 0, None));
+        assert!(!MappingState::unchanged_by(s.map_ssn, s.map_len, false, 100, None));
+        assert!(!MappingState::unchanged_by(s.map_ssn, s.map_len, false, 100, Some((3001, 1000))));
+        assert!(!MappingState::unchanged_by(0, 0, false, 100, Some((1, 0))));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! of the packet and searched.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_skb_load_bytes, bpf_skb_store_bytes, bpf_xdp_load_bytes, bpf_xdp_store_bytes},
+    helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 use mptcp_common::{
@@ -31,8 +31,6 @@ pub trait Packet {
     fn data_end(&self) -> usize;
     /// Copies `len` bytes from `offset` to `dst`; false if the packet is shorter.
     fn load_bytes(&self, offset: usize, dst: *mut u8, len: usize) -> bool;
-    /// Overwrites the packet's bytes at `offset` with `src`; false if the packet is shorter.
-    fn store_bytes(&self, offset: usize, src: &[u8]) -> bool;
 }
 
 /// A pointer to a `T` at `offset`, if the packet's linear data holds all of it.
@@ -162,6 +160,22 @@ pub fn parse_tcp(packet: &impl Packet, out: &mut TcpSegment) -> Option<()> {
     Some(())
 }
 
+/// Rewrites the frame's Ethernet destination and source addresses in place (no helper call:
+/// the header is in the linear data, which `parse_tcp` checked); false if the frame is shorter.
+#[inline(always)]
+pub fn set_macs(packet: &impl Packet, dst: &[u8; 6], src: &[u8; 6]) -> bool {
+    let Some(eth) = ptr_at::<EthHdr>(packet, 0) else {
+        return false;
+    };
+    // SAFETY: ptr_at checked the header lies within the packet, which the program may write.
+    unsafe {
+        let eth = eth.cast_mut();
+        (*eth).dst_addr = *dst;
+        (*eth).src_addr = *src;
+    }
+    true
+}
+
 /// Per-CPU buffer the option area is copied into before the codec walks it.
 ///
 /// Only the first `options_len` bytes are packet data and the codec never reads past them, but
@@ -216,12 +230,6 @@ impl Packet for XdpContext {
         // SAFETY: the caller provides `len` writable bytes at dst.
         unsafe { bpf_xdp_load_bytes(self.ctx, offset as u32, dst.cast(), len as u32) == 0 }
     }
-
-    #[inline(always)]
-    fn store_bytes(&self, offset: usize, src: &[u8]) -> bool {
-        // SAFETY: the helper reads src.len() bytes from src.
-        unsafe { bpf_xdp_store_bytes(self.ctx, offset as u32, src.as_ptr() as *mut _, src.len() as u32) == 0 }
-    }
 }
 
 impl Packet for TcContext {
@@ -239,14 +247,5 @@ impl Packet for TcContext {
     fn load_bytes(&self, offset: usize, dst: *mut u8, len: usize) -> bool {
         // SAFETY: the caller provides `len` writable bytes at dst.
         unsafe { bpf_skb_load_bytes(self.skb.skb.cast(), offset as u32, dst.cast(), len as u32) == 0 }
-    }
-
-    #[inline(always)]
-    fn store_bytes(&self, offset: usize, src: &[u8]) -> bool {
-        // SAFETY: the helper reads src.len() bytes from src.
-        unsafe {
-            bpf_skb_store_bytes(self.skb.skb.cast(), offset as u32, src.as_ptr().cast(), src.len() as u32, 0)
-                == 0
-        }
     }
 }

@@ -31,7 +31,7 @@ use mptcp_common::{
     tcp,
 };
 use mptcp_ebpf::{
-    packet::{Packet, find_mptcp_option, load_options, parse_tcp},
+    packet::{Packet, find_mptcp_option, load_options, parse_tcp, set_macs},
     tables::{admit_source, promote},
 };
 
@@ -91,15 +91,10 @@ fn classify(ctx: &impl Packet) -> Option<u32> {
     let scratch = scratch()?;
     let segment = &mut scratch.segment;
     parse_tcp(ctx, segment)?;
-    let vip_key =
-        VipKey { addr: addr_bytes(segment.dst), port: segment.dport, family: segment.family, _pad: [0; 5] };
-    let Some(vip) = LB_VIPS.get_ptr(&vip_key) else {
-        return join_address(ctx, counters);
-    };
-    // SAFETY: map value pointer from a successful lookup.
-    let vip = unsafe { *vip };
     let opens = tcp::opens(segment.flags);
     let (key, _) = FlowKey::new(segment.family, segment.src, segment.sport, segment.dst, segment.dport);
+    // The flow table first: a confirmed flow is a VIP's (VIPs are set when the balancer starts
+    // and never removed), so an established packet makes this one lookup.
     let mut reopens_join = false;
     if let Some(flow) = LB_FLOWS.get_ptr_mut(&key) {
         // SAFETY: map value pointer from a successful lookup.
@@ -112,6 +107,13 @@ fn classify(ctx: &impl Packet) -> Option<u32> {
         }
         reopens_join = true;
     }
+    let vip_key =
+        VipKey { addr: addr_bytes(segment.dst), port: segment.dport, family: segment.family, _pad: [0; 5] };
+    let Some(vip) = LB_VIPS.get_ptr(&vip_key) else {
+        return join_address(ctx, counters);
+    };
+    // SAFETY: map value pointer from a successful lookup.
+    let vip = unsafe { *vip };
     load_options(ctx, &scratch.segment, &mut scratch.options)?;
     Some(mptcp_lb_place(vip.index, vip.steering, u32::from(reopens_join)))
 }
@@ -168,11 +170,7 @@ fn forward(packet: &impl Packet, index: u32) -> Action {
         counters.no_backend += 1;
         return Action::Drop;
     };
-    // Destination then source MAC: the first 12 bytes of the frame.
-    let mut macs = [0u8; 12];
-    macs[..6].copy_from_slice(&backend.mac);
-    macs[6..].copy_from_slice(&backend.src_mac);
-    if !packet.store_bytes(0, &macs) {
+    if !set_macs(packet, &backend.mac, &backend.src_mac) {
         return Action::Pass;
     }
     if let Some(stats) = backend_counters(index) {

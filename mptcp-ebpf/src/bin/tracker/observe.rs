@@ -12,7 +12,7 @@ use mptcp_ebpf::packet::{Packet, load_options, parse_tcp};
 use crate::{
     maps::{counters, scratch},
     state::{MAX_PARSED_MPTCP_OPTIONS, start},
-    track::{Verdict, mptcp_track_finish, mptcp_track_option},
+    track::{Held, Verdict, held_in, mptcp_track_finish, mptcp_track_option},
 };
 
 #[inline(always)]
@@ -62,13 +62,15 @@ pub fn observe(packet: &impl Packet, direction: Direction) -> Verdict {
             Some(Ok(_)) => {}
         }
     }
-    if found == 0 {
-        counters.tcp_without_mptcp += 1;
-    }
-
     start(state, direction);
     if found == 0 {
-        return Verdict::from_code(mptcp_track_finish());
+        counters.tcp_without_mptcp += 1;
+        // Most segments without an MPTCP option are plain TCP: their lookups miss and no
+        // tracker call follows.
+        return match held_in(&state.key, state.segment.flags) {
+            Held::Nowhere => Verdict::Pass,
+            held => Verdict::from_code(mptcp_track_finish(held as u32)),
+        };
     }
     // Any further options first; the first one comes last and finishes the packet.
     for index in 1..MAX_PARSED_MPTCP_OPTIONS {

@@ -11,8 +11,8 @@ use mptcp_common::{
     fallback::{MappingState, SegmentFacts, falls_back_connection},
     keys::{KeyDigest, version_key_digest_in},
     maps::{
-        AddrKey, Connection, Direction, Event, HalfOpen, PacketCounters, Subflow, addr_bytes, admission,
-        connection_flags, direction_flags, event_flags, event_kind, fallback_reason, hmac_verdict,
+        AddrKey, Connection, Direction, Event, FlowKey, HalfOpen, PacketCounters, Subflow, addr_bytes,
+        admission, connection_flags, direction_flags, event_flags, event_kind, fallback_reason, hmac_verdict,
         ipv4_mapped, subflow_kind, subflow_state,
     },
     mptcp::{
@@ -138,12 +138,41 @@ pub extern "C" fn mptcp_track_option(index: u32, finish: u32) -> u32 {
     }
 }
 
+/// Which table holds a subflow: what `observe` learned of a packet without MPTCP options, so
+/// that [`mptcp_track_finish`] looks in that table only.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Held {
+    Nowhere = 0,
+    Established = 1,
+    HalfOpen = 2,
+}
+
+/// Where the subflow of a segment with TCP flags `flags` from `key` is: SUBFLOWS or
+/// HALF_OPEN_SUBFLOWS (which a fallback third ACK, without MP_CAPABLE, confirms), the latter first
+/// for a handshake segment (see [`Tracker::resume`]).
+#[inline(always)]
+pub fn held_in(key: &FlowKey, flags: u8) -> Held {
+    let syn = flags & tcp_flags::SYN != 0;
+    if syn && HALF_OPEN_SUBFLOWS.get_ptr(key).is_some() {
+        Held::HalfOpen
+    } else if SUBFLOWS.get_ptr(key).is_some() {
+        Held::Established
+    } else if !syn && HALF_OPEN_SUBFLOWS.get_ptr(key).is_some() {
+        Held::HalfOpen
+    } else {
+        Held::Nowhere
+    }
+}
+
 /// Per-subflow accounting and the `verified` policy (see [`Tracker::finish`]) for a packet
-/// without MPTCP options. A global BPF function for the same reason as [`mptcp_track_option`].
+/// without MPTCP options whose subflow `observe` found in table `held` (a [`Held`]). A global BPF
+/// function for the same reason as [`mptcp_track_option`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn mptcp_track_finish() -> u32 {
-    match Tracker::resume() {
+pub extern "C" fn mptcp_track_finish(held: u32) -> u32 {
+    let held = if held == Held::HalfOpen as u32 { Held::HalfOpen } else { Held::Established };
+    match Tracker::resume_from(held) {
         Some(mut tracker) => tracker.finish().code(),
         None => PASS,
     }
@@ -167,13 +196,42 @@ impl Tracker {
         let state = &mut scratch()?.packet;
         let counters = counters(state.hook)?;
         let mut tracker = Self { state, counters, subflow: null_mut(), connection: null_mut() };
-        if let Some(subflow) = SUBFLOWS.get_ptr_mut(&tracker.state.key) {
-            tracker.subflow = subflow;
-        } else if let Some(subflow) = HALF_OPEN_SUBFLOWS.get_ptr_mut(&tracker.state.key) {
-            tracker.subflow = subflow;
-            tracker.establish();
+        // At most one table holds a subflow: a handshake segment's is most likely half-open.
+        let syn = tracker.state.segment.has(tcp_flags::SYN);
+        if syn {
+            tracker.resume_half_open();
+        }
+        if tracker.subflow.is_null() {
+            tracker.subflow = SUBFLOWS.get_ptr_mut(&tracker.state.key).unwrap_or(null_mut());
+        }
+        if !syn && tracker.subflow.is_null() {
+            tracker.resume_half_open();
         }
         Some(tracker)
+    }
+
+    /// As [`Tracker::resume`], looking only in the table `held` says holds the subflow.
+    #[inline(always)]
+    fn resume_from(held: Held) -> Option<Self> {
+        let state = &mut scratch()?.packet;
+        let counters = counters(state.hook)?;
+        let mut tracker = Self { state, counters, subflow: null_mut(), connection: null_mut() };
+        if held == Held::HalfOpen {
+            tracker.resume_half_open();
+        }
+        // Also when another CPU promoted the half-open subflow since `observe` looked.
+        if tracker.subflow.is_null() {
+            tracker.subflow = SUBFLOWS.get_ptr_mut(&tracker.state.key).unwrap_or(null_mut());
+        }
+        Some(tracker)
+    }
+
+    #[inline(always)]
+    fn resume_half_open(&mut self) {
+        if let Some(subflow) = HALF_OPEN_SUBFLOWS.get_ptr_mut(&self.state.key) {
+            self.subflow = subflow;
+            self.establish();
+        }
     }
 
     /// Moves the half-open subflow to SUBFLOWS on the client's ACK after the server answered
@@ -679,7 +737,12 @@ impl Tracker {
         let index = usize::from(!from_client);
         let direction = &mut subflow.dir[index];
         direction.flags |= direction_flags::MPTCP;
-        if let Some(ack) = dss.data_ack {
+        // A repeated 8-byte data ACK (a bulk sender's every segment) changes nothing: the
+        // connection already holds at least what this subflow acknowledged, so its lookup is
+        // skipped.
+        if let Some(ack) = dss.data_ack
+            && !(ack.wide && ack.value <= direction.data_ack)
+        {
             // This side acknowledges the other side's data. A 4-byte data ACK carries the low
             // bits; the high ones come from the connection's ACKs seen, else from where the
             // other side's data starts.
@@ -868,7 +931,16 @@ impl Tracker {
             subflow.hmac = unsafe { *verdict };
         }
 
+        let segment = &self.state.segment;
+        let mapping = self.state.saw_mapping.then_some((self.state.map_ssn, self.state.map_len));
         if subflow.fallback == fallback_reason::NONE
+            && !MappingState::unchanged_by(
+                direction.map_ssn,
+                direction.map_len,
+                segment.has(tcp_flags::SYN) || self.state.saw_fail,
+                segment.payload_len,
+                mapping,
+            )
             && let Some(reason) = self.fallback_rule()
         {
             self.fall_back(reason);
