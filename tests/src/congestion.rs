@@ -17,9 +17,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
 use crate::{
+    kernel::parse_addr,
     netns::{Netns, veth},
     traffic::{Proto, Server, send_for},
 };
@@ -35,6 +36,8 @@ pub struct BottleneckLab {
     pub client_ifs: [String; 2],
     pub client_addrs: [IpAddr; 2],
     pub server_addr: IpAddr,
+    /// Last: the namespaces are gone before the host's list is restored.
+    _allowed: AllowedCongestionControl,
 }
 
 /// Where the lab limits the rate.
@@ -48,7 +51,11 @@ pub enum Bottleneck {
 
 impl BottleneckLab {
     /// `joins` subflows join from addresses of the client's second link (198.51.100.1, .2, ...).
-    pub fn new(bottleneck: Bottleneck, joins: u8) -> Result<Self> {
+    /// `competitor` is the client's default congestion control (`reno`, `cubic`, `bbr`): the
+    /// regular TCP flows run it, and so do the MPTCP subflows unless the agent's `--cc` sets
+    /// theirs.
+    pub fn new(bottleneck: Bottleneck, joins: u8, competitor: &str) -> Result<Self> {
+        let allowed = AllowedCongestionControl::allow(competitor)?;
         let client = Netns::new("cli")?;
         let router = Netns::new("rtr")?;
         let server = Netns::new("srv")?;
@@ -114,9 +121,7 @@ impl BottleneckLab {
             server.sysctl(key, "0")?;
             router.sysctl(key, "0")?;
         }
-        // Regular TCP is Reno here, the algorithm the coupled ones are defined against (this
-        // machine's default is BBR, which does not back off on loss).
-        client.sysctl("net.ipv4.tcp_congestion_control", "reno")?;
+        client.sysctl("net.ipv4.tcp_congestion_control", competitor)?;
         for ns in [&client, &server] {
             ns.sysctl("net.mptcp.enabled", "1")?;
             ns.ip(&["mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "8"])?;
@@ -140,7 +145,15 @@ impl BottleneckLab {
         }
         let [a, b]: [String; 2] = client_ifs.try_into().map_err(|_| anyhow::anyhow!("two client paths"))?;
         let [x, y]: [IpAddr; 2] = client_addrs.try_into().map_err(|_| anyhow::anyhow!("two client paths"))?;
-        Ok(Self { client, router, server, client_ifs: [a, b], client_addrs: [x, y], server_addr })
+        Ok(Self {
+            client,
+            router,
+            server,
+            client_ifs: [a, b],
+            client_addrs: [x, y],
+            server_addr,
+            _allowed: allowed,
+        })
     }
 
     pub fn server(&self, port: u16) -> SocketAddr {
@@ -196,4 +209,91 @@ impl BottleneckLab {
         tcp_server.join()?;
         Ok(rates)
     }
+}
+
+const ALLOWED_CC: &str = "/proc/sys/net/ipv4/tcp_allowed_congestion_control";
+
+/// A namespace other than the host's may make only an algorithm of the host's
+/// `tcp_allowed_congestion_control` its default (`reno bbr` on the lab machine): this adds one
+/// for as long as it lives and then puts the list back.
+struct AllowedCongestionControl {
+    /// The list before, when it lacked the algorithm.
+    restore: Option<String>,
+}
+
+impl AllowedCongestionControl {
+    fn allow(algorithm: &str) -> Result<Self> {
+        let list = std::fs::read_to_string(ALLOWED_CC).with_context(|| format!("reading {ALLOWED_CC}"))?;
+        let list = list.trim().to_owned();
+        if list.split_whitespace().any(|allowed| allowed == algorithm) {
+            return Ok(Self { restore: None });
+        }
+        std::fs::write(ALLOWED_CC, format!("{list} {algorithm}"))
+            .with_context(|| format!("adding {algorithm} to {ALLOWED_CC} (is it available?)"))?;
+        Ok(Self { restore: Some(list) })
+    }
+}
+
+impl Drop for AllowedCongestionControl {
+    fn drop(&mut self) {
+        if let Some(list) = &self.restore
+            && let Err(error) = std::fs::write(ALLOWED_CC, list)
+        {
+            eprintln!("cleanup: restoring {ALLOWED_CC} to {list:?}: {error}");
+        }
+    }
+}
+
+/// What a TCP socket sent and where its sending time went, from the kernel's `tcp_info`
+/// (`ss -ti`: `bytes_acked`; `busy`, `rwnd_limited`, `sndbuf_limited` in ms; whatever of busy
+/// is neither is cwnd-limited, and time not busy is time with nothing to send).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendStats {
+    pub bytes_acked: u64,
+    pub busy_ms: u64,
+    pub rwnd_limited_ms: u64,
+    pub sndbuf_limited_ms: u64,
+}
+
+impl SendStats {
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            bytes_acked: self.bytes_acked.saturating_sub(before.bytes_acked),
+            busy_ms: self.busy_ms.saturating_sub(before.busy_ms),
+            rwnd_limited_ms: self.rwnd_limited_ms.saturating_sub(before.rwnd_limited_ms),
+            sndbuf_limited_ms: self.sndbuf_limited_ms.saturating_sub(before.sndbuf_limited_ms),
+        }
+    }
+}
+
+/// The [`SendStats`] of every TCP socket of `ns` connected to `peer`, by local address
+/// (`ss -tni`; MPTCP subflows are among them).
+pub fn send_stats(ns: &Netns, peer: SocketAddr) -> Result<Vec<(SocketAddr, SendStats)>> {
+    let out = ns.exec("ss", &["-tni", "state", "established"])?;
+    let mut times = Vec::new();
+    let mut local = None;
+    for line in out.lines() {
+        // Socket lines: Recv-Q Send-Q Local Peer; the detail line is indented.
+        if !line.starts_with(char::is_whitespace) {
+            let mut addrs = line.split_whitespace().filter_map(parse_addr);
+            local = addrs.next().filter(|_| addrs.next() == Some(peer));
+            continue;
+        }
+        let Some(local) = local.take() else { continue };
+        // `bytes_acked:1234`, `busy:12ms`, `rwnd_limited:3ms(25.0%)`; absent when zero.
+        let value = |name: &str| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|value| value.split("ms").next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        let time = SendStats {
+            bytes_acked: value("bytes_acked"),
+            busy_ms: value("busy"),
+            rwnd_limited_ms: value("rwnd_limited"),
+            sndbuf_limited_ms: value("sndbuf_limited"),
+        };
+        times.push((local, time));
+    }
+    Ok(times)
 }

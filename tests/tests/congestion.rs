@@ -31,7 +31,7 @@ fn coupling_lowers_the_share_at_a_shared_bottleneck() -> Result<()> {
     let _lock = LabLock::acquire()?;
     // Four subflows (one initial, three joins) through one 20 Mbit/s bottleneck with one Reno
     // TCP flow: uncoupled, they take most of it.
-    let lab = BottleneckLab::new(Bottleneck::Shared { mbit: 20 }, 3)?;
+    let lab = BottleneckLab::new(Bottleneck::Shared { mbit: 20 }, 3, "reno")?;
     let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
     let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
     let duration = Duration::from_secs(SECONDS);

@@ -328,13 +328,18 @@ fn balancer_aggregation() -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Seconds of each congestion-control run.
-const CC_SECONDS: u64 = 20;
+/// Seconds of each congestion-control run, and rounds of every setting (interleaved).
+const CC_SECONDS: u64 = 12;
+const CC_ROUNDS: usize = 5;
+/// The competing TCP flows' algorithm (the client's default, so also the uncoupled subflows').
+const CC_COMPETITORS: [&str; 3] = ["reno", "cubic", "bbr"];
+/// `--cc` settings compared.
+const CC_SETTINGS: [&str; 2] = ["none", "lia"];
 
-/// Coupled congestion control on the bottleneck lab (Reno everywhere; see
-/// `mptcp_tests::congestion`): the MPTCP share against one TCP flow at a shared 20 Mbit/s
-/// bottleneck, the throughput over two disjoint 10 Mbit/s bottlenecks, and how much of its
-/// traffic MPTCP moves off a path loaded with two TCP flows.
+/// Coupled congestion control on the bottleneck lab (`mptcp_tests::congestion`), against one
+/// TCP flow of each competitor's algorithm: MPTCP's share at a shared 20 Mbit/s bottleneck
+/// (goal 45-55%), its rate alone over two disjoint 10 Mbit/s bottlenecks (goal >= 90% of 20),
+/// and its rate on the free path when the TCP flow loads the other (goal >= 90% of 10).
 fn congestion() -> Result<Vec<Row>> {
     use mptcp_tests::{
         agent::Daemon,
@@ -346,92 +351,146 @@ fn congestion() -> Result<Vec<Row>> {
     unsafe { std::env::set_var("MPTCP_AGENT_BIN", &agent) };
     let _lock = LabLock::acquire()?;
     let duration = std::time::Duration::from_secs(CC_SECONDS);
-    let algorithms = ["none", "lia", "olia", "balia"];
     let name = |cc: &str| if cc == "none" { "uncoupled".to_owned() } else { cc.to_uppercase() };
     let mut rows = Vec::new();
-    let mut row = |case: String, value: f64, unit: &str, note: String| {
-        rows.push(Row { suite: "cc".into(), case, value, unit: unit.into(), note });
-    };
-
-    // 1. Shared bottleneck: 2 subflows (3 rounds) and 4 subflows (2 rounds) against one flow.
-    for (joins, rounds, settings) in [(1u8, 3usize, &algorithms[..]), (3, 2, &algorithms[..2])] {
-        let lab = BottleneckLab::new(Bottleneck::Shared { mbit: 20 }, joins)?;
-        let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
-        let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
-        let mut shares = vec![Vec::new(); settings.len()];
-        for _ in 0..rounds {
-            for (cc, result) in settings.iter().zip(&mut shares) {
-                let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
-                result.push(lab.run(1, duration, || Ok(()))?.mptcp_share());
+    for competitor in CC_COMPETITORS {
+        // Per setting, the rounds' values of each scenario.
+        let mut shared = vec![Vec::new(); CC_SETTINGS.len()];
+        let mut alone = vec![Vec::new(); CC_SETTINGS.len()];
+        let mut loaded = vec![Vec::new(); CC_SETTINGS.len()];
+        {
+            let lab = BottleneckLab::new(Bottleneck::Shared { mbit: 20 }, 1, competitor)?;
+            let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
+            let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
+            for _ in 0..CC_ROUNDS {
+                for (cc, result) in CC_SETTINGS.iter().zip(&mut shared) {
+                    let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
+                    result.push(100.0 * lab.run(1, duration, || Ok(()))?.mptcp_share());
+                }
             }
         }
-        for (cc, result) in settings.iter().zip(&shares) {
-            let each: Vec<String> = result.iter().map(|s| format!("{:.0}%", 100.0 * s)).collect();
-            row(
-                format!("shared 20 Mbit/s, {} subflows vs 1 TCP: {}", joins + 1, name(cc)),
-                100.0 * result.iter().sum::<f64>() / result.len() as f64,
-                "% MPTCP",
-                format!("{rounds} x {CC_SECONDS} s: {}; target coupled <= 55%, ideal 50%", each.join(", ")),
-            );
+        {
+            let lab = BottleneckLab::new(Bottleneck::Disjoint { mbit: 10 }, 1, competitor)?;
+            let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
+            let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
+            for _ in 0..CC_ROUNDS {
+                for (i, cc) in CC_SETTINGS.iter().enumerate() {
+                    let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
+                    alone[i].push(lab.run(0, duration, || Ok(()))?.mptcp);
+                    let free = std::cell::Cell::new(None);
+                    let rates = lab.run(1, duration, || {
+                        free.set(Some(free_path(&lab, duration)?));
+                        Ok(())
+                    })?;
+                    loaded[i].push((free.get().context("no free-path measurement")?, rates));
+                }
+            }
         }
-    }
-
-    // 2. Disjoint bottlenecks: MPTCP alone over 2 x 10 Mbit/s.
-    let lab = BottleneckLab::new(Bottleneck::Disjoint { mbit: 10 }, 1)?;
-    let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
-    let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
-    for cc in algorithms {
-        let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
-        let rates = lab.run(0, duration, || Ok(()))?;
-        row(
-            format!("disjoint 2 x 10 Mbit/s: {}", name(cc)),
-            rates.mptcp,
-            "Mbit/s",
-            format!("{:.0}% of 20 Mbit/s, {CC_SECONDS} s; target coupled >= 90%", rates.mptcp * 5.0),
-        );
-    }
-
-    // 3. The same paths, two TCP flows on path 0: the share of MPTCP's bytes on path 1.
-    for cc in algorithms {
-        let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
-        let split = std::cell::Cell::new(None);
-        let rates = lab.run(2, duration, || {
-            // Bytes acknowledged per path between 3 s in and 1 s before the end.
-            let first = acked_per_path(&dataplane, duration / 7)?;
-            let last =
-                acked_per_path(&dataplane, duration - duration / 7 - std::time::Duration::from_secs(1))?;
-            split.set(Some([last[0].saturating_sub(first[0]), last[1].saturating_sub(first[1])]));
-            Ok(())
-        })?;
-        let [loaded, free] = split.get().context("no per-path byte counts")?;
-        row(
-            format!("path 0 loaded with 2 TCP flows: {}", name(cc)),
-            100.0 * free as f64 / (loaded + free).max(1) as f64,
-            "% on path 1",
-            format!(
-                "MPTCP {:.1} Mbit/s, the TCP flows {:.1} Mbit/s; 2 x 10 Mbit/s disjoint",
-                rates.mptcp, rates.tcp
-            ),
-        );
+        let mut row = |case: String, values: &mut [f64], unit: &str, note: String| {
+            let each: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+            let value = median(values).unwrap_or(f64::NAN);
+            rows.push(Row {
+                suite: "cc".into(),
+                case,
+                value,
+                unit: unit.into(),
+                note: format!(
+                    "median of {CC_ROUNDS} x {CC_SECONDS} s, range {}: {}; {note}",
+                    range(values),
+                    each.join(", ")
+                ),
+            });
+            values.to_vec()
+        };
+        let mut sorted = Vec::new();
+        for (i, cc) in CC_SETTINGS.iter().enumerate() {
+            let setting = name(cc);
+            let share = row(
+                format!("{competitor}: shared 20 Mbit/s, 2 subflows vs 1 TCP: {setting}"),
+                &mut shared[i],
+                "% MPTCP",
+                "goal 45-55%".into(),
+            );
+            let alone = row(
+                format!("{competitor}: disjoint 2 x 10 Mbit/s, MPTCP alone: {setting}"),
+                &mut alone[i],
+                "Mbit/s",
+                "goal >= 18 (90% of 20)".into(),
+            );
+            let free: Vec<String> = loaded[i]
+                .iter()
+                .map(|(f, rates)| {
+                    format!(
+                        "{:.0}% of MPTCP's bytes on path 1, busy {:.0}% rwnd-limited {:.0}% sndbuf-limited {:.0}%, TCP {:.1} Mbit/s",
+                        f.share, f.busy, f.rwnd_limited, f.sndbuf_limited, rates.tcp
+                    )
+                })
+                .collect();
+            let mut rates: Vec<f64> = loaded[i].iter().map(|(f, _)| f.mbit).collect();
+            let free_rate = row(
+                format!("{competitor}: disjoint, 1 TCP flow on path 0: MPTCP on path 1: {setting}"),
+                &mut rates,
+                "Mbit/s",
+                format!("goal >= 9 (90% of 10); path-1 subflow per round: {}", free.join("; ")),
+            );
+            sorted.push([share, alone, free_rate]);
+        }
+        for (scenario, what) in ["shared share", "disjoint alone", "free path"].iter().enumerate() {
+            let [uncoupled, coupled] = [&sorted[0][scenario], &sorted[1][scenario]];
+            let overlap = uncoupled.first() <= coupled.last() && coupled.first() <= uncoupled.last();
+            rows.push(Row {
+                suite: "cc".into(),
+                case: format!("{competitor}: {what}: LIA - uncoupled (medians)"),
+                value: median(&mut coupled.clone()).unwrap_or(f64::NAN)
+                    - median(&mut uncoupled.clone()).unwrap_or(f64::NAN),
+                unit: "difference".into(),
+                note: format!("rounds {}", if overlap { "overlap" } else { "do not overlap" }),
+            });
+        }
     }
     Ok(rows)
 }
 
-/// After sleeping `after`, the bytes acknowledged on the MPTCP connection's subflows, summed
-/// per path (path 1: the client's 198.51.100.0/24 addresses), from `conns --json`.
-fn acked_per_path(dataplane: &Dataplane<'_>, after: std::time::Duration) -> Result<[u64; 2]> {
-    std::thread::sleep(after);
-    let conns = dataplane.json(&["conns"])?;
-    let mut acked = [0u64; 2];
-    for subflow in conns
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["subflow_cc"].as_array().cloned().unwrap_or_default())
-    {
-        let ends = subflow["ends"].to_string();
-        let path = usize::from(ends.contains("198.51.100."));
-        acked[path] += subflow["bytes_acked"].as_u64().unwrap_or(0);
-    }
-    Ok(acked)
+/// MPTCP on the free path (1, the client's second address) of a disjoint lab, between a
+/// sixth of `duration` in and a second before its end, from the kernel's `tcp_info`.
+#[derive(Debug, Clone, Copy)]
+struct FreePath {
+    mbit: f64,
+    /// MPTCP's bytes on path 1, % of its bytes on both.
+    share: f64,
+    /// The path-1 subflow's sending time, % of the interval.
+    busy: f64,
+    rwnd_limited: f64,
+    sndbuf_limited: f64,
+}
+
+fn free_path(
+    lab: &mptcp_tests::congestion::BottleneckLab,
+    duration: std::time::Duration,
+) -> Result<FreePath> {
+    use mptcp_tests::congestion::send_stats;
+    let mptcp_server = lab.server(5201);
+    std::thread::sleep(duration / 6);
+    let (first, start) = (send_stats(&lab.client, mptcp_server)?, std::time::Instant::now());
+    std::thread::sleep(duration - duration / 6 - std::time::Duration::from_secs(1));
+    let (last, elapsed) = (send_stats(&lab.client, mptcp_server)?, start.elapsed());
+    let on_path = |path: usize| {
+        last.iter()
+            .filter(|(local, _)| local.ip() == lab.client_addrs[path])
+            .map(|(local, stats)| {
+                let before = first.iter().find(|(l, _)| l == local).map(|(_, s)| *s).unwrap_or_default();
+                stats.since(before)
+            })
+            .next()
+            .with_context(|| format!("no MPTCP subflow from {} in ss", lab.client_addrs[path]))
+    };
+    let (loaded, free) = (on_path(0)?, on_path(1)?);
+    let ms = elapsed.as_secs_f64() * 1e3;
+    Ok(FreePath {
+        mbit: free.bytes_acked as f64 * 8.0 / elapsed.as_secs_f64() / 1e6,
+        share: 100.0 * free.bytes_acked as f64 / (free.bytes_acked + loaded.bytes_acked).max(1) as f64,
+        busy: 100.0 * free.busy_ms as f64 / ms,
+        rwnd_limited: 100.0 * free.rwnd_limited_ms as f64 / ms,
+        sndbuf_limited: 100.0 * free.sndbuf_limited_ms as f64 / ms,
+    })
 }
