@@ -171,6 +171,10 @@ impl InterfaceConfig {
 /// The largest subflow and ADD_ADDR limits the kernel accepts (MPTCP_PM_ADDR_MAX).
 pub const MAX_PM_LIMIT: u8 = 8;
 
+/// The smallest `paths.send-buffer-max`: the kernel's default initial send buffer
+/// (`net.ipv4.tcp_wmem`'s middle value).
+pub const MIN_SEND_BUFFER_MAX: u32 = 16384;
+
 /// `[paths]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -204,6 +208,12 @@ pub struct PathsConfig {
     /// announces. Absent: the switch is left as it is.
     #[serde(default)]
     pub deny_join_initial: Option<bool>,
+    /// The largest send buffer a TCP socket (so an MPTCP subflow) may grow to, in bytes: the
+    /// maximum of `net.ipv4.tcp_wmem`. After a path breaks, the kernel resends everything not yet
+    /// acknowledged at the data level on the surviving subflow, behind what that subflow holds:
+    /// bounded buffers bound the stall. Absent: the sysctl is left as it is.
+    #[serde(default)]
+    send_buffer_max: Option<Spanned<u32>>,
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
     /// Per-application policies (userspace path manager); the first that matches a connection
@@ -344,6 +354,10 @@ impl PathsConfig {
         self.add_addr_accepted.as_ref().map_or(MAX_PM_LIMIT, |n| *n.get_ref())
     }
 
+    pub fn send_buffer_max(&self) -> Option<u32> {
+        self.send_buffer_max.as_ref().map(|n| *n.get_ref())
+    }
+
     fn validate(&self, table: Range<usize>) -> Result<(), Invalid> {
         if self.interfaces.is_empty() {
             return Err(Invalid {
@@ -386,6 +400,16 @@ impl PathsConfig {
                     message: format!("{} is above the kernel's maximum of {MAX_PM_LIMIT}", value.get_ref()),
                 });
             }
+        }
+        if let Some(max) = self.send_buffer_max.as_ref().filter(|m| *m.get_ref() < MIN_SEND_BUFFER_MAX) {
+            return Err(Invalid {
+                span: max.span(),
+                key: "paths.send-buffer-max",
+                message: format!(
+                    "{} bytes is below {MIN_SEND_BUFFER_MAX}, the kernel's default initial send buffer",
+                    max.get_ref()
+                ),
+            });
         }
         if let Some(ndiffports) = &self.ndiffports {
             let n = *ndiffports.get_ref();
@@ -706,6 +730,16 @@ role = \"backup\"
             "deny-join-initial",
             4,
         );
+    }
+
+    #[test]
+    fn send_buffer_max_is_bytes_and_at_least_the_initial_buffer() {
+        let with = |value: &str| PATHS.replace("max-subflows = 4\n", &format!("send-buffer-max = {value}\n"));
+        let config = AgentConfig::parse(&with("131072")).unwrap();
+        assert_eq!(config.paths().unwrap().send_buffer_max(), Some(131072));
+        assert_eq!(AgentConfig::parse(PATHS).unwrap().paths().unwrap().send_buffer_max(), None);
+        assert_error(&with("4096"), "paths.send-buffer-max", 5);
+        assert_error(&with("\"128KiB\""), "send-buffer-max", 5);
     }
 
     const RULE: &str = "

@@ -178,6 +178,57 @@ fn full_mode_failover_completes_over_the_remaining_path(family: Family) -> Resul
     Ok(())
 }
 
+/// The largest send buffer (`tcp_wmem`'s third value) of every TCP socket to `port` in `ns`,
+/// from the `tb` field of `ss -tm`'s socket memory.
+fn send_buffers(ns: &Netns, port: u16) -> Result<Vec<u64>> {
+    let out = ns.exec("ss", &["-tmH", "state", "established", &format!("( dport = :{port} )")])?;
+    out.split("skmem:(")
+        .skip(1)
+        .map(|fields| {
+            let tb = fields.split([',', ')']).find_map(|f| f.strip_prefix("tb"));
+            tb.and_then(|tb| tb.parse().ok()).with_context(|| format!("no tb in {fields:?}"))
+        })
+        .collect()
+}
+
+/// `send-buffer-max` caps every subflow's send buffer through the namespace's `tcp_wmem`, which
+/// the kernel grows a buffer towards (to about 1 MB per subflow here without it), and both
+/// paths' transfer survives the break.
+fn send_buffer_max_bounds_every_subflows_send_buffer(family: Family) -> Result<()> {
+    const MAX: u64 = 131_072;
+    let _lock = LabLock::acquire()?;
+    let lab = lab(family)?;
+    let before = lab.client.exec("sysctl", &["-n", "net.ipv4.tcp_wmem"])?;
+    let before: Vec<&str> = before.split_whitespace().collect();
+    assert!(before[2].parse::<u64>()? > MAX, "the kernel's default is already at most {MAX}: {before:?}");
+    let pm = ClientPm::Agent(policy(&format!("send-buffer-max = {MAX}"))).start(&lab)?;
+    let agent = pm.agent().context("agent")?;
+    let wmem = lab.client.exec("sysctl", &["-n", "net.ipv4.tcp_wmem"])?;
+    let wmem: Vec<&str> = wmem.split_whitespace().collect();
+    assert_eq!(wmem, [before[0], before[1], &MAX.to_string()], "before: {before:?}");
+    let set = agent.events()?.into_iter().find(|e| e["kind"] == "sysctl_set").context("no sysctl_set")?;
+    assert_eq!(set["name"], "net.ipv4.tcp_wmem");
+    assert_eq!(set["previous"].as_str(), Some(before.join(" ").as_str()));
+    let report = agent.dataplane.json(&["paths"])?;
+    assert_eq!(
+        (report["send_buffer_max"].as_u64(), report["daemon"]["policy"]["send_buffer_max"].as_u64()),
+        (Some(MAX), Some(MAX)),
+        "{report}"
+    );
+
+    let port = 5609;
+    let (failover, buffers) =
+        failover::run(&lab, Scenario { port, ..FAILOVER }, || send_buffers(&lab.client, port))?;
+    // The initial subflow and the join, both sending for a second at 20 Mbit/s.
+    assert_eq!(buffers.len(), 2, "{buffers:?}");
+    assert!(buffers.iter().all(|tb| *tb <= MAX), "send buffers above {MAX}: {buffers:?}");
+    eprintln!(
+        "full-mode failover, send buffers at most {MAX}: stall {:?}, buffers {buffers:?}",
+        failover.stall
+    );
+    Ok(())
+}
+
 fn single_path_opens_the_second_path_only_after_the_primary_fails(family: Family) -> Result<()> {
     let _lock = LabLock::acquire()?;
     let lab = lab(family)?;
@@ -902,6 +953,7 @@ both_families!(
     userspace_pm_opens_each_connections_subflows_as_the_policy_says,
     userspace_backup_mode_promotes_the_backup_subflow_on_link_down,
     per_application_rules_give_each_connection_its_own_mode,
+    send_buffer_max_bounds_every_subflows_send_buffer,
     a_server_announces_its_other_addresses,
     deny_join_initial_keeps_joins_off_the_servers_initial_address,
     a_laminar_endpoint_answers_the_servers_announcement

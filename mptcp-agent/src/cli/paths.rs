@@ -90,6 +90,7 @@ fn to_text(report: &Report) -> Result<String> {
         None => "allowed (this kernel has no net.mptcp.allow_join_initial_addr_port)",
     };
     writeln!(out, "joins to the initial address: {joins}")?;
+    writeln!(out, "send buffers: at most {} bytes (net.ipv4.tcp_wmem)", report.send_buffer_max)?;
     writeln!(
         out,
         "\n{:<16} {:<5} {:<8} {:<7} {:<40} routes (default in tables)",

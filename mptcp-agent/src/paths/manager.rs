@@ -17,7 +17,7 @@ use super::{
     rtnl::{NetEvent, NetState, Rtnl},
     rules,
     state::{ConnectionState, PathState, Policy, state_path},
-    sysctl::{set_deny_join_initial, set_pm_type},
+    sysctl::{set_deny_join_initial, set_pm_type, set_send_buffer_max},
 };
 use crate::{
     bpf::{self, Instance},
@@ -88,9 +88,13 @@ impl PathManager {
         if set_pm_type(config.pm)? {
             records.push(PathRecord::now(PathEvent::PmTypeSet { pm: config.pm }));
         }
-        if let Some(change) = config.deny_join_initial.map(set_deny_join_initial).transpose()?.flatten() {
-            records.push(PathRecord::now(PathEvent::SysctlSet(change)));
-        }
+        let changes = [
+            config.deny_join_initial.map(set_deny_join_initial).transpose()?.flatten(),
+            config.send_buffer_max().map(set_send_buffer_max).transpose()?.flatten(),
+        ];
+        records.extend(
+            changes.into_iter().flatten().map(|change| PathRecord::now(PathEvent::SysctlSet(change))),
+        );
         if config.pm == PmKind::Kernel {
             let limits = pm::Limits {
                 subflows: u32::from(config.max_subflows()),

@@ -26,7 +26,9 @@ pub use self::{
     record::{PathEvent, PathRecord, Request},
     report::{EndpointView, InterfaceView, PathSubflow, Report, report},
     state::{ConnectionState, InterfacePolicy, PathState, Policy, state_path},
-    sysctl::{SwitchChange, check_features, check_mptcp, pm_type, read as mptcp_switch, set_sysctl},
+    sysctl::{
+        SwitchChange, check_features, check_mptcp, pm_type, read as mptcp_switch, set_sysctl, tcp_wmem,
+    },
 };
 use self::{pm::PmError, rtnl::RtnlError};
 use crate::config::PmKind;

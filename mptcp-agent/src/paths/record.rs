@@ -226,8 +226,11 @@ mod tests {
             line(PathEvent::PathLink { up: false, iface: Some("eth0".into()), index: 3 }),
             json!({"time_ns": 5, "kind": "path_link_down", "iface": "eth0", "index": 3})
         );
-        let change =
-            SwitchChange { name: "net.mptcp.allow_join_initial_addr_port", value: "0", previous: "1".into() };
+        let change = SwitchChange {
+            name: "net.mptcp.allow_join_initial_addr_port",
+            value: "0".into(),
+            previous: "1".into(),
+        };
         assert_eq!(
             line(PathEvent::SysctlSet(change)),
             json!({"time_ns": 5, "kind": "sysctl_set", "name": "net.mptcp.allow_join_initial_addr_port",

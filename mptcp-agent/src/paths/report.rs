@@ -14,6 +14,7 @@ use super::{
     pm_type,
     rtnl::{self, NetState, Rtnl},
     state::{PathState, state_path},
+    tcp_wmem,
 };
 use crate::{
     bpf::Instance,
@@ -66,6 +67,8 @@ pub struct Report {
     /// `net.mptcp.allow_join_initial_addr_port`: `false` when this host's MP_CAPABLE SYN-ACKs
     /// set the C flag; `None` on a kernel without the switch.
     pub allow_join_initial: Option<bool>,
+    /// `net.ipv4.tcp_wmem`'s largest value: how far a subflow's send buffer may grow.
+    pub send_buffer_max: u32,
     pub limits: pm::Limits,
     pub endpoints: Vec<EndpointView>,
     pub interfaces: Vec<InterfaceView>,
@@ -118,7 +121,17 @@ pub async fn report(instance: &Instance, tables: Option<&Tables>) -> Result<Repo
         .collect();
     let subflows = tables.map(|tables| dataplane_subflows(tables, &net)).transpose()?;
     let allow_join_initial = mptcp_switch("allow_join_initial_addr_port")?.map(|value| value != "0");
-    Ok(Report { pm_type: pm_type()?, allow_join_initial, limits, endpoints, interfaces, daemon, subflows })
+    let [_, _, send_buffer_max] = tcp_wmem()?;
+    Ok(Report {
+        pm_type: pm_type()?,
+        allow_join_initial,
+        send_buffer_max,
+        limits,
+        endpoints,
+        interfaces,
+        daemon,
+        subflows,
+    })
 }
 
 /// The dataplane's subflows, each oriented from this host: sent is what the local end sent, and

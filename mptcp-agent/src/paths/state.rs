@@ -43,6 +43,9 @@ pub struct Policy {
     /// `deny-join-initial`: `None` leaves the kernel's switch as it is.
     #[serde(default)]
     pub deny_join_initial: Option<bool>,
+    /// `send-buffer-max` in bytes: `None` leaves `net.ipv4.tcp_wmem` as it is.
+    #[serde(default)]
+    pub send_buffer_max: Option<u32>,
     pub interfaces: Vec<InterfacePolicy>,
     /// `[[paths.rule]]` in file order; `paths` and the connections number them from 1.
     #[serde(default)]
@@ -86,6 +89,7 @@ impl Policy {
             add_addr_accepted: config.add_addr_accepted(),
             make_before_break: config.make_before_break,
             deny_join_initial: config.deny_join_initial,
+            send_buffer_max: config.send_buffer_max(),
             interfaces: config
                 .interfaces
                 .iter()

@@ -78,7 +78,7 @@ const ALLOW_JOIN_INITIAL: &str = "allow_join_initial_addr_port";
 pub struct SwitchChange {
     /// Dotted, as `sysctl` spells it.
     pub name: &'static str,
-    pub value: &'static str,
+    pub value: String,
     pub previous: String,
 }
 
@@ -96,7 +96,38 @@ pub(super) fn set_deny_join_initial(deny: bool) -> Result<Option<SwitchChange>, 
     }
     let name = "net.mptcp.allow_join_initial_addr_port";
     set_sysctl(name, value)?;
-    Ok(Some(SwitchChange { name, value, previous }))
+    Ok(Some(SwitchChange { name, value: value.to_owned(), previous }))
+}
+
+/// `net.ipv4.tcp_wmem`: the minimum, initial and largest send buffer of a TCP socket.
+const TCP_WMEM: &str = "net.ipv4.tcp_wmem";
+
+/// Makes `max` the largest send buffer TCP sockets (and so MPTCP subflows, whose buffers the
+/// MPTCP socket's follows) grow to, the initial one at most that; returns what changed.
+pub(super) fn set_send_buffer_max(max: u32) -> Result<Option<SwitchChange>, PathError> {
+    let [min, initial, previous_max] = tcp_wmem()?;
+    let previous = format!("{min} {initial} {previous_max}");
+    let value = format!("{} {} {max}", min.min(max), initial.min(max));
+    if value == previous {
+        return Ok(None);
+    }
+    set_sysctl(TCP_WMEM, &value)?;
+    Ok(Some(SwitchChange { name: TCP_WMEM, value, previous }))
+}
+
+/// `net.ipv4.tcp_wmem` in the caller's network namespace: minimum, initial and largest.
+pub fn tcp_wmem() -> Result<[u32; 3], PathError> {
+    let path = Path::new("/proc/sys").join(TCP_WMEM.replace('.', "/"));
+    let text =
+        fs::read_to_string(&path).map_err(|source| PathError::Sysctl { path: path.clone(), source })?;
+    let values: Option<Vec<u32>> = text.split_whitespace().map(|v| v.parse().ok()).collect();
+    values.and_then(|values| values.try_into().ok()).ok_or_else(|| PathError::Sysctl {
+        path,
+        source: io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{:?} is not MIN DEFAULT MAX", text.trim()),
+        ),
+    })
 }
 
 /// The first Linux release with laminar endpoints (MPTCP_PM_ADDR_FLAG_LAMINAR).
