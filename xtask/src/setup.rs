@@ -20,6 +20,9 @@ const PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
     "mptcpd",
+    // The path manager plugins (addr_adv, sspi) that `bench failover` runs mptcpd with: only
+    // recommended by mptcpd, so --no-install-recommends leaves them out.
+    "mptcpd-plugins",
     "mptcpize",
     "prometheus",
     "python3-scapy",
