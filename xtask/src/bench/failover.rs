@@ -254,7 +254,23 @@ fn measure(family: Family, case: &Case, setting: &Setting) -> Result<Vec<Row>> {
         if let Some((key, value)) = case.client_sysctl {
             lab.client.sysctl(key, value)?;
         }
-        let pm = setting.pm.start(&lab)?;
+        let pm = match setting.pm.start(&lab) {
+            Ok(pm) => pm,
+            // mptcpd is the comparison, not what is measured: a host whose mptcpd cannot start
+            // (no plugins installed) still gets the other rows, and a row saying why not.
+            Err(error) if matches!(setting.pm, ClientPm::Mptcpd(_)) => {
+                eprintln!("{case_name}: not run: {error:#}");
+                let reason = format!("{error:#}").replace('\n', " ");
+                return Ok(vec![Row {
+                    suite: "failover".into(),
+                    case: format!("{case_name}: not run"),
+                    value: 0.0,
+                    unit: "runs".into(),
+                    note: format!("mptcpd did not start: {}", reason.trim()),
+                }]);
+            }
+            Err(error) => return Err(error),
+        };
         let scenario = Scenario {
             bytes: 6 << 20,
             port: FIRST_PORT + run as u16,
