@@ -266,7 +266,7 @@ fn measure(family: Family, case: &Case, setting: &Setting) -> Result<Vec<Row>> {
                     case: format!("{case_name}: not run"),
                     value: 0.0,
                     unit: "runs".into(),
-                    note: format!("mptcpd did not start: {}", reason.trim()),
+                    note: reason.trim().to_owned(),
                 }]);
             }
             Err(error) => return Err(error),
