@@ -1,14 +1,15 @@
 //! The `failover` suite: a bulk transfer from the dual-homed client over two 20 Mbit/s paths
 //! while its first path breaks, under the kernel alone (static endpoints), mptcpd and the agent
-//! (in-kernel and userspace path managers). Measures how long the receiving application gets no
+//! (in-kernel and userspace path managers, the mode from the `[paths]` table or from a
+//! per-application rule), over IPv4 and IPv6. Measures how long the receiving application gets no
 //! data (the stall), the subflows opened, and the agent's reaction time.
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, ensure};
 use mptcp_tests::{
-    failover::{self, Break, ClientPm, Scenario},
-    lab::{DualHomedLab, LabOptions},
+    failover::{self, Break, ClientPm, RunningPm, Scenario},
+    lab::{DualHomedLab, Family, LabOptions},
     lock::LabLock,
 };
 
@@ -17,6 +18,9 @@ use crate::{setup::setup, util::build_agent};
 
 /// Runs per setting; the median is reported.
 const RUNS: usize = 7;
+
+/// Run `n` of a setting transfers to port `FIRST_PORT + n`.
+const FIRST_PORT: u16 = 5700;
 
 const MPTCPD_NOTIFY: &str = "--notify-flags=existing,skip_link_local,skip_loopback";
 
@@ -27,6 +31,9 @@ struct Setting {
     config: &'static str,
     /// Runs; a setting expected to lose the transfer runs once.
     runs: usize,
+    /// The mode a `[[paths.rule]]` gives the transfer: a run counts only if the agent logged
+    /// that the rule matched, so the row cannot silently measure the table's mode instead.
+    rule_mode: Option<&'static str>,
 }
 
 struct Case {
@@ -47,7 +54,23 @@ fn policy(keys: &str) -> String {
 }
 
 fn agent(name: &'static str, keys: &str, config: &'static str) -> Setting {
-    Setting { name, pm: ClientPm::Agent(policy(keys)), config, runs: RUNS }
+    Setting { name, pm: ClientPm::Agent(policy(keys)), config, runs: RUNS, rule_mode: None }
+}
+
+/// The userspace PM with table mode single-path and one rule, matching the bench's ports, that
+/// gives the transfer `mode`: the per-application path beside the table-mode rows.
+fn per_rule(mode: &'static str, config: &'static str) -> Setting {
+    let last_port = FIRST_PORT + RUNS as u16 - 1;
+    let rule = format!(
+        "[[paths.rule]]\ndport = \"{FIRST_PORT}-{last_port}\"\nmode = \"{mode}\"\ninterfaces = [\"{{if0}}\", \"{{if1}}\"]\n"
+    );
+    Setting {
+        name: "agent, userspace PM, per-application rule",
+        pm: ClientPm::Agent(policy("pm = \"userspace\"\nmode = \"single-path\"") + &rule),
+        config,
+        runs: RUNS,
+        rule_mode: Some(mode),
+    }
 }
 
 fn mptcpd(flags: &'static str, config: &'static str) -> Setting {
@@ -56,11 +79,12 @@ fn mptcpd(flags: &'static str, config: &'static str) -> Setting {
         pm: ClientPm::Mptcpd(vec!["--path-manager=addr_adv", flags, MPTCPD_NOTIFY]),
         config,
         runs: RUNS,
+        rule_mode: None,
     }
 }
 
 fn kernel(endpoints: Vec<(usize, &'static str)>, config: &'static str, runs: usize) -> Setting {
-    Setting { name: "kernel alone", pm: ClientPm::Kernel(endpoints), config, runs }
+    Setting { name: "kernel alone", pm: ClientPm::Kernel(endpoints), config, runs, rule_mode: None }
 }
 
 fn cases() -> Vec<Case> {
@@ -86,6 +110,10 @@ fn cases() -> Vec<Case> {
                     "pm = \"userspace\"\nmode = \"backup\"",
                     "pm, mode + 2 interfaces",
                 ),
+                per_rule(
+                    "backup",
+                    "pm, mode = \"single-path\" + 2 interfaces + a rule: dport, mode = \"backup\"",
+                ),
             ],
         },
         Case {
@@ -98,6 +126,10 @@ fn cases() -> Vec<Case> {
                 mptcpd("--addr-flags=subflow", "--addr-flags=subflow"),
                 agent("agent, in-kernel PM", "", "2 interfaces"),
                 agent("agent, userspace PM", "pm = \"userspace\"", "pm + 2 interfaces"),
+                per_rule(
+                    "full",
+                    "pm, mode = \"single-path\" + 2 interfaces + a rule: dport, mode = \"full\"",
+                ),
             ],
         },
         Case {
@@ -168,6 +200,26 @@ fn agent_reaction(events: &[serde_json::Value]) -> Option<f64> {
     Some((acted - seen) as f64 / 1e3)
 }
 
+/// Fails unless the agent logged the transfer under rule 1 with `mode`.
+fn check_rule(pm: &RunningPm, mode: &str) -> Result<()> {
+    let events = pm.agent().context("a rule needs the agent")?.events()?;
+    let rules: Vec<_> = events.iter().filter(|e| e["kind"] == "path_rule").collect();
+    ensure!(!rules.is_empty(), "the agent logged no path_rule");
+    ensure!(
+        rules.iter().all(|e| e["rule"] == 1 && e["mode"] == mode),
+        "not under the {mode} rule: {rules:?}"
+    );
+    Ok(())
+}
+
+/// The row's name: IPv4 rows keep their names from before the suite had IPv6.
+fn case_name(family: Family, case: &Case, setting: &Setting) -> String {
+    match family {
+        Family::V4 => format!("{} / {}", case.name, setting.name),
+        Family::V6 => format!("IPv6 / {} / {}", case.name, setting.name),
+    }
+}
+
 pub fn failover() -> Result<Vec<Row>> {
     setup()?;
     let agent_binary = build_agent(true)?;
@@ -175,94 +227,127 @@ pub fn failover() -> Result<Vec<Row>> {
     unsafe { std::env::set_var("MPTCP_AGENT_BIN", &agent_binary) };
     let _lock = LabLock::acquire()?;
     let mut rows = Vec::new();
-    for case in cases() {
-        for setting in &case.settings {
-            let mut stalls = Vec::new();
-            let mut joins = Vec::new();
-            let mut reactions = Vec::new();
-            let mut failed = 0;
-            for run in 0..setting.runs {
-                let lab = DualHomedLab::new(LabOptions {
-                    client_subflow_endpoint: false,
-                    ..LabOptions::default()
-                })?;
-                lab.shape_client("20mbit")?;
-                if let Some((key, value)) = case.client_sysctl {
-                    lab.client.sysctl(key, value)?;
-                }
-                let pm = setting.pm.start(&lab)?;
-                let scenario = Scenario {
-                    bytes: 6 << 20,
-                    port: 5700 + run as u16,
-                    break_after: Duration::from_secs(1),
-                    breaks: case.breaks,
-                    wait_subflows: case.wait_subflows,
-                };
-                match failover::run(&lab, scenario, || Ok(())) {
-                    Ok((outcome, ())) => {
-                        stalls.push(outcome.stall.as_secs_f64() * 1e3);
-                        joins.push(outcome.joins() as f64);
-                    }
-                    Err(error) => {
-                        eprintln!("{} / {}: run {run} failed: {error:#}", case.name, setting.name);
-                        failed += 1;
-                    }
-                }
-                if let Some(reaction) =
-                    pm.agent().map(|agent| agent.events()).transpose()?.as_deref().and_then(agent_reaction)
-                {
-                    reactions.push(reaction);
-                }
-            }
-            let case_name = format!("{} / {}", case.name, setting.name);
-            let row = |case: String, value: f64, unit: &str, note: String| Row {
-                suite: "failover".into(),
-                case,
-                value,
-                unit: unit.into(),
-                note,
-            };
-            let runs = stalls.len();
-            if let Some(stall) = median(&mut stalls) {
-                rows.push(row(
-                    format!("{case_name}: stall"),
-                    stall,
-                    "ms",
-                    format!(
-                        "median of {runs} ({} ms); longest time without data at the receiving application after the break, 2 x 20 Mbit/s; config: {}",
-                        range(&stalls),
-                        setting.config
-                    ),
-                ));
-            }
-            if let Some(opened) = median(&mut joins) {
-                rows.push(row(
-                    format!("{case_name}: subflows opened"),
-                    opened,
-                    "subflows",
-                    "median per connection, beside the initial one (SF_ESTABLISHED on the client)".into(),
-                ));
-            }
-            if let Some(reaction) = median(&mut reactions) {
-                rows.push(row(
-                    format!("{case_name}: reaction"),
-                    reaction,
-                    "us",
-                    format!(
-                        "median of {}: the agent's log, link or address event to its first request",
-                        reactions.len()
-                    ),
-                ));
-            }
-            if failed > 0 {
-                rows.push(row(
-                    format!("{case_name}: transfers failed"),
-                    failed as f64,
-                    "runs",
-                    format!("of {}: the application got an error or timed out", setting.runs),
-                ));
+    for family in [Family::V4, Family::V6] {
+        for case in cases() {
+            for setting in &case.settings {
+                rows.extend(measure(family, &case, setting)?);
             }
         }
+    }
+    Ok(rows)
+}
+
+/// Runs one setting of a case `setting.runs` times on fresh labs of `family`; its rows.
+fn measure(family: Family, case: &Case, setting: &Setting) -> Result<Vec<Row>> {
+    let case_name = case_name(family, case, setting);
+    let mut stalls = Vec::new();
+    let mut joins = Vec::new();
+    let mut reactions = Vec::new();
+    let mut failed = 0;
+    for run in 0..setting.runs {
+        let lab = DualHomedLab::new(LabOptions {
+            family,
+            client_subflow_endpoint: false,
+            ..LabOptions::default()
+        })?;
+        lab.shape_client("20mbit")?;
+        if let Some((key, value)) = case.client_sysctl {
+            lab.client.sysctl(key, value)?;
+        }
+        let pm = match setting.pm.start(&lab) {
+            Ok(pm) => pm,
+            // mptcpd is the comparison, not what is measured: a host whose mptcpd cannot start
+            // (no plugins installed) still gets the other rows, and a row saying why not.
+            Err(error) if matches!(setting.pm, ClientPm::Mptcpd(_)) => {
+                eprintln!("{case_name}: not run: {error:#}");
+                let reason = format!("{error:#}").replace('\n', " ");
+                return Ok(vec![Row {
+                    suite: "failover".into(),
+                    case: format!("{case_name}: not run"),
+                    value: 0.0,
+                    unit: "runs".into(),
+                    note: reason.trim().to_owned(),
+                }]);
+            }
+            Err(error) => return Err(error),
+        };
+        let scenario = Scenario {
+            bytes: 6 << 20,
+            port: FIRST_PORT + run as u16,
+            break_after: Duration::from_secs(1),
+            breaks: case.breaks,
+            wait_subflows: case.wait_subflows,
+        };
+        let outcome = failover::run(&lab, scenario, || Ok(())).and_then(|(outcome, ())| {
+            setting.rule_mode.map(|mode| check_rule(&pm, mode)).transpose()?;
+            Ok(outcome)
+        });
+        match outcome {
+            Ok(outcome) => {
+                stalls.push(outcome.stall.as_secs_f64() * 1e3);
+                joins.push(outcome.joins() as f64);
+            }
+            Err(error) => {
+                eprintln!("{case_name}: run {run} failed: {error:#}");
+                failed += 1;
+            }
+        }
+        if let Some(reaction) =
+            pm.agent().map(|agent| agent.events()).transpose()?.as_deref().and_then(agent_reaction)
+        {
+            reactions.push(reaction);
+        }
+    }
+    let row = |case: String, value: f64, unit: &str, note: String| Row {
+        suite: "failover".into(),
+        case,
+        value,
+        unit: unit.into(),
+        note,
+    };
+    let mut rows = Vec::new();
+    let runs = stalls.len();
+    if let Some(stall) = median(&mut stalls) {
+        rows.push(row(
+            format!("{case_name}: stall"),
+            stall,
+            "ms",
+            format!(
+                "median of {runs} ({} ms); longest time without data at the receiving application after the break, 2 x 20 Mbit/s; config: {}",
+                range(&stalls),
+                setting.config
+            ),
+        ));
+    }
+    if let Some(opened) = median(&mut joins) {
+        rows.push(row(
+            format!("{case_name}: subflows opened"),
+            opened,
+            "subflows",
+            "median per connection, beside the initial one (SF_ESTABLISHED on the client)".into(),
+        ));
+    }
+    if let Some(reaction) = median(&mut reactions) {
+        rows.push(row(
+            format!("{case_name}: reaction"),
+            reaction,
+            "us",
+            format!(
+                "median of {}: the agent's log, link or address event to its first request",
+                reactions.len()
+            ),
+        ));
+    }
+    if failed > 0 {
+        rows.push(row(
+            format!("{case_name}: transfers failed"),
+            failed as f64,
+            "runs",
+            format!(
+                "of {}: the application got an error or timed out, or the rule did not match",
+                setting.runs
+            ),
+        ));
     }
     Ok(rows)
 }
