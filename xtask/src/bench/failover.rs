@@ -162,8 +162,9 @@ fn cases() -> Vec<Case> {
                 agent("agent, in-kernel PM", "", "2 interfaces"),
             ],
         },
-        // The full-mode stall is the time to drain what the surviving subflow already holds, which
-        // the lost data is sent again behind: smaller send buffers, shorter stall.
+        // After the break the kernel resends all that is not acknowledged at the data level, from
+        // the receiver's in-order point, behind what the surviving subflow holds: smaller send
+        // buffers, less to resend and less ahead of it.
         Case {
             name: "full, link down, send buffers at most 256 KiB",
             client_sysctl: Some(("net.ipv4.tcp_wmem", "4096 16384 262144")),
@@ -172,6 +173,32 @@ fn cases() -> Vec<Case> {
             settings: vec![
                 kernel(vec![(0, "subflow"), (1, "subflow")], "2 `ip mptcp endpoint add`", RUNS),
                 agent("agent, in-kernel PM", "", "2 interfaces"),
+            ],
+        },
+        Case {
+            name: "full, link down, send buffers at most 128 KiB",
+            client_sysctl: Some(("net.ipv4.tcp_wmem", "4096 16384 131072")),
+            breaks: Break::LinkDown,
+            wait_subflows: 1,
+            settings: vec![kernel(
+                vec![(0, "subflow"), (1, "subflow")],
+                "2 `ip mptcp endpoint add` + `sysctl net.ipv4.tcp_wmem`",
+                RUNS,
+            )],
+        },
+        // The agent sets the same bound itself (the kernel's default tcp_wmem before it starts).
+        Case {
+            name: "full, link down, send-buffer-max = 131072",
+            client_sysctl: None,
+            breaks: Break::LinkDown,
+            wait_subflows: 1,
+            settings: vec![
+                agent("agent, in-kernel PM", "send-buffer-max = 131072", "send-buffer-max + 2 interfaces"),
+                agent(
+                    "agent, userspace PM",
+                    "pm = \"userspace\"\nsend-buffer-max = 131072",
+                    "pm, send-buffer-max + 2 interfaces",
+                ),
             ],
         },
     ]
