@@ -45,20 +45,48 @@ impl<W: Write> JsonWriter<W> {
             io::copy(&mut spool, &mut self.out)?;
         }
         write!(self.out, "\n{FIELD_INDENT}]")?;
-        let serde_json::Value::Object(mut fields) = serde_json::to_value(report)? else {
-            return Err(io::Error::other("a report serializes to a JSON object"));
-        };
-        // Written above, as they came.
-        for streamed in ["file", "packets", "mappings"] {
-            fields.remove(streamed);
-        }
-        for (name, value) in fields {
-            let pretty = serde_json::to_string_pretty(&value)?.replace('\n', &format!("\n{FIELD_INDENT}"));
-            write!(self.out, ",\n{FIELD_INDENT}{}: {pretty}", serde_json::to_string(&name)?)?;
-        }
+        // Written field by field (the test against `to_json` keeps this list whole): a
+        // `serde_json::Value` of the report would double the memory of many connections.
+        let out = &mut self.out;
+        field(out, "read_error", &report.read_error)?;
+        field(out, "summary", &report.summary)?;
+        field(out, "connections", &report.connections)?;
+        field(out, "subflows", &report.subflows)?;
+        field(out, "add_addrs", &report.add_addrs)?;
+        field(out, "hmac_checks", &report.hmac_checks)?;
+        field(out, "undecodable_frames", &report.undecodable_frames)?;
+        field(out, "malformed_options", &report.malformed_options)?;
         self.out.write_all(b"\n}\n")?;
         self.out.flush()?;
         Ok(self.out)
+    }
+}
+
+/// `,\n  "name": value`, the value pretty and indented as a top-level field, written as it is
+/// serialized.
+fn field(out: &mut impl Write, name: &str, value: &impl serde::Serialize) -> io::Result<()> {
+    write!(out, ",\n{FIELD_INDENT}{}: ", serde_json::to_string(name)?)?;
+    serde_json::to_writer_pretty(Indented(out), value)?;
+    Ok(())
+}
+
+/// Indents every line after the first by `FIELD_INDENT`.
+struct Indented<'a, W: Write>(&'a mut W);
+
+impl<W: Write> Write for Indented<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        for (index, line) in buf.split(|&byte| byte == b'\n').enumerate() {
+            if index > 0 {
+                self.0.write_all(b"\n")?;
+                self.0.write_all(FIELD_INDENT.as_bytes())?;
+            }
+            self.0.write_all(line)?;
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
     }
 }
 
