@@ -1,6 +1,8 @@
 //! `mptcp-agent decode` as text.
 
-use crate::analysis::decode::{Report, Subflow, Verdict};
+use std::io::{self, Write};
+
+use crate::analysis::decode::{MappingRecord, PacketRecord, RecordSink, Report, Subflow, Verdict};
 
 fn opt<T: std::fmt::Display>(value: Option<T>) -> String {
     value.map_or_else(|| "?".to_owned(), |v| v.to_string())
@@ -107,20 +109,8 @@ pub fn to_text(report: &Report) -> serde_json::Result<String> {
         "HMACs: {} verified, {} failed, {} unknown; {} connections, {} subflows, {} fell back",
         s.hmac_verified, s.hmac_failed, s.hmac_unknown, s.connections, s.subflows, s.fallbacks
     );
-    for (mapping, check) in report.mappings.iter().filter_map(|m| Some((m, m.checksum.as_ref()?))) {
-        if check.verdict != Verdict::Verified {
-            let _ = writeln!(
-                out,
-                "DSS checksum frame {} (subflow {}, DSN {}): {:?}, received {:#06x}, expected {}{}",
-                mapping.frame,
-                mapping.subflow,
-                mapping.dsn,
-                check.verdict,
-                check.received,
-                hex_opt(check.expected),
-                check.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
-            );
-        }
+    for line in report.mappings.iter().filter_map(checksum_line) {
+        out.push_str(&line);
     }
     let _ = writeln!(
         out,
@@ -132,19 +122,72 @@ pub fn to_text(report: &Report) -> serde_json::Result<String> {
     }
     if let Some(packets) = &report.packets {
         for packet in packets {
-            let _ = writeln!(
-                out,
-                "frame {} {} -> {} [{}] {}{}",
-                packet.frame,
-                packet.src,
-                packet.dst,
-                packet.flags,
-                serde_json::to_string(&packet.options)?,
-                if packet.errors.is_empty() { String::new() } else { format!(" errors {:?}", packet.errors) }
-            );
+            out.push_str(&packet_line(packet)?);
         }
     }
     Ok(out)
+}
+
+/// A packet's options as compact JSON, the shape `--json` gives them.
+fn packet_line(packet: &PacketRecord) -> serde_json::Result<String> {
+    Ok(format!(
+        "frame {} {} -> {} [{}] {}{}\n",
+        packet.frame,
+        packet.src,
+        packet.dst,
+        packet.flags,
+        serde_json::to_string(&packet.options)?,
+        if packet.errors.is_empty() { String::new() } else { format!(" errors {:?}", packet.errors) }
+    ))
+}
+
+/// A DSS checksum that is not verified; a verified one, or none, shows only in the counts.
+fn checksum_line(mapping: &MappingRecord) -> Option<String> {
+    let check = mapping.checksum.as_ref().filter(|check| check.verdict != Verdict::Verified)?;
+    Some(format!(
+        "DSS checksum frame {} (subflow {}, DSN {}): {:?}, received {:#06x}, expected {}{}\n",
+        mapping.frame,
+        mapping.subflow,
+        mapping.dsn,
+        check.verdict,
+        check.received,
+        hex_opt(check.expected),
+        check.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+    ))
+}
+
+/// `decode` as text while it runs: each packet's line (`--packets`) as it is decoded and each
+/// DSS checksum not verified once its verdict is final, in capture order, then the summary.
+pub struct TextWriter<W: Write> {
+    out: W,
+}
+
+impl<W: Write> TextWriter<W> {
+    pub fn new(out: W) -> Self {
+        Self { out }
+    }
+
+    /// The summary, once the capture has been read; gives `out` back.
+    pub fn finish(mut self, report: &Report) -> io::Result<W> {
+        self.out.write_all(to_text(report)?.as_bytes())?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> RecordSink for TextWriter<W> {
+    type Error = io::Error;
+
+    fn packet(&mut self, packet: PacketRecord) -> io::Result<()> {
+        self.out.write_all(packet_line(&packet)?.as_bytes())
+    }
+
+    fn mapping(&mut self, mapping: MappingRecord) -> io::Result<()> {
+        match checksum_line(&mapping) {
+            Some(line) => self.out.write_all(line.as_bytes()),
+            None => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -399,15 +399,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let text = if json { serde_json::to_string(&report)? + "\n" } else { replay::to_text(&report)? };
             write_stdout(&text)?;
         }
-        Command::Decode { file, json, packets } => {
-            let report = crate::analysis::decode::decode_file(&file, packets)?;
-            let text = if json {
-                crate::analysis::decode::to_json(&report)? + "\n"
-            } else {
-                decode::to_text(&report)?
-            };
-            write_stdout(&text)?;
-        }
+        Command::Decode { file, json, packets } => decode_streamed(&file, json, packets)?,
         Command::Conns { instance, json } => {
             let instance = instance.get()?;
             let views = Snapshot::read(&open_tables(&instance)?)?.connection_views();
@@ -575,6 +567,38 @@ fn backend_everywhere(instance: &Instance, command: PeerCommand, action: Backend
 }
 
 /// One subflow's congestion state and the controller's decision, for `conns`.
+/// `decode`: records written as they become final, through a buffer (stdout's own flushes
+/// at every line), the summary at the end. A closed pipe (`decode ... | head`) is not an error.
+fn decode_streamed(file: &std::path::Path, json: bool, packets: bool) -> Result<()> {
+    use crate::analysis::decode::{JsonWriter, StreamError, stream_file};
+    let out = std::io::BufWriter::new(std::io::stdout().lock());
+    let written = |error: std::io::Error| match error.kind() {
+        std::io::ErrorKind::BrokenPipe => Ok(()),
+        _ => Err(anyhow::Error::from(error)),
+    };
+    let streamed = |error: StreamError<std::io::Error>| match error {
+        StreamError::Capture(error) => Err(anyhow::Error::from(error)),
+        StreamError::Output(error) => written(error),
+    };
+    if json {
+        // Into the buffer; an error here is the temporary file's.
+        let mut writer =
+            JsonWriter::new(out, &file.display().to_string(), packets).context("starting the JSON report")?;
+        let report = match stream_file(file, packets, &mut writer) {
+            Ok(report) => report,
+            Err(error) => return streamed(error),
+        };
+        writer.finish(&report).map(drop).or_else(written)
+    } else {
+        let mut writer = decode::TextWriter::new(out);
+        let report = match stream_file(file, packets, &mut writer) {
+            Ok(report) => report,
+            Err(error) => return streamed(error),
+        };
+        writer.finish(&report).map(drop).or_else(written)
+    }
+}
+
 /// Writes to stdout; a closed pipe (`decode ... | head`) is not an error.
 fn write_stdout(text: &str) -> std::io::Result<()> {
     use std::io::Write as _;

@@ -43,7 +43,10 @@ pub(super) struct Analysis {
     /// Both orientations of every 4-tuple, to the latest subflow on it.
     by_tuple: HashMap<(SocketAddr, SocketAddr), usize>,
     add_addrs: Vec<AddAddrRecord>,
-    mappings: Vec<MappingRecord>,
+    /// Mappings whose verdict became final since the caller last took them.
+    finished_mappings: Vec<MappingRecord>,
+    /// DSS checksum verdicts of the mappings handed on: verified, failed, unknown.
+    checksums: [usize; 3],
     hmacs: HmacInputs,
     undecodable: Vec<Problem>,
     malformed: Vec<Problem>,
@@ -232,7 +235,7 @@ impl Analysis {
                 _ => {}
             }
         }
-        tracked.data_level(frame, id, segment, from_initiator, options, &mut self.mappings);
+        tracked.data_level(frame, id, segment, from_initiator, options, &mut self.finished_mappings);
     }
 
     /// The version and keys of the connection one of whose keys has `token`: (version, that
@@ -251,11 +254,35 @@ impl Analysis {
         })
     }
 
-    pub(super) fn finish(mut self, file: String) -> Report {
+    /// The mappings whose verdict became final since the last call, in that order, counted
+    /// in the summary.
+    pub(super) fn take_finished_mappings(&mut self) -> std::vec::Drain<'_, MappingRecord> {
+        for mapping in &self.finished_mappings {
+            if let Some(check) = &mapping.checksum {
+                self.checksums[match check.verdict {
+                    Verdict::Verified => 0,
+                    Verdict::Failed => 1,
+                    Verdict::Unknown => 2,
+                }] += 1;
+            }
+        }
+        self.finished_mappings.drain(..)
+    }
+
+    /// At the end of the capture: every checksum still waiting for data is unknown; take them
+    /// with `take_finished_mappings` before `finish`.
+    pub(super) fn end_of_capture(&mut self) {
         for tracked in &mut self.subflows {
             for side in &mut tracked.dss {
-                side.finish(&mut self.mappings);
+                side.finish(&mut self.finished_mappings);
             }
+        }
+    }
+
+    /// The report of everything but the mappings and packets, which were handed on as they
+    /// became final.
+    pub(super) fn finish(mut self, file: String) -> Report {
+        for tracked in &mut self.subflows {
             tracked.subflow.data_acks =
                 DataAcks { initiator: tracked.dss[0].data_ack, responder: tracked.dss[1].data_ack };
         }
@@ -267,9 +294,7 @@ impl Analysis {
             .collect();
         let checks: Vec<HmacCheck> = hmac::checks(&self.hmacs, &self.add_addrs, &subflows, &connections);
         let count = |verdict| checks.iter().filter(|c| c.verdict == verdict).count();
-        let checksums = |verdict| {
-            self.mappings.iter().filter(|m| m.checksum.as_ref().is_some_and(|c| c.verdict == verdict)).count()
-        };
+        let [checksum_verified, checksum_failed, checksum_unknown] = self.checksums;
         let summary = Summary {
             connections: connections.len(),
             subflows: subflows.len(),
@@ -277,9 +302,9 @@ impl Analysis {
             hmac_verified: count(Verdict::Verified),
             hmac_failed: count(Verdict::Failed),
             hmac_unknown: count(Verdict::Unknown),
-            checksum_verified: checksums(Verdict::Verified),
-            checksum_failed: checksums(Verdict::Failed),
-            checksum_unknown: checksums(Verdict::Unknown),
+            checksum_verified,
+            checksum_failed,
+            checksum_unknown,
             ..self.summary
         };
         Report {
@@ -290,7 +315,7 @@ impl Analysis {
             subflows,
             add_addrs: self.add_addrs,
             hmac_checks: checks,
-            mappings: self.mappings,
+            mappings: Vec::new(),
             undecodable_frames: self.undecodable,
             malformed_options: self.malformed,
             packets: None,
@@ -346,7 +371,7 @@ impl Tracked {
         segment: &TcpSegment<'_>,
         from_initiator: bool,
         options: &[MptcpOption],
-        records: &mut Vec<MappingRecord>,
+        finished: &mut Vec<MappingRecord>,
     ) {
         let version = self.subflow.version.unwrap_or(1);
         let start = |key: Option<u64>| key.map_or(0, |key| token_and_idsn(version, key).1.wrapping_add(1));
@@ -399,7 +424,7 @@ impl Tracked {
             payload_len: segment.payload_len,
             payload: segment.payload,
         };
-        side.segment(mapping, &data, records);
+        side.segment(mapping, &data, finished);
     }
 }
 

@@ -1,8 +1,12 @@
 //! What each side of a subflow says at the data level: its mappings with their 64-bit DSNs
 //! (4-byte ones widened by mptcp-common's rule), its highest data ACK, and the verdict on every
-//! DSS checksum (RFC 8684 3.3.1), summed over the mapped payload as it arrives.
+//! DSS checksum (RFC 8684 3.3.1), summed over the mapped payload as it arrives. A mapping is
+//! handed on once its verdict is final, so a side keeps only the mappings still in flight.
 
-use std::{collections::HashSet, net::SocketAddr};
+use std::{
+    collections::{HashSet, VecDeque},
+    net::SocketAddr,
+};
 
 use mptcp_common::{
     checksum::DssChecksum,
@@ -21,9 +25,9 @@ pub(super) struct DssSide {
     /// The last 64-bit DSN mapped and the highest data ACK sent (0: none yet).
     last_dsn: u64,
     pub(super) data_ack: Option<u64>,
-    /// Every mapping seen, as sent: a segment repeating one (the next segments it covers, a
-    /// retransmission) adds no record.
-    seen: HashSet<(u64, u32, u16)>,
+    /// The latest mappings seen, as sent: a segment repeating one (the next segments it
+    /// covers, a retransmission) adds no record.
+    recent: RecentMappings,
     pending: Vec<Pending>,
     /// The data of the last mapping completed: Linux sends a mapping again, one longer, with
     /// the DATA_FIN on its last segment, and that mapping's checksum covers the same bytes.
@@ -34,11 +38,10 @@ pub(super) struct DssSide {
 /// the segments come (reordered, retransmitted, overlapping).
 #[derive(Debug)]
 struct Pending {
-    record: usize,
+    record: MappingRecord,
     dsn: u64,
     subflow_seq: u32,
     data_len: u16,
-    received: u16,
     data: Vec<u8>,
     filled: Vec<bool>,
     missing: usize,
@@ -46,6 +49,37 @@ struct Pending {
 
 /// Mappings whose data may still be completing; beyond this the oldest is given up (unknown).
 const MAX_PENDING: usize = 256;
+
+/// Mappings remembered per side to recognise a repeat: a repeat comes while its data is in
+/// flight, and this is more segments than a subflow's window holds in practice (a repeat of an
+/// older one would be listed again).
+const RECENT_MAPPINGS: usize = 8_192;
+
+/// A mapping as sent: 4- or 8-byte DSN, subflow sequence, data-level length.
+type MappingKey = (u64, u32, u16);
+
+/// The last `RECENT_MAPPINGS` distinct mappings of a side, oldest first.
+#[derive(Debug, Default)]
+struct RecentMappings {
+    order: VecDeque<MappingKey>,
+    keys: HashSet<MappingKey>,
+}
+
+impl RecentMappings {
+    /// Remembers `key`; false when it is already remembered (a repeat).
+    fn insert(&mut self, key: MappingKey) -> bool {
+        if !self.keys.insert(key) {
+            return false;
+        }
+        if self.order.len() == RECENT_MAPPINGS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.keys.remove(&oldest);
+        }
+        self.order.push_back(key);
+        true
+    }
+}
 
 /// A segment as this module needs it: relative subflow sequence, payload sent and captured.
 pub(super) struct Data<'a> {
@@ -69,21 +103,20 @@ impl DssSide {
     }
 
     /// A mapping (DSS, or MP_CAPABLE's implicit one) sent on this segment, and then its data;
-    /// new mappings are appended to `records`.
+    /// mappings whose verdict is final (none without a checksum) are appended to `finished`.
     pub(super) fn segment(
         &mut self,
         mapping: Option<(DssMapping, bool)>,
         data: &Data<'_>,
-        records: &mut Vec<MappingRecord>,
+        finished: &mut Vec<MappingRecord>,
     ) {
         if let Some((mapping, data_fin)) = mapping
             && !mapping.is_infinite()
-            && self.seen.insert((mapping.dsn, mapping.subflow_seq, mapping.data_len))
+            && self.recent.insert((mapping.dsn, mapping.subflow_seq, mapping.data_len))
         {
             let dsn = mapping.wide_dsn(widening_base(self.last_dsn, self.data_start));
             self.last_dsn = dsn.wrapping_add(u64::from(mapping.data_len));
-            let record = records.len();
-            records.push(MappingRecord {
+            let record = MappingRecord {
                 frame: data.frame,
                 subflow: data.subflow,
                 sender: data.sender,
@@ -98,11 +131,11 @@ impl DssSide {
                     verdict: Verdict::Unknown,
                     reason: None,
                 }),
-            });
-            if let Some(received) = mapping.checksum {
+            };
+            if mapping.checksum.is_some() {
                 if self.pending.len() == MAX_PENDING {
                     let oldest = self.pending.remove(0);
-                    unknown(records, oldest.record, "too many mappings incomplete at once");
+                    finished.push(unknown(oldest.record, "too many mappings incomplete at once"));
                 }
                 // The DATA_FIN takes the mapping's last data sequence number, not a byte.
                 let bytes = usize::from(mapping.data_len).saturating_sub(usize::from(data_fin));
@@ -111,7 +144,6 @@ impl DssSide {
                     dsn,
                     subflow_seq: mapping.subflow_seq,
                     data_len: mapping.data_len,
-                    received,
                     data: vec![0; bytes],
                     filled: vec![false; bytes],
                     missing: bytes,
@@ -129,14 +161,16 @@ impl DssSide {
                     }
                 }
                 self.pending.push(pending);
+            } else {
+                finished.push(record);
             }
         }
-        self.data(data, records);
+        self.data(data, finished);
     }
 
     /// Puts a segment's payload in place in every pending mapping it overlaps; a mapping with
     /// all its bytes gets its verdict.
-    fn data(&mut self, data: &Data<'_>, records: &mut [MappingRecord]) {
+    fn data(&mut self, data: &Data<'_>, finished: &mut Vec<MappingRecord>) {
         let mut index = 0;
         while let Some(pending) = self.pending.get_mut(index) {
             match pending.add(data) {
@@ -151,22 +185,23 @@ impl DssSide {
                         self.last_complete = Some((pending.subflow_seq, std::mem::take(&mut pending.data)));
                     }
                     let expected = sum.finish();
-                    if let Some(check) = records.get_mut(pending.record).and_then(|r| r.checksum.as_mut()) {
+                    let mut record = self.pending.remove(index).record;
+                    if let Some(check) = record.checksum.as_mut() {
                         check.expected = Some(expected);
                         check.verdict =
-                            if expected == pending.received { Verdict::Verified } else { Verdict::Failed };
+                            if expected == check.received { Verdict::Verified } else { Verdict::Failed };
                     }
+                    finished.push(record);
                 }
-                Err(reason) => unknown(records, pending.record, reason),
+                Err(reason) => finished.push(unknown(self.pending.remove(index).record, reason)),
             }
-            self.pending.remove(index);
         }
     }
 
     /// At the end of the capture: a checksum still waiting for data stays unknown.
-    pub(super) fn finish(&mut self, records: &mut [MappingRecord]) {
+    pub(super) fn finish(&mut self, finished: &mut Vec<MappingRecord>) {
         for pending in self.pending.drain(..) {
-            unknown(records, pending.record, "the capture lacks part of the mapped data");
+            finished.push(unknown(pending.record, "the capture lacks part of the mapped data"));
         }
     }
 }
@@ -208,8 +243,31 @@ impl Pending {
     }
 }
 
-fn unknown(records: &mut [MappingRecord], record: usize, reason: &str) {
-    if let Some(check) = records.get_mut(record).and_then(|r| r.checksum.as_mut()) {
+/// A mapping whose checksum verdict stays unknown, and why.
+fn unknown(mut record: MappingRecord, reason: &str) -> MappingRecord {
+    if let Some(check) = record.checksum.as_mut() {
         check.reason = Some(reason.to_owned());
+    }
+    record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Repeats are recognised within the window; beyond it the oldest is forgotten, so a side's
+    /// memory does not grow with its mappings.
+    #[test]
+    fn recent_mappings_forget_the_oldest() {
+        let mut recent = RecentMappings::default();
+        let key = |n: usize| (n as u64, n as u32, 1);
+        assert!(recent.insert(key(0)));
+        assert!(!recent.insert(key(0)));
+        for n in 1..=RECENT_MAPPINGS {
+            assert!(recent.insert(key(n)));
+        }
+        assert_eq!(recent.keys.len(), RECENT_MAPPINGS);
+        assert!(!recent.insert(key(RECENT_MAPPINGS)));
+        assert!(recent.insert(key(0)), "the oldest is forgotten");
     }
 }

@@ -400,3 +400,80 @@ fn a_snap_length_hides_no_data_from_the_fallback_rule() {
     let fallback = report.subflows[0].fallback.as_deref().unwrap_or_default();
     assert!(fallback.contains("frame 4 not covered"), "{fallback:?}");
 }
+
+/// A client data segment at relative subflow sequence `rel_seq` with `payload` bytes, carrying
+/// `mapping` (8-byte DSN) when given.
+fn data_segment(rel_seq: u32, mapping: Option<DssMapping>, payload: usize) -> Vec<u8> {
+    let dss = MptcpOption::Dss(Dss { data_fin: false, data_ack: None, mapping });
+    let mut area = [0u8; 40];
+    let mut len = dss.encode(&mut area).unwrap();
+    while !len.is_multiple_of(4) {
+        area[len] = 1;
+        len += 1;
+    }
+    // The SYN's sequence number is 1 (`packet`).
+    segment((CLIENT, 40000), (SERVER, 80), Flags::Ack, 1 + rel_seq, &area[..len], payload)
+}
+
+/// A connection whose client maps data with a checksum that verifies (its mapping sent twice,
+/// on both its segments), one that fails, one without, and one whose data is not captured.
+fn checksummed_transfer() -> Vec<Vec<u8>> {
+    let (c, s) = ((CLIENT, 40000), (SERVER, 80));
+    let dsn = handshake::token_and_idsn(1, CLIENT_KEY).1.wrapping_add(1);
+    let mapping = |offset: u32, data_len: u16, checksum: Option<u16>| DssMapping {
+        dsn: dsn + u64::from(offset),
+        dsn_wide: true,
+        subflow_seq: 1 + offset,
+        data_len,
+        checksum,
+    };
+    let mut good = mptcp_common::checksum::DssChecksum::new(dsn, 1, 200);
+    good.add(&[0x5a; 200]);
+    let good = mapping(0, 200, Some(good.finish()));
+    vec![
+        packet(c, s, Flags::Syn, &[capable(None, None)]),
+        packet(s, c, Flags::SynAck, &[capable(Some(SERVER_KEY), None)]),
+        packet(c, s, Flags::Ack, &[capable(Some(CLIENT_KEY), Some(SERVER_KEY))]),
+        data_segment(1, Some(good), 100),
+        data_segment(101, Some(good), 100),
+        data_segment(201, Some(mapping(200, 100, Some(0x1234))), 100),
+        data_segment(301, Some(mapping(300, 50, Some(0x4321))), 0),
+        data_segment(351, Some(mapping(350, 10, None)), 10),
+    ]
+}
+
+#[test]
+fn mappings_are_listed_once_with_final_checksum_verdicts() {
+    let report = decode(&checksummed_transfer());
+    assert_eq!(report.subflows[0].fallback, None);
+    let s = &report.summary;
+    assert_eq!((s.checksum_verified, s.checksum_failed, s.checksum_unknown), (1, 1, 1), "{s:?}");
+    // Listed when final: the mapping without a checksum at once, the one missing data at the end.
+    let listed: Vec<(u32, Option<Verdict>)> =
+        report.mappings.iter().map(|m| (m.subflow_seq, m.checksum.as_ref().map(|c| c.verdict))).collect();
+    assert_eq!(
+        listed,
+        [
+            (1, Some(Verdict::Verified)),
+            (201, Some(Verdict::Failed)),
+            (351, None),
+            (301, Some(Verdict::Unknown))
+        ]
+    );
+}
+
+/// The JSON written while decoding is the report `to_json` gives of the same capture.
+#[test]
+fn streamed_json_is_the_whole_report() {
+    let file = write_pcap("stream", DataLink::RAW, &checksummed_transfer());
+    for with_packets in [false, true] {
+        let whole = decode_file(&file.0, with_packets).unwrap();
+        let mut writer = JsonWriter::new(Vec::new(), &whole.file, with_packets).unwrap();
+        let report = stream_file(&file.0, with_packets, &mut writer).unwrap();
+        assert!(report.mappings.is_empty() && report.packets.is_none());
+        let streamed: serde_json::Value = serde_json::from_slice(&writer.finish(&report).unwrap()).unwrap();
+        let expected: serde_json::Value = serde_json::from_str(&to_json(&whole).unwrap()).unwrap();
+        assert_eq!(streamed, expected, "with_packets {with_packets}");
+        assert_eq!(streamed["mappings"].as_array().map(Vec::len), Some(4));
+    }
+}
