@@ -415,18 +415,19 @@ impl PathManager {
             Some(Err(error)) => (None, Some(error.to_string())),
             None => (None, None),
         };
-        let root = bpf::cgroup2_root().ok();
-        let cgroup_id = |path: &str| root.as_deref().and_then(|root| owner::cgroup_id(root, path).ok());
+        // The hierarchy's mount is looked up only when a rule names a cgroup.
+        let cgroup_id =
+            |path: &str| bpf::cgroup2_root().ok().and_then(|root| owner::cgroup_id(&root, path).ok());
         let rule = rules::first_match(rules, local, remote, owner.as_ref(), cgroup_id).map(|i| i + 1);
-        let mode = rule.and_then(|r| self.rule_configs.get(r - 1)).unwrap_or(&self.config).mode;
+        let mode = self.policy_of(rule).mode;
         let event =
             PathEvent::PathRule { token: hex_token(token), local, remote, rule, mode, owner, owner_error };
         (rule, PathRecord::now(event))
     }
 
-    /// The policy of a connection: its rule's, else the table's.
-    fn config_of(&self, connection: &ConnectionInfo) -> &PathsConfig {
-        connection.rule.and_then(|r| self.rule_configs.get(r.wrapping_sub(1))).unwrap_or(&self.config)
+    /// The policy of rule number `rule` (from 1), else the table's.
+    fn policy_of(&self, rule: Option<usize>) -> &PathsConfig {
+        rule.and_then(|r| self.rule_configs.get(r.wrapping_sub(1))).unwrap_or(&self.config)
     }
 
     async fn on_tick(&mut self, records: &mut Vec<PathRecord>) -> Result<bool, PathError> {
@@ -460,7 +461,7 @@ impl PathManager {
     /// Applies the policy's actions on one connection (userspace path manager).
     async fn reconcile_connection(&mut self, token: u32, records: &mut Vec<PathRecord>) {
         let Some(connection) = self.connections.get(&token) else { return };
-        let actions = policy::actions(self.config_of(connection), &self.net, connection);
+        let actions = policy::actions(self.policy_of(connection.rule), &self.net, connection);
         let remote = connection.remote;
         let token_hex = hex_token(token);
         let mut withdrawn = BTreeSet::new();

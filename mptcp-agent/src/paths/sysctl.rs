@@ -1,6 +1,9 @@
 //! The kernel's MPTCP switches, `net.mptcp.*`, in the caller's network namespace.
 
-use std::{fs, io, path::Path};
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use serde::Serialize;
 
@@ -57,10 +60,15 @@ pub(super) fn set_pm_type(pm: PmKind) -> Result<bool, PathError> {
     Ok(true)
 }
 
+/// Where the sysctl `name` (dotted, as `sysctl` spells it) is in /proc.
+fn sysctl_path(name: &str) -> PathBuf {
+    Path::new("/proc/sys").join(name.replace('.', "/"))
+}
+
 /// Sets the sysctl `name` (dotted, as `sysctl` spells it) in the caller's network namespace;
 /// returns whether it changed.
 pub fn set_sysctl(name: &str, value: &str) -> Result<bool, PathError> {
-    let path = Path::new("/proc/sys").join(name.replace('.', "/"));
+    let path = sysctl_path(name);
     let old = fs::read_to_string(&path).map_err(|source| PathError::Sysctl { path: path.clone(), source })?;
     if old.trim() == value {
         return Ok(false);
@@ -117,7 +125,7 @@ pub(super) fn set_send_buffer_max(max: u32) -> Result<Option<SwitchChange>, Path
 
 /// `net.ipv4.tcp_wmem` in the caller's network namespace: minimum, initial and largest.
 pub fn tcp_wmem() -> Result<[u32; 3], PathError> {
-    let path = Path::new("/proc/sys").join(TCP_WMEM.replace('.', "/"));
+    let path = sysctl_path(TCP_WMEM);
     let text =
         fs::read_to_string(&path).map_err(|source| PathError::Sysctl { path: path.clone(), source })?;
     let values: Option<Vec<u32>> = text.split_whitespace().map(|v| v.parse().ok()).collect();
