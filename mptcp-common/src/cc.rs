@@ -8,6 +8,11 @@
 //! window and sets its slow-start threshold: the kernel's window follows the coupled one up to
 //! the cap, and the kernel's own loss response (a lower ssthresh) is what tells the program a loss
 //! happened.
+//!
+//! BBR subflows keep BBR, which does not answer loss with its window: the controller groups a
+//! connection's BBR subflows that share a bottleneck (their RTTs move together) and caps the
+//! pacing rate of all but one of each group (`SO_MAX_PACING_RATE`), so that the group takes what
+//! one flow would.
 
 /// Map names.
 pub const CC_SUBFLOWS_MAP: &str = "CC_SUBFLOWS";
@@ -38,6 +43,18 @@ pub const STALE_NS: u64 = 1_000_000_000;
 pub const INFINITE_SSTHRESH: u32 = 0x7fff_ffff;
 /// The largest coupled window: below the kernel's infinite threshold.
 const MAX_CWND_FP: u64 = ((INFINITE_SSTHRESH as u64) - 1) << CWND_SHIFT;
+
+/// How a subflow is coupled ([`CcSubflow::model`]), from the congestion control the kernel
+/// runs on it.
+pub mod model {
+    /// Loss-based: switched to Reno and coupled through its window.
+    pub const WINDOW: u32 = 0;
+    /// BBR (any version): kept, and coupled through its pacing rate.
+    pub const PACED: u32 = 1;
+}
+
+/// `SO_MAX_PACING_RATE`'s "no limit".
+pub const UNLIMITED_PACING: u32 = u32::MAX;
 
 /// Coupling algorithms ([`CcDecision::algorithm`]).
 pub mod algorithm {
@@ -71,6 +88,10 @@ pub struct CcSubflow {
     pub coupled_cwnd: u64,
     /// The last window clamp set on the socket; 0: none yet.
     pub clamp: u32,
+    /// [`model`].
+    pub model: u32,
+    /// The last pacing cap set on the socket, bytes/s; 0: none yet.
+    pub pacing_cap: u32,
     pub _pad: u32,
     pub bytes_acked: u64,
     /// `bytes_acked` at the last two loss events (OLIA's inter-loss distance).
@@ -80,7 +101,7 @@ pub struct CcSubflow {
     pub notified_ns: u64,
 }
 
-const _: () = assert!(size_of::<CcSubflow>() == 88);
+const _: () = assert!(size_of::<CcSubflow>() == 96);
 
 impl CcSubflow {
     /// Whether the controller should hear of this subflow at `now_ns` ([`CC_NOTIFY_NS`]).
@@ -110,7 +131,7 @@ pub struct CcEvent {
     pub subflow: CcSubflow,
 }
 
-const _: () = assert!(size_of::<CcEvent>() == 136);
+const _: () = assert!(size_of::<CcEvent>() == 144);
 
 /// The controller's decision for one subflow.
 #[repr(C)]
@@ -124,9 +145,21 @@ pub struct CcDecision {
     /// negative).
     pub increase: i64,
     pub updated_ns: u64,
+    /// A paced subflow's cap, bytes/s ([`UNLIMITED_PACING`]: none).
+    pub pacing_cap: u32,
+    pub _pad: u32,
 }
 
-const _: () = assert!(size_of::<CcDecision>() == 24);
+const _: () = assert!(size_of::<CcDecision>() == 32);
+
+/// What the program sets on the socket after an ACK.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CcAction {
+    /// `TCP_BPF_SNDCWND_CLAMP`, packets.
+    Clamp(u32),
+    /// `SO_MAX_PACING_RATE`, bytes/s.
+    PacingCap(u32),
+}
 
 /// What the kernel reports with one ACK.
 #[derive(Debug, Clone, Copy, Default)]
@@ -141,10 +174,11 @@ pub struct AckSample {
 }
 
 impl CcSubflow {
-    /// Records one ACK and applies `decision` to the coupled window; returns the window clamp
-    /// to set on the socket when it changes.
+    /// Records one ACK and applies `decision`: to the coupled window of a window-coupled
+    /// subflow, as the pacing cap of a paced one; returns what to set on the socket when it
+    /// changes.
     #[inline(always)]
-    pub fn on_ack(&mut self, sample: &AckSample, decision: Option<&CcDecision>) -> Option<u32> {
+    pub fn on_ack(&mut self, sample: &AckSample, decision: Option<&CcDecision>) -> Option<CcAction> {
         let acked = sample.bytes_acked.saturating_sub(self.bytes_acked);
         let cwnd_before = self.snd_cwnd;
         self.snd_cwnd = sample.snd_cwnd;
@@ -157,6 +191,16 @@ impl CcSubflow {
         let decision = decision.filter(|d| d.algorithm != algorithm::NONE)?;
         self.algorithm = decision.algorithm;
         let fresh = sample.now_ns.saturating_sub(decision.updated_ns) < STALE_NS;
+        if self.model == model::PACED {
+            // Stale: the cap goes, BBR alone decides.
+            let cap = if fresh { decision.pacing_cap } else { UNLIMITED_PACING };
+            let applied = if self.pacing_cap == 0 { UNLIMITED_PACING } else { self.pacing_cap };
+            if cap == applied {
+                return None;
+            }
+            self.pacing_cap = cap;
+            return Some(CcAction::PacingCap(cap));
+        }
 
         let lowered =
             if self.clamp == 0 { sample.ssthresh < INFINITE_SSTHRESH } else { sample.ssthresh < self.clamp };
@@ -212,7 +256,7 @@ impl CcSubflow {
             return None;
         }
         self.clamp = clamp;
-        Some(clamp)
+        Some(CcAction::Clamp(clamp))
     }
 
     /// Bytes acknowledged between the last two losses, or since the last one if that is more
@@ -255,6 +299,8 @@ mod tests {
             decrease,
             increase: (increase_packets * (1u64 << INCREASE_SHIFT) as f64) as i64,
             updated_ns: 10,
+            pacing_cap: UNLIMITED_PACING,
+            _pad: 0,
         }
     }
 
@@ -264,7 +310,7 @@ mod tests {
         assert_eq!(s.on_ack(&sample(10, INFINITE_SSTHRESH, 10_000), Some(&decision(0.1, HALF))), None);
         assert_eq!(s.coupled_cwnd, 0);
         // Loss: the kernel lowers ssthresh; the coupled window is the window before, halved.
-        assert_eq!(s.on_ack(&sample(40, 20, 50_000), Some(&decision(0.1, HALF))), Some(20));
+        assert_eq!(s.on_ack(&sample(40, 20, 50_000), Some(&decision(0.1, HALF))), Some(CcAction::Clamp(20)));
         assert_eq!(s.loss_events, 1);
         assert_eq!(s.acked_at_loss, [0, 50_000]);
     }
@@ -274,7 +320,7 @@ mod tests {
         let mut s =
             CcSubflow { coupled_cwnd: 20 << CWND_SHIFT, clamp: 20, bytes_acked: 0, ..Default::default() };
         // 0.25 packet per acked packet; 4 packets acked: +1.
-        assert_eq!(s.on_ack(&sample(20, 20, 4_000), Some(&decision(0.25, HALF))), Some(21));
+        assert_eq!(s.on_ack(&sample(20, 20, 4_000), Some(&decision(0.25, HALF))), Some(CcAction::Clamp(21)));
         // 2 more packets: +0.5, same clamp.
         assert_eq!(s.on_ack(&sample(21, 21, 6_000), Some(&decision(0.25, HALF))), None);
         assert_eq!(s.coupled_cwnd, (21 << CWND_SHIFT) + (1 << (CWND_SHIFT - 1)));
@@ -290,7 +336,7 @@ mod tests {
     #[test]
     fn a_negative_increase_shrinks_the_window_down_to_the_minimum() {
         let mut s = CcSubflow { coupled_cwnd: 3 << CWND_SHIFT, clamp: 3, ..Default::default() };
-        assert_eq!(s.on_ack(&sample(3, 3, 1_000_000), Some(&decision(-0.5, HALF))), Some(2));
+        assert_eq!(s.on_ack(&sample(3, 3, 1_000_000), Some(&decision(-0.5, HALF))), Some(CcAction::Clamp(2)));
         assert_eq!(s.coupled_cwnd, MIN_CWND << CWND_SHIFT);
     }
 
@@ -299,7 +345,7 @@ mod tests {
         let mut s = CcSubflow { coupled_cwnd: 40 << CWND_SHIFT, clamp: 40, ..Default::default() };
         // BALIA-like: 3/4 of the window removed.
         let balia = decision(0.1, 3 << (DECREASE_SHIFT - 2));
-        assert_eq!(s.on_ack(&sample(40, 28, 1_000), Some(&balia)), Some(10));
+        assert_eq!(s.on_ack(&sample(40, 28, 1_000), Some(&balia)), Some(CcAction::Clamp(10)));
     }
 
     #[test]
@@ -310,7 +356,24 @@ mod tests {
         let mut now = sample(10, 10, 10_000);
         now.now_ns = STALE_NS + 1;
         // Reno: 1/10 per acked packet, 10 packets acked: +1.
-        assert_eq!(s.on_ack(&now, Some(&old)), Some(11));
+        assert_eq!(s.on_ack(&now, Some(&old)), Some(CcAction::Clamp(11)));
+    }
+
+    #[test]
+    fn a_paced_subflow_gets_the_decided_cap_once_and_loses_it_when_stale() {
+        let mut s = CcSubflow { model: model::PACED, ..Default::default() };
+        let mut capped = decision(0.0, 0);
+        capped.pacing_cap = 125_000;
+        // Losses do not touch a paced subflow's window.
+        assert_eq!(s.on_ack(&sample(40, 20, 1_000), Some(&capped)), Some(CcAction::PacingCap(125_000)));
+        assert_eq!(s.on_ack(&sample(40, 10, 2_000), Some(&capped)), None);
+        assert_eq!((s.coupled_cwnd, s.clamp, s.loss_events), (0, 0, 0));
+        let mut later = sample(40, 10, 3_000);
+        later.now_ns = STALE_NS + 11;
+        assert_eq!(s.on_ack(&later, Some(&capped)), Some(CcAction::PacingCap(UNLIMITED_PACING)));
+        // No cap set yet and none decided: nothing to do.
+        let mut fresh = CcSubflow { model: model::PACED, ..Default::default() };
+        assert_eq!(fresh.on_ack(&sample(40, 20, 1_000), Some(&decision(0.0, 0))), None);
     }
 
     #[test]

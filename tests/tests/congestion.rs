@@ -1,6 +1,8 @@
 //! Coupled congestion control against real kernel MPTCP: at a shared bottleneck, coupling lowers
-//! an MPTCP connection's share against a regular TCP flow, and every subflow carries the
-//! controller's decision while it does.
+//! an MPTCP connection's share against a regular TCP flow to about one flow's, against
+//! loss-based competitors (Reno, cubic: window coupling) and a model-based one (BBR: pacing
+//! coupling),
+//! and every subflow carries the controller's decision while it does.
 
 use std::{thread, time::Duration};
 
@@ -14,6 +16,16 @@ use serde_json::Value;
 
 const ROUNDS: usize = 2;
 const SECONDS: u64 = 12;
+/// Rounds per competitor of the goal test. RFC 6356's goal is one flow's share, 50%; each
+/// competitor's band is the range of single 12 s rounds that `cargo xtask bench cc` measured in
+/// this lab (2 subflows, LIA; two runs of 5 rounds, on a VM shared with builds) widened by 5
+/// points each way: a median of three outside it needs two rounds beyond any measured one.
+/// Cubic: 38-60%; BBR (paced coupling): 43-66%, against 45-76% uncoupled. Reno's single rounds
+/// spread from 24 to 70% (see the README), too wide for a band that says anything; the test
+/// above covers Reno.
+const GOAL_ROUNDS: usize = 3;
+const GOAL_BANDS: [(&str, &str, (f64, f64)); 2] =
+    [("cubic", "window", (0.33, 0.65)), ("bbr", "paced", (0.38, 0.71))];
 
 /// The subflows' congestion state of the lab's one MPTCP connection, from `conns --json`.
 fn subflow_cc(dataplane: &Dataplane<'_>) -> Result<Vec<Value>> {
@@ -74,4 +86,59 @@ fn coupling_lowers_the_share_at_a_shared_bottleneck() -> Result<()> {
         "LIA share {coupled:.3} is not well below the uncoupled {uncoupled:.3}"
     );
     Ok(())
+}
+
+#[test]
+fn the_coupled_share_at_a_shared_bottleneck_is_one_flows_against_cubic_and_bbr() -> Result<()> {
+    let _lock = LabLock::acquire()?;
+    let duration = Duration::from_secs(SECONDS);
+    for (competitor, coupling, band) in GOAL_BANDS {
+        // Two subflows (one join) and one TCP flow of the competitor's algorithm, the client's
+        // default, through one 20 Mbit/s bottleneck.
+        let lab = BottleneckLab::new(Bottleneck::Shared { mbit: 20 }, 1, competitor)?;
+        let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
+        let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
+        let daemon = Daemon::start(&dataplane, &["--cc", "lia"])?;
+        let mut shares = Vec::new();
+        for round in 0..GOAL_ROUNDS {
+            let rates = lab.run(1, duration, || {
+                if round == 0 {
+                    coupled_while_running(&dataplane, coupling, duration).with_context(|| daemon.log())?;
+                }
+                Ok(())
+            })?;
+            shares.push(rates.mptcp_share());
+        }
+        shares.sort_by(f64::total_cmp);
+        let median = shares[GOAL_ROUNDS / 2];
+        println!("{competitor}: LIA's share of a shared bottleneck: median {median:.3} of {shares:.3?}");
+        ensure!(
+            (band.0..=band.1).contains(&median),
+            "against {competitor}: median share {median:.3} ({shares:.3?}) outside {band:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Checks, every half second of a run's first `duration` less a second, that both subflows are
+/// coupled by `coupling` under a current LIA decision; a paced pair must be found sharing the
+/// bottleneck (one subflow capped) at least once.
+fn coupled_while_running(dataplane: &Dataplane<'_>, coupling: &str, duration: Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + duration - Duration::from_secs(1);
+    let mut capped = false;
+    let mut last = Vec::new();
+    while std::time::Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(500));
+        last = subflow_cc(dataplane)?;
+        let current = |s: &Value| {
+            s["algorithm"] == "lia" && s["coupling"] == coupling && s["decision_age_ms"].is_number()
+        };
+        if last.len() == 2 && last.iter().all(current) {
+            capped |= last.iter().any(|s| s["pacing_cap"].is_u64());
+            if coupling == "window" || capped {
+                return Ok(());
+            }
+        }
+    }
+    anyhow::bail!("no two subflows coupled by {coupling} (capped: {capped}): {last:?}")
 }

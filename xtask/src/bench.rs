@@ -39,7 +39,9 @@ const SUITES: &[Suite] = &[
     Suite { name: "lb", run: balancer },
     Suite { name: "lb-aggregation", run: balancer_aggregation },
     Suite { name: "lb-scale", run: lb_scale::lb_scale },
-    Suite { name: "cc", run: congestion },
+    Suite { name: "cc-reno", run: || congestion("reno") },
+    Suite { name: "cc-cubic", run: || congestion("cubic") },
+    Suite { name: "cc-bbr", run: || congestion("bbr") },
     Suite { name: "failover", run: failover::failover },
     Suite { name: "daemon", run: daemon::daemon },
     Suite { name: "flood", run: flood::flood },
@@ -331,16 +333,15 @@ fn balancer_aggregation() -> Result<Vec<Row>> {
 /// Seconds of each congestion-control run, and rounds of every setting (interleaved).
 const CC_SECONDS: u64 = 12;
 const CC_ROUNDS: usize = 5;
-/// The competing TCP flows' algorithm (the client's default, so also the uncoupled subflows').
-const CC_COMPETITORS: [&str; 3] = ["reno", "cubic", "bbr"];
 /// `--cc` settings compared.
 const CC_SETTINGS: [&str; 2] = ["none", "lia"];
 
 /// Coupled congestion control on the bottleneck lab (`mptcp_tests::congestion`), against one
-/// TCP flow of each competitor's algorithm: MPTCP's share at a shared 20 Mbit/s bottleneck
+/// TCP flow of `competitor`'s algorithm (the client's default, so also the uncoupled
+/// subflows'; a suite each, `bench cc` runs all three): MPTCP's share at a shared 20 Mbit/s bottleneck
 /// (goal 45-55%), its rate alone over two disjoint 10 Mbit/s bottlenecks (goal >= 90% of 20),
 /// and its rate on the free path when the TCP flow loads the other (goal >= 90% of 10).
-fn congestion() -> Result<Vec<Row>> {
+fn congestion(competitor: &str) -> Result<Vec<Row>> {
     use mptcp_tests::{
         agent::Daemon,
         congestion::{Bottleneck, BottleneckLab},
@@ -353,100 +354,98 @@ fn congestion() -> Result<Vec<Row>> {
     let duration = std::time::Duration::from_secs(CC_SECONDS);
     let name = |cc: &str| if cc == "none" { "uncoupled".to_owned() } else { cc.to_uppercase() };
     let mut rows = Vec::new();
-    for competitor in CC_COMPETITORS {
-        // Per setting, the rounds' values of each scenario.
-        let mut shared = vec![Vec::new(); CC_SETTINGS.len()];
-        let mut alone = vec![Vec::new(); CC_SETTINGS.len()];
-        let mut loaded = vec![Vec::new(); CC_SETTINGS.len()];
-        {
-            let lab = BottleneckLab::new(Bottleneck::Shared { mbit: 20 }, 1, competitor)?;
-            let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
-            let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
-            for _ in 0..CC_ROUNDS {
-                for (cc, result) in CC_SETTINGS.iter().zip(&mut shared) {
-                    let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
-                    result.push(100.0 * lab.run(1, duration, || Ok(()))?.mptcp_share());
-                }
+    // Per setting, the rounds' values of each scenario.
+    let mut shared = vec![Vec::new(); CC_SETTINGS.len()];
+    let mut alone = vec![Vec::new(); CC_SETTINGS.len()];
+    let mut loaded = vec![Vec::new(); CC_SETTINGS.len()];
+    {
+        let lab = BottleneckLab::new(Bottleneck::Shared { mbit: 20 }, 1, competitor)?;
+        let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
+        let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
+        for _ in 0..CC_ROUNDS {
+            for (cc, result) in CC_SETTINGS.iter().zip(&mut shared) {
+                let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
+                result.push(100.0 * lab.run(1, duration, || Ok(()))?.mptcp_share());
             }
         }
-        {
-            let lab = BottleneckLab::new(Bottleneck::Disjoint { mbit: 10 }, 1, competitor)?;
-            let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
-            let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
-            for _ in 0..CC_ROUNDS {
-                for (i, cc) in CC_SETTINGS.iter().enumerate() {
-                    let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
-                    alone[i].push(lab.run(0, duration, || Ok(()))?.mptcp);
-                    let free = std::cell::Cell::new(None);
-                    let rates = lab.run(1, duration, || {
-                        free.set(Some(free_path(&lab, duration)?));
-                        Ok(())
-                    })?;
-                    loaded[i].push((free.get().context("no free-path measurement")?, rates));
-                }
+    }
+    {
+        let lab = BottleneckLab::new(Bottleneck::Disjoint { mbit: 10 }, 1, competitor)?;
+        let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
+        let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
+        for _ in 0..CC_ROUNDS {
+            for (i, cc) in CC_SETTINGS.iter().enumerate() {
+                let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
+                alone[i].push(lab.run(0, duration, || Ok(()))?.mptcp);
+                let free = std::cell::Cell::new(None);
+                let rates = lab.run(1, duration, || {
+                    free.set(Some(free_path(&lab, duration)?));
+                    Ok(())
+                })?;
+                loaded[i].push((free.get().context("no free-path measurement")?, rates));
             }
         }
-        let mut row = |case: String, values: &mut [f64], unit: &str, note: String| {
-            let each: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
-            let value = median(values).unwrap_or(f64::NAN);
-            rows.push(Row {
-                suite: "cc".into(),
-                case,
-                value,
-                unit: unit.into(),
-                note: format!(
-                    "median of {CC_ROUNDS} x {CC_SECONDS} s, range {}: {}; {note}",
-                    range(values),
-                    each.join(", ")
-                ),
-            });
-            values.to_vec()
-        };
-        let mut sorted = Vec::new();
-        for (i, cc) in CC_SETTINGS.iter().enumerate() {
-            let setting = name(cc);
-            let share = row(
-                format!("{competitor}: shared 20 Mbit/s, 2 subflows vs 1 TCP: {setting}"),
-                &mut shared[i],
-                "% MPTCP",
-                "goal 45-55%".into(),
-            );
-            let alone = row(
-                format!("{competitor}: disjoint 2 x 10 Mbit/s, MPTCP alone: {setting}"),
-                &mut alone[i],
-                "Mbit/s",
-                "goal >= 18 (90% of 20)".into(),
-            );
-            let free: Vec<String> = loaded[i]
-                .iter()
-                .map(|(f, rates)| {
-                    format!(
-                        "{:.0}% of MPTCP's bytes on path 1, busy {:.0}% rwnd-limited {:.0}% sndbuf-limited {:.0}%, TCP {:.1} Mbit/s",
-                        f.share, f.busy, f.rwnd_limited, f.sndbuf_limited, rates.tcp
-                    )
-                })
-                .collect();
-            let mut rates: Vec<f64> = loaded[i].iter().map(|(f, _)| f.mbit).collect();
-            let free_rate = row(
-                format!("{competitor}: disjoint, 1 TCP flow on path 0: MPTCP on path 1: {setting}"),
-                &mut rates,
-                "Mbit/s",
-                format!("goal >= 9 (90% of 10); path-1 subflow per round: {}", free.join("; ")),
-            );
-            sorted.push([share, alone, free_rate]);
-        }
-        for (scenario, what) in ["shared share", "disjoint alone", "free path"].iter().enumerate() {
-            let [uncoupled, coupled] = [&sorted[0][scenario], &sorted[1][scenario]];
-            let overlap = uncoupled.first() <= coupled.last() && coupled.first() <= uncoupled.last();
-            rows.push(Row {
-                suite: "cc".into(),
-                case: format!("{competitor}: {what}: LIA - uncoupled (medians)"),
-                value: median(&mut coupled.clone()).unwrap_or(f64::NAN)
-                    - median(&mut uncoupled.clone()).unwrap_or(f64::NAN),
-                unit: "difference".into(),
-                note: format!("rounds {}", if overlap { "overlap" } else { "do not overlap" }),
-            });
-        }
+    }
+    let mut row = |case: String, values: &mut [f64], unit: &str, note: String| {
+        let each: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+        let value = median(values).unwrap_or(f64::NAN);
+        rows.push(Row {
+            suite: "cc".into(),
+            case,
+            value,
+            unit: unit.into(),
+            note: format!(
+                "median of {CC_ROUNDS} x {CC_SECONDS} s, range {}: {}; {note}",
+                range(values),
+                each.join(", ")
+            ),
+        });
+        values.to_vec()
+    };
+    let mut sorted = Vec::new();
+    for (i, cc) in CC_SETTINGS.iter().enumerate() {
+        let setting = name(cc);
+        let share = row(
+            format!("{competitor}: shared 20 Mbit/s, 2 subflows vs 1 TCP: {setting}"),
+            &mut shared[i],
+            "% MPTCP",
+            "goal 45-55%".into(),
+        );
+        let alone = row(
+            format!("{competitor}: disjoint 2 x 10 Mbit/s, MPTCP alone: {setting}"),
+            &mut alone[i],
+            "Mbit/s",
+            "goal >= 18 (90% of 20)".into(),
+        );
+        let free: Vec<String> = loaded[i]
+            .iter()
+            .map(|(f, rates)| {
+                format!(
+                    "{:.0}% of MPTCP's bytes on path 1, busy {:.0}% rwnd-limited {:.0}% sndbuf-limited {:.0}%, TCP {:.1} Mbit/s",
+                    f.share, f.busy, f.rwnd_limited, f.sndbuf_limited, rates.tcp
+                )
+            })
+            .collect();
+        let mut rates: Vec<f64> = loaded[i].iter().map(|(f, _)| f.mbit).collect();
+        let free_rate = row(
+            format!("{competitor}: disjoint, 1 TCP flow on path 0: MPTCP on path 1: {setting}"),
+            &mut rates,
+            "Mbit/s",
+            format!("goal >= 9 (90% of 10); path-1 subflow per round: {}", free.join("; ")),
+        );
+        sorted.push([share, alone, free_rate]);
+    }
+    for (scenario, what) in ["shared share", "disjoint alone", "free path"].iter().enumerate() {
+        let [uncoupled, coupled] = [&sorted[0][scenario], &sorted[1][scenario]];
+        let overlap = uncoupled.first() <= coupled.last() && coupled.first() <= uncoupled.last();
+        rows.push(Row {
+            suite: "cc".into(),
+            case: format!("{competitor}: {what}: LIA - uncoupled (medians)"),
+            value: median(&mut coupled.clone()).unwrap_or(f64::NAN)
+                - median(&mut uncoupled.clone()).unwrap_or(f64::NAN),
+            unit: "difference".into(),
+            note: format!("rounds {}", if overlap { "overlap" } else { "do not overlap" }),
+        });
     }
     Ok(rows)
 }

@@ -8,13 +8,14 @@ use std::collections::{BTreeSet, HashMap as StdHashMap};
 
 use aya::maps::{MapData, RingBuf};
 use mptcp_common::{
-    cc::{CC_DECISIONS_MAP, CC_EVENTS_MAP, CC_SUBFLOWS_MAP, CcDecision, CcEvent, CcSubflow, cc_event},
+    cc::{CC_DECISIONS_MAP, CC_EVENTS_MAP, CC_SUBFLOWS_MAP, CcDecision, CcEvent, CcSubflow, cc_event, model},
     maps::FlowKey,
 };
 
 use super::{
-    Algorithm, CongestionError, DecisionTable, FORGET_NS, IDLE_NS, SubflowTable, decide, encode, forget,
-    map_error, open_tables, path_of,
+    Algorithm, CongestionError, DecisionTable, FORGET_NS, IDLE_NS, SubflowTable, decide, encode,
+    encode_pacing, forget, map_error, open_tables, path_of,
+    shared_bottleneck::{RttHistory, Sharing, correlation, pacing_caps},
 };
 use crate::bpf::{Instance, maps};
 
@@ -26,6 +27,9 @@ const UNTRACKED: u32 = 0;
 struct Subflows {
     by_key: StdHashMap<FlowKey, CcSubflow>,
     by_token: StdHashMap<u32, BTreeSet<FlowKey>>,
+    /// Paced subflows' recent RTTs, and which pairs of them (lower key first) share a bottleneck.
+    history: StdHashMap<FlowKey, RttHistory>,
+    sharing: StdHashMap<(FlowKey, FlowKey), Sharing>,
 }
 
 impl Subflows {
@@ -37,12 +41,21 @@ impl Subflows {
             self.unindex(old.token, &key);
         }
         self.by_token.entry(subflow.token).or_default().insert(key);
+        if subflow.model == model::PACED {
+            self.history.entry(key).or_default().record(
+                subflow.updated_ns,
+                subflow.srtt_us,
+                subflow.bytes_acked,
+            );
+        }
         subflow.token
     }
 
     fn remove(&mut self, key: &FlowKey) -> Option<u32> {
         let old = self.by_key.remove(key)?;
         self.unindex(old.token, key);
+        self.history.remove(key);
+        self.sharing.retain(|(a, b), _| a != key && b != key);
         Some(old.token)
     }
 
@@ -55,17 +68,20 @@ impl Subflows {
         }
     }
 
-    /// The decisions of connection `token`'s subflows acknowledged within `IDLE_NS` of `now_ns`.
-    fn decisions(&self, token: u32, algorithm: Algorithm, now_ns: u64) -> Vec<(FlowKey, CcDecision)> {
+    /// The decisions of connection `token`'s subflows acknowledged within `IDLE_NS` of `now_ns`:
+    /// window-coupled ones by `algorithm`, paced ones by the bottlenecks they share.
+    fn decisions(&mut self, token: u32, algorithm: Algorithm, now_ns: u64) -> Vec<(FlowKey, CcDecision)> {
         let Some(keys) = self.by_token.get(&token) else { return Vec::new() };
         let active: Vec<(FlowKey, &CcSubflow)> = keys
             .iter()
             .filter_map(|key| self.by_key.get(key).map(|s| (*key, s)))
             .filter(|(_, s)| now_ns.saturating_sub(s.updated_ns) < IDLE_NS && s.srtt_us > 0)
             .collect();
+        let (paced, windowed): (Vec<_>, Vec<_>) =
+            active.into_iter().partition(|(_, s)| s.model == model::PACED);
         let groups: Vec<&[(FlowKey, &CcSubflow)]> =
-            if token == UNTRACKED { active.chunks(1).collect() } else { vec![&active[..]] };
-        groups
+            if token == UNTRACKED { windowed.chunks(1).collect() } else { vec![&windowed[..]] };
+        let mut decided: Vec<(FlowKey, CcDecision)> = groups
             .into_iter()
             .flat_map(|group| {
                 let paths: Vec<_> = group.iter().map(|(_, s)| path_of(s)).collect();
@@ -76,7 +92,38 @@ impl Subflows {
                     .map(|((key, _), d)| (*key, encode(algorithm, d, now_ns)))
                     .collect::<Vec<_>>()
             })
-            .collect()
+            .collect();
+        let paced: Vec<FlowKey> = paced.into_iter().map(|(key, _)| key).collect();
+        decided.extend(self.pacing_decisions(token, &paced, algorithm, now_ns));
+        decided
+    }
+
+    /// Pacing caps for connection `token`'s active paced subflows `keys` (in key order), after
+    /// updating which of them share a bottleneck.
+    fn pacing_decisions(
+        &mut self,
+        token: u32,
+        keys: &[FlowKey],
+        algorithm: Algorithm,
+        now_ns: u64,
+    ) -> Vec<(FlowKey, CcDecision)> {
+        let empty = RttHistory::default();
+        let history = |key: &FlowKey| self.history.get(key).unwrap_or(&empty);
+        let mut correlations = Vec::new();
+        if token != UNTRACKED {
+            for (i, a) in keys.iter().enumerate() {
+                for b in &keys[i + 1..] {
+                    correlations.push(((*a, *b), correlation(history(a), history(b), now_ns)));
+                }
+            }
+        }
+        let rates: Vec<f64> = keys.iter().map(|key| history(key).rate()).collect();
+        for (pair, correlation) in correlations {
+            self.sharing.entry(pair).or_default().update(correlation, now_ns);
+        }
+        let caps =
+            pacing_caps(&rates, |i, j| self.sharing.get(&(keys[i], keys[j])).is_some_and(|s| s.shared));
+        keys.iter().zip(caps).map(|(key, cap)| (*key, encode_pacing(algorithm, cap, now_ns))).collect()
     }
 
     /// Keys of subflows silent for longer than `FORGET_NS` at `now_ns`.
@@ -174,7 +221,7 @@ impl Controller {
 
 #[cfg(test)]
 mod tests {
-    use mptcp_common::cc::{DECREASE_SHIFT, algorithm};
+    use mptcp_common::cc::{DECREASE_SHIFT, UNLIMITED_PACING, algorithm};
 
     use super::*;
 
@@ -206,6 +253,40 @@ mod tests {
             assert_eq!(got.algorithm, algorithm::LIA);
             assert_eq!(got.decrease, 1 << (DECREASE_SHIFT - 1));
         }
+    }
+
+    #[test]
+    fn paced_subflows_whose_rtts_move_together_are_capped_but_the_fastest() {
+        let mut known = Subflows::default();
+        let paced = |cwnd, srtt_us, bytes_acked, updated_ns| CcSubflow {
+            model: model::PACED,
+            srtt_us,
+            bytes_acked,
+            ..subflow(7, cwnd, updated_ns)
+        };
+        // Two paced subflows queueing at one bottleneck (the same RTT swing), one faster, and a
+        // window-coupled one, every 10 ms for 5 s, decided on every 10th.
+        let start = NOW - 5_000_000_000;
+        let mut decided = StdHashMap::new();
+        for step in 0..500u64 {
+            let at = start + step * 10_000_000;
+            let queue = 1_000 + (step % 40) as u32 * 400;
+            known.update(key(1), paced(10, 2_000 + queue, step * 1_000, at));
+            known.update(key(2), paced(10, 2_500 + queue, step * 3_000, at));
+            known.update(key(3), subflow(7, 10, at));
+            if step % 10 == 9 {
+                decided = known.decisions(7, Algorithm::Lia, at).into_iter().collect();
+            }
+        }
+        assert_eq!(decided.len(), 3);
+        // 3 bytes per ms = 300 kB/s on the faster: the other gets a fifth of it.
+        assert_eq!(decided[&key(2)].pacing_cap, UNLIMITED_PACING);
+        assert!((59_000..61_000).contains(&decided[&key(1)].pacing_cap), "{:?}", decided[&key(1)]);
+        assert_eq!(decided[&key(3)].pacing_cap, UNLIMITED_PACING);
+        assert!(decided[&key(3)].increase > 0);
+        // Closing one forgets its pair.
+        known.remove(&key(2));
+        assert!(known.sharing.is_empty());
     }
 
     #[test]

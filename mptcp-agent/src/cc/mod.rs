@@ -7,6 +7,7 @@
 //! subflows' windows and RTTs, every few milliseconds.
 
 mod controller;
+mod shared_bottleneck;
 
 pub use controller::Controller;
 
@@ -14,7 +15,7 @@ use aya::maps::{HashMap, MapData, MapError};
 use mptcp_common::{
     cc::{
         CC_DECISIONS_MAP, CC_SUBFLOWS_MAP, CcDecision, CcSubflow, DECREASE_SHIFT, INCREASE_SHIFT, STALE_NS,
-        algorithm,
+        UNLIMITED_PACING, algorithm, model,
     },
     maps::FlowKey,
 };
@@ -217,7 +218,14 @@ fn encode(algorithm: Algorithm, decision: Decision, now_ns: u64) -> CcDecision {
         decrease: (decision.decrease.clamp(0.0, 1.0) * f64::from(1u32 << DECREASE_SHIFT)) as u32,
         increase: (decision.increase.clamp(-16.0, 16.0) * (1u64 << INCREASE_SHIFT) as f64) as i64,
         updated_ns: now_ns,
+        pacing_cap: UNLIMITED_PACING,
+        _pad: 0,
     }
+}
+
+/// A paced subflow's decision: its cap only.
+fn encode_pacing(algorithm: Algorithm, cap: u32, now_ns: u64) -> CcDecision {
+    CcDecision { algorithm: algorithm.code(), pacing_cap: cap, updated_ns: now_ns, ..CcDecision::default() }
 }
 
 /// One subflow's congestion state and decision, for `conns`.
@@ -230,6 +238,11 @@ pub struct SubflowCc {
     pub ssthresh: u32,
     pub srtt_us: u32,
     pub coupled_cwnd: Option<u32>,
+    /// `window` (switched to Reno, coupled through its window) or `paced` (BBR, coupled through
+    /// its pacing rate).
+    pub coupling: &'static str,
+    /// A paced subflow's pacing cap in force, bytes/s (none: uncapped).
+    pub pacing_cap: Option<u32>,
     pub loss_events: u32,
     pub total_retrans: u32,
     pub bytes_acked: u64,
@@ -252,6 +265,8 @@ pub fn snapshot(instance: &Instance) -> Result<Vec<SubflowCc>, CongestionError> 
                 .map_err(map_error(CC_DECISIONS_MAP))?
                 .filter(|d| d.algorithm != algorithm::NONE);
             let fresh = decision.filter(|d| now.saturating_sub(d.updated_ns) < STALE_NS);
+            // A paced subflow's decision is its cap alone.
+            let window = fresh.filter(|_| s.model != model::PACED);
             Ok(SubflowCc {
                 token: Token(s.token),
                 ends: [
@@ -262,12 +277,14 @@ pub fn snapshot(instance: &Instance) -> Result<Vec<SubflowCc>, CongestionError> 
                 ssthresh: s.ssthresh,
                 srtt_us: s.srtt_us,
                 coupled_cwnd: (s.clamp != 0).then_some(s.clamp),
+                coupling: if s.model == model::PACED { "paced" } else { "window" },
+                pacing_cap: (s.pacing_cap != 0 && s.pacing_cap != UNLIMITED_PACING).then_some(s.pacing_cap),
                 loss_events: s.loss_events,
                 total_retrans: s.total_retrans,
                 bytes_acked: s.bytes_acked,
                 algorithm: Algorithm::name(decision.map_or(algorithm::NONE, |d| d.algorithm)),
-                increase: fresh.map(|d| d.increase as f64 / (1u64 << INCREASE_SHIFT) as f64),
-                decrease: fresh.map(|d| f64::from(d.decrease) / f64::from(1u32 << DECREASE_SHIFT)),
+                increase: window.map(|d| d.increase as f64 / (1u64 << INCREASE_SHIFT) as f64),
+                decrease: window.map(|d| f64::from(d.decrease) / f64::from(1u32 << DECREASE_SHIFT)),
                 decision_age_ms: decision.map(|d| now.saturating_sub(d.updated_ns) as f64 / 1e6),
             })
         })

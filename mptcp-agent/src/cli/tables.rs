@@ -61,6 +61,12 @@ pub fn connections_text(rows: &[ConnectionRow<'_>]) -> String {
 
 fn cc_line(cc: &SubflowCc) -> String {
     let decision = match (cc.increase, cc.decrease) {
+        _ if cc.coupling == "paced" && cc.decision_age_ms.is_some() => match cc.pacing_cap {
+            Some(cap) => {
+                format!("{} paced, capped at {:.2} Mbit/s", cc.algorithm, f64::from(cap) * 8.0 / 1e6)
+            }
+            None => format!("{} paced, uncapped", cc.algorithm),
+        },
         (Some(increase), Some(decrease)) => {
             format!("{} {increase:+.4} pkt/acked pkt, -{:.0}% on loss", cc.algorithm, 100.0 * decrease)
         }

@@ -382,6 +382,8 @@ mod tests {
             ssthresh: 20,
             srtt_us: 1000,
             coupled_cwnd: None,
+            coupling: "window",
+            pacing_cap: None,
             loss_events,
             total_retrans: 0,
             bytes_acked: 0,

@@ -549,6 +549,8 @@ pub(super) mod tests {
             ssthresh: 7,
             srtt_us: 1500,
             coupled_cwnd: None,
+            coupling: "window",
+            pacing_cap: None,
             loss_events: 0,
             total_retrans: 0,
             bytes_acked: 0,

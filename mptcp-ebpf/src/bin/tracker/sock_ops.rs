@@ -1,18 +1,21 @@
 //! cgroup sock_ops attach point: the kernel's own view of each MPTCP subflow (window, RTT,
-//! acknowledged bytes, losses) on every ACK, and the coupled window the agent's decisions make
-//! of it (see `mptcp_common::cc`).
+//! acknowledged bytes, losses) on every ACK, and what the agent's decisions make of it: a coupled
+//! window, or a BBR subflow's pacing cap (see `mptcp_common::cc`).
 
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
         BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
     },
-    helpers::{bpf_ktime_get_ns, generated::bpf_setsockopt},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_getsockopt, bpf_setsockopt},
+    },
     macros::sock_ops,
     programs::SockOpsContext,
 };
 use mptcp_common::{
-    cc::{AckSample, CcEvent, CcSubflow, algorithm, cc_event},
+    cc::{AckSample, CcAction, CcEvent, CcSubflow, algorithm, cc_event, model},
     maps::{AddrWords, FlowKey, ipv4_mapped},
 };
 
@@ -20,10 +23,13 @@ use crate::maps::{CC_DECISIONS, CC_EVENTS, CC_SUBFLOWS, HALF_OPEN_SUBFLOWS, SUBF
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
+const SOL_SOCKET: i32 = 1;
+const SO_MAX_PACING_RATE: i32 = 47;
 const SOL_TCP: i32 = 6;
 const TCP_BPF_SNDCWND_CLAMP: i32 = 1002;
 const TCP_CONGESTION: i32 = 13;
 const TCP_CLOSE: u32 = 7;
+const BPF_NOEXIST: u64 = 1;
 
 #[sock_ops]
 pub fn mptcp_sock_ops(ctx: SockOpsContext) -> u32 {
@@ -57,16 +63,26 @@ fn established(ctx: &SockOpsContext, key: &FlowKey) {
     // SAFETY: map value pointer from a successful lookup.
     let subflow = unsafe { &*subflow };
     let token = if subflow.conn_token != 0 { subflow.conn_token } else { subflow.join_token };
+    let paced = runs_bbr(ctx);
     // Stamped now, so that the agent does not take it for a forgotten entry before its first ACK.
-    // SAFETY: plain helper call.
-    let entry = CcSubflow { token, updated_ns: unsafe { bpf_ktime_get_ns() }, ..CcSubflow::default() };
-    if CC_SUBFLOWS.insert(key, &entry, 0).is_ok() {
-        let _ = ctx.set_cb_flags((BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    let entry = CcSubflow {
+        token,
+        model: if paced { model::PACED } else { model::WINDOW },
+        // SAFETY: plain helper call.
+        updated_ns: unsafe { bpf_ktime_get_ns() },
+        ..CcSubflow::default()
+    };
+    // Create only: where both ends of a subflow share the host (a lab), both sockets have its
+    // key, and the first established (the active opener's) is the one followed. A leftover entry
+    // of the same 4-tuple blocks a new socket until the controller forgets it.
+    if CC_SUBFLOWS.insert(key, &entry, BPF_NOEXIST).is_err() {
+        return;
     }
-    if config().cc_algorithm != algorithm::NONE {
+    let _ = ctx.set_cb_flags((BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    if config().cc_algorithm != algorithm::NONE && !paced {
         // LIA, OLIA and BALIA are defined on Reno's loss response, which the coupled window
-        // reads (a lower ssthresh) and then replaces: the subflow runs Reno whatever the
-        // host's default.
+        // reads (a lower ssthresh) and then replaces: a loss-based subflow runs Reno whatever
+        // the host's default.
         let mut reno = *b"reno\0";
         // SAFETY: the helper reads the NUL-terminated name.
         unsafe {
@@ -79,6 +95,17 @@ fn established(ctx: &SockOpsContext, key: &FlowKey) {
             )
         };
     }
+}
+
+/// Whether the socket runs BBR (`bbr`, or a later version's name that starts with it).
+#[inline(always)]
+fn runs_bbr(ctx: &SockOpsContext) -> bool {
+    let mut name = [0u8; 16];
+    // SAFETY: the helper writes at most the buffer's length.
+    let read = unsafe {
+        bpf_getsockopt(ctx.ops.cast(), SOL_TCP, TCP_CONGESTION, name.as_mut_ptr().cast(), name.len() as i32)
+    };
+    read == 0 && name.starts_with(b"bbr")
 }
 
 #[inline(always)]
@@ -102,7 +129,7 @@ fn ack(ctx: &SockOpsContext, key: &FlowKey) {
         // SAFETY: plain helper call.
         now_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let clamp = state.on_ack(&sample, decision);
+    let action = state.on_ack(&sample, decision);
     if state.notify_due(sample.now_ns) {
         let event = CcEvent { key: *key, kind: cc_event::UPDATE, _pad: 0, subflow: *state };
         // When the ring is full the next ACK tries again.
@@ -110,18 +137,13 @@ fn ack(ctx: &SockOpsContext, key: &FlowKey) {
             state.notified_ns = sample.now_ns;
         }
     }
-    if let Some(mut clamp) = clamp {
-        // SAFETY: the helper reads 4 bytes of `clamp`.
-        unsafe {
-            bpf_setsockopt(
-                ctx.ops.cast(),
-                SOL_TCP,
-                TCP_BPF_SNDCWND_CLAMP,
-                (&raw mut clamp).cast(),
-                size_of::<u32>() as i32,
-            )
-        };
-    }
+    let (level, name, mut value) = match action {
+        None => return,
+        Some(CcAction::Clamp(clamp)) => (SOL_TCP, TCP_BPF_SNDCWND_CLAMP, clamp),
+        Some(CcAction::PacingCap(rate)) => (SOL_SOCKET, SO_MAX_PACING_RATE, rate),
+    };
+    // SAFETY: the helper reads 4 bytes of `value`.
+    unsafe { bpf_setsockopt(ctx.ops.cast(), level, name, (&raw mut value).cast(), size_of::<u32>() as i32) };
 }
 
 /// The socket's 4-tuple as the tracking tables key it (IPv4-mapped for IPv4, IPv4-mapped IPv6
