@@ -102,9 +102,15 @@ pub struct CaptureReader<R> {
 
 /// Opens a pcap or pcapng file and reads its header.
 pub fn open(path: &Path) -> Result<CaptureReader<File>, CaptureFileError> {
+    let file = File::open(path)
+        .map_err(|source| CaptureFileError::Io { path: path.display().to_string(), source })?;
+    start(path, file)
+}
+
+/// Reads the header of the pcap or pcapng file `source` reads from; `path` names it in errors.
+pub fn start<R: Read>(path: &Path, source: R) -> Result<CaptureReader<R>, CaptureFileError> {
     let display = path.display().to_string();
-    let file = File::open(path).map_err(|source| CaptureFileError::Io { path: display.clone(), source })?;
-    CaptureReader::new(file).map_err(|source| match source {
+    CaptureReader::new(source).map_err(|source| match source {
         PcapError::IoError(source) if source.kind() != std::io::ErrorKind::UnexpectedEof => {
             CaptureFileError::Io { path: display, source }
         }

@@ -10,12 +10,15 @@ mod report;
 #[cfg(test)]
 mod tests;
 
-use std::{convert::Infallible, io::Read, path::Path};
+use std::{convert::Infallible, io::Read, path::Path, sync::atomic::AtomicBool};
 
 pub use json::JsonWriter;
 pub use report::*;
 
-use crate::analysis::capture_file::{self, CaptureFileError, CaptureReader};
+use crate::analysis::{
+    capture_file::{self, CaptureFileError, CaptureReader},
+    follow::Follow,
+};
 
 /// Where `decode` hands the records it lists one by one, so that it keeps none of them: each
 /// packet as it is decoded, each mapping once its checksum verdict is final (at the segment
@@ -95,7 +98,36 @@ where
     S: RecordSink,
     S::Error: std::error::Error + 'static,
 {
-    let mut capture = capture_file::open(path)?;
+    stream(path, capture_file::open(path)?, with_packets, sink)
+}
+
+/// `stream_file` of a capture file still being written (`decode --follow`), read as it grows
+/// until its writer closes it or `stop` is set (see `follow::Follow`).
+pub fn follow_file<S>(
+    path: &Path,
+    with_packets: bool,
+    stop: &AtomicBool,
+    sink: &mut S,
+) -> Result<Report, StreamError<S::Error>>
+where
+    S: RecordSink,
+    S::Error: std::error::Error + 'static,
+{
+    let follow = Follow::open(path, stop)
+        .map_err(|source| CaptureFileError::Io { path: path.display().to_string(), source })?;
+    stream(path, capture_file::start(path, follow)?, with_packets, sink)
+}
+
+fn stream<R: Read, S>(
+    path: &Path,
+    mut capture: CaptureReader<R>,
+    with_packets: bool,
+    sink: &mut S,
+) -> Result<Report, StreamError<S::Error>>
+where
+    S: RecordSink,
+    S::Error: std::error::Error + 'static,
+{
     decode_into(path.display().to_string(), &mut capture, with_packets, sink).map_err(StreamError::Output)
 }
 

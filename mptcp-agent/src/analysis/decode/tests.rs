@@ -649,3 +649,34 @@ fn streamed_text_has_the_whole_reports_lines() {
     assert_eq!(sorted(&streamed), sorted(&whole));
     assert!(streamed.contains("HMAC MpJoinAck frame 7 (subflow 1): Failed"), "{streamed}");
 }
+
+/// `decode --follow`: a capture written in pieces (cut inside its header and inside a record)
+/// is decoded whole once its writer closes it.
+#[test]
+fn a_capture_still_being_written_is_decoded_as_it_grows() {
+    use std::io::Write as _;
+    let header = PcapHeader { datalink: DataLink::RAW, ..PcapHeader::default() };
+    let mut writer = PcapWriter::with_header(Vec::new(), header).unwrap();
+    for frame in handshake_packets(good_join_ack()) {
+        writer.write_packet(&PcapPacket::new(Duration::ZERO, frame.len() as u32, &frame)).unwrap();
+    }
+    let bytes = writer.into_writer();
+    let scratch = Scratch::new("follow");
+    let mut file = std::fs::File::create(&scratch.0).unwrap();
+    file.write_all(&bytes[..20]).unwrap();
+    let rest = bytes[20..].to_vec();
+    let appender = std::thread::spawn(move || {
+        for chunk in rest.chunks(rest.len() / 2 + 7) {
+            std::thread::sleep(Duration::from_millis(300));
+            file.write_all(chunk).unwrap();
+        }
+    });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut collect = Collect::default();
+    let report = follow_file(&scratch.0, false, &stop, &mut collect).unwrap();
+    appender.join().unwrap();
+    assert_eq!(report.read_error, None);
+    assert_eq!(report.summary.frames, 8);
+    assert_eq!(report.summary.hmac_verified, 3);
+    assert_eq!(collect.connections.len(), 1);
+}
