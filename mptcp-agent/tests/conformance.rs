@@ -149,7 +149,9 @@ impl Corpus {
             subflow.fallback,
             replayed.fallback
         );
-        let connection = subflow.connection.and_then(|id| d.connections.get(id)).context("no connection")?;
+        // Listed in the order they finished: found by id.
+        let connection =
+            d.connections.iter().find(|c| subflow.connection == Some(c.id)).context("no connection")?;
         ensure!(connection.initiator_key == replayed.client_key.map(|k| k.0), "{name}: client key");
         ensure!(connection.responder_key == replayed.server_key.map(|k| k.0), "{name}: server key");
         ensure!(connection.responder_token == replayed.server_token.map(|t| t.0), "{name}: server token");

@@ -1,6 +1,7 @@
 //! `decode` and `replay` read a capture frame by frame: a capture four times as long costs
-//! (almost) no more memory. Generated captures of one long connection, measured with the
-//! child's getrusage peak RSS.
+//! (almost) no more memory, and `decode` forgets a connection once it has ended, so four times
+//! as many short connections cost (almost) no more either. Generated captures, measured with
+//! the child's getrusage peak RSS.
 
 use std::{process::Command, time::Duration};
 
@@ -60,5 +61,59 @@ fn decode_and_replay_memory_does_not_grow_with_the_capture() -> Result<()> {
             "{command}: {extra_kib} KiB more for {extra_file_kib} KiB more capture (bound {bound} KiB)"
         );
     }
+    Ok(())
+}
+
+/// Connections of the shorter many-connections capture (about 10 MB); the longer one has four
+/// times as many.
+const CONNECTIONS: u32 = 5_000;
+
+/// What `decode` kept per connection before it forgot ended ones: about 1.2 KiB (65 MiB for
+/// 50,000, 7 MiB of it the agent's own). Now nothing is kept of an ended connection; the bound
+/// leaves room for allocator noise and is still a twelfth of the old cost.
+const BYTES_PER_EXTRA_CONNECTION: u64 = 100;
+
+#[test]
+fn decode_memory_does_not_grow_with_ended_connections() -> Result<()> {
+    let scratch = TempDir::new("cszc")?;
+    let (few, many) = (scratch.path().join("few.pcap"), scratch.path().join("many.pcap"));
+    let few_bytes = synthetic::write_handshakes(&few, CONNECTIONS)?;
+    let many_bytes = synthetic::write_handshakes(&many, 4 * CONNECTIONS)?;
+    let (few_usage, few_out) = run(&scratch, &["decode"], &few)?;
+    let (many_usage, many_out) = run(&scratch, &["decode"], &many)?;
+    for (out, connections) in [(&few_out, CONNECTIONS), (&many_out, 4 * CONNECTIONS)] {
+        let summary = &out["summary"];
+        ensure!(summary["connections"] == connections && summary["subflows"] == connections, "{summary}");
+        ensure!(summary["fallbacks"] == 0, "{summary}");
+        ensure!(out["connections"].as_array().map(Vec::len) == Some(connections as usize));
+        ensure!(out["subflows"].as_array().map(Vec::len) == Some(connections as usize));
+    }
+    let extra_kib = many_usage.max_rss_kib.saturating_sub(few_usage.max_rss_kib);
+    let extra_connections = u64::from(3 * CONNECTIONS);
+    eprintln!(
+        "decode: {CONNECTIONS} connections, {few_bytes} bytes: {} KiB in {:?}; {} connections, {many_bytes} \
+         bytes: {} KiB in {:?}; {} bytes per extra connection",
+        few_usage.max_rss_kib,
+        few_usage.wall,
+        4 * CONNECTIONS,
+        many_usage.max_rss_kib,
+        many_usage.wall,
+        extra_kib * 1024 / extra_connections
+    );
+    let bound = extra_connections * BYTES_PER_EXTRA_CONNECTION / 1024;
+    ensure!(
+        extra_kib < bound,
+        "decode: {extra_kib} KiB more for {extra_connections} more connections (bound {bound} KiB)"
+    );
+    // replay's table lists every connection the tracker holds: measured, not bounded here.
+    let (few_replay, _) = run(&scratch, &["replay"], &few)?;
+    let (many_replay, many_replayed) = run(&scratch, &["replay"], &many)?;
+    eprintln!(
+        "replay: {CONNECTIONS} connections: {} KiB; {}: {} KiB ({} in its table)",
+        few_replay.max_rss_kib,
+        4 * CONNECTIONS,
+        many_replay.max_rss_kib,
+        many_replayed["connections"].as_array().map_or(0, Vec::len)
+    );
     Ok(())
 }

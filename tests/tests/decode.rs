@@ -142,7 +142,11 @@ fn decode_matches_tshark(family: Family, signal_port: Option<u16>) -> Result<()>
         let subflows = connection["subflows"].as_array().context("subflows")?;
         ensure!(subflows.len() >= 2, "connection without a join: {connection}");
         for id in subflows.iter().skip(1) {
-            let subflow = &decoded["subflows"][id.as_u64().context("subflow id")? as usize];
+            // Subflows are listed in the order their connections finished: found by id.
+            let subflow = decoded["subflows"]
+                .as_array()
+                .and_then(|subflows| subflows.iter().find(|s| s["id"] == *id))
+                .context("subflow id")?;
             assert_eq!(subflow["kind"], "mp_join");
             let token = &subflow["join"]["token"];
             assert!(

@@ -1,13 +1,16 @@
 //! Reading capture files (pcap and pcapng, through `pcap-file`) and slicing their frames down to
 //! the TCP header (through `etherparse`), for the link types tcpdump and Wireshark write on Linux.
 
-use std::{fs::File, io::Read, net::SocketAddr, path::Path};
+use std::{fs::File, io::Read, net::SocketAddr, path::Path, time::Duration};
 
 use etherparse::{EtherType, LaxSlicedPacket, LinuxSllHeaderSlice, LinuxSllProtocolType, TransportSlice};
 use pcap_file::{
-    DataLink, PcapError,
+    DataLink, PcapError, TsResolution,
     pcap::PcapParser,
-    pcapng::{Block, PcapNgParser},
+    pcapng::{
+        Block, PcapNgParser,
+        blocks::interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
+    },
 };
 
 /// Why a capture file could not be read at all.
@@ -41,6 +44,8 @@ pub struct Frame {
     /// 1-based, as Wireshark numbers frames.
     pub number: u64,
     pub link_type: DataLink,
+    /// When it was captured (since the epoch); a pcapng simple packet block has no time.
+    pub time: Option<Duration>,
     pub data: Vec<u8>,
 }
 
@@ -60,6 +65,8 @@ pub struct TcpSegment<'a> {
     pub payload: &'a [u8],
     /// TCP sequence number.
     pub seq: u32,
+    /// TCP acknowledgment number (meaningful when `ack` is set).
+    pub ack_number: u32,
     /// The TCP option area.
     pub options: &'a [u8],
 }
@@ -75,7 +82,7 @@ const READ_CHUNK: usize = 64 * 1024;
 const MAX_RECORD: usize = 64 * 1024 * 1024;
 
 enum Format {
-    Pcap { parser: PcapParser, link_type: DataLink },
+    Pcap { parser: PcapParser, link_type: DataLink, nanosecond: bool },
     PcapNg(PcapNgParser),
 }
 
@@ -95,9 +102,15 @@ pub struct CaptureReader<R> {
 
 /// Opens a pcap or pcapng file and reads its header.
 pub fn open(path: &Path) -> Result<CaptureReader<File>, CaptureFileError> {
+    let file = File::open(path)
+        .map_err(|source| CaptureFileError::Io { path: path.display().to_string(), source })?;
+    start(path, file)
+}
+
+/// Reads the header of the pcap or pcapng file `source` reads from; `path` names it in errors.
+pub fn start<R: Read>(path: &Path, source: R) -> Result<CaptureReader<R>, CaptureFileError> {
     let display = path.display().to_string();
-    let file = File::open(path).map_err(|source| CaptureFileError::Io { path: display.clone(), source })?;
-    CaptureReader::new(file).map_err(|source| match source {
+    CaptureReader::new(source).map_err(|source| match source {
         PcapError::IoError(source) if source.kind() != std::io::ErrorKind::UnexpectedEof => {
             CaptureFileError::Io { path: display, source }
         }
@@ -137,7 +150,7 @@ fn cut_short(error: PcapError) -> PcapError {
 /// What one record of the file is: a frame, something else (a pcapng block that carries no
 /// packet), or a packet that cannot be placed.
 enum Record {
-    Frame(DataLink, Vec<u8>),
+    Frame(DataLink, Option<Duration>, Vec<u8>),
     Other,
     Broken(String),
 }
@@ -160,8 +173,12 @@ impl<R: Read> CaptureReader<R> {
                     .map(|(rest, parser)| (bytes.len() - rest.len(), Format::PcapNg(parser)))
             } else {
                 PcapParser::new(bytes).map(|(rest, parser)| {
-                    let link_type = parser.header().datalink;
-                    (bytes.len() - rest.len(), Format::Pcap { parser, link_type })
+                    let header = parser.header();
+                    let nanosecond = header.ts_resolution == TsResolution::NanoSecond;
+                    (
+                        bytes.len() - rest.len(),
+                        Format::Pcap { parser, link_type: header.datalink, nanosecond },
+                    )
                 })
             };
             match header {
@@ -201,27 +218,38 @@ impl<R: Read> CaptureReader<R> {
             return Err(PcapError::IncompleteBuffer);
         }
         let (rest, record) = match &mut self.format {
-            Format::Pcap { parser, link_type } => {
+            Format::Pcap { parser, link_type, nanosecond } => {
                 let (rest, packet) = parser.next_raw_packet(bytes)?;
-                (rest, Record::Frame(*link_type, packet.data.into_owned()))
+                let frac_nanos =
+                    if *nanosecond { packet.ts_frac } else { packet.ts_frac.saturating_mul(1000) };
+                let time =
+                    Duration::from_secs(packet.ts_sec.into()) + Duration::from_nanos(frac_nanos.into());
+                (rest, Record::Frame(*link_type, Some(time), packet.data.into_owned()))
             }
             Format::PcapNg(parser) => {
                 let (rest, block) = parser.next_block(bytes)?;
                 let record = match block {
                     Block::EnhancedPacket(packet) => match parser.packet_interface(&packet) {
-                        Some(interface) => Record::Frame(interface.linktype, packet.data.into_owned()),
+                        Some(interface) => {
+                            // pcap-file gives the raw timestamp as nanoseconds.
+                            let time = interface_time(interface, packet.timestamp.as_nanos());
+                            Record::Frame(interface.linktype, time, packet.data.into_owned())
+                        }
                         None => {
                             Record::Broken(format!("packet on undeclared interface {}", packet.interface_id))
                         }
                     },
                     // A simple packet block belongs to the first interface.
                     Block::SimplePacket(packet) => match parser.interfaces().first() {
-                        Some(interface) => Record::Frame(interface.linktype, packet.data.into_owned()),
+                        Some(interface) => Record::Frame(interface.linktype, None, packet.data.into_owned()),
                         None => Record::Broken("simple packet block before any interface".to_owned()),
                     },
                     Block::Packet(packet) => {
                         match parser.interfaces().get(usize::from(packet.interface_id)) {
-                            Some(interface) => Record::Frame(interface.linktype, packet.data.into_owned()),
+                            Some(interface) => {
+                                let time = interface_time(interface, packet.timestamp.into());
+                                Record::Frame(interface.linktype, time, packet.data.into_owned())
+                            }
                             None => Record::Broken(format!(
                                 "packet on undeclared interface {}",
                                 packet.interface_id
@@ -246,9 +274,9 @@ impl<R: Read> Iterator for CaptureReader<R> {
                 Ok((used, record)) => {
                     self.start += used;
                     match record {
-                        Record::Frame(link_type, data) => {
+                        Record::Frame(link_type, time, data) => {
                             self.frames_read += 1;
-                            return Some(Frame { number: self.frames_read, link_type, data });
+                            return Some(Frame { number: self.frames_read, link_type, time, data });
                         }
                         Record::Other => {}
                         Record::Broken(error) => self.read_error = Some(error),
@@ -271,6 +299,27 @@ impl<R: Read> Iterator for CaptureReader<R> {
         }
         None
     }
+}
+
+/// A pcapng timestamp in its interface's units (`if_tsresol`: 10^-n seconds, or 2^-n with the
+/// top bit set; microseconds when absent); `None` when the resolution is out of range.
+fn interface_time(interface: &InterfaceDescriptionBlock<'_>, raw: u128) -> Option<Duration> {
+    let resolution = interface
+        .options
+        .iter()
+        .find_map(|option| match option {
+            InterfaceDescriptionOption::IfTsResol(resolution) => Some(*resolution),
+            _ => None,
+        })
+        .unwrap_or(6);
+    let per_second: u128 = if resolution & 0x80 == 0 {
+        10u128.checked_pow(u32::from(resolution))?
+    } else {
+        1u128.checked_shl(u32::from(resolution & 0x7f))?
+    };
+    let secs = u64::try_from(raw / per_second).ok()?;
+    let nanos = u32::try_from((raw % per_second).checked_mul(1_000_000_000)? / per_second).ok()?;
+    Some(Duration::new(secs, nanos))
 }
 
 /// Linux cooked capture v2 (LINKTYPE_LINUX_SLL2): protocol type (2 bytes), reserved (2),
@@ -369,6 +418,7 @@ impl Frame {
                     .max(tcp.payload().len()),
                 payload: tcp.payload(),
                 seq: tcp.sequence_number(),
+                ack_number: tcp.acknowledgment_number(),
                 // The fixed header is 20 bytes; etherparse checked the data offset covers it.
                 options: tcp.header_slice().get(20..).unwrap_or_default(),
             }),
@@ -399,7 +449,7 @@ mod tests {
     }
 
     fn frame(link_type: DataLink, data: Vec<u8>) -> Frame {
-        Frame { number: 1, link_type, data }
+        Frame { number: 1, link_type, time: None, data }
     }
 
     #[test]
@@ -446,5 +496,45 @@ mod tests {
         arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
         arp.extend_from_slice(&[0; 20]);
         assert_eq!(frame(DataLink::ETHERNET, arp).tcp().unwrap_err(), FrameError::NotTcp);
+    }
+
+    /// pcap times in micro- or nanoseconds; pcapng ones in the interface's units (`pcap-file`
+    /// hands the raw count over as nanoseconds), microseconds by default.
+    #[test]
+    fn frames_carry_their_capture_time() {
+        use pcap_file::{
+            pcap::{PcapHeader, PcapPacket, PcapWriter},
+            pcapng::{PcapNgWriter, blocks::enhanced_packet::EnhancedPacketBlock},
+        };
+        let ip = ipv4_syn();
+        let time = Duration::new(1_700_000_000, 250_000_000);
+        for ts_resolution in [TsResolution::MicroSecond, TsResolution::NanoSecond] {
+            let header = PcapHeader { datalink: DataLink::RAW, ts_resolution, ..PcapHeader::default() };
+            let mut writer = PcapWriter::with_header(Vec::new(), header).unwrap();
+            writer.write_packet(&PcapPacket::new(time, ip.len() as u32, &ip)).unwrap();
+            let bytes = writer.into_writer();
+            let frames: Vec<Frame> = parse(&bytes).unwrap().collect();
+            assert_eq!(frames[0].time, Some(time), "{ts_resolution:?}");
+        }
+        let mut writer = PcapNgWriter::new(Vec::new()).unwrap();
+        writer
+            .write_pcapng_block(InterfaceDescriptionBlock {
+                linktype: DataLink::RAW,
+                snaplen: 0,
+                options: vec![],
+            })
+            .unwrap();
+        writer
+            .write_pcapng_block(EnhancedPacketBlock {
+                interface_id: 0,
+                timestamp: Duration::from_nanos(1_500_000),
+                original_len: ip.len() as u32,
+                data: std::borrow::Cow::Borrowed(&ip),
+                options: vec![],
+            })
+            .unwrap();
+        let bytes = writer.into_inner();
+        let frames: Vec<Frame> = parse(&bytes).unwrap().collect();
+        assert_eq!(frames[0].time, Some(Duration::from_millis(1500)));
     }
 }

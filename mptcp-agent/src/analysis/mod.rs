@@ -3,4 +3,5 @@
 
 pub mod capture_file;
 pub mod decode;
+pub mod follow;
 pub mod replay;

@@ -2,7 +2,10 @@
 
 use std::io::{self, Write};
 
-use crate::analysis::decode::{MappingRecord, PacketRecord, RecordSink, Report, Subflow, Verdict};
+use crate::analysis::decode::{
+    AddAddrRecord, Connection, ConnectionItems, HmacCheck, MappingRecord, PacketRecord, Problem, ProblemKind,
+    RecordSink, Report, Subflow, Verdict,
+};
 
 fn opt<T: std::fmt::Display>(value: Option<T>) -> String {
     value.map_or_else(|| "?".to_owned(), |v| v.to_string())
@@ -32,78 +35,22 @@ pub fn to_text(report: &Report) -> serde_json::Result<String> {
     if let Some(error) = &report.read_error {
         let _ = writeln!(out, "reading stopped early: {error}");
     }
-    let subflow_line = |out: &mut String, subflow: &Subflow| {
-        let _ = write!(
-            out,
-            "  subflow {}: {} -> {}, {:?}, {} packets from frame {}",
-            subflow.id,
-            subflow.initiator,
-            subflow.responder,
-            subflow.kind,
-            subflow.packets,
-            subflow.first_frame
-        );
-        if let Some(join) = &subflow.join {
-            let _ = write!(
-                out,
-                ", token {:#010x}, address IDs {} -> {}, backup {} / {}",
-                join.token,
-                join.initiator_addr_id,
-                opt(join.responder_addr_id),
-                join.initiator_backup,
-                opt(join.responder_backup)
-            );
-        }
-        if let Some(reason) = &subflow.fallback {
-            let _ = write!(out, ", FELL BACK: {reason}");
-        }
-        out.push('\n');
-    };
+    // The lists are in the order things finished, not by id.
+    let by_id: std::collections::HashMap<usize, &Subflow> =
+        report.subflows.iter().map(|s| (s.id, s)).collect();
     for connection in &report.connections {
-        let _ = writeln!(
-            out,
-            "connection {} (MPTCP v{}): initiator key {} token {} IDSN {}; responder key {} token {} IDSN {}",
-            connection.id,
-            connection.version,
-            hex_opt(connection.initiator_key),
-            hex_opt(connection.initiator_token),
-            opt(connection.initiator_idsn),
-            hex_opt(connection.responder_key),
-            hex_opt(connection.responder_token),
-            opt(connection.responder_idsn),
-        );
-        for subflow in connection.subflows.iter().filter_map(|&id| report.subflows.get(id)) {
-            subflow_line(&mut out, subflow);
+        out.push_str(&connection_line(connection));
+        for subflow in connection.subflows.iter().filter_map(|id| by_id.get(id)) {
+            out.push_str(&subflow_line(subflow));
         }
     }
     let loose: Vec<&Subflow> = report.subflows.iter().filter(|s| s.connection.is_none()).collect();
     if !loose.is_empty() {
-        let _ = writeln!(out, "subflows of no known connection:");
-        loose.into_iter().for_each(|subflow| subflow_line(&mut out, subflow));
+        out.push_str(LOOSE_HEADING);
+        loose.into_iter().for_each(|subflow| out.push_str(&subflow_line(subflow)));
     }
-    for add in &report.add_addrs {
-        let _ = writeln!(
-            out,
-            "ADD_ADDR frame {} from {}: id {} {}{}{}",
-            add.frame,
-            add.sender,
-            add.addr_id,
-            add.addr,
-            add.port.map(|p| format!(" port {p}")).unwrap_or_default(),
-            if add.echo { " (echo)" } else { "" }
-        );
-    }
-    for check in &report.hmac_checks {
-        let _ = writeln!(
-            out,
-            "HMAC {:?} frame {} (subflow {}): {:?}{}",
-            check.option,
-            check.frame,
-            check.subflow,
-            check.verdict,
-            check.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
-        );
-    }
+    report.add_addrs.iter().for_each(|add| out.push_str(&add_addr_line(add)));
+    report.hmac_checks.iter().for_each(|check| out.push_str(&hmac_line(check)));
     let _ = writeln!(
         out,
         "HMACs: {} verified, {} failed, {} unknown; {} connections, {} subflows, {} fell back",
@@ -118,7 +65,7 @@ pub fn to_text(report: &Report) -> serde_json::Result<String> {
         s.checksum_verified, s.checksum_failed, s.checksum_unknown
     );
     for problem in report.undecodable_frames.iter().chain(&report.malformed_options) {
-        let _ = writeln!(out, "frame {}: {}", problem.frame, problem.error);
+        out.push_str(&problem_line(problem));
     }
     if let Some(packets) = &report.packets {
         for packet in packets {
@@ -126,6 +73,83 @@ pub fn to_text(report: &Report) -> serde_json::Result<String> {
         }
     }
     Ok(out)
+}
+
+const LOOSE_HEADING: &str = "subflows of no known connection:\n";
+
+fn connection_line(connection: &Connection) -> String {
+    format!(
+        "connection {} (MPTCP v{}): initiator key {} token {} IDSN {}; responder key {} token {} IDSN {}\n",
+        connection.id,
+        connection.version,
+        hex_opt(connection.initiator_key),
+        hex_opt(connection.initiator_token),
+        opt(connection.initiator_idsn),
+        hex_opt(connection.responder_key),
+        hex_opt(connection.responder_token),
+        opt(connection.responder_idsn),
+    )
+}
+
+fn subflow_line(subflow: &Subflow) -> String {
+    let mut line = format!(
+        "  subflow {}: {} -> {}, {:?}, {} packets from frame {}",
+        subflow.id, subflow.initiator, subflow.responder, subflow.kind, subflow.packets, subflow.first_frame
+    );
+    if let Some(join) = &subflow.join {
+        line.push_str(&format!(
+            ", token {:#010x}, address IDs {} -> {}, backup {} / {}",
+            join.token,
+            join.initiator_addr_id,
+            opt(join.responder_addr_id),
+            join.initiator_backup,
+            opt(join.responder_backup)
+        ));
+    }
+    if let Some(reason) = &subflow.fallback {
+        line.push_str(&format!(", FELL BACK: {reason}"));
+    }
+    line.push('\n');
+    line
+}
+
+fn add_addr_line(add: &AddAddrRecord) -> String {
+    format!(
+        "ADD_ADDR frame {} from {}: id {} {}{}{}\n",
+        add.frame,
+        add.sender,
+        add.addr_id,
+        add.addr,
+        add.port.map(|p| format!(" port {p}")).unwrap_or_default(),
+        if add.echo { " (echo)" } else { "" }
+    )
+}
+
+fn hmac_line(check: &HmacCheck) -> String {
+    format!(
+        "HMAC {:?} frame {} (subflow {}): {:?}{}\n",
+        check.option,
+        check.frame,
+        check.subflow,
+        check.verdict,
+        check.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+    )
+}
+
+fn problem_line(problem: &Problem) -> String {
+    format!("frame {}: {}\n", problem.frame, problem.error)
+}
+
+/// A finished connection (or subflow of no known connection) as `to_text` shows its items.
+fn items_text(items: &ConnectionItems) -> String {
+    let mut out = match &items.connection {
+        Some(connection) => connection_line(connection),
+        None => LOOSE_HEADING.to_owned(),
+    };
+    items.subflows.iter().for_each(|subflow| out.push_str(&subflow_line(subflow)));
+    items.add_addrs.iter().for_each(|add| out.push_str(&add_addr_line(add)));
+    items.hmac_checks.iter().for_each(|check| out.push_str(&hmac_line(check)));
+    out
 }
 
 /// A packet's options as compact JSON, the shape `--json` gives them.
@@ -156,8 +180,10 @@ fn checksum_line(mapping: &MappingRecord) -> Option<String> {
     ))
 }
 
-/// `decode` as text while it runs: each packet's line (`--packets`) as it is decoded and each
-/// DSS checksum not verified once its verdict is final, in capture order, then the summary.
+/// `decode` as text while it runs: each packet's line (`--packets`) as it is decoded, each DSS
+/// checksum not verified once its verdict is final, each problem as it is found and each
+/// connection's lines once it has finished, in that order as the capture is read; then the
+/// summary.
 pub struct TextWriter<W: Write> {
     out: W,
 }
@@ -187,6 +213,14 @@ impl<W: Write> RecordSink for TextWriter<W> {
             Some(line) => self.out.write_all(line.as_bytes()),
             None => Ok(()),
         }
+    }
+
+    fn problem(&mut self, _kind: ProblemKind, problem: Problem) -> io::Result<()> {
+        self.out.write_all(problem_line(&problem).as_bytes())
+    }
+
+    fn connection(&mut self, items: ConnectionItems) -> io::Result<()> {
+        self.out.write_all(items_text(&items).as_bytes())
     }
 }
 

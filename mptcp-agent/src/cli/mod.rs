@@ -195,6 +195,10 @@ pub enum Command {
         /// Also list every packet that carries MPTCP options, option by option.
         #[arg(long)]
         packets: bool,
+        /// Read a capture still being written as it grows, until its writer closes it or
+        /// SIGINT/SIGTERM; the summary is written then.
+        #[arg(long)]
+        follow: bool,
     },
     /// Install this binary, its systemd units and example configurations (see README,
     /// "Running as a service").
@@ -399,7 +403,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let text = if json { serde_json::to_string(&report)? + "\n" } else { replay::to_text(&report)? };
             write_stdout(&text)?;
         }
-        Command::Decode { file, json, packets } => decode_streamed(&file, json, packets)?,
+        Command::Decode { file, json, packets, follow } => decode_streamed(&file, json, packets, follow)?,
         Command::Conns { instance, json } => {
             let instance = instance.get()?;
             let views = Snapshot::read(&open_tables(&instance)?)?.connection_views();
@@ -568,10 +572,16 @@ fn backend_everywhere(instance: &Instance, command: PeerCommand, action: Backend
 
 /// One subflow's congestion state and the controller's decision, for `conns`.
 /// `decode`: records written as they become final, through a buffer (stdout's own flushes
-/// at every line), the summary at the end. A closed pipe (`decode ... | head`) is not an error.
-fn decode_streamed(file: &std::path::Path, json: bool, packets: bool) -> Result<()> {
-    use crate::analysis::decode::{JsonWriter, StreamError, stream_file};
-    let out = std::io::BufWriter::new(std::io::stdout().lock());
+/// at every line; following, each line goes out as it is written), the summary at the end. A
+/// closed pipe (`decode ... | head`) is not an error.
+fn decode_streamed(file: &std::path::Path, json: bool, packets: bool, follow: bool) -> Result<()> {
+    use crate::analysis::decode::{JsonWriter, StreamError};
+    let out: Box<dyn std::io::Write> = if follow {
+        crate::analysis::follow::stop_on_signals().context("installing the SIGINT and SIGTERM handlers")?;
+        Box::new(std::io::LineWriter::new(std::io::stdout().lock()))
+    } else {
+        Box::new(std::io::BufWriter::new(std::io::stdout().lock()))
+    };
     let written = |error: std::io::Error| match error.kind() {
         std::io::ErrorKind::BrokenPipe => Ok(()),
         _ => Err(anyhow::Error::from(error)),
@@ -584,18 +594,36 @@ fn decode_streamed(file: &std::path::Path, json: bool, packets: bool) -> Result<
         // Into the buffer; an error here is the temporary file's.
         let mut writer =
             JsonWriter::new(out, &file.display().to_string(), packets).context("starting the JSON report")?;
-        let report = match stream_file(file, packets, &mut writer) {
+        let report = match decode_to(file, packets, follow, &mut writer) {
             Ok(report) => report,
             Err(error) => return streamed(error),
         };
         writer.finish(&report).map(drop).or_else(written)
     } else {
         let mut writer = decode::TextWriter::new(out);
-        let report = match stream_file(file, packets, &mut writer) {
+        let report = match decode_to(file, packets, follow, &mut writer) {
             Ok(report) => report,
             Err(error) => return streamed(error),
         };
         writer.finish(&report).map(drop).or_else(written)
+    }
+}
+
+/// Decodes `file` into `sink`, following it as it grows when `follow` is set.
+fn decode_to<S>(
+    file: &std::path::Path,
+    packets: bool,
+    follow: bool,
+    sink: &mut S,
+) -> Result<crate::analysis::decode::Report, crate::analysis::decode::StreamError<S::Error>>
+where
+    S: crate::analysis::decode::RecordSink,
+    S::Error: std::error::Error + 'static,
+{
+    if follow {
+        crate::analysis::decode::follow_file(file, packets, &crate::analysis::follow::STOPPED, sink)
+    } else {
+        crate::analysis::decode::stream_file(file, packets, sink)
     }
 }
 

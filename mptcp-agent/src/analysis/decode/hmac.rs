@@ -4,38 +4,38 @@
 use super::report::{AddAddrRecord, Connection, HmacCheck, HmacOption, Subflow, Verdict};
 use crate::dataplane::handshake;
 
-/// The MP_JOIN HMACs seen, as (frame, subflow, HMAC); ADD_ADDR HMACs are in its records.
-#[derive(Default)]
+/// The MP_JOIN HMACs one subflow carried, as (frame, HMAC); ADD_ADDR HMACs are in its records.
+#[derive(Debug, Default)]
 pub(super) struct HmacInputs {
-    pub(super) join_synacks: Vec<(u64, usize, u64)>,
-    pub(super) join_acks: Vec<(u64, usize, [u8; 20])>,
+    pub(super) join_synacks: Vec<(u64, u64)>,
+    pub(super) join_acks: Vec<(u64, [u8; 20])>,
 }
 
-/// Every check, in frame order; `subflows` and `connections` are the grouped ones.
+/// Every check of one ended subflow, in frame order; `connection` is the one it belongs to.
 pub(super) fn checks(
     inputs: &HmacInputs,
     add_addrs: &[AddAddrRecord],
-    subflows: &[Subflow],
-    connections: &[Connection],
+    subflow: &Subflow,
+    connection: Option<&Connection>,
 ) -> Vec<HmacCheck> {
     let mut checks = Vec::new();
-    for &(frame, id, received) in &inputs.join_synacks {
+    for &(frame, received) in &inputs.join_synacks {
         let received = received.to_be_bytes();
-        checks.push(check_join(frame, &subflows[id], HmacOption::MpJoinSynAck, &received, connections));
+        checks.push(check_join(frame, subflow, HmacOption::MpJoinSynAck, &received, connection));
     }
-    for (frame, id, received) in &inputs.join_acks {
-        checks.push(check_join(*frame, &subflows[*id], HmacOption::MpJoinAck, received, connections));
+    for (frame, received) in &inputs.join_acks {
+        checks.push(check_join(*frame, subflow, HmacOption::MpJoinAck, received, connection));
     }
     for add in add_addrs.iter().filter(|add| add.hmac.is_some()) {
-        checks.push(check_add_addr(add, &subflows[add.subflow], connections));
+        checks.push(check_add_addr(add, subflow, connection));
     }
     checks.sort_by_key(|check| check.frame);
     checks
 }
 
 /// (key of the subflow's initiator, key of its responder), as far as the capture tells.
-fn subflow_keys(subflow: &Subflow, connections: &[Connection]) -> (Option<u64>, Option<u64>) {
-    let Some(connection) = subflow.connection.and_then(|id| connections.get(id)) else {
+fn subflow_keys(subflow: &Subflow, connection: Option<&Connection>) -> (Option<u64>, Option<u64>) {
+    let Some(connection) = connection else {
         return (None, None);
     };
     match &subflow.join {
@@ -53,9 +53,9 @@ fn check_join(
     subflow: &Subflow,
     option: HmacOption,
     received: &[u8],
-    connections: &[Connection],
+    connection: Option<&Connection>,
 ) -> HmacCheck {
-    let (initiator_key, responder_key) = subflow_keys(subflow, connections);
+    let (initiator_key, responder_key) = subflow_keys(subflow, connection);
     let nonces = subflow.join.as_ref().and_then(|j| Some((j.initiator_nonce, j.responder_nonce?)));
     let v0 = subflow.version == Some(0);
     let expected = match (initiator_key.zip(responder_key), nonces) {
@@ -73,8 +73,8 @@ fn check_join(
     hmac_check(frame, subflow, option, received, expected)
 }
 
-fn check_add_addr(add: &AddAddrRecord, subflow: &Subflow, connections: &[Connection]) -> HmacCheck {
-    let (initiator_key, responder_key) = subflow_keys(subflow, connections);
+fn check_add_addr(add: &AddAddrRecord, subflow: &Subflow, connection: Option<&Connection>) -> HmacCheck {
+    let (initiator_key, responder_key) = subflow_keys(subflow, connection);
     let (sender_key, receiver_key) = if add.sender == subflow.initiator {
         (initiator_key, responder_key)
     } else {

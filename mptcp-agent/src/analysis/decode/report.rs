@@ -77,6 +77,26 @@ pub struct Problem {
     pub error: String,
 }
 
+/// Which list of the report a problem belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemKind {
+    /// The frame could not be sliced down to a TCP header.
+    UndecodableFrame,
+    MalformedOption,
+}
+
+/// What the report says of one connection once all its subflows have ended, or of one ended
+/// subflow of no known connection: handed on then, and forgotten.
+#[derive(Debug, Clone)]
+pub struct ConnectionItems {
+    pub connection: Option<Connection>,
+    /// In id order.
+    pub subflows: Vec<Subflow>,
+    /// In frame order, as the HMAC checks.
+    pub add_addrs: Vec<AddAddrRecord>,
+    pub hmac_checks: Vec<HmacCheck>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubflowKind {

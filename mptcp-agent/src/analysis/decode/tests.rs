@@ -25,7 +25,10 @@ use pcap_file::{
 };
 
 use super::{hmac::hex, *};
-use crate::{analysis::capture_file::CaptureFileError, dataplane::handshake};
+use crate::{
+    analysis::capture_file::{self, CaptureFileError},
+    dataplane::handshake,
+};
 
 const CLIENT_KEY: u64 = 0x0102_0304_0506_0708;
 const SERVER_KEY: u64 = 0x1112_1314_1516_1718;
@@ -476,4 +479,204 @@ fn streamed_json_is_the_whole_report() {
         assert_eq!(streamed, expected, "with_packets {with_packets}");
         assert_eq!(streamed["mappings"].as_array().map(Vec::len), Some(4));
     }
+}
+
+/// An analysis fed frame by frame, with what it handed on so far.
+#[derive(Default)]
+struct Live {
+    analysis: analysis::Analysis,
+    handed: Collect,
+    frames: u64,
+}
+
+impl Live {
+    fn frame(&mut self, data: Vec<u8>, time: Option<Duration>) {
+        self.frames += 1;
+        let frame = capture_file::Frame { number: self.frames, link_type: DataLink::RAW, time, data };
+        self.analysis.frame(&frame);
+        let Ok(()) = self.analysis.hand_on(&mut self.handed);
+    }
+
+    fn end_of_capture(&mut self) {
+        self.analysis.end_of_capture();
+        let Ok(()) = self.analysis.hand_on(&mut self.handed);
+    }
+}
+
+/// A segment from `src` at `seq` acknowledging `ack`, with FIN or RST.
+fn closing(src: ([u8; 4], u16), dst: ([u8; 4], u16), seq: u32, ack: u32, fin: bool, rst: bool) -> Vec<u8> {
+    let mut builder = PacketBuilder::ipv4(src.0, dst.0, 64).tcp(src.1, dst.1, seq, 1000).ack(ack);
+    if fin {
+        builder = builder.fin();
+    }
+    if rst {
+        builder = builder.rst();
+    }
+    let mut out = Vec::new();
+    builder.write(&mut out, &[]).unwrap();
+    out
+}
+
+/// The MP_CAPABLE handshake of `client` with the server (both ISNs 1, as `segment` writes).
+fn capable_handshake(client: ([u8; 4], u16)) -> Vec<Vec<u8>> {
+    let s = (SERVER, 80);
+    vec![
+        packet(client, s, Flags::Syn, &[capable(None, None)]),
+        packet(s, client, Flags::SynAck, &[capable(Some(SERVER_KEY), None)]),
+        packet(client, s, Flags::Ack, &[capable(Some(CLIENT_KEY), Some(SERVER_KEY))]),
+    ]
+}
+
+/// Both FINs, each acknowledged: the client's FIN, the server's FIN with its ACK, the last ACK.
+fn orderly_close(client: ([u8; 4], u16)) -> Vec<Vec<u8>> {
+    let s = (SERVER, 80);
+    vec![
+        closing(client, s, 2, 2, true, false),
+        closing(s, client, 2, 3, true, false),
+        closing(client, s, 3, 3, false, false),
+    ]
+}
+
+/// Once both FINs are acknowledged the subflow's state is gone and its connection, with every
+/// item, is handed on once: not again at the end of the capture.
+#[test]
+fn a_closed_connection_is_freed_and_handed_on_once() {
+    let c = (CLIENT, 40000);
+    let mut live = Live::default();
+    for frame in capable_handshake(c) {
+        live.frame(frame, None);
+    }
+    assert_eq!(live.analysis.live_subflows(), 1);
+    assert_eq!(live.analysis.live_connections(), (1, 2));
+    let close = orderly_close(c);
+    for frame in close[..2].iter().cloned() {
+        live.frame(frame, None);
+    }
+    assert_eq!(live.analysis.live_subflows(), 1, "the server's FIN is not acknowledged yet");
+    assert!(live.handed.connections.is_empty());
+    live.frame(close[2].clone(), None);
+    assert_eq!(live.analysis.live_subflows(), 0);
+    assert_eq!(live.analysis.live_connections(), (0, 0), "no connection or token kept");
+    assert_eq!(live.handed.connections.len(), 1);
+    assert_eq!(live.handed.subflows.len(), 1);
+    assert_eq!(live.handed.subflows[0].packets, 6);
+    assert_eq!(live.handed.connections[0].responder_key, Some(SERVER_KEY));
+    live.end_of_capture();
+    assert_eq!((live.handed.connections.len(), live.handed.subflows.len()), (1, 1));
+    let report = live.analysis.finish("live".to_owned());
+    assert_eq!((report.summary.connections, report.summary.subflows), (1, 1));
+}
+
+/// A RST ends a subflow at once; a later packet on its 4-tuple is a new subflow.
+#[test]
+fn a_reset_ends_the_subflow() {
+    let (c, s) = ((CLIENT, 40000), (SERVER, 80));
+    let mut live = Live::default();
+    for frame in capable_handshake(c) {
+        live.frame(frame, None);
+    }
+    live.frame(closing(s, c, 2, 2, false, true), None);
+    assert_eq!(live.analysis.live_subflows(), 0);
+    assert_eq!(live.handed.connections.len(), 1);
+    live.frame(closing(c, s, 2, 2, false, false), None);
+    assert_eq!(live.analysis.live_subflows(), 1);
+    live.end_of_capture();
+    assert_eq!(
+        live.handed.subflows.iter().map(|s| (s.id, s.kind)).collect::<Vec<_>>(),
+        [(0, SubflowKind::MpCapable), (1, SubflowKind::Unknown)]
+    );
+}
+
+/// A subflow silent for the idle timeout of capture time ends; one still talking does not.
+#[test]
+fn an_idle_subflow_ends_after_the_timeout() {
+    let (quiet, talking) = ((CLIENT, 40000), (CLIENT, 40001));
+    let mut live = Live::default();
+    let at = |secs: u64| Some(Duration::from_secs(1_700_000_000 + secs));
+    for frame in capable_handshake(quiet).into_iter().chain(capable_handshake(talking)) {
+        live.frame(frame, at(0));
+    }
+    let keepalive = || packet(talking, (SERVER, 80), Flags::Ack, &[]);
+    let timeout = analysis::IDLE_TIMEOUT.as_secs();
+    for secs in [timeout / 4, timeout / 2, timeout - 1] {
+        live.frame(keepalive(), at(secs));
+    }
+    assert_eq!(live.analysis.live_subflows(), 2, "not idle for longer than the timeout yet");
+    // The next look over the subflows comes within a sweep interval (30 s) past the timeout.
+    live.frame(keepalive(), at(timeout + 40));
+    assert_eq!(live.analysis.live_subflows(), 1);
+    assert_eq!(live.handed.subflows.len(), 1);
+    assert_eq!(live.handed.subflows[0].initiator, SocketAddr::from(quiet));
+}
+
+/// A join naming the token of a connection that has finished finds no connection: its HMACs
+/// are unknown. One naming a live connection joins it.
+#[test]
+fn a_join_after_the_connection_closed_is_of_no_known_connection() {
+    let c = (CLIENT, 40000);
+    let join = handshake_packets(good_join_ack());
+    let frames: Vec<Vec<u8>> =
+        capable_handshake(c).into_iter().chain(orderly_close(c)).chain(join[4..7].iter().cloned()).collect();
+    let report = decode(&frames);
+    assert_eq!(report.summary.connections, 1);
+    assert_eq!(report.connections[0].subflows, [0]);
+    let joined = report.subflows.iter().find(|s| s.kind == SubflowKind::MpJoin).unwrap();
+    assert_eq!(joined.connection, None);
+    assert_eq!(report.summary.hmac_unknown, 2);
+    // Without the close, the same join is the connection's.
+    let frames: Vec<Vec<u8>> = capable_handshake(c).into_iter().chain(join[4..7].iter().cloned()).collect();
+    let report = decode(&frames);
+    assert_eq!(report.connections[0].subflows, [0, 1]);
+    assert_eq!(report.summary.hmac_verified, 2);
+}
+
+/// The text written while decoding has the lines `to_text` gives of the whole report, in the
+/// order things finished (the summary line last).
+#[test]
+fn streamed_text_has_the_whole_reports_lines() {
+    let mut bad = good_join_ack();
+    bad[0] ^= 1;
+    let file = write_pcap("text", DataLink::RAW, &handshake_packets(bad));
+    let whole = crate::cli::decode::to_text(&decode_file(&file.0, true).unwrap()).unwrap();
+    let mut writer = crate::cli::decode::TextWriter::new(Vec::new());
+    let report = stream_file(&file.0, true, &mut writer).unwrap();
+    let streamed = String::from_utf8(writer.finish(&report).unwrap()).unwrap();
+    let sorted = |text: &str| {
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(sorted(&streamed), sorted(&whole));
+    assert!(streamed.contains("HMAC MpJoinAck frame 7 (subflow 1): Failed"), "{streamed}");
+}
+
+/// `decode --follow`: a capture written in pieces (cut inside its header and inside a record)
+/// is decoded whole once its writer closes it.
+#[test]
+fn a_capture_still_being_written_is_decoded_as_it_grows() {
+    use std::io::Write as _;
+    let header = PcapHeader { datalink: DataLink::RAW, ..PcapHeader::default() };
+    let mut writer = PcapWriter::with_header(Vec::new(), header).unwrap();
+    for frame in handshake_packets(good_join_ack()) {
+        writer.write_packet(&PcapPacket::new(Duration::ZERO, frame.len() as u32, &frame)).unwrap();
+    }
+    let bytes = writer.into_writer();
+    let scratch = Scratch::new("follow");
+    let mut file = std::fs::File::create(&scratch.0).unwrap();
+    file.write_all(&bytes[..20]).unwrap();
+    let rest = bytes[20..].to_vec();
+    let appender = std::thread::spawn(move || {
+        for chunk in rest.chunks(rest.len() / 2 + 7) {
+            std::thread::sleep(Duration::from_millis(300));
+            file.write_all(chunk).unwrap();
+        }
+    });
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut collect = Collect::default();
+    let report = follow_file(&scratch.0, false, &stop, &mut collect).unwrap();
+    appender.join().unwrap();
+    assert_eq!(report.read_error, None);
+    assert_eq!(report.summary.frames, 8);
+    assert_eq!(report.summary.hmac_verified, 3);
+    assert_eq!(collect.connections.len(), 1);
 }

@@ -416,8 +416,12 @@ mod tests {
         let (src, dst) = ("[2001:db8::1]:40000".parse().unwrap(), "[2001:db8::2]:80".parse().unwrap());
         let flags = tcp_flag::SYN | tcp_flag::ECE | tcp_flag::CWR;
         let segment = RawSegment { src, dst, flags, seq: 7, ack: 9, options: &[30, 4, 0x01], payload: b"x" };
-        let frame =
-            capture_file::Frame { number: 1, link_type: DataLink::ETHERNET, data: segment.frame().unwrap() };
+        let frame = capture_file::Frame {
+            number: 1,
+            link_type: DataLink::ETHERNET,
+            time: None,
+            data: segment.frame().unwrap(),
+        };
         let tcp = frame.tcp().unwrap();
         assert_eq!((tcp.src, tcp.dst, tcp.seq, tcp.payload_len), (src, dst, 7, 1));
         assert!(tcp.syn && !tcp.ack && !tcp.fin && !tcp.rst);
