@@ -121,7 +121,11 @@ impl BottleneckLab {
             server.sysctl(key, "0")?;
             router.sysctl(key, "0")?;
         }
-        client.sysctl("net.ipv4.tcp_congestion_control", competitor)?;
+        // Both ends: where both share the host, both sockets of a subflow have its key and share
+        // one congestion-control entry, so they must agree on how it is coupled.
+        for ns in [&client, &server] {
+            ns.sysctl("net.ipv4.tcp_congestion_control", competitor)?;
+        }
         for ns in [&client, &server] {
             ns.sysctl("net.mptcp.enabled", "1")?;
             ns.ip(&["mptcp", "limits", "set", "subflows", "8", "add_addr_accepted", "8"])?;

@@ -29,7 +29,6 @@ const SOL_TCP: i32 = 6;
 const TCP_BPF_SNDCWND_CLAMP: i32 = 1002;
 const TCP_CONGESTION: i32 = 13;
 const TCP_CLOSE: u32 = 7;
-const BPF_NOEXIST: u64 = 1;
 
 #[sock_ops]
 pub fn mptcp_sock_ops(ctx: SockOpsContext) -> u32 {
@@ -72,13 +71,9 @@ fn established(ctx: &SockOpsContext, key: &FlowKey) {
         updated_ns: unsafe { bpf_ktime_get_ns() },
         ..CcSubflow::default()
     };
-    // Create only: where both ends of a subflow share the host (a lab), both sockets have its
-    // key, and the first established (the active opener's) is the one followed. A leftover entry
-    // of the same 4-tuple blocks a new socket until the controller forgets it.
-    if CC_SUBFLOWS.insert(key, &entry, BPF_NOEXIST).is_err() {
-        return;
+    if CC_SUBFLOWS.insert(key, &entry, 0).is_ok() {
+        let _ = ctx.set_cb_flags((BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     }
-    let _ = ctx.set_cb_flags((BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     if config().cc_algorithm != algorithm::NONE && !paced {
         // LIA, OLIA and BALIA are defined on Reno's loss response, which the coupled window
         // reads (a lower ssthresh) and then replaces: a loss-based subflow runs Reno whatever
