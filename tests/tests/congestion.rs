@@ -18,9 +18,9 @@ const ROUNDS: usize = 2;
 const SECONDS: u64 = 12;
 /// Rounds per competitor of the goal test. RFC 6356's goal is one flow's share, 50%; each
 /// competitor's band is the range of single 12 s rounds that `cargo xtask bench cc` measured in
-/// this lab (2 subflows, LIA; two runs of 5 rounds, on a VM shared with builds) widened by 5
+/// this lab (2 subflows, LIA; runs of 5 rounds, on a VM shared with builds) widened by about 5
 /// points each way: a median of three outside it needs two rounds beyond any measured one.
-/// Cubic: 38-60%; BBR (paced coupling): 43-66%, against 45-76% uncoupled. Reno's single rounds
+/// Cubic: 38-58% (one run); BBR (paced coupling, two runs): 43-66%, against 45-76% uncoupled. Reno's single rounds
 /// spread from 24 to 70% (see the README), too wide for a band that says anything; the test
 /// above covers Reno.
 const GOAL_ROUNDS: usize = 3;
