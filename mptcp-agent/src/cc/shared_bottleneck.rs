@@ -4,9 +4,8 @@
 //! subflows of one connection whose smoothed RTTs rise and fall together are taken to queue at
 //! one bottleneck (the idea of RFC 8382's shared-bottleneck detection, on RTTs, which is what the
 //! sock_ops program sees, instead of one-way delays), and each such group is made to take what
-//! one flow would (the goal of RFC 6356, section 2; the flow-state exchange of RFC 8699 shares a
-//! group's rate the same way): the group's fastest subflow runs uncapped and every other one is
-//! capped at a trickle that keeps its RTT samples coming. Subflows alone on their bottleneck run
+//! one flow would (the goal of RFC 6356, section 2): the group's fastest subflow runs uncapped
+//! and every other one is capped at a trickle that keeps its RTT samples coming. Subflows alone on their bottleneck run
 //! uncapped. A false grouping undoes itself: a capped subflow alone on its path empties its own
 //! queue, its RTT goes flat, and a flat RTT correlates with nothing.
 
