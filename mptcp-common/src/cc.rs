@@ -9,6 +9,10 @@
 //! the cap, and the kernel's own loss response (a lower ssthresh) is what tells the program a loss
 //! happened.
 //!
+//! Cubic subflows keep cubic under the same clamp: the kernel's cubic grows up to the coupled
+//! window, and the controller shapes the coupled increase along cubic's curve (RFC 9438) and
+//! takes cubic's decrease.
+//!
 //! BBR subflows keep BBR, which does not answer loss with its window: the controller groups a
 //! connection's BBR subflows that share a bottleneck (their RTTs move together) and caps the
 //! pacing rate of all but one of each group (`SO_MAX_PACING_RATE`), so that the group takes what
@@ -51,6 +55,8 @@ pub mod model {
     pub const WINDOW: u32 = 0;
     /// BBR (any version): kept, and coupled through its pacing rate.
     pub const PACED: u32 = 1;
+    /// Cubic: kept, and coupled through its window with a cubic-shaped increase.
+    pub const CUBIC: u32 = 2;
 }
 
 /// `SO_MAX_PACING_RATE`'s "no limit".
@@ -92,7 +98,8 @@ pub struct CcSubflow {
     pub model: u32,
     /// The last pacing cap set on the socket, bytes/s; 0: none yet.
     pub pacing_cap: u32,
-    pub _pad: u32,
+    /// The coupled window just before the last loss's decrease, packets (cubic's W_max).
+    pub window_at_loss: u32,
     pub bytes_acked: u64,
     /// `bytes_acked` at the last two loss events (OLIA's inter-loss distance).
     pub acked_at_loss: [u64; 2],
@@ -216,6 +223,7 @@ impl CcSubflow {
             // Bounded operands (below 2^47 and 2^16): the product fits, and needs no 128-bit
             // multiply, which BPF lacks.
             let before = before.min(MAX_CWND_FP);
+            self.window_at_loss = (before >> CWND_SHIFT) as u32;
             let cut = before.wrapping_mul(u64::from(fraction.min(1 << DECREASE_SHIFT))) >> DECREASE_SHIFT;
             self.coupled_cwnd = before.saturating_sub(cut).max(MIN_CWND << CWND_SHIFT);
             self.loss_events = self.loss_events.wrapping_add(1);
@@ -313,6 +321,7 @@ mod tests {
         assert_eq!(s.on_ack(&sample(40, 20, 50_000), Some(&decision(0.1, HALF))), Some(CcAction::Clamp(20)));
         assert_eq!(s.loss_events, 1);
         assert_eq!(s.acked_at_loss, [0, 50_000]);
+        assert_eq!(s.window_at_loss, 40);
     }
 
     #[test]
@@ -346,6 +355,7 @@ mod tests {
         // BALIA-like: 3/4 of the window removed.
         let balia = decision(0.1, 3 << (DECREASE_SHIFT - 2));
         assert_eq!(s.on_ack(&sample(40, 28, 1_000), Some(&balia)), Some(CcAction::Clamp(10)));
+        assert_eq!(s.window_at_loss, 40);
     }
 
     #[test]

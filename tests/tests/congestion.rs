@@ -1,8 +1,8 @@
 //! Coupled congestion control against real kernel MPTCP: at a shared bottleneck, coupling lowers
 //! an MPTCP connection's share against a regular TCP flow to about one flow's, against
-//! loss-based competitors (Reno, cubic: window coupling) and a model-based one (BBR: pacing
-//! coupling),
-//! and every subflow carries the controller's decision while it does.
+//! loss-based competitors (Reno: window coupling; cubic: window coupling along cubic's curve,
+//! the kernel's cubic kept) and a model-based one (BBR: pacing coupling), and every subflow
+//! carries the controller's decision while it does.
 
 use std::{thread, time::Duration};
 
@@ -25,7 +25,7 @@ const SECONDS: u64 = 12;
 /// above covers Reno.
 const GOAL_ROUNDS: usize = 3;
 const GOAL_BANDS: [(&str, &str, (f64, f64)); 2] =
-    [("cubic", "window", (0.33, 0.65)), ("bbr", "paced", (0.38, 0.71))];
+    [("cubic", "cubic", (0.33, 0.65)), ("bbr", "paced", (0.38, 0.71))];
 
 /// The subflows' congestion state of the lab's one MPTCP connection, from `conns --json`.
 fn subflow_cc(dataplane: &Dataplane<'_>) -> Result<Vec<Value>> {
@@ -104,6 +104,7 @@ fn the_coupled_share_at_a_shared_bottleneck_is_one_flows_against_cubic_and_bbr()
             let rates = lab.run(1, duration, || {
                 if round == 0 {
                     coupled_while_running(&dataplane, coupling, duration).with_context(|| daemon.log())?;
+                    kernel_keeps(&lab, competitor)?;
                 }
                 Ok(())
             })?;
@@ -120,9 +121,26 @@ fn the_coupled_share_at_a_shared_bottleneck_is_one_flows_against_cubic_and_bbr()
     Ok(())
 }
 
+/// Checks that every established TCP socket of the client (the subflows and the competing
+/// flow) runs `algorithm` in the kernel: coupling cubic or BBR does not switch them to Reno.
+fn kernel_keeps(lab: &BottleneckLab, algorithm: &str) -> Result<()> {
+    let out = lab.client.exec("ss", &["-tni", "state", "established"])?;
+    // Detail lines (indented) name the socket's congestion control.
+    let names: Vec<&str> = out
+        .lines()
+        .filter(|line| line.starts_with(char::is_whitespace))
+        .filter_map(|line| line.split_whitespace().find(|w| ["reno", "cubic", "bbr"].contains(w)))
+        .collect();
+    ensure!(
+        names.len() >= 3 && names.iter().all(|name| *name == algorithm),
+        "client sockets' algorithms {names:?}, all {algorithm} expected:\n{out}"
+    );
+    Ok(())
+}
+
 /// Checks, every half second of a run's first `duration` less a second, that both subflows are
-/// coupled by `coupling` under a current LIA decision; a paced pair must be found sharing the
-/// bottleneck (one subflow capped) at least once.
+/// coupled by `coupling` under a current LIA decision (cubic's with cubic's 30% decrease); a
+/// paced pair must be found sharing the bottleneck (one subflow capped) at least once.
 fn coupled_while_running(dataplane: &Dataplane<'_>, coupling: &str, duration: Duration) -> Result<()> {
     let deadline = std::time::Instant::now() + duration - Duration::from_secs(1);
     let mut capped = false;
@@ -131,11 +149,14 @@ fn coupled_while_running(dataplane: &Dataplane<'_>, coupling: &str, duration: Du
         thread::sleep(Duration::from_millis(500));
         last = subflow_cc(dataplane)?;
         let current = |s: &Value| {
-            s["algorithm"] == "lia" && s["coupling"] == coupling && s["decision_age_ms"].is_number()
+            s["algorithm"] == "lia"
+                && s["coupling"] == coupling
+                && s["current"] == true
+                && (coupling != "cubic" || s["decrease"].as_f64().is_some_and(|d| (d - 0.3).abs() < 1e-3))
         };
         if last.len() == 2 && last.iter().all(current) {
             capped |= last.iter().any(|s| s["pacing_cap"].is_u64());
-            if coupling == "window" || capped {
+            if coupling != "paced" || capped {
                 return Ok(());
             }
         }

@@ -13,8 +13,9 @@ use mptcp_common::{
 };
 
 use super::{
-    Algorithm, CongestionError, DecisionTable, FORGET_NS, IDLE_NS, SubflowTable, decide, encode,
-    encode_pacing, forget, map_error, open_tables, path_of,
+    Algorithm, CongestionError, DecisionTable, FORGET_NS, IDLE_NS, SubflowTable,
+    cubic::{self, Epoch},
+    decide, encode, encode_pacing, forget, map_error, open_tables, path_of,
     shared_bottleneck::{RttHistory, Sharing, correlation, pacing_caps},
 };
 use crate::bpf::{Instance, maps};
@@ -30,6 +31,8 @@ struct Subflows {
     /// Paced subflows' recent RTTs, and which pairs of them (lower key first) share a bottleneck.
     history: StdHashMap<FlowKey, RttHistory>,
     sharing: StdHashMap<(FlowKey, FlowKey), Sharing>,
+    /// Cubic subflows' epochs since their last loss.
+    epochs: StdHashMap<FlowKey, Epoch>,
 }
 
 impl Subflows {
@@ -41,12 +44,23 @@ impl Subflows {
             self.unindex(old.token, &key);
         }
         self.by_token.entry(subflow.token).or_default().insert(key);
-        if subflow.model == model::PACED {
-            self.history.entry(key).or_default().record(
-                subflow.updated_ns,
-                subflow.srtt_us,
-                subflow.bytes_acked,
-            );
+        match subflow.model {
+            model::PACED => {
+                self.history.entry(key).or_default().record(
+                    subflow.updated_ns,
+                    subflow.srtt_us,
+                    subflow.bytes_acked,
+                );
+            }
+            model::CUBIC => match Epoch::follow(self.epochs.get(&key).copied(), &subflow) {
+                Some(epoch) => {
+                    self.epochs.insert(key, epoch);
+                }
+                None => {
+                    self.epochs.remove(&key);
+                }
+            },
+            _ => {}
         }
         subflow.token
     }
@@ -55,6 +69,7 @@ impl Subflows {
         let old = self.by_key.remove(key)?;
         self.unindex(old.token, key);
         self.history.remove(key);
+        self.epochs.remove(key);
         self.sharing.retain(|(a, b), _| a != key && b != key);
         Some(old.token)
     }
@@ -69,7 +84,8 @@ impl Subflows {
     }
 
     /// The decisions of connection `token`'s subflows acknowledged within `IDLE_NS` of `now_ns`:
-    /// window-coupled ones by `algorithm`, paced ones by the bottlenecks they share.
+    /// window-coupled ones by `algorithm` (cubic ones along cubic's curve), paced ones by the
+    /// bottlenecks they share.
     fn decisions(&mut self, token: u32, algorithm: Algorithm, now_ns: u64) -> Vec<(FlowKey, CcDecision)> {
         let Some(keys) = self.by_token.get(&token) else { return Vec::new() };
         let active: Vec<(FlowKey, &CcSubflow)> = keys
@@ -88,8 +104,15 @@ impl Subflows {
                 let decided = decide(algorithm, &paths);
                 group
                     .iter()
-                    .zip(decided)
-                    .map(|((key, _), d)| (*key, encode(algorithm, d, now_ns)))
+                    .zip(paths.iter().zip(decided))
+                    .map(|((key, s), (path, d))| {
+                        let d = if s.model == model::CUBIC {
+                            cubic::shape(d, path.cwnd, s.srtt_us, self.epochs.get(key), now_ns)
+                        } else {
+                            d
+                        };
+                        (*key, encode(algorithm, d, now_ns))
+                    })
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -287,6 +310,33 @@ mod tests {
         // Closing one forgets its pair.
         known.remove(&key(2));
         assert!(known.sharing.is_empty());
+    }
+
+    #[test]
+    fn cubic_subflows_take_their_coupled_share_of_cubics_growth_and_its_decrease() {
+        let mut known = Subflows::default();
+        let cubic = |loss_events, window_at_loss, updated_ns| CcSubflow {
+            model: model::CUBIC,
+            clamp: 20,
+            loss_events,
+            window_at_loss,
+            ..subflow(7, 20, updated_ns)
+        };
+        known.update(key(1), cubic(0, 0, NOW - 2_000_000));
+        known.update(key(2), subflow(7, 20, NOW - 2_000_000));
+        // Lost from 28 to 20, 1 ms ago.
+        known.update(key(1), cubic(1, 28, NOW - 1_000_000));
+        assert_eq!(known.epochs.get(&key(1)), Epoch::follow(None, &cubic(1, 28, NOW - 1_000_000)).as_ref());
+        let decided: StdHashMap<_, _> = known.decisions(7, Algorithm::Lia, NOW).into_iter().collect();
+        let paths = [path_of(&cubic(1, 28, NOW)), path_of(&subflow(7, 20, NOW))];
+        let lia = decide(Algorithm::Lia, &paths);
+        let shaped = cubic::shape(lia[0], 20.0, 10_000, known.epochs.get(&key(1)), NOW);
+        assert_eq!(decided[&key(1)], encode(Algorithm::Lia, shaped, NOW));
+        assert_eq!(decided[&key(1)].decrease, (0.3 * f64::from(1u32 << DECREASE_SHIFT)) as u32);
+        // The Reno subflow beside it keeps LIA's own decision.
+        assert_eq!(decided[&key(2)], encode(Algorithm::Lia, lia[1], NOW));
+        known.remove(&key(1));
+        assert!(known.epochs.is_empty());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! subflows' windows and RTTs, every few milliseconds.
 
 mod controller;
+mod cubic;
 mod shared_bottleneck;
 
 pub use controller::Controller;
@@ -238,8 +239,9 @@ pub struct SubflowCc {
     pub ssthresh: u32,
     pub srtt_us: u32,
     pub coupled_cwnd: Option<u32>,
-    /// `window` (switched to Reno, coupled through its window) or `paced` (BBR, coupled through
-    /// its pacing rate).
+    /// `window` (switched to Reno, coupled through its window), `cubic` (cubic kept, coupled
+    /// through its window along cubic's curve) or `paced` (BBR, coupled through its pacing
+    /// rate).
     pub coupling: &'static str,
     /// A paced subflow's pacing cap in force, bytes/s (none: uncapped).
     pub pacing_cap: Option<u32>,
@@ -251,6 +253,9 @@ pub struct SubflowCc {
     pub increase: Option<f64>,
     pub decrease: Option<f64>,
     pub decision_age_ms: Option<f64>,
+    /// Whether the decision is fresh enough for the program to apply ([`STALE_NS`]); a stale
+    /// one leaves the subflow as one uncoupled flow.
+    pub current: bool,
 }
 
 /// Every subflow the sock_ops program follows, with the decision in force.
@@ -277,7 +282,11 @@ pub fn snapshot(instance: &Instance) -> Result<Vec<SubflowCc>, CongestionError> 
                 ssthresh: s.ssthresh,
                 srtt_us: s.srtt_us,
                 coupled_cwnd: (s.clamp != 0).then_some(s.clamp),
-                coupling: if s.model == model::PACED { "paced" } else { "window" },
+                coupling: match s.model {
+                    model::PACED => "paced",
+                    model::CUBIC => "cubic",
+                    _ => "window",
+                },
                 pacing_cap: (s.pacing_cap != 0 && s.pacing_cap != UNLIMITED_PACING).then_some(s.pacing_cap),
                 loss_events: s.loss_events,
                 total_retrans: s.total_retrans,
@@ -286,6 +295,7 @@ pub fn snapshot(instance: &Instance) -> Result<Vec<SubflowCc>, CongestionError> 
                 increase: window.map(|d| d.increase as f64 / (1u64 << INCREASE_SHIFT) as f64),
                 decrease: window.map(|d| f64::from(d.decrease) / f64::from(1u32 << DECREASE_SHIFT)),
                 decision_age_ms: decision.map(|d| now.saturating_sub(d.updated_ns) as f64 / 1e6),
+                current: fresh.is_some(),
             })
         })
         .collect::<Result<_, CongestionError>>()?;

@@ -61,7 +61,7 @@ pub fn connections_text(rows: &[ConnectionRow<'_>]) -> String {
 
 fn cc_line(cc: &SubflowCc) -> String {
     let decision = match (cc.increase, cc.decrease) {
-        _ if cc.coupling == "paced" && cc.decision_age_ms.is_some() => match cc.pacing_cap {
+        _ if cc.coupling == "paced" && cc.current => match cc.pacing_cap {
             Some(cap) => {
                 format!("{} paced, capped at {:.2} Mbit/s", cc.algorithm, f64::from(cap) * 8.0 / 1e6)
             }

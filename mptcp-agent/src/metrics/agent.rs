@@ -285,10 +285,10 @@ pub fn cc_families(families: &mut Families, subflows: &[SubflowCc]) {
     let mut by: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     for subflow in subflows {
         // `none`: the subflow has no decision (`--cc none`, or none made yet).
-        let decision = match (subflow.algorithm, subflow.increase) {
+        let decision = match (subflow.algorithm, subflow.current) {
             ("none", _) => "none",
-            (_, Some(_)) => "fresh",
-            (_, None) => "stale",
+            (_, true) => "fresh",
+            (_, false) => "stale",
         };
         *by.entry((subflow.algorithm, decision)).or_default() += 1;
     }
@@ -375,7 +375,7 @@ mod tests {
 
     #[test]
     fn cc_subflows_are_counted_by_algorithm_and_freshness() {
-        let subflow = |algorithm, increase, loss_events| SubflowCc {
+        let subflow = |algorithm, increase: Option<f64>, loss_events| SubflowCc {
             token: Token(1),
             ends: ["192.0.2.1:1".parse().unwrap(), "203.0.113.1:2".parse().unwrap()],
             cwnd: 10,
@@ -391,18 +391,28 @@ mod tests {
             increase,
             decrease: increase.map(|_| 0.5),
             decision_age_ms: None,
+            current: increase.is_some(),
+        };
+        // A paced subflow's current decision is its cap: it has no increase.
+        let paced = SubflowCc {
+            coupling: "paced",
+            pacing_cap: Some(125_000),
+            increase: None,
+            current: true,
+            ..subflow("lia", None, 0)
         };
         let subflows = [
             subflow("lia", Some(0.1), 2),
             subflow("lia", Some(0.2), 1),
             subflow("lia", None, 0),
             subflow("none", None, 4),
+            paced,
         ];
         let mut families = Families::default();
         cc_families(&mut families, &subflows);
         let text = families.openmetrics().unwrap();
         for line in [
-            "mptcp_cc_subflows{algorithm=\"lia\",decision=\"fresh\"} 2\n",
+            "mptcp_cc_subflows{algorithm=\"lia\",decision=\"fresh\"} 3\n",
             "mptcp_cc_subflows{algorithm=\"lia\",decision=\"stale\"} 1\n",
             "mptcp_cc_subflows{algorithm=\"none\",decision=\"none\"} 1\n",
             "mptcp_cc_loss_events 7\n",

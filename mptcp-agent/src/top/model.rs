@@ -558,6 +558,7 @@ pub(super) mod tests {
             increase: None,
             decrease: None,
             decision_age_ms: None,
+            current: false,
         };
         let mut top = Top::default();
         top.update(&snapshot, &[cc], 1);

@@ -62,11 +62,11 @@ fn established(ctx: &SockOpsContext, key: &FlowKey) {
     // SAFETY: map value pointer from a successful lookup.
     let subflow = unsafe { &*subflow };
     let token = if subflow.conn_token != 0 { subflow.conn_token } else { subflow.join_token };
-    let paced = runs_bbr(ctx);
+    let model = coupling_model(ctx);
     // Stamped now, so that the agent does not take it for a forgotten entry before its first ACK.
     let entry = CcSubflow {
         token,
-        model: if paced { model::PACED } else { model::WINDOW },
+        model,
         // SAFETY: plain helper call.
         updated_ns: unsafe { bpf_ktime_get_ns() },
         ..CcSubflow::default()
@@ -74,10 +74,10 @@ fn established(ctx: &SockOpsContext, key: &FlowKey) {
     if CC_SUBFLOWS.insert(key, &entry, 0).is_ok() {
         let _ = ctx.set_cb_flags((BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     }
-    if config().cc_algorithm != algorithm::NONE && !paced {
+    if config().cc_algorithm != algorithm::NONE && model == model::WINDOW {
         // LIA, OLIA and BALIA are defined on Reno's loss response, which the coupled window
-        // reads (a lower ssthresh) and then replaces: a loss-based subflow runs Reno whatever
-        // the host's default.
+        // reads (a lower ssthresh) and then replaces: a loss-based subflow other than cubic
+        // (whose curve the controller follows) runs Reno.
         let mut reno = *b"reno\0";
         // SAFETY: the helper reads the NUL-terminated name.
         unsafe {
@@ -92,15 +92,24 @@ fn established(ctx: &SockOpsContext, key: &FlowKey) {
     }
 }
 
-/// Whether the socket runs BBR (`bbr`, or a later version's name that starts with it).
+/// How the socket's congestion control is coupled: BBR (`bbr`, or a later version's name that
+/// starts with it) by pacing, cubic by its own curve, anything else as Reno.
 #[inline(always)]
-fn runs_bbr(ctx: &SockOpsContext) -> bool {
+fn coupling_model(ctx: &SockOpsContext) -> u32 {
     let mut name = [0u8; 16];
     // SAFETY: the helper writes at most the buffer's length.
     let read = unsafe {
         bpf_getsockopt(ctx.ops.cast(), SOL_TCP, TCP_CONGESTION, name.as_mut_ptr().cast(), name.len() as i32)
     };
-    read == 0 && name.starts_with(b"bbr")
+    if read != 0 {
+        model::WINDOW
+    } else if name.starts_with(b"bbr") {
+        model::PACED
+    } else if name.starts_with(b"cubic\0") {
+        model::CUBIC
+    } else {
+        model::WINDOW
+    }
 }
 
 #[inline(always)]
