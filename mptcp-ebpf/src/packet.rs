@@ -201,6 +201,34 @@ pub fn load_options<'a>(
     Some(area)
 }
 
+/// The option area Linux sends on a segment without MPTCP: timestamps, after two NOPs.
+const TIMESTAMPS_ONLY: [u8; 4] = [kind::NOP, kind::NOP, kind::TIMESTAMPS, 10];
+
+/// Options further into the frame than this (long IPv6 extension headers) take the copy.
+const MAX_IN_PLACE_OFFSET: usize = 256;
+
+/// Whether `segment`'s option area holds no MPTCP option and is well formed, judged in place:
+/// true for no options and for [`TIMESTAMPS_ONLY`] (in the linear data), false for anything
+/// else, which then takes the copy and the walk. Most segments without MPTCP are one of the
+/// two, and skip both.
+#[inline(always)]
+pub fn no_mptcp_option_in_place(packet: &impl Packet, segment: &TcpSegment) -> bool {
+    // Read back from map memory, the offset is unbounded to the verifier until compared.
+    let offset = segment.options_offset();
+    if offset > MAX_IN_PLACE_OFFSET {
+        return false;
+    }
+    match segment.options_len {
+        0 => true,
+        12 => ptr_at::<[u8; 12]>(packet, offset)
+            // SAFETY: ptr_at checked that the 12 bytes lie within the packet.
+            .is_some_and(
+                |area| unsafe { core::ptr::read_unaligned(area.cast::<[u8; 4]>()) } == TIMESTAMPS_ONLY,
+            ),
+        _ => false,
+    }
+}
+
 /// The first MPTCP option in `area` (an option area [`load_options`] copied) with subtype
 /// `wanted`; `None` as well when the walk meets a malformed option first.
 #[inline(always)]
