@@ -141,7 +141,9 @@ mod tests {
     /// Bytes appended while following are read; the end comes once the writer closes the file.
     #[test]
     fn a_growing_file_is_read_until_its_writer_closes_it() {
-        let path = std::env::temp_dir().join(format!("mptcp-follow-{}", std::process::id()));
+        // Removed with the directory, even when the test fails.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("capture");
         let mut writer = File::create(&path).unwrap();
         writer.write_all(b"first ").unwrap();
         let stop = AtomicBool::new(false);
@@ -156,14 +158,14 @@ mod tests {
         let mut read = String::new();
         follow.read_to_string(&mut read).unwrap();
         appender.join().unwrap();
-        std::fs::remove_file(&path).unwrap();
         assert_eq!(read, "first second third");
     }
 
     /// Stopped, the reader ends at what has been written.
     #[test]
     fn a_stopped_follow_ends_at_the_end_of_the_file() {
-        let path = std::env::temp_dir().join(format!("mptcp-follow-stop-{}", std::process::id()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("capture");
         let mut writer = File::create(&path).unwrap();
         writer.write_all(b"only this").unwrap();
         let stop = AtomicBool::new(false);
@@ -172,6 +174,5 @@ mod tests {
         assert_eq!(follow.read(&mut buf).unwrap(), 9);
         stop.store(true, Ordering::Relaxed);
         assert_eq!(follow.read(&mut buf).unwrap(), 0, "the writer is still open, but we were stopped");
-        std::fs::remove_file(&path).unwrap();
     }
 }
