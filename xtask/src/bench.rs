@@ -358,15 +358,21 @@ fn congestion(competitor: &str) -> Result<Vec<Row>> {
     let mut shared = vec![Vec::new(); CC_SETTINGS.len()];
     let mut alone = vec![Vec::new(); CC_SETTINGS.len()];
     let mut loaded = vec![Vec::new(); CC_SETTINGS.len()];
+    // The reference: what an MPTCP connection of one subflow gets against one TCP flow in this
+    // lab, interleaved with the others' rounds. RFC 6356's goal is one flow's share; if one
+    // subflow gets less than half here, that is MPTCP's cost in this lab, not the coupling's.
+    let mut single = Vec::new();
     {
         let lab = BottleneckLab::new(Bottleneck::Shared { mbit: 20 }, 1, competitor)?;
         let ifaces: Vec<&str> = lab.client_ifs.iter().map(String::as_str).collect();
         let dataplane = Dataplane::attach(&lab.client, &ifaces)?;
+        let single_lab = BottleneckLab::new(Bottleneck::Shared { mbit: 20 }, 0, competitor)?;
         for _ in 0..CC_ROUNDS {
             for (cc, result) in CC_SETTINGS.iter().zip(&mut shared) {
                 let _daemon = Daemon::start(&dataplane, &["--cc", cc])?;
                 result.push(100.0 * lab.run(1, duration, || Ok(()))?.mptcp_share());
             }
+            single.push(100.0 * single_lab.run(1, duration, || Ok(()))?.mptcp_share());
         }
     }
     {
@@ -402,6 +408,12 @@ fn congestion(competitor: &str) -> Result<Vec<Row>> {
         });
         values.to_vec()
     };
+    row(
+        format!("{competitor}: shared 20 Mbit/s, 1 subflow (no join) vs 1 TCP: reference"),
+        &mut single,
+        "% MPTCP",
+        "one flow's share in this lab; RFC 6356: 50%".into(),
+    );
     let mut sorted = Vec::new();
     for (i, cc) in CC_SETTINGS.iter().enumerate() {
         let setting = name(cc);
