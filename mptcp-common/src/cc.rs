@@ -213,7 +213,8 @@ impl CcSubflow {
             if self.clamp == 0 { sample.ssthresh < INFINITE_SSTHRESH } else { sample.ssthresh < self.clamp };
         if lowered {
             // The kernel lowered its threshold: a loss (or ECN) event. The coupled decrease
-            // replaces the kernel's own.
+            // replaces the kernel's own. (Cubic's HyStart ending the initial slow start, which
+            // sets the threshold to the window, counts as the first one.)
             let before = if self.coupled_cwnd != 0 {
                 self.coupled_cwnd
             } else {

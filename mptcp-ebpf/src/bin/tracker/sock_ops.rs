@@ -62,11 +62,11 @@ fn established(ctx: &SockOpsContext, key: &FlowKey) {
     // SAFETY: map value pointer from a successful lookup.
     let subflow = unsafe { &*subflow };
     let token = if subflow.conn_token != 0 { subflow.conn_token } else { subflow.join_token };
-    let model = coupling_model(ctx);
+    let coupling = coupling_model(ctx);
     // Stamped now, so that the agent does not take it for a forgotten entry before its first ACK.
     let entry = CcSubflow {
         token,
-        model,
+        model: coupling,
         // SAFETY: plain helper call.
         updated_ns: unsafe { bpf_ktime_get_ns() },
         ..CcSubflow::default()
@@ -74,7 +74,7 @@ fn established(ctx: &SockOpsContext, key: &FlowKey) {
     if CC_SUBFLOWS.insert(key, &entry, 0).is_ok() {
         let _ = ctx.set_cb_flags((BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     }
-    if config().cc_algorithm != algorithm::NONE && model == model::WINDOW {
+    if config().cc_algorithm != algorithm::NONE && coupling == model::WINDOW {
         // LIA, OLIA and BALIA are defined on Reno's loss response, which the coupled window
         // reads (a lower ssthresh) and then replaces: a loss-based subflow other than cubic
         // (whose curve the controller follows) runs Reno.
