@@ -891,6 +891,58 @@ fn tracking_cases() -> Vec<Case<Tracker>> {
             },
         },
         Case {
+            name: "segments without MPTCP options, judged in place or walked, count alike",
+            setup: || Tracker::new(config(admission::ALLOW)),
+            steps: |_| {
+                let mut steps = capable_handshake();
+                steps.push(Step::Do(|t: &mut Tracker| {
+                    let raw = |src: Endpoint, options: &[u8]| {
+                        frames::RawSegment {
+                            src: SocketAddr::from(src),
+                            dst: SocketAddr::from(SERVER),
+                            flags: frames::tcp_flag::ACK,
+                            seq: 1000,
+                            ack: 1,
+                            options,
+                            payload: &[],
+                        }
+                        .frame()
+                    };
+                    let timestamps = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+                    let untracked = ([192, 0, 2, 1], 40_001);
+                    // A header claiming timestamps that the frame cuts short.
+                    let mut cut = raw(untracked, &timestamps)?;
+                    cut.truncate(cut.len() - 8);
+                    let frames = [
+                        // In place: no options, timestamps alone; walked: another layout.
+                        raw(CLIENT, &[])?,
+                        raw(CLIENT, &timestamps)?,
+                        raw(CLIENT, &[1, 1, 4, 2])?,
+                        raw(untracked, &timestamps)?,
+                        cut,
+                    ];
+                    let before = t.counters()?;
+                    let packets = t.subflow(CLIENT, SERVER)?.dir[0].packets;
+                    for (i, frame) in frames.iter().enumerate() {
+                        let action = t.harness.run_xdp(TRACKER_XDP, frame, 1)?.action;
+                        ensure!(action == XDP_PASS, "frame {i}: {}", action_name(action));
+                    }
+                    let after = t.counters()?;
+                    expect!("tcp_packets", after.tcp_packets - before.tcp_packets, 5);
+                    expect!("tcp_without_mptcp", after.tcp_without_mptcp - before.tcp_without_mptcp, 5);
+                    expect!("malformed", after.malformed - before.malformed, 1);
+                    expect!("subflow packets", t.subflow(CLIENT, SERVER)?.dir[0].packets - packets, 3);
+                    ensure!(!t.has_subflow(untracked, SERVER), "the untracked 4-tuple got a subflow");
+                    Ok(())
+                }));
+                Ok(steps)
+            },
+            check: |t| {
+                ensure!(t.subflow(CLIENT, SERVER)?.fallback == 0, "pure ACKs without DSS made a fallback");
+                Ok(())
+            },
+        },
+        Case {
             name: "MP_PRIO: the sender's backup flag set, then cleared",
             setup: || Tracker::new(config(admission::ALLOW)),
             steps: |_| {
