@@ -68,7 +68,8 @@ fn cc_line(cc: &SubflowCc) -> String {
             None => format!("{} paced, uncapped", cc.algorithm),
         },
         (Some(increase), Some(decrease)) => {
-            format!("{} {increase:+.4} pkt/acked pkt, -{:.0}% on loss", cc.algorithm, 100.0 * decrease)
+            let shape = if cc.coupling == "cubic" { " cubic-shaped" } else { "" };
+            format!("{}{shape} {increase:+.4} pkt/acked pkt, -{:.0}% on loss", cc.algorithm, 100.0 * decrease)
         }
         _ => format!("{} (no current decision)", cc.algorithm),
     };
@@ -107,4 +108,51 @@ pub fn subflows_text(views: &[SubflowView]) -> String {
         ]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subflow(coupling: &'static str, current: bool) -> SubflowCc {
+        SubflowCc {
+            token: Token(1),
+            ends: ["192.0.2.1:1".parse().unwrap(), "203.0.113.1:2".parse().unwrap()],
+            cwnd: 10,
+            ssthresh: 7,
+            srtt_us: 1000,
+            coupled_cwnd: Some(10),
+            coupling,
+            pacing_cap: None,
+            loss_events: 1,
+            total_retrans: 0,
+            bytes_acked: 0,
+            algorithm: "lia",
+            increase: (current && coupling != "paced").then_some(0.05),
+            decrease: (current && coupling != "paced").then_some(if coupling == "cubic" { 0.3 } else { 0.5 }),
+            decision_age_ms: Some(if current { 3.0 } else { 2_000.0 }),
+            current,
+        }
+    }
+
+    #[test]
+    fn each_coupling_prints_its_decision_and_a_stale_one_none() {
+        let line = |coupling, current| cc_line(&subflow(coupling, current));
+        assert!(
+            line("window", true).ends_with("lia +0.0500 pkt/acked pkt, -50% on loss"),
+            "{}",
+            line("window", true)
+        );
+        assert!(line("cubic", true).ends_with("lia cubic-shaped +0.0500 pkt/acked pkt, -30% on loss"));
+        let capped = SubflowCc { pacing_cap: Some(125_000), ..subflow("paced", true) };
+        assert!(cc_line(&capped).ends_with("lia paced, capped at 1.00 Mbit/s"), "{}", cc_line(&capped));
+        assert!(line("paced", true).ends_with("lia paced, uncapped"));
+        for coupling in ["window", "cubic", "paced"] {
+            assert!(
+                line(coupling, false).ends_with("lia (no current decision)"),
+                "{}",
+                line(coupling, false)
+            );
+        }
+    }
 }
