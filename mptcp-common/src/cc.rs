@@ -13,6 +13,15 @@
 //! window, and the controller shapes the coupled increase along cubic's curve (RFC 9438) and
 //! takes cubic's decrease.
 //!
+//! A tail-drop queue drops from every flow through it in one overflow, so the subflows of one
+//! connection that share it see their losses within about one RTT of each other. LIA, OLIA and
+//! BALIA are designed for losses that hit one subflow at a time (RFC 6356 sizes the increase so
+//! that a connection whose subflows each halve on their own losses takes one flow's share); a
+//! connection halving every subflow in each overflow takes less. So, as TCP makes one reduction
+//! of all the losses in one window of data (RFC 6582), the program makes one of all a
+//! connection's losses within one RTT of the first ([`CcCongestion`]): the subflow that lost
+//! first takes its decrease, the others keep their windows. This rule is ours, not the RFC's.
+//!
 //! BBR subflows keep BBR, which does not answer loss with its window: the controller groups a
 //! connection's BBR subflows that share a bottleneck (their RTTs move together) and caps the
 //! pacing rate of all but one of each group (`SO_MAX_PACING_RATE`), so that the group takes what
@@ -22,6 +31,7 @@
 pub const CC_SUBFLOWS_MAP: &str = "CC_SUBFLOWS";
 pub const CC_DECISIONS_MAP: &str = "CC_DECISIONS";
 pub const CC_EVENTS_MAP: &str = "CC_EVENTS";
+pub const CC_CONGESTION_MAP: &str = "CC_CONGESTION";
 pub const MAX_CC_SUBFLOWS: usize = 16384;
 /// Size of the ring buffer of [`CcEvent`]s: about 8,700 events, 1.7 million a second at the
 /// controller's 5 ms drain.
@@ -100,6 +110,10 @@ pub struct CcSubflow {
     pub pacing_cap: u32,
     /// The coupled window just before the last loss's decrease, packets (cubic's W_max).
     pub window_at_loss: u32,
+    /// Losses that fell in a congestion event another subflow of the connection had begun, and
+    /// so took no decrease ([`CcCongestion`]); `loss_events` does not count them.
+    pub merged_losses: u32,
+    pub _pad: u32,
     pub bytes_acked: u64,
     /// `bytes_acked` at the last two loss events (OLIA's inter-loss distance).
     pub acked_at_loss: [u64; 2],
@@ -108,7 +122,7 @@ pub struct CcSubflow {
     pub notified_ns: u64,
 }
 
-const _: () = assert!(size_of::<CcSubflow>() == 96);
+const _: () = assert!(size_of::<CcSubflow>() == 104);
 
 impl CcSubflow {
     /// Whether the controller should hear of this subflow at `now_ns` ([`CC_NOTIFY_NS`]).
@@ -138,7 +152,7 @@ pub struct CcEvent {
     pub subflow: CcSubflow,
 }
 
-const _: () = assert!(size_of::<CcEvent>() == 144);
+const _: () = assert!(size_of::<CcEvent>() == 152);
 
 /// The controller's decision for one subflow.
 #[repr(C)]
@@ -158,6 +172,34 @@ pub struct CcDecision {
 }
 
 const _: () = assert!(size_of::<CcDecision>() == 32);
+
+/// A connection's latest congestion event, keyed by its token ([`CC_CONGESTION_MAP`]): the
+/// losses of its window-coupled subflows within one RTT of the first are one event.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CcCongestion {
+    /// When the event began, at the first subflow's loss; 0: none yet.
+    pub started_ns: u64,
+    /// That subflow's smoothed RTT, ns.
+    pub rtt_ns: u64,
+}
+
+const _: () = assert!(size_of::<CcCongestion>() == 16);
+
+impl CcCongestion {
+    /// Whether a loss at `now_ns`, on a subflow whose smoothed RTT is `srtt_us`, falls in the
+    /// current event; if it does not, it begins the next one. The event lasts the longer of the
+    /// two RTTs: each subflow hears of a drop about one of its own RTTs after it.
+    #[inline(always)]
+    pub fn absorbs(&mut self, now_ns: u64, srtt_us: u32) -> bool {
+        let rtt_ns = u64::from(srtt_us) * 1000;
+        if self.started_ns != 0 && now_ns.wrapping_sub(self.started_ns) < self.rtt_ns.max(rtt_ns) {
+            return true;
+        }
+        *self = CcCongestion { started_ns: now_ns, rtt_ns };
+        false
+    }
+}
 
 /// What the program sets on the socket after an ACK.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,9 +225,15 @@ pub struct AckSample {
 impl CcSubflow {
     /// Records one ACK and applies `decision`: to the coupled window of a window-coupled
     /// subflow, as the pacing cap of a paced one; returns what to set on the socket when it
-    /// changes.
+    /// changes. `congestion` is the connection's latest congestion event (none: each loss is
+    /// its own).
     #[inline(always)]
-    pub fn on_ack(&mut self, sample: &AckSample, decision: Option<&CcDecision>) -> Option<CcAction> {
+    pub fn on_ack(
+        &mut self,
+        sample: &AckSample,
+        decision: Option<&CcDecision>,
+        congestion: Option<&mut CcCongestion>,
+    ) -> Option<CcAction> {
         let acked = sample.bytes_acked.saturating_sub(self.bytes_acked);
         let cwnd_before = self.snd_cwnd;
         self.snd_cwnd = sample.snd_cwnd;
@@ -211,7 +259,16 @@ impl CcSubflow {
 
         let lowered =
             if self.clamp == 0 { sample.ssthresh < INFINITE_SSTHRESH } else { sample.ssthresh < self.clamp };
-        if lowered {
+        // A subflow's first loss always takes its decrease: it ends its own slow start.
+        let merged = lowered
+            && fresh
+            && self.coupled_cwnd != 0
+            && congestion.is_some_and(|event| event.absorbs(sample.now_ns, sample.srtt_us));
+        if merged {
+            // Another subflow's loss began this congestion event and took its decrease: this
+            // window stays (the clamp set below restores the kernel's threshold to it).
+            self.merged_losses = self.merged_losses.wrapping_add(1);
+        } else if lowered {
             // The kernel lowered its threshold: a loss (or ECN) event. The coupled decrease
             // replaces the kernel's own. (Cubic's HyStart ending the initial slow start, which
             // sets the threshold to the window, counts as the first one.)
@@ -261,7 +318,9 @@ impl CcSubflow {
             return None;
         }
         let clamp = (self.coupled_cwnd >> CWND_SHIFT) as u32;
-        if clamp == self.clamp {
+        // After a loss the clamp is set even when unchanged: setting it is what raises the
+        // kernel's lowered threshold back to it.
+        if clamp == self.clamp && !lowered {
             return None;
         }
         self.clamp = clamp;
@@ -282,6 +341,7 @@ mod pod {
     unsafe impl aya::Pod for super::CcSubflow {}
     unsafe impl aya::Pod for super::CcEvent {}
     unsafe impl aya::Pod for super::CcDecision {}
+    unsafe impl aya::Pod for super::CcCongestion {}
 }
 
 #[cfg(test)]
@@ -316,10 +376,13 @@ mod tests {
     #[test]
     fn slow_start_is_the_kernels_until_the_first_loss() {
         let mut s = CcSubflow::default();
-        assert_eq!(s.on_ack(&sample(10, INFINITE_SSTHRESH, 10_000), Some(&decision(0.1, HALF))), None);
+        assert_eq!(s.on_ack(&sample(10, INFINITE_SSTHRESH, 10_000), Some(&decision(0.1, HALF)), None), None);
         assert_eq!(s.coupled_cwnd, 0);
         // Loss: the kernel lowers ssthresh; the coupled window is the window before, halved.
-        assert_eq!(s.on_ack(&sample(40, 20, 50_000), Some(&decision(0.1, HALF))), Some(CcAction::Clamp(20)));
+        assert_eq!(
+            s.on_ack(&sample(40, 20, 50_000), Some(&decision(0.1, HALF)), None),
+            Some(CcAction::Clamp(20))
+        );
         assert_eq!(s.loss_events, 1);
         assert_eq!(s.acked_at_loss, [0, 50_000]);
         assert_eq!(s.window_at_loss, 40);
@@ -330,23 +393,29 @@ mod tests {
         let mut s =
             CcSubflow { coupled_cwnd: 20 << CWND_SHIFT, clamp: 20, bytes_acked: 0, ..Default::default() };
         // 0.25 packet per acked packet; 4 packets acked: +1.
-        assert_eq!(s.on_ack(&sample(20, 20, 4_000), Some(&decision(0.25, HALF))), Some(CcAction::Clamp(21)));
+        assert_eq!(
+            s.on_ack(&sample(20, 20, 4_000), Some(&decision(0.25, HALF)), None),
+            Some(CcAction::Clamp(21))
+        );
         // 2 more packets: +0.5, same clamp.
-        assert_eq!(s.on_ack(&sample(21, 21, 6_000), Some(&decision(0.25, HALF))), None);
+        assert_eq!(s.on_ack(&sample(21, 21, 6_000), Some(&decision(0.25, HALF)), None), None);
         assert_eq!(s.coupled_cwnd, (21 << CWND_SHIFT) + (1 << (CWND_SHIFT - 1)));
     }
 
     #[test]
     fn an_application_limited_sender_does_not_grow_the_window() {
         let mut s = CcSubflow { coupled_cwnd: 20 << CWND_SHIFT, clamp: 20, ..Default::default() };
-        assert_eq!(s.on_ack(&sample(12, 20, 40_000), Some(&decision(0.5, HALF))), None);
+        assert_eq!(s.on_ack(&sample(12, 20, 40_000), Some(&decision(0.5, HALF)), None), None);
         assert_eq!(s.coupled_cwnd, 20 << CWND_SHIFT);
     }
 
     #[test]
     fn a_negative_increase_shrinks_the_window_down_to_the_minimum() {
         let mut s = CcSubflow { coupled_cwnd: 3 << CWND_SHIFT, clamp: 3, ..Default::default() };
-        assert_eq!(s.on_ack(&sample(3, 3, 1_000_000), Some(&decision(-0.5, HALF))), Some(CcAction::Clamp(2)));
+        assert_eq!(
+            s.on_ack(&sample(3, 3, 1_000_000), Some(&decision(-0.5, HALF)), None),
+            Some(CcAction::Clamp(2))
+        );
         assert_eq!(s.coupled_cwnd, MIN_CWND << CWND_SHIFT);
     }
 
@@ -355,8 +424,71 @@ mod tests {
         let mut s = CcSubflow { coupled_cwnd: 40 << CWND_SHIFT, clamp: 40, ..Default::default() };
         // BALIA-like: 3/4 of the window removed.
         let balia = decision(0.1, 3 << (DECREASE_SHIFT - 2));
-        assert_eq!(s.on_ack(&sample(40, 28, 1_000), Some(&balia)), Some(CcAction::Clamp(10)));
+        assert_eq!(s.on_ack(&sample(40, 28, 1_000), Some(&balia), None), Some(CcAction::Clamp(10)));
         assert_eq!(s.window_at_loss, 40);
+    }
+
+    #[test]
+    fn a_connections_losses_within_one_rtt_take_one_decrease() {
+        let mut event = CcCongestion::default();
+        let subflow = || CcSubflow { coupled_cwnd: 40 << CWND_SHIFT, clamp: 40, ..Default::default() };
+        let (mut first, mut second) = (subflow(), subflow());
+        let at = |ns: u64, srtt_us: u32| AckSample { now_ns: ns, srtt_us, ..sample(40, 28, 1_000) };
+        let lia = |ns| CcDecision { updated_ns: ns, ..decision(0.1, HALF) };
+        // The first loss begins the event (RTT 10 ms) and halves its subflow.
+        let loss = at(1_000_000, 10_000);
+        assert_eq!(first.on_ack(&loss, Some(&lia(loss.now_ns)), Some(&mut event)), Some(CcAction::Clamp(20)));
+        assert_eq!(event, CcCongestion { started_ns: 1_000_000, rtt_ns: 10_000_000 });
+        // 9 ms later the other subflow loses: the same event. Its window stays, and the clamp is
+        // set again so that the kernel's threshold goes back up to it.
+        let loss = at(10_000_000, 5_000);
+        assert_eq!(
+            second.on_ack(&loss, Some(&lia(loss.now_ns)), Some(&mut event)),
+            Some(CcAction::Clamp(40))
+        );
+        assert_eq!((second.coupled_cwnd, second.loss_events, second.merged_losses), (40 << CWND_SHIFT, 0, 1));
+        // 11 ms after the first: the next event, whatever the subflow's own RTT.
+        let mut third = subflow();
+        let loss = at(12_000_000, 1_000);
+        assert_eq!(third.on_ack(&loss, Some(&lia(loss.now_ns)), Some(&mut event)), Some(CcAction::Clamp(20)));
+        assert_eq!((third.loss_events, third.merged_losses), (1, 0));
+        assert_eq!(event.started_ns, 12_000_000);
+        // That event lasts the longer RTT: a subflow with 4 ms hears of the drop 3 ms later.
+        let loss = at(15_000_000, 4_000);
+        assert_eq!(
+            second.on_ack(&loss, Some(&lia(loss.now_ns)), Some(&mut event)),
+            Some(CcAction::Clamp(40))
+        );
+        assert_eq!(second.merged_losses, 2);
+    }
+
+    #[test]
+    fn a_first_loss_or_a_stale_decision_is_never_merged() {
+        let mut event = CcCongestion { started_ns: 1_000, rtt_ns: 1_000_000_000 };
+        // Slow start ends with the subflow's own decrease.
+        let mut starting = CcSubflow::default();
+        let loss = sample(40, 20, 1_000);
+        assert_eq!(
+            starting.on_ack(&loss, Some(&decision(0.1, HALF)), Some(&mut event)),
+            Some(CcAction::Clamp(20))
+        );
+        assert_eq!(starting.merged_losses, 0);
+        // Without a fresh decision the subflow is one uncoupled flow: every loss halves it.
+        let mut alone = CcSubflow { coupled_cwnd: 40 << CWND_SHIFT, clamp: 40, ..Default::default() };
+        let mut old = decision(0.1, HALF);
+        old.updated_ns = 0;
+        let late = AckSample { now_ns: STALE_NS + 1, ..sample(40, 28, 1_000) };
+        assert_eq!(alone.on_ack(&late, Some(&old), Some(&mut event)), Some(CcAction::Clamp(20)));
+        assert_eq!(alone.merged_losses, 0);
+    }
+
+    #[test]
+    fn a_loss_at_the_minimum_window_restores_the_kernels_threshold() {
+        let mut s = CcSubflow { coupled_cwnd: MIN_CWND << CWND_SHIFT, clamp: 2, ..Default::default() };
+        assert_eq!(
+            s.on_ack(&sample(2, 1, 1_000), Some(&decision(0.1, HALF)), None),
+            Some(CcAction::Clamp(2))
+        );
     }
 
     #[test]
@@ -367,7 +499,7 @@ mod tests {
         let mut now = sample(10, 10, 10_000);
         now.now_ns = STALE_NS + 1;
         // Reno: 1/10 per acked packet, 10 packets acked: +1.
-        assert_eq!(s.on_ack(&now, Some(&old)), Some(CcAction::Clamp(11)));
+        assert_eq!(s.on_ack(&now, Some(&old), None), Some(CcAction::Clamp(11)));
     }
 
     #[test]
@@ -376,21 +508,21 @@ mod tests {
         let mut capped = decision(0.0, 0);
         capped.pacing_cap = 125_000;
         // Losses do not touch a paced subflow's window.
-        assert_eq!(s.on_ack(&sample(40, 20, 1_000), Some(&capped)), Some(CcAction::PacingCap(125_000)));
-        assert_eq!(s.on_ack(&sample(40, 10, 2_000), Some(&capped)), None);
+        assert_eq!(s.on_ack(&sample(40, 20, 1_000), Some(&capped), None), Some(CcAction::PacingCap(125_000)));
+        assert_eq!(s.on_ack(&sample(40, 10, 2_000), Some(&capped), None), None);
         assert_eq!((s.coupled_cwnd, s.clamp, s.loss_events), (0, 0, 0));
         let mut later = sample(40, 10, 3_000);
         later.now_ns = STALE_NS + 11;
-        assert_eq!(s.on_ack(&later, Some(&capped)), Some(CcAction::PacingCap(UNLIMITED_PACING)));
+        assert_eq!(s.on_ack(&later, Some(&capped), None), Some(CcAction::PacingCap(UNLIMITED_PACING)));
         // No cap set yet and none decided: nothing to do.
         let mut fresh = CcSubflow { model: model::PACED, ..Default::default() };
-        assert_eq!(fresh.on_ack(&sample(40, 20, 1_000), Some(&decision(0.0, 0))), None);
+        assert_eq!(fresh.on_ack(&sample(40, 20, 1_000), Some(&decision(0.0, 0)), None), None);
     }
 
     #[test]
     fn no_decision_records_only() {
         let mut s = CcSubflow::default();
-        assert_eq!(s.on_ack(&sample(10, 5, 10_000), None), None);
+        assert_eq!(s.on_ack(&sample(10, 5, 10_000), None, None), None);
         assert_eq!((s.snd_cwnd, s.ssthresh, s.bytes_acked, s.clamp), (10, 5, 10_000, 0));
     }
 

@@ -36,7 +36,7 @@ pub const HALF_OPEN_SUBFLOWS_MAP: &str = "HALF_OPEN_SUBFLOWS";
 
 /// Maps one instance shares across all its interfaces (an MPTCP connection spans interfaces);
 /// the agent pins each under its name. [`COUNTERS_MAP`] is per interface.
-pub const SHARED_MAP_NAMES: [&str; 13] = [
+pub const SHARED_MAP_NAMES: [&str; 14] = [
     SUBFLOWS_MAP,
     HALF_OPEN_SUBFLOWS_MAP,
     HALF_OPEN_MAP,
@@ -50,6 +50,7 @@ pub const SHARED_MAP_NAMES: [&str; 13] = [
     crate::cc::CC_SUBFLOWS_MAP,
     crate::cc::CC_DECISIONS_MAP,
     crate::cc::CC_EVENTS_MAP,
+    crate::cc::CC_CONGESTION_MAP,
 ];
 
 /// Capacities of the tables.

@@ -73,6 +73,12 @@ fn coupling_lowers_the_share_at_a_shared_bottleneck() -> Result<()> {
                     daemon.log()
                 );
             }
+            // The bottleneck's tail drops hit the subflows together: near the end some of their
+            // losses have been merged into events another subflow began.
+            thread::sleep(duration / 2 - Duration::from_millis(1500));
+            let subflows = subflow_cc(&dataplane)?;
+            let merged: u64 = subflows.iter().filter_map(|s| s["merged_losses"].as_u64()).sum();
+            ensure!(merged > 0, "no loss merged into another subflow's congestion event: {subflows:?}");
             Ok(())
         })?;
         coupled.push(rates.mptcp_share());

@@ -134,9 +134,10 @@ impl Subflows {
         let history = |key: &FlowKey| self.history.get(key).unwrap_or(&empty);
         let mut correlations = Vec::new();
         if token != UNTRACKED {
+            let bins: Vec<_> = keys.iter().map(|key| history(key).bins(now_ns)).collect();
             for (i, a) in keys.iter().enumerate() {
-                for b in &keys[i + 1..] {
-                    correlations.push(((*a, *b), correlation(history(a), history(b), now_ns)));
+                for (j, b) in keys.iter().enumerate().skip(i + 1) {
+                    correlations.push(((*a, *b), correlation(&bins[i], &bins[j])));
                 }
             }
         }

@@ -246,6 +246,9 @@ pub struct SubflowCc {
     /// A paced subflow's pacing cap in force, bytes/s (none: uncapped).
     pub pacing_cap: Option<u32>,
     pub loss_events: u32,
+    /// Losses merged into a congestion event another subflow of the connection began: they
+    /// took no decrease (see `mptcp_common::cc`).
+    pub merged_losses: u32,
     pub total_retrans: u32,
     pub bytes_acked: u64,
     /// The decision in force: its algorithm, increase per acked packet and decrease on loss.
@@ -289,6 +292,7 @@ pub fn snapshot(instance: &Instance) -> Result<Vec<SubflowCc>, CongestionError> 
                 },
                 pacing_cap: (s.pacing_cap != 0 && s.pacing_cap != UNLIMITED_PACING).then_some(s.pacing_cap),
                 loss_events: s.loss_events,
+                merged_losses: s.merged_losses,
                 total_retrans: s.total_retrans,
                 bytes_acked: s.bytes_acked,
                 algorithm: Algorithm::name(decision.map_or(algorithm::NONE, |d| d.algorithm)),

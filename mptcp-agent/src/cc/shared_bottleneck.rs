@@ -60,8 +60,9 @@ impl RttHistory {
         }
     }
 
-    /// The last RTT of each bin of the window ending at `now_ns`.
-    fn bins(&self, now_ns: u64) -> Vec<Option<f64>> {
+    /// The last RTT of each bin of the window ending at `now_ns`: what [`correlation`] compares,
+    /// computed once per subflow for all its pairs.
+    pub fn bins(&self, now_ns: u64) -> Vec<Option<f64>> {
         let count = (WINDOW_NS / BIN_NS) as usize;
         let start = now_ns.saturating_sub(WINDOW_NS);
         let mut bins = vec![None; count];
@@ -74,11 +75,10 @@ impl RttHistory {
     }
 }
 
-/// Pearson correlation of two subflows' binned RTTs over the window ending at `now_ns`; `None`
-/// when too few bins hold a sample of both, 0 when either RTT is flat.
-pub fn correlation(a: &RttHistory, b: &RttHistory, now_ns: u64) -> Option<f64> {
-    let pairs: Vec<(f64, f64)> =
-        a.bins(now_ns).into_iter().zip(b.bins(now_ns)).filter_map(|(x, y)| Some((x?, y?))).collect();
+/// Pearson correlation of two subflows' binned RTTs ([`RttHistory::bins`] of one window);
+/// `None` when too few bins hold a sample of both, 0 when either RTT is flat.
+pub fn correlation(a: &[Option<f64>], b: &[Option<f64>]) -> Option<f64> {
+    let pairs: Vec<(f64, f64)> = a.iter().zip(b).filter_map(|(x, y)| Some(((*x)?, (*y)?))).collect();
     if pairs.len() < MIN_BINS {
         return None;
     }
@@ -183,12 +183,12 @@ mod tests {
     fn rtts_that_move_together_correlate_and_flat_or_unrelated_ones_do_not() {
         let a = history(|ms| 2_000 + queue(ms), 10);
         let b = history(|ms| 3_000 + queue(ms), 1);
-        assert!(correlation(&a, &b, NOW).unwrap() > 0.99);
+        assert!(correlation(&a.bins(NOW), &b.bins(NOW)).unwrap() > 0.99);
         // Half a period apart: the other's queue drains while this one's fills.
         let c = history(|ms| 2_000 + queue(ms + 200), 1);
-        assert!(correlation(&a, &c, NOW).unwrap() < 0.0);
+        assert!(correlation(&a.bins(NOW), &c.bins(NOW)).unwrap() < 0.0);
         let flat = history(|_| 2_000, 1);
-        assert_eq!(correlation(&a, &flat, NOW), Some(0.0));
+        assert_eq!(correlation(&a.bins(NOW), &flat.bins(NOW)), Some(0.0));
         // Too few samples in common: no verdict.
         let short = {
             let mut h = RttHistory::default();
@@ -196,7 +196,7 @@ mod tests {
             h.record(NOW, 3_000, 10);
             h
         };
-        assert_eq!(correlation(&a, &short, NOW), None);
+        assert_eq!(correlation(&a.bins(NOW), &short.bins(NOW)), None);
     }
 
     #[test]

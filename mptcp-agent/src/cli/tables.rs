@@ -74,14 +74,15 @@ fn cc_line(cc: &SubflowCc) -> String {
         _ => format!("{} (no current decision)", cc.algorithm),
     };
     format!(
-        "{} <-> {}  cwnd {} ssthresh {} srtt {} us coupled {} losses {}  {decision}",
+        "{} <-> {}  cwnd {} ssthresh {} srtt {} us coupled {} losses {} (+{} merged)  {decision}",
         cc.ends[0],
         cc.ends[1],
         cc.cwnd,
         cc.ssthresh,
         cc.srtt_us,
         cc.coupled_cwnd.map_or("-".to_owned(), |w| w.to_string()),
-        cc.loss_events
+        cc.loss_events,
+        cc.merged_losses
     )
 }
 
@@ -125,6 +126,7 @@ mod tests {
             coupling,
             pacing_cap: None,
             loss_events: 1,
+            merged_losses: 2,
             total_retrans: 0,
             bytes_acked: 0,
             algorithm: "lia",

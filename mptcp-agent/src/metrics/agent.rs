@@ -303,6 +303,9 @@ pub fn cc_families(families: &mut Families, subflows: &[SubflowCc]) {
     let loss = "Loss events of the subflows under coupled congestion control (those the table holds now).";
     let losses: u64 = subflows.iter().map(|s| u64::from(s.loss_events)).sum();
     families.count("mptcp_cc_loss_events", loss, Vec::new(), losses);
+    let merged = "Losses of those subflows merged into a congestion event another subflow of the connection began (no decrease).";
+    let merged_losses: u64 = subflows.iter().map(|s| u64::from(s.merged_losses)).sum();
+    families.count("mptcp_cc_merged_losses", merged, Vec::new(), merged_losses);
 }
 
 /// The keys of a map; one deleted while being read (an LRU eviction) is not counted, any other
@@ -385,6 +388,7 @@ mod tests {
             coupling: "window",
             pacing_cap: None,
             loss_events,
+            merged_losses: loss_events / 2,
             total_retrans: 0,
             bytes_acked: 0,
             algorithm,
@@ -416,6 +420,7 @@ mod tests {
             "mptcp_cc_subflows{algorithm=\"lia\",decision=\"stale\"} 1\n",
             "mptcp_cc_subflows{algorithm=\"none\",decision=\"none\"} 1\n",
             "mptcp_cc_loss_events 7\n",
+            "mptcp_cc_merged_losses 3\n",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }

@@ -552,6 +552,7 @@ pub(super) mod tests {
             coupling: "window",
             pacing_cap: None,
             loss_events: 0,
+            merged_losses: 0,
             total_retrans: 0,
             bytes_acked: 0,
             algorithm: "none",

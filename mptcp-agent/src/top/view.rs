@@ -279,8 +279,14 @@ fn detail(top: &Top, row: &Row<'_>) -> String {
                 || "no sock_ops record (run the daemon with --cc on the sending host)".to_owned(),
                 |cc| {
                     format!(
-                        "cwnd {} ssthresh {} srtt {} us losses {} retrans {} cc {}",
-                        cc.cwnd, cc.ssthresh, cc.srtt_us, cc.loss_events, cc.total_retrans, cc.algorithm
+                        "cwnd {} ssthresh {} srtt {} us losses {} (+{} merged) retrans {} cc {}",
+                        cc.cwnd,
+                        cc.ssthresh,
+                        cc.srtt_us,
+                        cc.loss_events,
+                        cc.merged_losses,
+                        cc.total_retrans,
+                        cc.algorithm
                     )
                 },
             );

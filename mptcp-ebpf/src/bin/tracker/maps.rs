@@ -11,7 +11,7 @@ use mptcp_common::maps::{
     Subflow,
 };
 
-use mptcp_common::cc::{CC_EVENTS_BYTES, CcDecision, CcEvent, CcSubflow, MAX_CC_SUBFLOWS};
+use mptcp_common::cc::{CC_EVENTS_BYTES, CcCongestion, CcDecision, CcEvent, CcSubflow, MAX_CC_SUBFLOWS};
 
 use crate::state::Scratch;
 
@@ -68,6 +68,11 @@ pub static CC_SUBFLOWS: LruHashMap<FlowKey, CcSubflow, MAX_CC_SUBFLOWS> = LruHas
 
 #[btf_map]
 pub static CC_DECISIONS: LruHashMap<FlowKey, CcDecision, MAX_CC_SUBFLOWS> = LruHashMap::new();
+
+/// Each connection's latest congestion event, by token. An entry outlives its connection
+/// until the LRU needs the room: the closing subflow cannot tell whether it is the last.
+#[btf_map]
+pub static CC_CONGESTION: LruHashMap<u32, CcCongestion, MAX_CC_SUBFLOWS> = LruHashMap::new();
 
 /// Changes of CC_SUBFLOWS for the controller, so that it never reads the table on a timer.
 #[btf_map]

@@ -4,8 +4,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, BPF_SOCK_OPS_RTT_CB,
-        BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_RTT_CB, BPF_SOCK_OPS_RTT_CB_FLAG, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
     },
     helpers::{
         bpf_ktime_get_ns,
@@ -15,11 +15,13 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use mptcp_common::{
-    cc::{AckSample, CcAction, CcEvent, CcSubflow, algorithm, cc_event, model},
+    cc::{AckSample, CcAction, CcCongestion, CcEvent, CcSubflow, algorithm, cc_event, model},
     maps::{AddrWords, FlowKey, ipv4_mapped},
 };
 
-use crate::maps::{CC_DECISIONS, CC_EVENTS, CC_SUBFLOWS, HALF_OPEN_SUBFLOWS, SUBFLOWS, config};
+use crate::maps::{
+    CC_CONGESTION, CC_DECISIONS, CC_EVENTS, CC_SUBFLOWS, HALF_OPEN_SUBFLOWS, SUBFLOWS, config,
+};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
@@ -74,6 +76,11 @@ fn established(ctx: &SockOpsContext, key: &FlowKey) {
     if CC_SUBFLOWS.insert(key, &entry, 0).is_ok() {
         let _ = ctx.set_cb_flags((BPF_SOCK_OPS_RTT_CB_FLAG | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     }
+    if token != 0 && coupling != model::PACED {
+        // The connection's first window-coupled subflow makes the entry; the others find it.
+        // Without one (full table), each loss is its own event.
+        let _ = CC_CONGESTION.insert(&token, &CcCongestion::default(), u64::from(BPF_NOEXIST));
+    }
     if config().cc_algorithm != algorithm::NONE && coupling == model::WINDOW {
         // LIA, OLIA and BALIA are defined on Reno's loss response, which the coupled window
         // reads (a lower ssthresh) and then replaces: a loss-based subflow other than cubic
@@ -120,6 +127,13 @@ fn ack(ctx: &SockOpsContext, key: &FlowKey) {
     // SAFETY: map value pointers from successful lookups; the socket lock serialises callbacks.
     let state = unsafe { &mut *state };
     let decision = CC_DECISIONS.get_ptr(key).map(|d| unsafe { &*d });
+    // Two subflows of one connection may run this at once on two CPUs, and both take a loss
+    // as the event's first: each then makes its own decrease, as without the rule.
+    let congestion = if state.model == model::PACED || state.token == 0 {
+        None
+    } else {
+        CC_CONGESTION.get_ptr_mut(&state.token).map(|c| unsafe { &mut *c })
+    };
     // SAFETY (field reads): the context is the kernel's bpf_sock_ops of a full socket.
     let ops = unsafe { &*ctx.ops };
     let sample = AckSample {
@@ -133,7 +147,7 @@ fn ack(ctx: &SockOpsContext, key: &FlowKey) {
         // SAFETY: plain helper call.
         now_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let action = state.on_ack(&sample, decision);
+    let action = state.on_ack(&sample, decision, congestion);
     if state.notify_due(sample.now_ns) {
         let event = CcEvent { key: *key, kind: cc_event::UPDATE, _pad: 0, subflow: *state };
         // When the ring is full the next ACK tries again.
