@@ -327,6 +327,18 @@ impl CcSubflow {
         Some(CcAction::Clamp(clamp))
     }
 
+    /// How many bytes a window-coupled subflow may hold unsent (`TCP_NOTSENT_LOWAT`, set with
+    /// each clamp): one coupled window. The kernel's MPTCP scheduler hands a subflow up to 64 KB
+    /// at once (`MPTCP_SEND_BURST_SIZE`) and stops only when the subflow's unsent bytes reach this
+    /// mark. On a subflow that coupling has moved down to a few packets, 64 KB take a second or
+    /// more to leave, the data after them cannot be delivered in order until they arrive, and
+    /// the other subflows go idle once the connection's window is used up; one window leaves in
+    /// one RTT.
+    #[inline(always)]
+    pub fn unsent_limit(&self) -> u32 {
+        self.clamp.saturating_mul(self.mss.max(1))
+    }
+
     /// Bytes acknowledged between the last two losses, or since the last one if that is more
     /// (OLIA's inter-loss distance).
     pub fn interloss_bytes(&self) -> u64 {
@@ -480,6 +492,16 @@ mod tests {
         let late = AckSample { now_ns: STALE_NS + 1, ..sample(40, 28, 1_000) };
         assert_eq!(alone.on_ack(&late, Some(&old), Some(&mut event)), Some(CcAction::Clamp(20)));
         assert_eq!(alone.merged_losses, 0);
+    }
+
+    #[test]
+    fn a_subflow_may_hold_one_coupled_window_unsent() {
+        let mut s = CcSubflow { coupled_cwnd: 20 << CWND_SHIFT, clamp: 20, ..Default::default() };
+        assert_eq!(
+            s.on_ack(&sample(20, 14, 1_000), Some(&decision(0.1, HALF)), None),
+            Some(CcAction::Clamp(10))
+        );
+        assert_eq!(s.unsent_limit(), 10 * MSS);
     }
 
     #[test]

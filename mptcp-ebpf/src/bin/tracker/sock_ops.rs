@@ -30,6 +30,7 @@ const SO_MAX_PACING_RATE: i32 = 47;
 const SOL_TCP: i32 = 6;
 const TCP_BPF_SNDCWND_CLAMP: i32 = 1002;
 const TCP_CONGESTION: i32 = 13;
+const TCP_NOTSENT_LOWAT: i32 = 25;
 const TCP_CLOSE: u32 = 7;
 
 #[sock_ops]
@@ -155,11 +156,20 @@ fn ack(ctx: &SockOpsContext, key: &FlowKey) {
             state.notified_ns = sample.now_ns;
         }
     }
-    let (level, name, mut value) = match action {
-        None => return,
-        Some(CcAction::Clamp(clamp)) => (SOL_TCP, TCP_BPF_SNDCWND_CLAMP, clamp),
-        Some(CcAction::PacingCap(rate)) => (SOL_SOCKET, SO_MAX_PACING_RATE, rate),
-    };
+    match action {
+        None => {}
+        Some(CcAction::Clamp(clamp)) => {
+            set_u32(ctx, SOL_TCP, TCP_BPF_SNDCWND_CLAMP, clamp);
+            set_u32(ctx, SOL_TCP, TCP_NOTSENT_LOWAT, state.unsent_limit());
+        }
+        Some(CcAction::PacingCap(rate)) => set_u32(ctx, SOL_SOCKET, SO_MAX_PACING_RATE, rate),
+    }
+}
+
+/// A 4-byte socket option; a refusal leaves the socket as it was, and the next change tries
+/// again.
+#[inline(always)]
+fn set_u32(ctx: &SockOpsContext, level: i32, name: i32, mut value: u32) {
     // SAFETY: the helper reads 4 bytes of `value`.
     unsafe { bpf_setsockopt(ctx.ops.cast(), level, name, (&raw mut value).cast(), size_of::<u32>() as i32) };
 }
