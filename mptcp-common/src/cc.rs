@@ -257,8 +257,7 @@ impl CcSubflow {
             return Some(CcAction::PacingCap(cap));
         }
 
-        let lowered =
-            if self.clamp == 0 { sample.ssthresh < INFINITE_SSTHRESH } else { sample.ssthresh < self.clamp };
+        let lowered = self.reports_loss(sample);
         // A subflow's first loss always takes its decrease: it ends its own slow start.
         let merged = lowered
             && fresh
@@ -325,6 +324,14 @@ impl CcSubflow {
         }
         self.clamp = clamp;
         Some(CcAction::Clamp(clamp))
+    }
+
+    /// Whether `sample` shows the kernel's loss (or ECN) response: a slow-start threshold below
+    /// the clamp set last (below infinite before the first). Only then does [`Self::on_ack`]
+    /// need the connection's congestion event, so the program looks it up only then.
+    #[inline(always)]
+    pub fn reports_loss(&self, sample: &AckSample) -> bool {
+        if self.clamp == 0 { sample.ssthresh < INFINITE_SSTHRESH } else { sample.ssthresh < self.clamp }
     }
 
     /// How many bytes a window-coupled subflow may hold unsent (`TCP_NOTSENT_LOWAT`, set with

@@ -128,13 +128,6 @@ fn ack(ctx: &SockOpsContext, key: &FlowKey) {
     // SAFETY: map value pointers from successful lookups; the socket lock serialises callbacks.
     let state = unsafe { &mut *state };
     let decision = CC_DECISIONS.get_ptr(key).map(|d| unsafe { &*d });
-    // Two subflows of one connection may run this at once on two CPUs, and both take a loss
-    // as the event's first: each then makes its own decrease, as without the rule.
-    let congestion = if state.model == model::PACED || state.token == 0 {
-        None
-    } else {
-        CC_CONGESTION.get_ptr_mut(&state.token).map(|c| unsafe { &mut *c })
-    };
     // SAFETY (field reads): the context is the kernel's bpf_sock_ops of a full socket.
     let ops = unsafe { &*ctx.ops };
     let sample = AckSample {
@@ -147,6 +140,13 @@ fn ack(ctx: &SockOpsContext, key: &FlowKey) {
         total_retrans: ops.total_retrans,
         // SAFETY: plain helper call.
         now_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    // Two subflows of one connection may run this at once on two CPUs, and both take a loss
+    // as the event's first: each then makes its own decrease, as without the rule.
+    let congestion = if state.model == model::PACED || state.token == 0 || !state.reports_loss(&sample) {
+        None
+    } else {
+        CC_CONGESTION.get_ptr_mut(&state.token).map(|c| unsafe { &mut *c })
     };
     let action = state.on_ack(&sample, decision, congestion);
     if state.notify_due(sample.now_ns) {
