@@ -221,10 +221,13 @@ fn during_the_transfers(lab: &DualHomedLab, tmux: &Tmux) -> Result<()> {
     let (before, after): (f64, f64) = (before.iter().sum(), after.iter().sum());
     ensure!(after > before + 0.5e6, "{before} then {after} bytes in a second at 2x10 Mbit/s:\n{screen}");
     println!("bytes c2s shown: {before} then {after} one second later");
-    // Against the shapers: two paths of 10 Mbit/s (1.25 MB/s) each carry both connections.
+    // Against the shapers: two paths of 10 Mbit/s (1.25 MB/s) each carry both connections. The
+    // tracker counts at tc egress, before the shapers, so what they drop counts too: a sender in
+    // slow start sends two segments per ACK, up to twice the shaped rate (one run showed
+    // 3.9 MB/s), plus the two queues (125 KB each at 100 ms).
     let rate: f64 = connection_lines(&screen).iter().map(|c| field(c, C2S_RATE)).sum::<Result<f64>>()?;
     println!("c2s rate shown: {rate} B/s");
-    ensure!((1e6..3.2e6).contains(&rate), "{rate} B/s through 2x10 Mbit/s:\n{screen}");
+    ensure!((1e6..5.3e6).contains(&rate), "{rate} B/s through 2x10 Mbit/s:\n{screen}");
 
     // Selecting a subflow shows it in full below the table.
     tmux.keys(&["Down"])?;
