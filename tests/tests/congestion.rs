@@ -22,15 +22,14 @@ const SECONDS: u64 = 12;
 /// Rounds per competitor of the goal test. RFC 6356's goal is one flow's share, 50%; each
 /// competitor's band is the range of single 12 s rounds that `cargo xtask bench cc` measured in
 /// this lab (2 subflows, LIA; runs of 5 rounds) widened by about 5 points each way: a median of
-/// three outside it needs two rounds beyond any measured one. Cubic (cubic-shaped coupling, two
-/// runs): 31.8-53.2%; BBR (paced coupling, three runs): 37.2-70.5%, against 45-70% uncoupled.
-/// With losses merged per congestion event, cubic's rounds (three runs) spread 40.2-58.8%, still
-/// inside the band. Reno's single rounds spread from 31 to 60% and its medians from 38 to 59%
+/// three outside it needs two rounds beyond any measured one. Cubic (cubic-shaped coupling with
+/// losses merged per congestion event, three runs and this test's local run): 40.2-58.9%; BBR
+/// (paced coupling, three runs): 37.2-70.5%, against 45-70% uncoupled. Reno's single rounds spread from 31 to 60% and its medians from 38 to 59%
 /// across runs (see the README), too wide for a band that says anything; the test above covers
 /// Reno.
 const GOAL_ROUNDS: usize = 3;
 const GOAL_BANDS: [(&str, &str, (f64, f64)); 2] =
-    [("cubic", "cubic", (0.27, 0.58)), ("bbr", "paced", (0.32, 0.75))];
+    [("cubic", "cubic", (0.35, 0.64)), ("bbr", "paced", (0.32, 0.75))];
 
 /// The subflows' congestion state of the lab's one MPTCP connection, from `conns --json`.
 fn subflow_cc(dataplane: &Dataplane<'_>) -> Result<Vec<Value>> {
