@@ -24,9 +24,9 @@ const SECONDS: u64 = 12;
 /// this lab (2 subflows, LIA; runs of 5 rounds) widened by about 5 points each way: a median of
 /// three outside it needs two rounds beyond any measured one. Cubic (cubic-shaped coupling with
 /// losses merged per congestion event, three runs and this test's local run): 40.2-58.9%; BBR
-/// (paced coupling, three runs): 37.2-70.5%, against 45-70% uncoupled. Reno's single rounds spread from 31 to 60% and its medians from 38 to 59%
-/// across runs (see the README), too wide for a band that says anything; the test above covers
-/// Reno.
+/// (paced coupling, three runs): 37.2-70.5%, against 45-70% uncoupled. Reno's single rounds
+/// spread from 31 to 60% and its medians from 38 to 59% across runs (see the README), too wide
+/// for a band that says anything; the test above covers Reno.
 const GOAL_ROUNDS: usize = 3;
 const GOAL_BANDS: [(&str, &str, (f64, f64)); 2] =
     [("cubic", "cubic", (0.35, 0.64)), ("bbr", "paced", (0.32, 0.75))];
